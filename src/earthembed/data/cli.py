@@ -1,0 +1,56 @@
+"""CLI of the data stage: ``info``, ``stats`` and the ``ingest`` sub-commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from earthembed.cli_utils import fail_on
+
+ingest_app = typer.Typer(help="Ingest datasets and AOI rasters into a chip store.", no_args_is_help=True)
+
+
+def info(
+    store: Path = typer.Argument(..., help="chip store directory"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Chip count, modalities with band names and chip shape, label columns with class counts, splits."""
+    from earthembed.data.store import ChipStore
+
+    with fail_on():
+        summary = ChipStore(store).info()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"store      {summary['path']}  (format {summary['format_version']})")
+    typer.echo(f"chips      {summary['chips']}  ({summary['chip_size']}x{summary['chip_size']} px)")
+    for k, m in summary["modalities"].items():
+        typer.echo(f"modality   {k}: {m['product']} {m['kind']} {m['chip_shape']} {m['dtype']} present in {m['present']}")
+        typer.echo(f"           bands {', '.join(m['bands'])}")
+    for k, lab in summary["labels"].items():
+        extra = lab.get("class_counts") or {x: lab[x] for x in ("min", "mean", "max") if x in lab}
+        typer.echo(f"label      {k} ({lab['kind']}): {extra}")
+    typer.echo(f"splits     {summary['splits']}")
+    typer.echo(f"skipped    {summary['skipped']}")
+
+
+def stats(
+    store: Path = typer.Argument(..., help="chip store directory"),
+    max_chips: int = typer.Option(2000, help="random subset of chips to use (0 = all)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """(Re)compute per-band mean/std and robust percentiles, ignoring nodata, and save them in the store."""
+    from earthembed.data.stats import update_store_stats
+
+    with fail_on():
+        s = update_store_stats(store, max_chips=max_chips or None, seed=seed)
+    for k, v in s.items():
+        typer.echo(f"{k}: " + ", ".join(f"{b}={m:.4g}±{sd:.3g}" for b, m, sd in zip(v["bands"], v["mean"], v["std"], strict=True)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("stats")(stats)
+    app.add_typer(ingest_app, name="ingest")

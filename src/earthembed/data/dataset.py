@@ -1,0 +1,80 @@
+"""PyTorch dataset over a chip store: selected modalities and bands by name, normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from earthembed.data.modalities import band_indices
+from earthembed.data.normalize import Normalizer
+from earthembed.data.store import ChipStore
+
+
+def resolve_bands(store: ChipStore, modalities: Sequence[str] | dict[str, Sequence[str] | None] | None) -> dict[str, list[str]]:
+    """``{modality: [band, ...]}`` from a list of modality names or a mapping to band lists (None = all bands)."""
+    if modalities is None:
+        return {k: m.band_names for k, m in store.modalities.items() if m.kind != "categorical"}
+    if not isinstance(modalities, dict):
+        modalities = {k: None for k in modalities}
+    out = {}
+    for k, bands in modalities.items():
+        m = store.modality(k)
+        band_indices(m.band_names, bands, what=f"{store.path} modality {k!r}")  # raises on unknown bands
+        out[k] = list(bands) if bands is not None else m.band_names
+    return out
+
+
+class ChipDataset(Dataset):
+    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool}``.
+
+    A chip lacking a modality yields zeros with ``<mod>_present = False``; models drop it, never see zeros
+    as data.
+    """
+
+    def __init__(
+        self,
+        store: ChipStore | str,
+        modalities: Sequence[str] | dict[str, Sequence[str] | None] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        self.store = store if isinstance(store, ChipStore) else ChipStore(store)
+        self.bands = resolve_bands(self.store, modalities)
+        self.indices = np.arange(len(self.store)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.normalizer = normalizer or Normalizer.from_store(self.store)
+        idx = self.store.index
+        self._present = {k: idx[f"has_{k}"].to_numpy(dtype=bool) for k in self.bands}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = int(self.indices[i])
+        item: dict[str, Any] = {"idx": j}
+        for k, bands in self.bands.items():
+            present = bool(self._present[k][j])
+            if present:
+                x = self.store.read(k, j, bands)
+                x = self.normalizer(x, k, bands, nodata=self.store.modalities[k].nodata)
+            else:
+                x = np.zeros((len(bands), self.store.chip_size, self.store.chip_size), dtype=np.float32)
+            item[k] = torch.from_numpy(np.ascontiguousarray(x))
+            item[f"{k}_present"] = present
+        return item
+
+    def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
+        """Vectorised read of several items (contiguous positions read as one slice): used by embed."""
+        js = self.indices[positions]
+        out: dict[str, Any] = {"idx": torch.from_numpy(js)}
+        for k, bands in self.bands.items():
+            x = self.store.read(k, js, bands)
+            x = self.normalizer(x, k, bands, nodata=self.store.modalities[k].nodata)
+            present = self._present[k][js]
+            x[~present] = 0.0
+            out[k] = torch.from_numpy(np.ascontiguousarray(x))
+            out[f"{k}_present"] = torch.from_numpy(present)
+        return out

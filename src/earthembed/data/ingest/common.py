@@ -1,0 +1,77 @@
+"""Raster reading shared by the ingesters: every failure names the file and the problem."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+
+
+class IngestError(RuntimeError):
+    """Bad input for an ingest (corrupt raster, wrong band count, missing file, ...); message names the file."""
+
+
+@dataclasses.dataclass
+class Raster:
+    """Pixels [C, H, W] plus georeferencing (crs/transform None when the file is not georeferenced)."""
+
+    path: Path
+    data: np.ndarray
+    crs: Any
+    transform: Any
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: bool = False) -> Raster:
+    """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files."""
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                data = src.read()
+                crs = src.crs
+                transform = src.transform if crs is not None else None
+                nodata = src.nodata
+                desc = tuple(src.descriptions)
+    except (RasterioIOError, RasterioError) as e:
+        raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e}") from e
+    if expect_bands is not None and data.shape[0] != expect_bands:
+        raise IngestError(f"{path}: has {data.shape[0]} bands, expected {expect_bands}")
+    if masked_nan and nodata is not None and not np.isnan(nodata):
+        data = data.astype(np.float32)
+        data[data == nodata] = np.nan
+    return Raster(path, data, crs, transform, nodata, desc)
+
+
+def footprint_wgs84(crs: Any, transform: Any, height: int, width: int):
+    """Footprint polygon of a pixel grid in EPSG:4326 (None when not georeferenced)."""
+    if crs is None or transform is None:
+        return None
+    import shapely
+    from rasterio.warp import transform_geom
+
+    left, top = transform * (0, 0)
+    right, bottom = transform * (width, height)
+    box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    geom = transform_geom(crs, "EPSG:4326", shapely.geometry.mapping(box))
+    return shapely.geometry.shape(geom)
+
+
+def crs_string(crs: Any) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()

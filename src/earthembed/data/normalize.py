@@ -1,0 +1,68 @@
+"""Z-score normalisation keyed by band *name*, so it can travel with a model and be applied to any store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from earthembed.data.modalities import BandMismatchError, Modality
+
+
+class Normalizer:
+    """Per-band mean/std by modality and band name; NaN and nodata pixels become 0 after normalising."""
+
+    def __init__(self, stats: dict[str, dict[str, Any]], nodata: dict[str, Any] | None = None) -> None:
+        self.stats = {
+            m: {"bands": list(s["bands"]), "mean": [float(v) for v in s["mean"]], "std": [float(v) for v in s["std"]]}
+            for m, s in stats.items()
+        }
+        self.nodata = dict(nodata or {})
+
+    @classmethod
+    def from_store(cls, store: Any) -> Normalizer:
+        if not store.stats:
+            raise ValueError(f"{store.path}: store has no statistics; run `earthembed stats {store.path}`")
+        nod = {k: m.nodata for k, m in store.modalities.items()}
+        return cls(store.stats, nod)
+
+    def to_dict(self) -> dict[str, Any]:
+        nod = {k: ("nan" if isinstance(v, float) and np.isnan(v) else v) for k, v in self.nodata.items()}
+        return {"stats": self.stats, "nodata": nod}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        nod = {k: (float("nan") if v == "nan" else v) for k, v in d.get("nodata", {}).items()}
+        return cls(d["stats"], nod)
+
+    def mean_std(self, modality: str, bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if modality not in self.stats:
+            raise BandMismatchError(f"no normalisation statistics for modality {modality!r}")
+        s = self.stats[modality]
+        missing = [b for b in bands if b not in s["bands"]]
+        if missing:
+            raise BandMismatchError(f"no normalisation statistics for {modality} bands {missing}")
+        ii = [s["bands"].index(b) for b in bands]
+        mean = np.asarray([s["mean"][i] for i in ii], dtype=np.float32)
+        std = np.asarray([s["std"][i] for i in ii], dtype=np.float32)
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
+        mean = np.where(np.isfinite(mean), mean, 0.0).astype(np.float32)
+        return mean, std
+
+    def __call__(self, x: np.ndarray, modality: str, bands: Sequence[str], nodata: Any = None) -> np.ndarray:
+        """Normalise [..., C, H, W] ``x`` whose channels are ``bands`` (in that order)."""
+        mean, std = self.mean_std(modality, bands)
+        nod = self.nodata.get(modality) if nodata is None else nodata
+        xf = x.astype(np.float32)
+        invalid = np.isnan(xf)
+        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
+            invalid |= x == nod
+        shape = (-1, 1, 1)
+        out = (xf - mean.reshape(shape)) / std.reshape(shape)
+        out[invalid] = 0.0
+        return out
+
+
+def modality_nodata(m: Modality) -> Any:
+    return m.nodata

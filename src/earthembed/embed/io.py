@@ -1,0 +1,67 @@
+"""Embedding tables: GeoParquet, one row per chip, fixed-size float32 list columns.
+
+Columns: ``idx`` (store position), ``chip_id``, ``geometry``, ``aoi``, ``split``, ``modalities_used``
+(comma-joined modalities that were present and requested), ``emb_fused`` and ``emb_<modality>``
+(FixedSizeList<float32>[D], null where the chip lacked that modality), ``present_<modality>``, ``model_id``.
+File-level metadata (key ``earthembed``) holds the model id, dimensions and the bands used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"earthembed"
+
+
+def embedding_columns(path_or_table: str | Path | pa.Table) -> list[str]:
+    schema = path_or_table.schema if isinstance(path_or_table, pa.Table) else pq.read_schema(path_or_table)
+    return [n for n in schema.names if n.startswith("emb_")]
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    md = pq.read_schema(path).metadata or {}
+    if META_KEY not in md:
+        raise ValueError(f"{path}: not an earthembed embedding table (no '{META_KEY.decode()}' metadata)")
+    return json.loads(md[META_KEY])
+
+
+def to_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """[N, D] float32 from a (fixed-size) list column; null rows become NaN rows."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if dim is None:
+        t = arr.type
+        dim = t.list_size if pa.types.is_fixed_size_list(t) else None
+    if dim is None:
+        valid = arr.drop_null()
+        dim = len(valid[0]) if len(valid) else 0
+    out = np.full((n, dim), np.nan, dtype=np.float32)
+    if n == 0:
+        return out
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    if valid.any():
+        flat = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        out[valid] = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+    return out
+
+
+def read_embeddings(path: str | Path, column: str = "emb_fused") -> tuple[Any, np.ndarray]:
+    """(index DataFrame without embedding columns, [N, D] matrix of ``column``) sorted by ``idx``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: embedding table not found")
+    table = pq.read_table(path)
+    cols = embedding_columns(table)
+    if column not in cols:
+        raise KeyError(f"{path}: no embedding column {column!r} (it has {cols})")
+    if "idx" in table.column_names:
+        table = table.sort_by("idx")
+    x = to_matrix(table.column(column))
+    df = table.drop_columns(cols).to_pandas()
+    return df, x

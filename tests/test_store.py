@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+
+from earthembed.data.modalities import BandMismatchError, get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreError, StoreWriter
+
+
+def test_roundtrip_and_band_reorder(tiny_store):
+    st = ChipStore(tiny_store)
+    assert len(st) == 20
+    full = st.read("s2", 5)
+    sub = st.read("s2", 5, bands=["B04", "B03", "B02"])
+    names = st.band_names("s2")
+    np.testing.assert_array_equal(sub, full[[names.index("B04"), names.index("B03"), names.index("B02")]])
+    with pytest.raises(BandMismatchError):
+        st.read("s2", 0, bands=["B99"])
+    idx = st.index
+    assert idx["has_s1"].sum() == 15
+    assert idx.loc[3, "valid_s1"].tolist() == [0.0, 0.0]
+    info = st.info()
+    assert info["modalities"]["s1"]["present"] == 15
+    assert info["labels"]["label"]["class_counts"] == {"forest": 10, "water": 10}
+    assert set(st.stats) == {"s2", "s1"}
+
+
+def _rec(i, size=8):
+    return ChipRecord(f"c{i}", {"s2": np.full((13, size, size), i + 1, "uint16")})
+
+
+def test_interrupted_ingest_resumes_without_duplicates(tmp_path):
+    s2 = get_modality("s2_l1c")
+    p = tmp_path / "st"
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with StoreWriter(p, [s2], 8, batch_size=4) as w:
+            for i in range(10):
+                if i == 9:
+                    raise Boom
+                w.add(_rec(i))
+    with pytest.raises(StoreError, match="incomplete"):
+        ChipStore(p)
+    meta = json.loads((p / "earthembed.json").read_text())
+    assert meta["complete"] is False
+    with StoreWriter(p, [s2], 8, batch_size=4) as w:
+        assert w.resumed_count == 9
+        for i in range(12):
+            if not w.is_done(f"c{i}"):
+                w.add(_rec(i))
+    st = ChipStore(p)
+    assert len(st) == 12
+    assert st.index["chip_id"].tolist() == [f"c{i}" for i in range(12)]
+    assert [int(st.read("s2", i)[0, 0, 0]) for i in range(12)] == list(range(1, 13))
+
+
+def test_refuses_to_overwrite_complete_store(tiny_store):
+    with pytest.raises(StoreError, match="complete store already exists"):
+        StoreWriter(tiny_store, [get_modality("s2_l1c")], 16)
+    assert len(ChipStore(tiny_store)) == 20
+
+
+def test_bad_shape_and_nan_rejected(tmp_path):
+    with StoreWriter(tmp_path / "s", [get_modality("s2_l1c")], 8) as w:
+        with pytest.raises(StoreError, match="shape"):
+            w.add(ChipRecord("x", {"s2": np.zeros((12, 8, 8), "uint16")}, source="bad.tif"))
+        a = np.full((13, 8, 8), 5.0)
+        a[0, 0, 0] = np.nan
+        w.add(ChipRecord("y", {"s2": a}))
+    st = ChipStore(tmp_path / "s")
+    assert st.read("s2", 0)[0, 0, 0] == 0  # NaN became the nodata value
+    assert st.index.loc[0, "valid_s2"][0] == pytest.approx(63 / 64)
