@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from earthembed.data import cli as data_cli
+from earthembed.embed import cli as embed_cli
+from earthembed.evaluate import cli as evaluate_cli
+from earthembed.explore import cli as explore_cli
+from earthembed.pretrain import cli as pretrain_cli
 
 app = typer.Typer(
     name="earthembed",
@@ -13,8 +19,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _stage in (data_cli,):
+for _stage in (data_cli, pretrain_cli, embed_cli, evaluate_cli, explore_cli):
     _stage.register(app)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="output directory (reused steps are skipped)"),
+    chips: int = typer.Option(1024, help="synthetic AOI size in chips"),
+    chip_size: int = typer.Option(32, help="chip size in pixels"),
+    max_steps: int = typer.Option(None, help="override the tiny config's training steps"),
+    seeds: int = typer.Option(3, help="few-shot seeds"),
+    seed: int = typer.Option(0, help="seed of the synthetic AOI and of training"),
+) -> None:
+    """Synthetic AOI -> tiny pretraining -> embed -> few-shot vs baselines -> plots and report.md."""
+    from earthembed.cli_utils import fail_on
+    from earthembed.demo import run_demo
+
+    with fail_on():
+        run_demo(out, chips=chips, chip_size=chip_size, seed=seed, max_steps=max_steps, seeds=tuple(range(seeds)))
 
 
 def main() -> None:

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 
 import typer
 
-from earthembed.data.ingest.common import IngestError
 from earthembed.data.modalities import BandMismatchError
-from earthembed.data.store import StoreError
+from earthembed.errors import IngestError, StoreError
 
 EXPECTED = (IngestError, StoreError, BandMismatchError, FileNotFoundError, KeyError, ValueError)
 

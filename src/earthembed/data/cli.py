@@ -51,6 +51,18 @@ def stats(
 
 
 def register(app: typer.Typer) -> None:
+    from earthembed.data import synth
+    from earthembed.data.ingest import bigearthnet, eurosat, folder, rasters, sen1floods11
+
+    for name, mod in (
+        ("eurosat", eurosat),
+        ("bigearthnet", bigearthnet),
+        ("sen1floods11", sen1floods11),
+        ("folder", folder),
+        ("rasters", rasters),
+    ):
+        ingest_app.command(name)(mod.command)
     app.command("info")(info)
     app.command("stats")(stats)
+    app.command("synth")(synth.command)
     app.add_typer(ingest_app, name="ingest")

@@ -34,6 +34,7 @@ import shapely
 import zarr
 
 from earthembed.data.modalities import Modality, band_indices
+from earthembed.errors import StoreError
 
 FORMAT_VERSION = "1.0"
 META_FILE = "earthembed.json"
@@ -43,10 +44,6 @@ PARTS_DIR = "_parts"
 REPORT_FILE = "ingest_report.json"
 SPLITS = ("train", "val", "test")
 LABEL_KINDS = ("class", "multilabel", "fraction", "mask", "value")
-
-
-class StoreError(RuntimeError):
-    """A chip store is missing, incomplete, or does not match what is asked of it."""
 
 
 @dataclasses.dataclass
@@ -143,7 +140,7 @@ class StoreWriter:
             if (p / META_FILE).exists():
                 meta = _read_meta(p)
                 if meta.get("complete") and not overwrite:
-                    raise StoreError(f"{p}: a complete store already exists here (pass overwrite to replace it)")
+                    raise StoreError(f"{p}: a complete store already exists here (pass --overwrite / overwrite=True to replace it)")
                 same = {k: meta.get(k) for k in ("modalities", "chip_size", "labels")} == json.loads(
                     json.dumps(self._definition())
                 )
@@ -151,7 +148,7 @@ class StoreWriter:
                     if not overwrite:
                         raise StoreError(
                             f"{p}: an interrupted ingest with different modalities/chip size/labels is here; "
-                            "pass overwrite to start again"
+                            "pass --overwrite / overwrite=True to start again"
                         )
                     shutil.rmtree(p)
                 else:

@@ -8,12 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 
-
-class IngestError(RuntimeError):
-    """Bad input for an ingest (corrupt raster, wrong band count, missing file, ...); message names the file."""
+from earthembed.errors import IngestError
 
 
 @dataclasses.dataclass
@@ -34,6 +30,9 @@ class Raster:
 
 def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: bool = False) -> Raster:
     """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+
     path = Path(path)
     if not path.exists():
         raise IngestError(f"{path}: file not found")
@@ -47,7 +46,7 @@ def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: b
                 nodata = src.nodata
                 desc = tuple(src.descriptions)
     except (RasterioIOError, RasterioError) as e:
-        raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e}") from e
+        raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e.__cause__ or e}") from e
     if expect_bands is not None and data.shape[0] != expect_bands:
         raise IngestError(f"{path}: has {data.shape[0]} bands, expected {expect_bands}")
     if masked_nan and nodata is not None and not np.isnan(nodata):
@@ -63,8 +62,8 @@ def footprint_wgs84(crs: Any, transform: Any, height: int, width: int):
     import shapely
     from rasterio.warp import transform_geom
 
-    left, top = transform * (0, 0)
-    right, bottom = transform * (width, height)
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (width, height)
     box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     geom = transform_geom(crs, "EPSG:4326", shapely.geometry.mapping(box))
     return shapely.geometry.shape(geom)

@@ -1,0 +1,311 @@
+"""Ingest a class-subfolder image dataset (``SRC/<class>/<image>``) into a chip store.
+
+Images may be GeoTIFF (read with rasterio, any band count) or PNG/JPEG (read with pillow). The user declares
+the modality (a registered product id) and which of its bands the files hold, in file order; without a
+declaration RGB (the ``rgb`` product) is assumed for PNG/JPEG and 3-band TIFFs. Conventions:
+
+* Store key of the modality: ``s2`` for ``s2_*`` products, ``s1`` for ``s1_*`` products, else the modality's
+  name, so folder and raster stores of the same sensor line up for the models.
+* Chip size: the first readable image's (shorter) side unless given; larger images are centre-cropped, smaller
+  ones are skipped with a recorded reason.
+* Labels: column ``label`` (kind ``class``), classes = sorted class-folder names.
+* Splits: if the top-level folders are ``train/``, ``val/`` (or ``valid/``/``validation/``) and ``test/``, each
+  holding class folders, those splits are used; otherwise a deterministic stratified 60/20/20 split of each
+  class's image files (ordered by a hash of their relative path, so independent of listing order).
+* chip_id = the file's path relative to SRC. Dot-files are ignored; other non-image files, images with the
+  wrong band count, too small, unreadable or with values that do not fit the modality's dtype are skipped,
+  each with a reason naming the file (``ingest_report.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, read_raster
+from earthembed.data.modalities import Modality, get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+LABEL = "label"
+
+
+def store_key(modality: Modality) -> str:
+    """Store key for a modality: ``s2``/``s1`` for Sentinel-2/-1 products, else the modality name."""
+    for k in ("s2", "s1"):
+        if modality.product.startswith(k):
+            return k
+    return modality.name
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Any, Any]:
+    """Pixels [C, H, W], crs and transform (None for PNG/JPEG); :class:`IngestError` naming unreadable files."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        r = read_raster(path)
+        return r.data, r.crs, r.transform
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "P":  # a palette is an encoding, not a band
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            a = np.asarray(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise IngestError(f"{path}: cannot read image (corrupt or truncated?): {e}") from e
+    a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    return a, None, None
+
+
+def _split_layout(src: Path) -> dict[str, Path] | None:
+    """``{split: folder}`` when the top level holds train/val/test folders, else None."""
+    dirs = [d for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    named = [d for d in dirs if d.name.lower() in SPLIT_DIRS]
+    if not named:
+        return None
+    others = [d.name for d in dirs if d.name.lower() not in SPLIT_DIRS]
+    if others:
+        raise IngestError(
+            f"{src}: has split folders {[d.name for d in named]} next to other folders {others}; "
+            "use either SRC/<split>/<class>/<image> or SRC/<class>/<image>"
+        )
+    out: dict[str, Path] = {}
+    for d in named:
+        split = SPLIT_DIRS[d.name.lower()]
+        if split in out:
+            raise IngestError(f"{src}: two folders for split {split!r}: {out[split].name}, {d.name}")
+        out[split] = d
+    return out
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    """Files (recursively, dot-files excluded) of each class folder under ``root``."""
+    out: dict[str, list[Path]] = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and not d.name.startswith("."):
+            out[d.name] = sorted(
+                f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts)
+            )
+    return out
+
+
+def stratified_split(files: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Deterministic 60/20/20 split of one class's files, independent of listing order."""
+    order = sorted(files, key=lambda f: hashlib.sha1(f"{seed}:{f}".encode()).hexdigest())
+    n = len(order)
+    n_train = round(SPLIT_FRACTIONS[0] * n)
+    n_val = round(SPLIT_FRACTIONS[1] * n)
+    return {f: "train" if i < n_train else "val" if i < n_train + n_val else "test" for i, f in enumerate(order)}
+
+
+def _plan(src: Path) -> tuple[list[tuple[Path, str, str]], list[str], list[Path]]:
+    """(file, class, split) for every candidate file, the sorted class names, and stray top-level files."""
+    if not src.is_dir():
+        raise IngestError(f"{src}: not a folder" if src.exists() else f"{src}: folder not found")
+    entries = [p for p in src.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise IngestError(f"{src}: folder is empty")
+    stray = sorted(p for p in entries if p.is_file())
+    layout = _split_layout(src)
+    items: list[tuple[Path, str, str]] = []
+    classes: set[str] = set()
+    if layout is None:
+        per_class = _class_files(src)
+        for cls, files in per_class.items():
+            splits = stratified_split(
+                [f.relative_to(src).as_posix() for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            )
+            items += [(f, cls, splits.get(f.relative_to(src).as_posix(), "")) for f in files]
+        classes = set(per_class)
+    else:
+        for split, d in layout.items():
+            per_class = _class_files(d)
+            stray += sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+            items += [(f, cls, split) for cls, files in per_class.items() for f in files]
+            classes |= set(per_class)
+    if not classes:
+        raise IngestError(f"{src}: no class subfolders (expected SRC/<class>/<image>)")
+    if not items:
+        raise IngestError(f"{src}: class folders {sorted(classes)} hold no files")
+    return items, sorted(classes), stray
+
+
+def _centre_crop(a: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
+    top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
+    return a[:, top : top + size, left : left + size], top, left
+
+
+def _unfit_reason(a: np.ndarray, m: Modality) -> str | None:
+    """Why ``a`` cannot be stored as ``m.dtype`` (checked per file so one bad file cannot fail a batch)."""
+    target = np.dtype(m.dtype)
+    if not np.issubdtype(target, np.integer):
+        return None
+    if np.issubdtype(a.dtype, np.floating):
+        nan = np.isnan(a)
+        if nan.any() and m.nodata is None:
+            return f"has NaN pixels but {m.name} ({m.dtype}) has no nodata value"
+        a = a[~nan]
+    info = np.iinfo(target)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        return f"values [{a.min()}, {a.max()}] do not fit {m.name} dtype {m.dtype}"
+    return None
+
+
+def _resolve_modality(
+    modality: str | None, bands: Sequence[str] | None, first: Path | None, first_bands: int | None
+) -> Modality:
+    if modality is None:
+        if bands:
+            raise ValueError("--bands needs --modality (the product the bands belong to)")
+        if first is not None and first.suffix.lower() in TIFF_SUFFIXES and first_bands != 3:
+            raise IngestError(
+                f"{first}: has {first_bands} bands; say what they are with --modality PRODUCT "
+                "(e.g. s2_l1c) and, unless they are all of its bands in order, --bands B01,B02,..."
+            )
+        modality = "rgb"
+    m = get_modality(modality)
+    return m.select(list(bands)) if bands else m
+
+
+def ingest_folder(
+    src: str | Path,
+    out: str | Path,
+    modality: str | None = None,
+    bands: list[str] | None = None,
+    chip_size: int | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+) -> ChipStore:
+    """Ingest ``SRC/<class>/<image>`` (or ``SRC/<split>/<class>/<image>``) into a store at ``out``.
+
+    ``modality`` is a registered product id; ``bands`` the bands each file holds, in file order (default: all
+    of the product's bands). Re-running after an interruption resumes; see the module docstring for the rules.
+    """
+    src, out = Path(src), Path(out)
+    items, classes, stray = _plan(src)
+    # the first readable image fixes the modality (when not declared) and the chip size
+    probe: tuple[Path, np.ndarray] | None = None
+    for f, _, _ in items:
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                probe = (f, read_image(f)[0])
+                break
+            except IngestError:
+                continue
+    if probe is None:
+        raise IngestError(f"{src}: no readable image ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
+    mod = _resolve_modality(modality, bands, probe[0], probe[1].shape[0])
+    if chip_size is None:
+        chip_size = int(min(probe[1].shape[1:]))
+    if chip_size <= 0:
+        raise ValueError(f"chip size must be positive, got {chip_size}")
+    key = store_key(mod)
+    mod = mod.renamed(key)
+    schema = {LABEL: {"kind": "class", "classes": classes}}
+    source = {
+        "ingester": "folder",
+        "path": str(src.resolve()),
+        "product": mod.product,
+        "bands": mod.band_names,
+    }
+    with StoreWriter(out, [mod], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite) as w:
+        for f in stray:
+            w.skip(str(f), "not inside a class folder")
+        for f, cls, split in items:
+            chip_id = f.relative_to(src).as_posix()
+            if w.is_done(chip_id):
+                continue
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                w.skip(str(f), f"not an image (expected one of {', '.join(IMAGE_SUFFIXES)})")
+                continue
+            try:
+                a, crs, transform = read_image(f)
+            except IngestError as e:
+                w.skip(str(f), str(e))
+                continue
+            if a.shape[0] != mod.num_bands:
+                w.skip(
+                    str(f),
+                    f"{f}: has {a.shape[0]} bands, expected {mod.num_bands} ({mod.product}: {','.join(mod.band_names)});"
+                    " declare the file's bands with --modality/--bands",
+                )
+                continue
+            h, wd = a.shape[1:]
+            if h < chip_size or wd < chip_size:
+                w.skip(str(f), f"{f}: {h}x{wd} px is smaller than the chip size {chip_size}")
+                continue
+            a, top, left = _centre_crop(a, chip_size)
+            reason = _unfit_reason(a, mod)
+            if reason:
+                w.skip(str(f), f"{f}: {reason}")
+                continue
+            geom = None
+            if crs is not None and transform is not None:
+                from rasterio.windows import Window
+                from rasterio.windows import transform as window_transform
+
+                t = window_transform(Window(left, top, chip_size, chip_size), transform)
+                geom = footprint_wgs84(crs, t, chip_size, chip_size)
+            w.add(
+                ChipRecord(
+                    chip_id,
+                    {key: a},
+                    geometry=geom,
+                    crs=crs_string(crs) if geom is not None else None,
+                    aoi=src.name,
+                    split=split,
+                    labels={LABEL: cls},
+                    source=str(f),
+                )
+            )
+    return ChipStore(out)
+
+
+def _parse_bands(bands: str | None) -> list[str] | None:
+    if not bands:
+        return None
+    out = [b.strip() for b in bands.split(",") if b.strip()]
+    if not out:
+        raise ValueError(f"--bands {bands!r}: no band names")
+    return out
+
+
+def command(
+    src: Path = typer.Argument(..., help="dataset folder: SRC/<class>/<image> or SRC/<split>/<class>/<image>"),
+    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
+    modality: str | None = typer.Option(
+        None, help="registered product id of the images (s2_l1c, rgb, ...); default rgb for PNG/JPEG/3-band TIFF"
+    ),
+    bands: str | None = typer.Option(None, help="bands each file holds, in file order, e.g. B04,B03,B02"),
+    chip_size: int | None = typer.Option(None, help="chip size in px (default: the first image's size)"),
+    modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
+    overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
+    batch_size: int = typer.Option(64, help="chips per committed batch"),
+) -> None:
+    """Ingest a class-subfolder image dataset (GeoTIFF/PNG/JPEG) into a chip store."""
+    from earthembed.cli_utils import fail_on
+    from earthembed.data.modalities import load_modalities_file
+
+    with fail_on():
+        if modalities_file is not None:
+            load_modalities_file(modalities_file)
+        store = ingest_folder(
+            src, out, modality=modality, bands=_parse_bands(bands), chip_size=chip_size,
+            overwrite=overwrite, batch_size=batch_size,
+        )
+    info = store.info()
+    typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
+    for k, m in info["modalities"].items():
+        typer.echo(f"  {k}: {m['product']} bands {','.join(m['bands'])}")
+    typer.echo(f"  classes {info['labels'][LABEL]['class_counts']}")
+    if info["skipped"]:
+        typer.echo(f"  skipped {info['skipped']} items (see {store.path / 'ingest_report.json'})")

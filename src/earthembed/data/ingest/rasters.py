@@ -1,0 +1,480 @@
+"""Ingest co-registered AOI rasters (GeoTIFF/COG, one per modality, plus an optional label map) as chips.
+
+Rasters may differ in CRS and resolution. The reference grid is the first modality's CRS and pixel size
+(or ``resolution``), snapped to its pixel grid and limited to the intersection of all modality footprints.
+Every modality is read through a :class:`rasterio.vrt.WarpedVRT` aligned to that grid, chip window by chip
+window, so rasters never need to fit in memory: bilinear resampling for continuous data, nearest for
+categorical modalities and labels. Conventions:
+
+* Tiles: full ``chip_size`` windows every ``stride`` px (edge remainders are dropped); chip_id
+  ``<aoi>_<row>_<col>`` (tile indices). Tiles that are entirely nodata in every modality are skipped and
+  recorded in the ingest report; a chip lacking one modality is stored with ``has_<mod> = False``.
+* Bands: the file must hold exactly the product's bands. When every band has a description (``B1`` ==
+  ``B01``, case-insensitive; generic ones like ``Band 1`` are ignored), they must name the product's bands and
+  the file order is reconciled by name; otherwise the file order is taken to be the product's.
+* Labels: a categorical raster, resampled with nearest. Invalid pixels are the file's nodata, pixels outside
+  it, negative values and 255 (or, with ``label_classes``, every value that is not one of its keys); 0 is also
+  invalid when the values are ESA WorldCover codes (its no-data). Classes: ``label_classes`` names, else
+  WorldCover names, else ``class_<value>``. Per chip: mask ``landcover_mask`` (class index into the class
+  list, -1 invalid), ``frac_<class>`` (share of valid pixels) and majority class ``landcover``.
+* Split: chips are grouped in blocks of 4x4 tiles; a block goes to train/val/test (60/20/20) by a seeded
+  hash of ``<aoi>_<block row>_<block col>``, so neighbouring chips share a split (limits spatial leakage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84
+from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+
+DEFAULT_PRODUCTS = {"s1": "s1_grd_db", "coh": "insar_coherence", "dem": "elevation", "lc": "worldcover"}
+S2_PRODUCTS_BY_COUNT = {12: "s2_l2a", 13: "s2_l1c"}
+MASK_LABEL = "landcover_mask"
+CLASS_LABEL = "landcover"
+SPLIT_BLOCK = 4
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+_EPS = 1e-6
+_SCAN_BLOCK = 1024
+
+
+def normalize_band_name(name: str) -> str:
+    """Canonical band name for matching: ``B1``/``b01`` -> ``B01``, ``b8a`` -> ``B8A``, others upper-cased."""
+    s = name.strip().upper()
+    m = re.fullmatch(r"B0*(\d+)(A?)", s)
+    if m:
+        n, a = int(m.group(1)), m.group(2)
+        return f"B{n}A" if a else f"B{n:02d}"
+    return s
+
+
+def _generic_descriptions(desc: Sequence[str]) -> bool:
+    """Descriptions like ``Band 1`` carry no band identity and are ignored."""
+    return all(re.fullmatch(r"(BAND)?[ _-]?\d+", d.strip().upper()) for d in desc)
+
+
+def band_indexes(path: Path, descriptions: Sequence[str | None], modality: Modality) -> list[int]:
+    """1-based file band indexes that yield ``modality``'s bands in order; IngestError naming ``path``."""
+    want = modality.band_names
+    count = len(descriptions)
+    if count != len(want):
+        raise IngestError(
+            f"{path}: has {count} bands, product {modality.product!r} has {len(want)} ({','.join(want)}); "
+            "pass the right --product"
+        )
+    desc = [d for d in descriptions if d and d.strip()]
+    if len(desc) == count and not _generic_descriptions(desc):
+        have = [normalize_band_name(d) for d in desc]
+        if len(set(have)) != len(have):
+            raise IngestError(f"{path}: duplicate band descriptions {list(descriptions)}")
+        missing = [b for b in want if normalize_band_name(b) not in have]
+        if missing:
+            raise IngestError(
+                f"{path}: band descriptions {list(descriptions)} do not match product {modality.product!r} "
+                f"bands {want} (missing {missing}); pass the right --product"
+            )
+        return [have.index(normalize_band_name(b)) + 1 for b in want]
+    return list(range(1, count + 1))
+
+
+def resolve_product(key: str, path: Path, count: int, products: dict[str, str] | None = None) -> str:
+    """Product id for modality ``key``: explicit, else by key (``s2`` by band count), else the key itself."""
+    if products and key in products:
+        return products[key]
+    if key == "s2":
+        if count not in S2_PRODUCTS_BY_COUNT:
+            raise IngestError(
+                f"{path}: has {count} bands; Sentinel-2 needs 12 (s2_l2a) or 13 (s2_l1c), or pass --product s2=PRODUCT"
+            )
+        return S2_PRODUCTS_BY_COUNT[count]
+    if key in DEFAULT_PRODUCTS:
+        return DEFAULT_PRODUCTS[key]
+    if key in list_modalities():
+        return key
+    raise IngestError(
+        f"{path}: no default product for modality key {key!r}; pass --product {key}=PRODUCT "
+        f"(registered: {list_modalities()})"
+    )
+
+
+def block_split(aoi: str, row: int, col: int, block: int = SPLIT_BLOCK, seed: int = 0) -> str:
+    """Split of the tile at (row, col): its ``block`` x ``block`` group is hashed to train/val/test."""
+    key = f"{seed}:{aoi}_{row // block}_{col // block}".encode()
+    u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+    if u < SPLIT_FRACTIONS[0]:
+        return "train"
+    return "val" if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else "test"
+
+
+@dataclasses.dataclass
+class _Source:
+    key: str
+    path: Path
+    ds: Any  # rasterio DatasetReader
+    modality: Modality
+    indexes: list[int]
+    vrt: Any = None
+
+
+def _open(path: Path, stack: contextlib.ExitStack) -> Any:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    if not path.exists():
+        raise IngestError(f"{path}: file not found")
+    try:
+        ds = stack.enter_context(rasterio.open(path))
+    except RasterioError as e:
+        raise IngestError(f"{path}: cannot read raster (corrupt or not a raster?): {e}") from e
+    if ds.crs is None:
+        raise IngestError(f"{path}: has no CRS; AOI rasters must be georeferenced")
+    return ds
+
+
+def _bounds_in(ds: Any, crs: Any) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
+    return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+
+
+def _reference_grid(sources: Sequence[_Source], resolution: float | None) -> tuple[Any, Any, int, int]:
+    """(crs, transform, width, height) of the grid: first modality's CRS/pixels over the common footprint."""
+    from rasterio.transform import from_origin
+
+    ref = sources[0].ds
+    crs = ref.crs
+    left, bottom, right, top = ref.bounds
+    for s in sources[1:]:
+        b = _bounds_in(s.ds, crs)
+        left, bottom, right, top = max(left, b[0]), max(bottom, b[1]), min(right, b[2]), min(top, b[3])
+        if left >= right or bottom >= top:
+            raise IngestError(
+                f"{s.path}: does not overlap {', '.join(str(x.path) for x in sources[: sources.index(s)])}"
+            )
+    t = ref.transform
+    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+    if resolution is None and north_up:  # snap to the reference pixels so it is read without resampling
+        xres, yres = t.a, -t.e
+        c0 = math.ceil((left - t.c) / xres - _EPS)
+        c1 = math.floor((right - t.c) / xres + _EPS)
+        r0 = math.ceil((t.f - top) / yres - _EPS)
+        r1 = math.floor((t.f - bottom) / yres + _EPS)
+        return crs, from_origin(t.c + c0 * xres, t.f - r0 * yres, xres, yres), c1 - c0, r1 - r0
+    xres, yres = (resolution, resolution) if resolution else ref.res
+    if resolution is not None and resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    width = math.floor((right - left) / xres + _EPS)
+    height = math.floor((top - bottom) / yres + _EPS)
+    return crs, from_origin(left, top, xres, yres), width, height
+
+
+def _warped(
+    ds: Any, grid: tuple[Any, Any, int, int], categorical: bool, nodata: Any, dtype: str | None = None,
+    src_nodata: Any = None,
+) -> Any:
+    """WarpedVRT of ``ds`` on ``grid``: nearest for categorical data, bilinear otherwise."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    crs, transform, width, height = grid
+    kw: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    if src_nodata is not None:
+        kw["src_nodata"] = src_nodata
+    return WarpedVRT(
+        ds, crs=crs, transform=transform, width=width, height=height, nodata=nodata,
+        resampling=Resampling.nearest if categorical else Resampling.bilinear, **kw,
+    )
+
+
+def _modality_vrt(s: _Source, grid: tuple[Any, Any, int, int], stack: contextlib.ExitStack) -> Any:
+    """VRT on the grid whose nodata is the product's; the file's nodata (else the product's) marks invalid input."""
+    m = s.modality
+    src_nodata = s.ds.nodata if s.ds.nodata is not None else m.nodata
+    nodata = m.nodata if m.nodata is not None else (src_nodata if src_nodata is not None else 0)
+    floating = np.issubdtype(np.dtype(m.dtype), np.floating)
+    vrt = _warped(s.ds, grid, m.kind == "categorical", nodata, "float32" if floating else None, src_nodata)
+    return stack.enter_context(vrt)
+
+
+def _any_valid(a: np.ndarray, nodata: Any) -> bool:
+    valid = np.ones(a.shape, dtype=bool)
+    if np.issubdtype(a.dtype, np.floating):
+        valid &= ~np.isnan(a)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= a != nodata
+    return bool(valid.any())
+
+
+def _check_fits(a: np.ndarray, m: Modality, path: Path) -> None:
+    target = np.dtype(m.dtype)
+    if not np.issubdtype(target, np.integer):
+        return
+    v = a
+    if np.issubdtype(a.dtype, np.floating):
+        v = a[~np.isnan(a)]
+        if v.size and not np.array_equal(v, np.round(v)):
+            raise IngestError(
+                f"{path}: has fractional values but product {m.product!r} stores {m.dtype} "
+                f"({m.units or 'integers'}); rescale the file or pass the right --product"
+            )
+    info = np.iinfo(target)
+    if v.size and (v.min() < info.min or v.max() > info.max):
+        raise IngestError(
+            f"{path}: values [{v.min()}, {v.max()}] do not fit product {m.product!r} dtype {m.dtype}; "
+            "pass the right --product"
+        )
+
+
+class _Labels:
+    """Label raster on the grid: validity rule, class codes/names, and per-chip mask/fractions/majority."""
+
+    def __init__(self, path: Path, ds: Any, grid: tuple[Any, Any, int, int], names: dict[int, str] | None,
+                 stack: contextlib.ExitStack) -> None:
+        self.path = path
+        self.file_nodata = ds.nodata
+        self.given = names
+        crs, transform, width, height = grid
+        left, top = transform @ (0, 0)
+        right, bottom = transform @ (width, height)
+        b = _bounds_in(ds, crs)
+        aoi = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+        if b[0] >= aoi[2] or b[2] <= aoi[0] or b[1] >= aoi[3] or b[3] <= aoi[1]:
+            raise IngestError(
+                f"{path}: label raster does not overlap the AOI (its bounds {tuple(round(x, 6) for x in b)}, "
+                f"AOI {tuple(round(x, 6) for x in aoi)} in {crs_string(crs)})"
+            )
+        self.vrt = stack.enter_context(_warped(ds, grid, True, float("nan"), "float64"))
+        self.zero_invalid = False
+        if names is not None:
+            codes = sorted(int(k) for k in names)
+            self.classes = [names[c] for c in codes]
+        else:
+            codes = self._scan(width, height)
+            if not codes:
+                raise IngestError(f"{path}: no valid label values inside the AOI")
+            if set(codes) - {0} and set(codes) - {0} <= set(WORLDCOVER_CLASSES):
+                self.zero_invalid = True
+                codes = [c for c in codes if c != 0]
+                self.classes = [WORLDCOVER_CLASSES[c] for c in codes]
+            else:
+                self.classes = [f"class_{c}" for c in codes]
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"{path}: duplicate class names {self.classes}")
+        self.codes = np.asarray(codes, dtype=np.float64)
+
+    def _valid(self, a: np.ndarray) -> np.ndarray:
+        valid = ~np.isnan(a)
+        if self.file_nodata is not None:
+            valid &= a != self.file_nodata
+        if self.given is not None:
+            return valid & np.isin(a, self.codes)
+        valid &= (a >= 0) & (a != 255)
+        if self.zero_invalid:
+            valid &= a != 0
+        return valid
+
+    def _scan(self, width: int, height: int) -> list[int]:
+        """Distinct valid values on the grid, read block by block."""
+        from rasterio.windows import Window
+
+        found: set[float] = set()
+        for r in range(0, height, _SCAN_BLOCK):
+            for c in range(0, width, _SCAN_BLOCK):
+                a = self.vrt.read(1, window=Window(c, r, min(_SCAN_BLOCK, width - c), min(_SCAN_BLOCK, height - r)))
+                found.update(np.unique(a[self._valid(a)]).tolist())
+        bad = [v for v in found if v != int(v)]
+        if bad:
+            raise IngestError(f"{self.path}: label values must be integer class codes, found {sorted(bad)[:5]}")
+        return sorted(int(v) for v in found)
+
+    def schema(self) -> dict[str, dict[str, Any]]:
+        s: dict[str, dict[str, Any]] = {
+            MASK_LABEL: {"kind": "mask", "classes": self.classes, "codes": self.codes.astype(int).tolist(),
+                         "dtype": "int16", "nodata": -1},
+            CLASS_LABEL: {"kind": "class", "classes": self.classes},
+        }
+        s.update({f"frac_{c}": {"kind": "fraction"} for c in self.classes})
+        return s
+
+    def chip(self, window: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Label columns and mask of one chip (no mask and null columns when it has no valid pixel)."""
+        a = self.vrt.read(1, window=window)
+        valid = self._valid(a)
+        if not valid.any():
+            return {CLASS_LABEL: None, **{f"frac_{c}": None for c in self.classes}}, {}
+        idx = np.full(a.shape, -1, dtype=np.int16)
+        idx[valid] = np.searchsorted(self.codes, a[valid]).astype(np.int16)
+        frac = np.bincount(idx[valid], minlength=len(self.classes)) / valid.sum()
+        cols: dict[str, Any] = {f"frac_{c}": float(f) for c, f in zip(self.classes, frac, strict=True)}
+        cols[CLASS_LABEL] = self.classes[int(np.argmax(frac))]
+        return cols, {MASK_LABEL: idx}
+
+
+def ingest_rasters(
+    modalities: dict[str, str | Path],
+    out: str | Path,
+    chip_size: int,
+    labels: str | Path | None = None,
+    products: dict[str, str] | None = None,
+    stride: int | None = None,
+    aoi: str = "aoi",
+    resolution: float | None = None,
+    label_classes: dict[int, str] | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+) -> ChipStore:
+    """Tile AOI rasters ``{key: path}`` (keys become store modality names) into a chip store at ``out``.
+
+    ``products`` maps keys to registered product ids (defaults by key: s2 by band count, s1, coh, dem, lc);
+    re-running after an interruption resumes. See the module docstring for grid, label and split rules.
+    """
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    if not modalities:
+        raise ValueError("no modality raster given (e.g. --modality s2=PATH)")
+    if chip_size <= 0 or (stride is not None and stride <= 0):
+        raise ValueError(f"chip size and stride must be positive, got {chip_size} and {stride}")
+    stride = stride or chip_size
+    with contextlib.ExitStack() as stack:
+        sources: list[_Source] = []
+        for key, p in modalities.items():
+            path = Path(p)
+            ds = _open(path, stack)
+            product = resolve_product(key, path, ds.count, products)
+            mod = get_modality(product, name=key)
+            sources.append(_Source(key, path, ds, mod, band_indexes(path, ds.descriptions, mod)))
+        grid = _reference_grid(sources, resolution)
+        crs, transform, width, height = grid
+        if width < chip_size or height < chip_size:
+            raise IngestError(
+                f"{sources[0].path}: the common footprint of the modalities is {width}x{height} px, "
+                f"smaller than one chip ({chip_size} px)"
+            )
+        for s in sources:
+            s.vrt = _modality_vrt(s, grid, stack)
+        lab = None
+        if labels is not None:
+            lpath = Path(labels)
+            lab = _Labels(lpath, _open(lpath, stack), grid, label_classes, stack)
+        n_rows = (height - chip_size) // stride + 1
+        n_cols = (width - chip_size) // stride + 1
+        centre = Window((n_cols // 2) * stride, (n_rows // 2) * stride, chip_size, chip_size)
+        for s in sources:  # fail on a wrong product before anything is written
+            a = s.vrt.read(indexes=s.indexes, window=centre)
+            if _any_valid(a, s.modality.nodata):
+                _check_fits(a, s.modality, s.path)
+        crs_s = crs_string(crs)
+        source = {
+            "ingester": "rasters",
+            "modalities": {s.key: str(s.path.resolve()) for s in sources},
+            "products": {s.key: s.modality.product for s in sources},
+            "labels": str(Path(labels).resolve()) if labels is not None else None,
+            "aoi": aoi,
+            "crs": crs_s,
+            "transform": list(transform)[:6],
+            "width": width,
+            "height": height,
+            "stride": stride,
+            "tiles": [n_rows, n_cols],
+        }
+        writer = StoreWriter(
+            out, [s.modality for s in sources], chip_size, lab.schema() if lab else None,
+            source=source, batch_size=batch_size, overwrite=overwrite,
+        )
+        with writer as w:
+            for i in range(n_rows):
+                for j in range(n_cols):
+                    chip_id = f"{aoi}_{i}_{j}"
+                    if w.is_done(chip_id):
+                        continue
+                    win = Window(j * stride, i * stride, chip_size, chip_size)
+                    arrays = {}
+                    for s in sources:
+                        a = s.vrt.read(indexes=s.indexes, window=win)
+                        if _any_valid(a, s.modality.nodata):
+                            _check_fits(a, s.modality, s.path)
+                            arrays[s.key] = a
+                    if not arrays:
+                        w.skip(chip_id, "entirely nodata in every modality")
+                        continue
+                    cols, masks = lab.chip(win) if lab else ({}, {})
+                    w.add(
+                        ChipRecord(
+                            chip_id,
+                            arrays,
+                            geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
+                            crs=crs_s,
+                            aoi=aoi,
+                            split=block_split(aoi, i, j),
+                            labels=cols,
+                            masks=masks,
+                            source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"
+                            f"{j * stride}:{j * stride + chip_size}]",
+                        )
+                    )
+    return ChipStore(out)
+
+
+def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        k, sep, val = v.partition("=")
+        if not sep or not k.strip() or not val.strip():
+            raise ValueError(f"{option} {v!r}: expected KEY=VALUE")
+        if k.strip() in out:
+            raise ValueError(f"{option} {k.strip()!r} given twice")
+        out[k.strip()] = val.strip()
+    return out
+
+
+def command(
+    modality: list[str] = typer.Option(..., "--modality", "-m", help="KEY=PATH, e.g. s2=s2.tif (repeat; first = reference grid)"),
+    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
+    chip_size: int = typer.Option(..., help="chip size in px of the reference grid"),
+    product: list[str] = typer.Option([], "--product", help="KEY=PRODUCT, e.g. s2=s2_l2a (default by key)"),
+    labels: Path | None = typer.Option(None, help="categorical label raster (e.g. ESA WorldCover)"),
+    label_class: list[str] = typer.Option([], "--label-class", help="VALUE=NAME label class names (repeat)"),
+    stride: int | None = typer.Option(None, help="tile step in px (default: chip size)"),
+    aoi: str = typer.Option("aoi", help="AOI name, prefix of chip ids"),
+    resolution: float | None = typer.Option(None, help="grid pixel size in reference CRS units (default: first raster's)"),
+    modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
+    overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
+    batch_size: int = typer.Option(64, help="chips per committed batch"),
+) -> None:
+    """Tile AOI rasters (GeoTIFF/COG, any CRS/resolution) and an optional label raster into a chip store."""
+    from earthembed.cli_utils import fail_on
+    from earthembed.data.modalities import load_modalities_file
+
+    with fail_on():
+        if modalities_file is not None:
+            load_modalities_file(modalities_file)
+        classes = _pairs(label_class, "--label-class")
+        try:
+            label_classes = {int(k): v for k, v in classes.items()} or None
+        except ValueError as e:
+            raise ValueError(f"--label-class: values must be integers ({e})") from None
+        store = ingest_rasters(
+            _pairs(modality, "--modality"), out, chip_size, labels=labels, products=_pairs(product, "--product"),
+            stride=stride, aoi=aoi, resolution=resolution, label_classes=label_classes, overwrite=overwrite,
+            batch_size=batch_size,
+        )
+    info = store.info()
+    typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
+    for k, m in info["modalities"].items():
+        typer.echo(f"  {k}: {m['product']} present in {m['present']}")
+    if CLASS_LABEL in info["labels"]:
+        typer.echo(f"  {CLASS_LABEL} {info['labels'][CLASS_LABEL]['class_counts']}")
+    if info["skipped"]:
+        typer.echo(f"  skipped {info['skipped']} tiles (see {store.path / 'ingest_report.json'})")

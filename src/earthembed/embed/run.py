@@ -1,0 +1,250 @@
+"""Embed every chip of a store with an exported model, streaming and resumable.
+
+Batches are written as Parquet part files next to the output (``<out>.parts/``), each renamed into place
+only when complete, so a killed run restarts where it stopped and never writes a chip twice. The final
+GeoParquet table is assembled at the end and the parts are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from earthembed.data.dataset import ChipDataset
+from earthembed.data.modalities import BandMismatchError
+from earthembed.data.normalize import Normalizer
+from earthembed.data.store import ChipStore
+from earthembed.embed.io import META_KEY
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    """Item i is the i-th contiguous batch of chips: one vectorised store read per batch."""
+
+    def __init__(self, dataset: ChipDataset, starts: Sequence[int], batch_size: int) -> None:
+        self.dataset, self.starts, self.batch_size = dataset, list(starts), batch_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.starts[i]
+        e = min(s + self.batch_size, len(self.dataset))
+        return self.dataset.read_batch(np.arange(s, e))
+
+
+def resolve_request(
+    model_bands: dict[str, list[str]],
+    store: ChipStore,
+    modalities: Sequence[str] | None = None,
+    bands: dict[str, Sequence[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Which bands of which modalities to feed: checked against both the model and the store, by name."""
+    if modalities is None:
+        modalities = [m for m in model_bands if m in store.modalities]
+        if not modalities:
+            raise BandMismatchError(
+                f"{store.path}: store modalities {list(store.modalities)} share none with the model ({list(model_bands)})"
+            )
+    out: dict[str, list[str]] = {}
+    for m in modalities:
+        if m not in model_bands:
+            raise BandMismatchError(f"the model was never trained on modality {m!r} (it knows {list(model_bands)})")
+        if m not in store.modalities:
+            raise BandMismatchError(f"{store.path}: store has no modality {m!r} (it has {list(store.modalities)})")
+        want = list((bands or {}).get(m) or model_bands[m])
+        unknown = [b for b in want if b not in model_bands[m]]
+        if unknown:
+            raise BandMismatchError(f"the model never saw {m} bands {unknown} (it knows {model_bands[m]})")
+        missing = [b for b in want if b not in store.band_names(m)]
+        if missing:
+            raise BandMismatchError(f"{store.path}: {m} has no bands {missing} (it has {store.band_names(m)})")
+        out[m] = want
+    for m in bands or {}:
+        if m not in out:
+            raise BandMismatchError(f"bands given for modality {m!r}, which is not requested ({list(out)})")
+    return out
+
+
+def parse_bands(spec: str | None) -> dict[str, list[str]] | None:
+    """``"s2:B04,B03,B02;s1:VV"`` -> ``{"s2": ["B04", "B03", "B02"], "s1": ["VV"]}``."""
+    if not spec:
+        return None
+    out: dict[str, list[str]] = {}
+    for part in spec.split(";"):
+        if ":" not in part:
+            raise ValueError(f"--bands {spec!r}: expected MODALITY:BAND,BAND[;MODALITY:BAND...]")
+        mod, names = part.split(":", 1)
+        out[mod.strip()] = [b.strip() for b in names.split(",") if b.strip()]
+    return out
+
+
+def embed_store(
+    model: str | Path | torch.nn.Module,
+    store: str | Path | ChipStore,
+    out: str | Path,
+    modalities: Sequence[str] | None = None,
+    bands: dict[str, Sequence[str]] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    meta: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Path:
+    """Write one GeoParquet row per chip with the fused and per-modality embeddings.
+
+    ``model`` is an exported model directory / ``model.json`` (see :mod:`earthembed.models.export`), or a
+    module plus its ``meta`` (the same dict ``load_model`` returns).
+    """
+    from earthembed.models.export import load_model
+
+    if isinstance(model, (str, Path)):
+        model_path = str(model)
+        model, meta = load_model(model)
+    else:
+        if meta is None:
+            raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
+        model_path = meta.get("path", "")
+    store = store if isinstance(store, ChipStore) else ChipStore(store)
+    out = Path(out)
+    request = resolve_request(meta["modalities"], store, modalities, bands)
+    normalizer = Normalizer.from_dict(meta["normalization"])
+    dataset = ChipDataset(store, request, normalizer=normalizer)
+    model_id = str(meta.get("model_id", "unknown"))
+    manifest = {
+        "model_id": model_id,
+        "store": str(store.path.resolve()),
+        "n_chips": len(store),
+        "bands": request,
+        "batch_size": batch_size,
+    }
+    parts = out.with_name(out.name + ".parts")
+    done = _prepare_parts(parts, manifest, resume)
+    starts = [s for s in range(0, len(dataset), batch_size) if s not in done]
+    model = model.to(device).eval()
+    index = store.index
+    loader = torch.utils.data.DataLoader(
+        _BatchReader(dataset, starts, batch_size), batch_size=None, num_workers=num_workers, shuffle=False
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(dataset), initial=len(dataset) - sum(min(batch_size, len(dataset) - s) for s in starts),
+                   unit="chip", desc=f"embed {store.path.name}")
+    with torch.inference_mode():
+        for start, batch in zip(starts, loader, strict=True):
+            present = {k: batch[f"{k}_present"] for k in request}
+            x = {k: batch[k].to(device) for k in request}
+            res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
+            table = _batch_table(batch["idx"].numpy(), index, res, present, request, model_id)
+            f = parts / f"part-{start:09d}.parquet"
+            tmp = f.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, f)
+            if bar is not None:
+                bar.update(len(batch["idx"]))
+    if bar is not None:
+        bar.close()
+    _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
+                           "modalities": list(request), "architecture": meta.get("architecture")})
+    return out
+
+
+def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[int]:
+    mf = parts / "manifest.json"
+    if parts.exists() and resume and mf.exists():
+        old = json.loads(mf.read_text())
+        if old == manifest:
+            for t in parts.glob("*.tmp"):
+                t.unlink()
+            return {int(f.stem.split("-")[1]) for f in parts.glob("part-*.parquet")}
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    mf.write_text(json.dumps(manifest, indent=2))
+    return set()
+
+
+def _fixed(x: np.ndarray, valid: np.ndarray) -> pa.Array:
+    d = x.shape[1]
+    flat = pa.array(x.astype(np.float32).reshape(-1), type=pa.float32())
+    arr = pa.FixedSizeListArray.from_arrays(flat, d)
+    if valid.all():
+        return arr
+    mask = pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(flat, d, mask=mask)
+
+
+def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict[str, torch.Tensor],
+                 request: dict[str, list[str]], model_id: str) -> pa.Table:
+    rows = index.iloc[idx]
+    pres = {k: v.numpy().astype(bool) for k, v in present.items()}
+    any_present = np.any(np.stack(list(pres.values())), axis=0)
+    used = [",".join(k for k in request if pres[k][i]) for i in range(len(idx))]
+    cols: dict[str, Any] = {
+        "idx": pa.array(idx.astype(np.int64)),
+        "chip_id": pa.array(rows["chip_id"].astype(str).tolist()),
+        "geometry": pa.array([g.wkb if g is not None else None for g in rows.geometry], type=pa.binary()),
+        "aoi": pa.array(rows["aoi"].astype(str).tolist()),
+        "split": pa.array(rows["split"].astype(str).tolist()),
+        "modalities_used": pa.array(used),
+        "bands_used": pa.array([json.dumps(request)] * len(idx)),
+        "emb_fused": _fixed(res["fused"].float().cpu().numpy(), any_present),
+    }
+    for k in request:
+        cols[f"emb_{k}"] = _fixed(res["modality"][k].float().cpu().numpy(), pres[k])
+        cols[f"present_{k}"] = pa.array(pres[k])
+    cols["model_id"] = pa.array([model_id] * len(idx))
+    return pa.table(cols)
+
+
+def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
+    files = sorted(parts.glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("idx")
+    if len(set(table.column("idx").to_pylist())) != table.num_rows:
+        raise RuntimeError(f"{parts}: duplicate chips in embedding parts")
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": [], "crs": _crs_4326()}},
+    }
+    md = dict(table.schema.metadata or {})
+    md[b"geo"] = json.dumps(geo).encode()
+    md[META_KEY] = json.dumps(meta).encode()
+    table = table.replace_schema_metadata(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    shutil.rmtree(parts)
+
+
+def _crs_4326() -> dict[str, Any]:
+    from pyproj import CRS
+
+    return CRS.from_epsg(4326).to_json_dict()
+
+
+def embed_random_init(
+    like: str | Path, store: str | Path | ChipStore, out: str | Path, seed: int = 0, **kwargs: Any
+) -> Path:
+    """Embeddings from a randomly initialised encoder of the same architecture and normalisation as ``like``.
+
+    The baseline that tells how much of a score is pretraining and how much is architecture + pooling.
+    """
+    from earthembed.models.export import load_model, random_init_like
+
+    _, meta = load_model(like)
+    model = random_init_like(meta, seed=seed)
+    meta = {**meta, "model_id": f"random-init-seed{seed}-{meta.get('model_id', '')}"}
+    return embed_store(model, store, out, meta=meta, **kwargs)

@@ -1,0 +1,71 @@
+"""CLI of the evaluate stage: ``fewshot`` label-efficiency curves of embeddings against store labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from earthembed.cli_utils import fail_on
+
+
+def parse_embedding_args(items: list[str], random_init: Path | None = None) -> dict[str, Path]:
+    """``["NAME=PATH" | "PATH", ...]`` -> ``{name: path}``; a bare PATH is named after its file stem."""
+    out: dict[str, Path] = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep:
+            name, path = Path(it).stem, it
+        name = name.strip()
+        if not name or not path:
+            raise ValueError(f"--embeddings {it!r}: expected PATH or NAME=PATH")
+        if name in out:
+            raise ValueError(f"--embeddings: feature-set name {name!r} is used twice; name them with NAME=PATH")
+        out[name] = Path(path)
+    if random_init is not None:
+        if "random_init" in out:
+            raise ValueError("--random-init: the name 'random_init' is already used by --embeddings")
+        out["random_init"] = Path(random_init)
+    return out
+
+
+def fewshot(
+    embeddings: list[str] = typer.Option(..., "--embeddings", help="PATH or NAME=PATH, repeatable"),
+    store: Path = typer.Option(..., "--store", help="chip store holding the labels"),
+    task: str = typer.Option(..., "--task", help="label column(s), comma-separated"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    budgets: str = typer.Option(None, help="e.g. '1,5,10,20,50,all' (default: per class 1..50 or total 10..1000, + all)"),
+    budget_mode: str = typer.Option("auto", help="auto | per_class | total"),
+    seeds: int = typer.Option(3, help="number of seeds (budget draws): 0..N-1"),
+    estimators: str = typer.Option(None, help="comma list: logreg/ridge (or linear), rf, knn (default: all)"),
+    baselines: str = typer.Option("band_stats", help="comma list of baselines, or 'none'"),
+    random_init: Path = typer.Option(None, help="embedding table of a random-init encoder of the same architecture"),
+    feature_columns: str = typer.Option(None, help="embedding columns to use, e.g. 'emb_fused,emb_s2' (default: all)"),
+    n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
+) -> None:
+    """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""
+    from earthembed.evaluate.fewshot import run_fewshot
+
+    with fail_on():
+        if seeds < 1:
+            raise ValueError("--seeds must be >= 1")
+        run_fewshot(
+            parse_embedding_args(embeddings, random_init),
+            store,
+            task,
+            out,
+            budgets=budgets,
+            budget_mode=budget_mode,
+            seeds=tuple(range(seeds)),
+            estimators=estimators,
+            baselines=baselines,
+            n_boot=n_boot,
+            feature_columns=feature_columns,
+            progress=True,
+        )
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"results: {out / 'results.csv'}  plot: {out / 'label_efficiency.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fewshot")(fewshot)

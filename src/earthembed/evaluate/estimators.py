@@ -1,0 +1,193 @@
+"""Few-shot estimators on frozen features (scikit-learn), one name per estimator across task kinds.
+
+``logreg`` (classification / multilabel) and ``ridge`` (regression) choose their regularisation by
+cross-validation *inside* the label budget, as in Jungbluth et al. 2023; with fewer than two examples of
+a class there is nothing to cross-validate and C is fixed to 1. What was used is returned in ``extra`` so
+it lands in the results table. Features are standardised (StandardScaler) for the linear and kNN models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+C_GRID: np.ndarray = np.logspace(-3, 3, 7)
+ALPHA_GRID: np.ndarray = np.logspace(-3, 3, 7)
+RF_TREES = 100
+
+ESTIMATORS: dict[str, tuple[str, ...]] = {
+    "classification": ("logreg", "rf", "knn"),
+    "multilabel": ("logreg", "rf", "knn"),
+    "regression": ("ridge", "rf", "knn"),
+}
+_ALIASES = {"linear": {"classification": "logreg", "multilabel": "logreg", "regression": "ridge"}}
+
+
+def resolve_estimators(kind: str, names: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Estimator names for a task kind; ``linear`` means logreg or ridge. Unknown names raise ValueError."""
+    if names is None:
+        return list(ESTIMATORS[kind])
+    if isinstance(names, str):
+        names = [s.strip() for s in names.split(",") if s.strip()]
+    out = []
+    for n in names:
+        n = _ALIASES.get(n, {}).get(kind, n)
+        if n not in ESTIMATORS[kind]:
+            raise ValueError(f"estimator {n!r} is not available for {kind} tasks (choose from {ESTIMATORS[kind]})")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+@dataclasses.dataclass
+class Fitted:
+    """A fitted model and what was chosen while fitting (``extra``: C, alpha, k, skipped classes...)."""
+
+    model: Any
+    kind: str
+    extra: dict[str, Any]
+    n_outputs: int = 0
+    columns: np.ndarray | None = None  # multilabel: the classes that were fitted
+    constant: np.ndarray | None = None  # multilabel: score given to classes that were not fitted
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(predictions, scores): scores are class-1 probabilities [N, K] for multilabel, else None."""
+        if self.kind != "multilabel":
+            return self.model.predict(X), None
+        scores = np.tile(self.constant.astype(np.float64), (len(X), 1))
+        if self.columns is not None and len(self.columns):
+            scores[:, self.columns] = self.model(X)
+        return (scores >= 0.5).astype(np.int8), scores
+
+
+@functools.cache
+def _lrcv_kwargs() -> dict[str, Any]:
+    """Pin LogisticRegressionCV defaults that scikit-learn >= 1.8 is changing (plain L2, new attributes)."""
+    params = inspect.signature(LogisticRegressionCV).parameters
+    kw: dict[str, Any] = {}
+    if "use_legacy_attributes" in params:
+        kw["use_legacy_attributes"] = False
+    if "l1_ratios" in params and params["l1_ratios"].default == "warn":
+        kw["l1_ratios"] = (0.0,)
+    return kw
+
+
+def _fit_logreg(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
+    """LogisticRegression with C by stratified CV (``min(5, smallest class)`` folds, log-loss, warm-started
+    along the C path), or C=1 when a class has fewer than two examples."""
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) < 2:
+        return DummyClassifier(strategy="most_frequent").fit(X, y), {"C": None, "note": "one class in budget: constant"}
+    n_min = int(counts.min())
+    if n_min < 2:
+        est: Any = LogisticRegression(C=1.0, max_iter=1000)
+        extra: dict[str, Any] = {"C": 1.0, "C_selection": "fixed (a class has < 2 examples)"}
+    else:
+        cv = StratifiedKFold(n_splits=min(5, n_min), shuffle=True, random_state=seed)
+        est = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=1000, **_lrcv_kwargs())
+        extra = {"C_selection": f"{cv.n_splits}-fold CV"}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always", ConvergenceWarning)
+        est.fit(X, y)
+    if isinstance(est, LogisticRegressionCV):
+        extra["C"] = float(np.ravel(est.C_)[0])
+    if any(issubclass(x.category, ConvergenceWarning) for x in w):
+        extra["converged"] = False
+    return est, extra
+
+
+def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
+    n = len(X)
+    if name == "knn":
+        k = min(5, n)
+        knn = KNeighborsRegressor(k) if kind == "regression" else KNeighborsClassifier(k)
+        return make_pipeline(StandardScaler(), knn).fit(X, y), {"k": k}
+    if name == "rf":
+        cls = RandomForestRegressor if kind == "regression" else RandomForestClassifier
+        return cls(n_estimators=RF_TREES, random_state=seed, n_jobs=1).fit(X, y), {"n_trees": RF_TREES}
+    if name == "ridge":
+        if n < 3:
+            return make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}
+        pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHA_GRID)).fit(X, y)
+        return pipe, {"alpha": float(pipe[-1].alpha_), "alpha_selection": "efficient LOO CV"}
+    if name == "logreg":
+        scaler = StandardScaler().fit(X)
+        est, extra = _fit_logreg(scaler.transform(X), y, seed)
+        return Pipeline([("scale", scaler), ("clf", est)]), extra
+    raise ValueError(f"unknown estimator {name!r}")
+
+
+def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes: list[str]) -> Fitted:
+    """One model over the classes that have both positives and negatives in the budget; the others are
+    skipped and scored with their (constant) budget prevalence, which is recorded in ``extra``."""
+    Y = np.asarray(Y, dtype=np.int8)
+    prev = Y.mean(axis=0) if len(Y) else np.zeros(Y.shape[1])
+    cols = np.flatnonzero((prev > 0) & (prev < 1))
+    skipped = [classes[i] for i in np.flatnonzero(~((prev > 0) & (prev < 1)))]
+    extra: dict[str, Any] = {"skipped_classes": skipped} if skipped else {}
+    if not len(cols):
+        return Fitted(lambda X: np.zeros((len(X), 0)), "multilabel", extra, Y.shape[1], cols, prev)
+    Yc = Y[:, cols]
+    if name == "logreg":
+        scaler = StandardScaler().fit(X)
+        Xs = scaler.transform(X)
+        models, cs = [], []
+        for j in range(Yc.shape[1]):
+            m, e = _fit_logreg(Xs, Yc[:, j], seed)
+            models.append(m)
+            cs.append(e.get("C"))
+            if e.get("converged") is False:
+                extra["converged"] = False
+        extra["C"] = cs
+        extra["C_selection"] = "per class: CV with min(5, min(pos, neg)) folds, C=1 when < 2"
+
+        def score(Xn: np.ndarray) -> np.ndarray:
+            Z = scaler.transform(Xn)
+            return np.column_stack([m.predict_proba(Z)[:, 1] for m in models])
+
+        return Fitted(score, "multilabel", extra, Y.shape[1], cols, prev)
+    if name == "rf":
+        model = RandomForestClassifier(n_estimators=RF_TREES, random_state=seed, n_jobs=1).fit(X, Yc)
+        extra["n_trees"] = RF_TREES
+    elif name == "knn":
+        k = min(5, len(X))
+        model = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(X, Yc)
+        extra["k"] = k
+    else:
+        raise ValueError(f"unknown estimator {name!r}")
+
+    def proba(Xn: np.ndarray) -> np.ndarray:
+        ps = model.predict_proba(Xn)
+        ps = ps if isinstance(ps, list) else [ps]
+        return np.column_stack([p[:, 1] for p in ps])
+
+    return Fitted(proba, "multilabel", extra, Y.shape[1], cols, prev)
+
+
+def fit_estimator(
+    name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0, classes: list[str] | None = None
+) -> Fitted:
+    """Fit estimator ``name`` for a task ``kind`` on a budget; see :data:`ESTIMATORS` for the names."""
+    if kind not in ESTIMATORS:
+        raise ValueError(f"unknown task kind {kind!r}")
+    if name not in ESTIMATORS[kind]:
+        raise ValueError(f"estimator {name!r} is not available for {kind} tasks (choose from {ESTIMATORS[kind]})")
+    if kind == "multilabel":
+        classes = classes or [str(i) for i in range(np.shape(y)[1])]
+        return _multilabel_fit(name, X, y, seed, classes)
+    model, extra = _fit_single(name, kind, X, y, seed)
+    return Fitted(model, kind, extra)
+

@@ -1,0 +1,210 @@
+"""Few-shot label-efficiency evaluation (Jungbluth et al. 2023 protocol, torchgeo-bench style).
+
+For each task, every feature set (embedding columns of each table, plus baselines) is scored on the *same*
+test chips with the *same* nested budget samples per seed, so differences between feature sets are not
+differences in what they were trained or tested on. Test chips are the intersection of labelled chips
+that have every feature set: a feature set with missing chips (e.g. ``emb_s1`` where S1 is absent)
+narrows the evaluation for all of them; restrict ``feature_columns`` to avoid that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from earthembed.data.store import ChipStore
+from earthembed.evaluate.budgets import (
+    default_budgets,
+    parse_budgets,
+    resolve_mode,
+    sample_budgets,
+    split_pool_test,
+)
+from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
+from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set, load_feature_sets
+from earthembed.evaluate.metrics import evaluate_predictions
+from earthembed.evaluate.summary import plot_label_efficiency, write_summary
+from earthembed.evaluate.tasks import Task, load_task
+
+BASELINES = ("band_stats",)
+RESULT_COLUMNS = [
+    "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
+    "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
+]
+
+
+def _split_names(v: str | Sequence[str] | None) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return [s for x in v for s in _split_names(x)]
+
+
+def load_all_feature_sets(
+    embeddings: Mapping[str, str | Path],
+    store: ChipStore,
+    baselines: Sequence[str] = BASELINES,
+    feature_columns: Sequence[str] | None = None,
+) -> list[FeatureSet]:
+    """Feature sets of every table (``<name>:<column>``) followed by the requested baselines."""
+    sets: list[FeatureSet] = []
+    for name, path in embeddings.items():
+        sets += load_feature_sets(name, path, feature_columns)
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"unknown baseline {b!r} (available: {BASELINES})")
+        sets.append(band_statistics_feature_set(store))
+    if not sets:
+        raise ValueError("nothing to evaluate: give at least one embedding table or baseline")
+    for fs in sets:
+        if len(np.unique(fs.chip_ids)) != len(fs.chip_ids):
+            raise ValueError(f"{fs.source}: duplicate chip_id rows in feature set {fs.name}")
+    return sets
+
+
+def _common(task: Task, sets: Sequence[FeatureSet]) -> tuple[Task, list[np.ndarray]]:
+    """The task restricted to chips every feature set has, and each set's matrix aligned to it."""
+    keep = np.ones(len(task), dtype=bool)
+    for fs in sets:
+        keep &= np.isin(task.chip_ids, fs.chip_ids)
+    if not keep.any():
+        overlap = {fs.name: int(np.isin(task.chip_ids, fs.chip_ids).sum()) for fs in sets}
+        raise ValueError(
+            f"task {task.name!r}: no labelled chip has every feature set (labelled chips per set: {overlap}); "
+            "are the embedding tables from this store?"
+        )
+    t = task.subset(keep)
+    mats = [fs.X[pd.Index(fs.chip_ids).get_indexer(t.chip_ids)] for fs in sets]
+    return t, mats
+
+
+def evaluate_task(
+    task: Task,
+    sets: Sequence[FeatureSet],
+    budgets: Sequence[int | str] | None = None,
+    budget_mode: str = "auto",
+    seeds: Sequence[int] = (0, 1, 2),
+    estimators: Sequence[str] | str | None = None,
+    n_boot: int = 200,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """(tidy results, run notes, budget membership) of one task over all feature sets."""
+    from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
+
+    t, mats = _common(task, sets)
+    mode = resolve_mode(t.kind, budget_mode)
+    budgets = list(budgets) if budgets else default_budgets(mode)
+    ests = resolve_estimators(t.kind, estimators)
+    pool, test, note = split_pool_test(t.split, t.y if t.kind == "classification" else None)
+    if not len(pool):
+        raise ValueError(f"task {t.name!r}: no training chips (all labelled chips are in the test split)")
+    notes = {
+        "task": t.name, "kind": t.kind, "classes": t.classes, "budget_mode": mode, "budgets": [str(b) for b in budgets],
+        "split": note, "n_labelled": len(task) + task.n_dropped, "n_dropped_unlabelled": task.n_dropped,
+        "n_common": len(t), "n_pool": len(pool), "n_test": len(test),
+        "feature_sets": {fs.name: {"dim": fs.dim, "n_chips": len(fs.chip_ids), "n_excluded_null": fs.n_excluded,
+                                   "source": fs.source, "model_id": fs.model_id} for fs in sets},
+    }
+    membership: list[pd.DataFrame] = []
+    samples = {s: sample_budgets(t.y[pool], t.kind, budgets, mode, s) for s in seeds}
+    for s, bud in samples.items():
+        for b, p in bud.items():
+            membership.append(pd.DataFrame({"task": t.name, "seed": s, "budget": b, "chip_id": t.chip_ids[pool[p]]}))
+    total = len(sets) * len(ests) * sum(len(b) for b in samples.values())
+    bar = tqdm(total=total, desc=f"few-shot {t.name}", disable=not progress)
+    # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
+    with threadpool_limits(limits=1):
+        rows = _fit_all(t, sets, mats, ests, samples, pool, test, n_boot, mode, bar)
+    bar.close()
+    members = pd.concat(membership, ignore_index=True) if membership else pd.DataFrame()
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS), notes, members
+
+
+def _fit_all(
+    t: Task, sets: Sequence[FeatureSet], mats: Sequence[np.ndarray], ests: Sequence[str],
+    samples: dict[int, dict[str, np.ndarray]], pool: np.ndarray, test: np.ndarray, n_boot: int, mode: str,
+    bar: Any,
+) -> list[dict[str, Any]]:
+    """Tidy rows of every feature set x estimator x seed x budget (each fitted once, scored on ``test``)."""
+    y_test = t.y[test]
+    rows: list[dict[str, Any]] = []
+    for fs, X in zip(sets, mats, strict=True):
+        for est in ests:
+            for s, bud in samples.items():
+                for b, p in bud.items():
+                    tr = pool[p]
+                    t0 = time.perf_counter()
+                    fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=s, classes=t.classes)
+                    fit_s = time.perf_counter() - t0
+                    pred, score = fitted.predict(X[test])
+                    metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=s)
+                    extra = json.dumps(fitted.extra, default=float)
+                    for m, (v, lo, hi) in metrics.items():
+                        rows.append({
+                            "task": t.name, "task_kind": t.kind, "features": fs.name, "estimator": est,
+                            "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": s, "metric": m,
+                            "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
+                            "fit_s": fit_s, "extra": extra,
+                        })
+                    bar.update()
+    return rows
+
+
+def run_fewshot(
+    embeddings: Mapping[str, str | Path],
+    store: str | Path | ChipStore,
+    task: str | Sequence[str],
+    out_dir: str | Path,
+    budgets: str | Sequence[int | str] | None = None,
+    budget_mode: str = "auto",
+    seeds: Sequence[int] = (0, 1, 2),
+    estimators: str | Sequence[str] | None = None,
+    baselines: str | Sequence[str] = ("band_stats",),
+    n_boot: int = 200,
+    feature_columns: str | Sequence[str] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
+
+    ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
+    ``feature_columns``) becomes feature set ``<name>:<column>``; ``baselines`` adds ``band_stats`` from the
+    store. Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
+    ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split, exclusions) to ``out_dir``
+    and returns the tidy results.
+    """
+    st = store if isinstance(store, ChipStore) else ChipStore(store)
+    tasks = _split_names(task)
+    if not tasks:
+        raise ValueError("no task given")
+    if not seeds:
+        raise ValueError("need at least one seed")
+    bl = _split_names(baselines)
+    bl = [] if bl in (["none"], ["no"]) else bl
+    sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None)
+    parsed = parse_budgets(budgets)
+    loaded = [load_task(st, name) for name in tasks]  # fail on a bad column before any fitting
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, notes, members = [], [], []
+    for tk in loaded:
+        r, n, m = evaluate_task(tk, sets, parsed, budget_mode, list(seeds), estimators, n_boot, progress)
+        results.append(r)
+        notes.append(n)
+        members.append(m)
+    df = pd.concat(results, ignore_index=True)
+    df.to_csv(out_dir / "results.csv", index=False)
+    df.to_parquet(out_dir / "results.parquet", index=False)
+    pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
+    (out_dir / "run.json").write_text(json.dumps({"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot,
+                                                  "tasks": notes}, indent=2, default=str))
+    write_summary(df, out_dir)
+    plot_label_efficiency(df, out_dir / "label_efficiency.png")
+    return df

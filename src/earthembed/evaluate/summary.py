@@ -1,0 +1,151 @@
+"""From the tidy results table to the two answers people ask for, plus the label-efficiency plot.
+
+1. How good is each feature set with all labels, and how many labels does it need to get 95% of that
+   ("label reduction" = 1 - budget_n / n_full)?  2. The primary metric per budget, mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from earthembed.evaluate.tasks import PRIMARY_METRIC
+
+FRACTION = 0.95
+
+
+def primary_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each task's primary metric (macro-F1, macro mAP or R2)."""
+    prim = results["task_kind"].map(PRIMARY_METRIC)
+    return results[results["metric"] == prim]
+
+
+def _per_budget(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean/std over seeds of the primary metric and the mean number of training chips per budget."""
+    keys = ["task", "features", "estimator", "budget"]
+    g = primary_rows(results).groupby(keys, sort=False)
+    agg = g.agg(metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"),
+                budget_n=("budget_n", "mean"), n_seeds=("seed", "nunique"))
+    return agg.reset_index().sort_values([*keys[:3], "budget_n"], kind="stable")
+
+
+def summarize(results: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame:
+    """Per task, feature set and estimator: full-label score and the smallest budget reaching
+    ``fraction`` of it. The reference is the ``all`` budget (else the largest one, named in the table).
+    With a full score <= 0 (e.g. R2) a fraction of it means nothing, so those columns stay empty."""
+    rows = []
+    for (task, feats, est), d in _per_budget(results).groupby(["task", "features", "estimator"], sort=False):
+        d = d.sort_values("budget_n")
+        ref = d[d["budget"] == "all"]
+        ref = ref.iloc[0] if len(ref) else d.iloc[-1]
+        row = {
+            "task": task, "features": feats, "estimator": est, "metric": ref["metric"],
+            "reference_budget": ref["budget"], "n_full": ref["budget_n"],
+            "full_score": ref["mean"], "full_std": ref["std"],
+            "budget_95": None, "budget_n_95": np.nan, "score_95": np.nan, "label_reduction_pct": np.nan,
+        }
+        if np.isfinite(ref["mean"]) and ref["mean"] > 0:
+            hit = d[d["mean"] >= fraction * ref["mean"]].iloc[0]
+            row.update(budget_95=hit["budget"], budget_n_95=hit["budget_n"], score_95=hit["mean"],
+                       label_reduction_pct=100.0 * (1.0 - hit["budget_n"] / ref["budget_n"]))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.sort_values(["task", "full_score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def budget_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Primary metric as "mean ± std" per (task, features, estimator) x budget (columns by budget size)."""
+    d = _per_budget(results)
+    order = d.groupby("budget")["budget_n"].mean().sort_values().index.tolist()
+    d = d.assign(cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(d["mean"], d["std"], strict=True)])
+    t = d.pivot(index=["task", "features", "estimator"], columns="budget", values="cell")
+    return t[[b for b in order if b in t.columns]].reset_index()
+
+
+def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, table: pd.DataFrame, fraction: float = FRACTION) -> str:
+    s = summary.copy()
+    s["n_full"] = s["n_full"].round().astype("Int64")
+    s["budget_n_95"] = s["budget_n_95"].round().astype("Int64")
+    return (
+        f"## Full-label score and labels needed for {fraction:.0%} of it\n\n"
+        + _markdown(s)
+        + "\n\n## Primary metric per label budget (mean ± std over seeds)\n\n"
+        + _markdown(table)
+        + "\n"
+    )
+
+
+def write_summary(results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION) -> str:
+    """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown."""
+    out_dir = Path(out_dir)
+    summary = summarize(results, fraction)
+    table = budget_table(results)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    md = summary_markdown(summary, table, fraction)
+    (out_dir / "summary.md").write_text(md)
+    return md
+
+
+def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path) -> Path:
+    """Primary metric vs training chips (log x): a row of panels per task (one per estimator), a line per
+    feature set, mean over seeds with a ± std band. R2 axes stop at -1: tiny budgets can score -1000."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    d = _per_budget(results)
+    tasks = list(dict.fromkeys(d["task"]))
+    ests = {t: list(dict.fromkeys(d.loc[d["task"] == t, "estimator"])) for t in tasks}
+    ncols = max(len(v) for v in ests.values())
+    feats = list(dict.fromkeys(d["features"]))
+    colors = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(feats)}
+    fig, axes = plt.subplots(len(tasks), ncols, figsize=(4.2 * ncols, 3.4 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        dt = d[d["task"] == task]
+        metric = dt["metric"].iloc[0]
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= len(ests[task]):
+                ax.set_visible(False)
+                continue
+            est = ests[task][j]
+            for f in feats:
+                c = dt[(dt["estimator"] == est) & (dt["features"] == f)]
+                if not len(c):
+                    continue
+                x, m, s = c["budget_n"].to_numpy(), c["mean"].to_numpy(), c["std"].fillna(0).to_numpy()
+                ax.plot(x, m, marker="o", ms=3, label=f, color=colors[f])
+                ax.fill_between(x, m - s, m + s, alpha=0.2, color=colors[f], lw=0)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            if metric == "r2":
+                lo, hi = np.nanmin(dt["mean"]), np.nanmax(dt["mean"])
+                ax.set_ylim(max(lo, -1.0) - 0.05, max(hi, 0.0) + 0.05)
+            ax.grid(alpha=0.3, which="both")
+            ax.set_title(f"{task} · {est}", fontsize=9)
+            ax.set_xlabel("training chips")
+            ax.set_ylabel(metric)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    rows = (len(feats) - 1) // 4 + 1
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(feats)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * rows / len(tasks), 1, 1))
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,148 @@
+"""Self-describing model export: ``model.safetensors`` + ``model.json``, never pickle.
+
+``model.json`` carries everything needed to use the weights on a new store: the architecture and its
+constructor config, the band names of every modality, and the normalisation statistics (by band name) of
+the pretraining store. Loading never unpickles: weights come from safetensors, metadata from JSON.
+
+Lightning ``.ckpt`` files are pickles and are refused by :func:`load_model`; convert one with
+:func:`export_checkpoint` (which reads it with ``torch.load(weights_only=True)``, i.e. no arbitrary code).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from earthembed.data.normalize import Normalizer
+from earthembed.models.multimodal_vit import MultiModalViT
+
+FORMAT = "earthembed-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+ARCHITECTURES: dict[str, type[MultiModalViT]] = {"multimodal_vit": MultiModalViT}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_model(
+    model: MultiModalViT,
+    out_dir: str | Path,
+    normalizer: Normalizer,
+    model_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/model.json``; returns ``out_dir``.
+
+    ``model_id`` defaults to ``multimodal_vit-<first 12 hex of the weights' sha256>``, so identical weights
+    get identical ids and embedding tables can name the model that made them.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [k for k in model.modalities if k not in normalizer.stats]
+    if missing:
+        raise ValueError(f"normaliser has no statistics for model modalities {missing}")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_name(weights.name + ".tmp")
+    # no safetensors metadata: its header order is not stable, and the id hashes the file's bytes
+    save_file(state, str(tmp))
+    os.replace(tmp, weights)
+    arch = "multimodal_vit"
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch,
+        "config": model.config,
+        "modalities": {k: list(v) for k, v in model.modalities.items()},
+        "normalization": normalizer.to_dict(),
+        "model_id": model_id or f"{arch}-{_sha256(weights)[:12]}",
+        "embed_dim": model.embed_dim,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    tmp = out / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / META_FILE)
+    return out
+
+
+def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """(``model.json`` contents, export directory) for an export dir or its ``model.json``."""
+    p = Path(path)
+    if p.suffix == ".ckpt":
+        raise ValueError(
+            f"{p}: a Lightning checkpoint is a pickle and is not loaded directly; convert it with "
+            "`earthembed export-checkpoint --ckpt CKPT --store STORE --out DIR` "
+            "(earthembed.models.export.export_checkpoint) and load DIR"
+        )
+    meta_path = p / META_FILE if p.is_dir() else p
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: no exported model here (expected {META_FILE} + {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: corrupt model metadata ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: not an earthembed model (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this earthembed supports")
+    if meta.get("architecture") not in ARCHITECTURES:
+        raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r}")
+    return meta, meta_path.parent
+
+
+def random_init_like(meta: dict[str, Any], seed: int = 0) -> MultiModalViT:
+    """Same architecture as an export (its ``model.json`` dict), freshly initialised: the random baseline."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ARCHITECTURES[meta.get("architecture", "multimodal_vit")](**meta["config"])
+    return model.eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiModalViT, dict[str, Any]]:
+    """(model in eval mode, ``model.json`` dict) from an export dir or its ``model.json``; safetensors only."""
+    meta, root = read_model_meta(path)
+    weights = root / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: weights file missing")
+    model = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    state = load_file(str(weights), device=str(device))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not match the config in {META_FILE}: {e}") from e
+    return model.to(device).eval(), meta
+
+
+def export_checkpoint(
+    ckpt: str | Path, out_dir: str | Path, normalizer: Normalizer, extra: dict[str, Any] | None = None
+) -> Path:
+    """Export the encoder of a pretraining checkpoint (``torch.load(weights_only=True)``, no code runs)."""
+    ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = data.get("hyper_parameters", {})
+    if "model_name" not in hp or "model_args" not in hp:
+        raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args)")
+    from earthembed.models.registry import build_model
+
+    model = build_model(hp["model_name"], **hp["model_args"])
+    state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    info = {"checkpoint": str(ckpt), "global_step": int(data.get("global_step", 0))}
+    return export_model(model, out_dir, normalizer, extra={"pretrain": info, **(extra or {})})

@@ -1,0 +1,322 @@
+"""A multimodal ViT: per-(modality, band-group) patch tokens, one transformer shared by all modalities.
+
+Design (the embed, evaluate and pretrain stages rely on it):
+
+* **Band groups.** Each modality is split into groups of bands; each group has its own ``Conv2d`` patch
+  embedding and a learned group embedding. By default a modality is one group, except optical modalities
+  with >= 6 bands named like Sentinel-2, which are split by native resolution: ``[B02 B03 B04 B08]`` (10 m),
+  ``[B05 B06 B07 B8A B11 B12]`` (20 m), ``[B01 B09 B10]`` (60 m); bands outside these lists form one extra
+  group. Grouping by resolution keeps blurry 60 m bands from diluting sharp 10 m tokens (as in Galileo /
+  SatMAE), and a group absent from the input simply contributes no tokens.
+* **Band order by name.** Inputs may carry any subset of a modality's bands in any order (``bands=``); the
+  model scatters them into their group's channel slots by name and zeroes the missing slots. Band dropout
+  during pretraining zeroes channels the same way, so the encoder learns to cope with absent bands.
+* **Shared encoder, per-modality attention.** Tokens of a modality attend only to themselves, through
+  transformer blocks whose weights are shared by all modalities (CLIP towers with tied weights; the
+  modality embedding tells the encoder which sensor it sees). Per-modality embeddings are therefore
+  independent of each other, which contrastive learning *between* modalities requires.
+* **Pooling.** A modality's embedding is the mean of its normalised output tokens. The fused embedding is
+  the mean of the L2-normalised embeddings of the modalities present for that chip, L2-normalised again:
+  it needs no extra encoder pass, is defined for any subset of modalities, and keeps a unit scale whatever
+  the number of modalities present (a chip with none gets a zero row).
+* **Any grid.** Positions use a fixed 2-D sin-cos embedding computed for the input's patch grid, so any
+  ``H, W`` divisible by ``patch_size`` works; other sizes are bilinearly resized to the nearest multiple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from earthembed.data.modalities import BandMismatchError
+from earthembed.models.registry import register_model
+
+S2_BAND_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("B02", "B03", "B04", "B08"),
+    ("B05", "B06", "B07", "B8A", "B11", "B12"),
+    ("B01", "B09", "B10"),
+)
+
+
+def default_band_groups(bands: Sequence[str]) -> list[list[str]]:
+    """One group, or Sentinel-2 resolution groups when >= 6 bands and most carry S2 names (see module doc)."""
+    bands = list(bands)
+    known = {b for g in S2_BAND_GROUPS for b in g}
+    if len(bands) < 6 or sum(b in known for b in bands) < len(bands) / 2:
+        return [bands]
+    groups = [[b for b in g if b in bands] for g in S2_BAND_GROUPS]
+    rest = [b for b in bands if b not in known]
+    return [g for g in [*groups, rest] if g]
+
+
+def _fit_size(n: int, patch: int) -> int:
+    return max(patch, int(round(n / patch)) * patch)
+
+
+class MultiModalViT(nn.Module):
+    """Multimodal ViT encoder; see the module docstring for the design.
+
+    Args:
+        modalities: modality key (``s2``, ``s1``, ...) -> band names in the order the model stores them.
+        band_groups: modality key -> list of band-name groups (default: :func:`default_band_groups`).
+        patch_size: patch side in pixels.
+        embed_dim: transformer width (divisible by 4 and by ``num_heads``).
+        depth, num_heads, mlp_ratio, drop_path_rate: of the shared timm ``Block`` stack.
+        proj_dim: if set, a linear map of the output tokens to this size; ``model.embed_dim`` is then
+            ``proj_dim`` (the size of what :meth:`forward` returns) and ``model.width`` the transformer width.
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, Sequence[str]],
+        band_groups: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        patch_size: int = 8,
+        embed_dim: int = 64,
+        depth: int = 2,
+        num_heads: int = 2,
+        mlp_ratio: float = 4.0,
+        proj_dim: int | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not modalities:
+            raise ValueError("MultiModalViT needs at least one modality")
+        if embed_dim % 4 or embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 and by num_heads {num_heads}")
+        self.modalities: dict[str, list[str]] = {}
+        self.band_groups: dict[str, list[list[str]]] = {}
+        band_groups = dict(band_groups or {})
+        unknown = set(band_groups) - set(modalities)
+        if unknown:
+            raise ValueError(f"band_groups given for unknown modalities {sorted(unknown)}")
+        for k, bands in modalities.items():
+            if not k or "." in k:
+                raise ValueError(f"modality key {k!r} must be non-empty and contain no '.'")
+            bands = [str(b) for b in bands]
+            if not bands or len(set(bands)) != len(bands):
+                raise ValueError(f"modality {k!r}: band names must be non-empty and unique, got {bands}")
+            groups = [list(map(str, g)) for g in band_groups[k]] if k in band_groups else default_band_groups(bands)
+            flat = [b for g in groups for b in g]
+            if sorted(flat) != sorted(bands) or any(not g for g in groups):
+                raise ValueError(f"modality {k!r}: band_groups {groups} must partition its bands {bands}")
+            self.modalities[k] = bands
+            self.band_groups[k] = groups
+        self.patch_size = int(patch_size)
+        self.width = int(embed_dim)
+        self.depth = int(depth)
+        self.num_heads = int(num_heads)
+        self.mlp_ratio = float(mlp_ratio)
+        self.proj_dim = None if proj_dim is None else int(proj_dim)
+        self.drop_path_rate = float(drop_path_rate)
+        self.embed_dim = self.proj_dim or self.width
+
+        d, p = self.width, self.patch_size
+        self.patch_embed = nn.ModuleDict(
+            {k: nn.ModuleList([nn.Conv2d(len(g), d, p, p) for g in gs]) for k, gs in self.band_groups.items()}
+        )
+        self.modality_embed = nn.ParameterDict({k: nn.Parameter(torch.zeros(1, 1, d)) for k in self.modalities})
+        self.group_embed = nn.ParameterDict(
+            {k: nn.Parameter(torch.zeros(len(gs), 1, d)) for k, gs in self.band_groups.items()}
+        )
+        dpr = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # stochastic depth ramp
+        self.blocks = nn.ModuleList(
+            [Block(d, self.num_heads, self.mlp_ratio, qkv_bias=True, drop_path=r) for r in dpr]
+        )
+        self.norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, self.proj_dim) if self.proj_dim else nn.Identity()
+        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[Tensor, Tensor] | None]] = {}
+        self.reset_parameters()
+
+    # -- construction helpers -----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """ViT/MAE initialisation: truncated normal linears and embeddings, xavier patch convs."""
+        for p in self.modality_embed.values():
+            trunc_normal_(p, std=0.02)
+        for p in self.group_embed.values():
+            trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``MultiModalViT(**model.config)`` rebuilds the architecture."""
+        return {
+            "modalities": {k: list(v) for k, v in self.modalities.items()},
+            "band_groups": {k: [list(g) for g in gs] for k, gs in self.band_groups.items()},
+            "patch_size": self.patch_size,
+            "embed_dim": self.width,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "proj_dim": self.proj_dim,
+            "drop_path_rate": self.drop_path_rate,
+        }
+
+    def group_channel_indices(self, modality: str) -> list[list[int]]:
+        """Per band group, the channel positions of its bands in ``self.modalities[modality]`` order."""
+        bands = self.modalities[modality]
+        return [[bands.index(b) for b in g] for g in self.band_groups[modality]]
+
+    # -- band reconciliation --------------------------------------------------------------------------
+    def _plan(self, k: str, bands: Sequence[str]) -> list[tuple[Tensor, Tensor] | None]:
+        """Per group: (slot indices in the group, source channel indices in the input), None if absent."""
+        key = (k, tuple(bands))
+        if key in self._plans:
+            return self._plans[key]
+        unknown = [b for b in bands if b not in self.modalities[k]]
+        if unknown:
+            raise BandMismatchError(
+                f"modality {k!r}: bands {unknown} are unknown to this model (it has {self.modalities[k]})"
+            )
+        if len(set(bands)) != len(bands):
+            raise BandMismatchError(f"modality {k!r}: duplicate band names in {list(bands)}")
+        plan: list[tuple[Tensor, Tensor] | None] = []
+        for g in self.band_groups[k]:
+            pairs = [(i, list(bands).index(b)) for i, b in enumerate(g) if b in bands]
+            plan.append(None if not pairs else (torch.tensor([a for a, _ in pairs]), torch.tensor([s for _, s in pairs])))
+        if all(p is None for p in plan):
+            raise BandMismatchError(f"modality {k!r}: no bands given")
+        self._plans[key] = plan
+        return plan
+
+    # -- encoding ------------------------------------------------------------------------------------
+    def _encode(self, k: str, x: Tensor, bands: Sequence[str]) -> tuple[Tensor, int, int, int]:
+        """Normalised output tokens [B, G*h*w, D] of modality ``k`` plus (G, h, w)."""
+        if x.ndim != 4 or x.shape[1] != len(bands):
+            raise ValueError(f"modality {k!r}: expected [B, {len(bands)}, H, W] for bands {list(bands)}, got {tuple(x.shape)}")
+        plan = self._plan(k, bands)
+        p = self.patch_size
+        hh, ww = _fit_size(x.shape[-2], p), _fit_size(x.shape[-1], p)
+        if (hh, ww) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(hh, ww), mode="bilinear", align_corners=False)
+        b, h, w = x.shape[0], hh // p, ww // p
+        pos = build_sincos2d_pos_embed([h, w], dim=self.width, device=x.device, dtype=x.dtype)
+        tokens = []
+        for g, step in enumerate(plan):
+            if step is None:
+                continue
+            slot, src = step[0].to(x.device), step[1].to(x.device)
+            n = len(self.band_groups[k][g])
+            if len(slot) == n and torch.equal(slot, torch.arange(n, device=x.device)):
+                xg = x.index_select(1, src)
+            else:
+                xg = x.new_zeros(b, n, hh, ww)
+                xg[:, slot] = x.index_select(1, src)
+            t = self.patch_embed[k][g](xg).flatten(2).transpose(1, 2)  # [B, h*w, D]
+            tokens.append(t + pos + self.group_embed[k][g])
+        t = torch.cat(tokens, dim=1) + self.modality_embed[k]
+        for blk in self.blocks:
+            t = blk(t)
+        t = self.proj(self.norm(t))
+        return t, len(tokens), h, w
+
+    def _inputs(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None,
+        present: Mapping[str, Any] | None,
+    ) -> tuple[int, dict[str, tuple[Tensor, list[str], Tensor]]]:
+        bands = dict(bands or {})
+        unknown = [k for k in list(bands) + list(present or {}) if k not in self.modalities]
+        if unknown:
+            raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
+        keys = [k for k in self.modalities if k in batch]
+        if not keys:
+            raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {list(batch)})")
+        n = int(batch[keys[0]].shape[0])
+        out = {}
+        for k in keys:
+            x = batch[k]
+            pr = present[k] if present is not None and k in present else batch.get(f"{k}_present")
+            pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
+            out[k] = (x, list(bands.get(k, self.modalities[k])), pr.to(x.device).reshape(-1))
+        return n, out
+
+    def forward_tokens(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None = None,
+        present: Mapping[str, Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Per-modality token maps ``[B, D, h, w]`` (band groups averaged; absent rows are zeros)."""
+        _, inputs = self._inputs(batch, bands, present)
+        out: dict[str, Tensor] = {}
+        for k, (x, bnames, pr) in inputs.items():
+            rows = pr.nonzero().flatten()
+            if len(rows) == 0:
+                h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
+                out[k] = x.new_zeros(x.shape[0], self.embed_dim, h, w)
+                continue
+            t, g, h, w = self._encode(k, x[rows], bnames)
+            maps = t.reshape(len(rows), g, h * w, -1).mean(1).transpose(1, 2).reshape(len(rows), -1, h, w)
+            full = maps.new_zeros(x.shape[0], *maps.shape[1:])
+            full[rows] = maps
+            out[k] = full
+        return out
+
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None = None,
+        present: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Embed a batch: ``{"modality": {k: [B, D]}, "present": {k: [B] bool}, "fused": [B, D]}``.
+
+        ``batch`` holds ``[B, C, H, W]`` per modality key (other keys are ignored); ``bands`` gives the band
+        names of each tensor's channels (default: the model's full band list); ``present`` defaults to
+        ``batch["<k>_present"]``, else all True. Model modalities missing from ``batch`` count as absent.
+        """
+        n, inputs = self._inputs(batch, bands, present)
+        ref = next(iter(inputs.values()))[0]
+        embs: dict[str, Tensor] = {}
+        pres: dict[str, Tensor] = {}
+        for k in self.modalities:
+            if k not in inputs:
+                embs[k] = ref.new_zeros(n, self.embed_dim)
+                pres[k] = torch.zeros(n, dtype=torch.bool, device=ref.device)
+                continue
+            x, bnames, pr = inputs[k]
+            if bool(pr.all()):
+                e = self._encode(k, x, bnames)[0].mean(1)
+            else:
+                rows = pr.nonzero().flatten()
+                e = x.new_zeros(n, self.embed_dim)
+                if len(rows):
+                    er = self._encode(k, x[rows], bnames)[0].mean(1)
+                    e = e.to(er.dtype).index_copy(0, rows, er)
+            embs[k], pres[k] = e, pr
+        stacked = torch.stack([F.normalize(embs[k], dim=-1) * pres[k][:, None] for k in self.modalities])
+        count = torch.stack([pres[k] for k in self.modalities]).sum(0).clamp(min=1)
+        fused = F.normalize(stacked.sum(0) / count[:, None], dim=-1)
+        return {"modality": embs, "present": pres, "fused": fused}
+
+
+def _variant(defaults: dict[str, Any]):
+    def factory(modalities: Mapping[str, Sequence[str]], **kwargs: Any) -> MultiModalViT:
+        return MultiModalViT(modalities, **{**defaults, **kwargs})
+
+    return factory
+
+
+register_model("multimodal_vit")(MultiModalViT)
+register_model("multimodal_vit_tiny")(_variant(dict(embed_dim=64, depth=2, num_heads=2, patch_size=8)))
+register_model("multimodal_vit_small")(_variant(dict(embed_dim=384, depth=12, num_heads=6, patch_size=8)))
+register_model("multimodal_vit_base")(_variant(dict(embed_dim=768, depth=12, num_heads=12, patch_size=8)))
+# ~250M parameters: 20 blocks of width 1024 (12 * 1024^2 each) plus patch embeddings
+register_model("multimodal_vit_large")(_variant(dict(embed_dim=1024, depth=20, num_heads=16, patch_size=8)))

@@ -1,0 +1,121 @@
+"""Batched tensor augmentations for contrastive pretraining (run on the training device, not in workers).
+
+Geometric transforms (random resized crop, flips, 90-degree rotations) are drawn once per chip and applied
+to every modality of that chip through one affine grid, so co-registered modalities stay co-registered.
+Band dropout zeroes random channels per chip, as the model does for bands absent from an input, but never
+a whole band group; additive Gaussian noise is applied before it, so dropped channels stay exactly zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Augmentation settings (the ``augment:`` section of a pretraining config)."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # side length fraction of the random resized crop
+    flip: bool = True
+    rot90: bool = True
+    band_dropout: float = 0.1  # probability of zeroing each channel (never a whole band group)
+    noise_std: float = 0.02  # additive Gaussian noise, in normalised (z-score) units
+    modality_dropout: float = 0.0  # per chip and modality, keeping >= 2 modalities (see ContrastivePretrainModule)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> AugmentConfig:
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"augment: unknown keys {unknown} (known: {sorted(known)})")
+        if "crop_scale" in d:
+            lo, hi = (float(v) for v in d["crop_scale"])
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {d['crop_scale']}")
+            d["crop_scale"] = (lo, hi)
+        return cls(**d)
+
+
+def random_affine(n: int, cfg: AugmentConfig, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """[n, 2, 3] affine matrices (output -> input, normalised coords): crop scale, shift, flip, rot90."""
+    lo, hi = cfg.crop_scale
+    s = lo + (hi - lo) * torch.rand(n, generator=generator)
+    k = torch.randint(0, 4, (n,), generator=generator) if cfg.rot90 else torch.zeros(n, dtype=torch.long)
+    ang = k.float() * (math.pi / 2)
+    cos, sin = torch.cos(ang).round(), torch.sin(ang).round()
+    fx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [n, 2, 2]
+    lin = rot * torch.stack([fx, torch.ones(n)], -1)[:, None, :] * s[:, None, None]
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - s)[:, None]
+    return torch.cat([lin, shift[:, :, None]], -1).to(device)
+
+
+def apply_affine(x: Tensor, theta: Tensor) -> Tensor:
+    """Resample [B, C, H, W] ``x`` with per-sample ``theta`` (bilinear; crops stay inside the image)."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def band_dropout(x: Tensor, groups: Sequence[Sequence[int]], p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Zero each channel with probability ``p`` per sample, keeping at least one channel of every group."""
+    if p <= 0:
+        return x
+    b, c = x.shape[:2]
+    keep = torch.rand(b, c, generator=generator) >= p
+    for g in groups:
+        idx = torch.as_tensor(list(g), dtype=torch.long)
+        none = ~keep[:, idx].any(1)
+        pick = idx[torch.randint(0, len(idx), (b,), generator=generator)]
+        keep[torch.arange(b)[none], pick[none]] = True
+    return x * keep.to(x.device, x.dtype)[:, :, None, None]
+
+
+def modality_dropout(
+    present: Mapping[str, Tensor], p: float, min_keep: int = 2, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """Mark modalities absent per chip with probability ``p``, never leaving fewer than ``min_keep`` present."""
+    out = {k: v.clone() for k, v in present.items()}
+    if p <= 0 or len(out) <= min_keep:
+        return out
+    keys = list(out)
+    pres = torch.stack([out[k] for k in keys], 1).cpu()  # [B, M]
+    # protect min_keep present modalities per chip, chosen at random, so no modality is favoured
+    prio = torch.rand(pres.shape, generator=generator) + pres.float()  # present ones rank first
+    rank = prio.argsort(1, descending=True).argsort(1)
+    protected = rank < min_keep
+    drop = (torch.rand(pres.shape, generator=generator) < p) & pres & ~protected
+    kept = pres & ~drop
+    return {k: kept[:, i].to(present[k].device) for i, k in enumerate(keys)}
+
+
+def augment_batch(
+    batch: Mapping[str, Tensor],
+    groups: Mapping[str, Sequence[Sequence[int]]],
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry, per-modality noise/dropout."""
+    keys = [k for k in groups if k in batch]
+    if not keys:
+        return {}
+    ref = batch[keys[0]]
+    theta = random_affine(ref.shape[0], cfg, ref.device, generator)
+    out = {}
+    for k in keys:
+        x = apply_affine(batch[k], theta)
+        if cfg.noise_std > 0:
+            if generator is None:
+                noise = torch.randn_like(x)
+            else:
+                noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            x = x + cfg.noise_std * noise
+        out[k] = band_dropout(x, groups[k], cfg.band_dropout, generator)
+    return out

@@ -1,0 +1,43 @@
+"""CLI of the pretrain stage: ``pretrain`` (train + export) and ``export-checkpoint``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from earthembed.cli_utils import fail_on
+
+
+def pretrain(
+    config: Path = typer.Option(..., "--config", help="YAML config, or a packaged one: contrastive_tiny, contrastive_full"),
+    store: Path = typer.Option(..., "--store", help="chip store to pretrain on"),
+    out: Path = typer.Option(..., "--out", help="run directory (checkpoints, metrics.csv, export/)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=20 model.embed_dim=32"),
+) -> None:
+    """Pretrain an encoder on a chip store and export it; re-running the same command resumes."""
+    from earthembed.pretrain.run import pretrain as run_pretrain
+
+    with fail_on():
+        export = run_pretrain(config, store, out, overrides=list(overrides or []))
+    typer.echo(f"exported model to {export}")
+
+
+def export_checkpoint(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Lightning checkpoint of a pretraining run"),
+    store: Path = typer.Option(..., "--store", help="store whose normalisation statistics travel with the model"),
+    out: Path = typer.Option(..., "--out", help="export directory (model.safetensors + model.json)"),
+) -> None:
+    """Convert a pretraining checkpoint into the self-describing export (safe load, no pickle code)."""
+    from earthembed.data.normalize import Normalizer
+    from earthembed.data.store import ChipStore
+    from earthembed.models.export import export_checkpoint as run_export
+
+    with fail_on():
+        path = run_export(ckpt, out, Normalizer.from_store(ChipStore(store)))
+    typer.echo(f"exported model to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pretrain")(pretrain)
+    app.command("export-checkpoint")(export_checkpoint)

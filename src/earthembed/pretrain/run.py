@@ -1,0 +1,290 @@
+"""Run a pretraining job from a YAML config: ``pretrain(config, store, out)``.
+
+Config (TerraTorch-style; every section optional, unknown keys are errors naming the file and key)::
+
+    model: {name: multimodal_vit_tiny, modalities: [s2, s1], <MultiModalViT args>}
+    objective: contrastive
+    objective_args: {proj_dim: 128, proj_hidden_dim: null, init_temperature: 0.07, max_logit_scale: 100}
+    data: {batch_size: 64, crop_size: 32, num_workers: 2, splits: train}
+    train: {max_steps: 300, lr: 1e-3, weight_decay: 0.05, warmup_steps: 20, precision: 32-true, ...}
+    augment: {crop_scale: [0.5, 1.0], flip: true, rot90: true, band_dropout: 0.1, noise_std: 0.02, ...}
+
+Outputs under ``out``: ``config.yaml`` (resolved), ``checkpoints/last.ckpt`` (re-running the same command
+resumes from it), ``metrics.csv`` and ``export/`` (safetensors + model.json with the store's normaliser).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import importlib.resources
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from earthembed.pretrain.augment import AugmentConfig
+
+OBJECTIVES: dict[str, str] = {"contrastive": "earthembed.pretrain.contrastive:ContrastivePretrainModule"}
+"""Objective name -> ``module:LightningModule`` (lazy, so MP-MAE / dense contrastive can be added)."""
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": -1,
+    "max_epochs": None,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 0,
+    "precision": "32-true",
+    "accelerator": "auto",
+    "devices": "auto",
+    "strategy": "auto",
+    "num_nodes": 1,
+    "seed": 0,
+    "log_every_n_steps": 10,
+    "gather_distributed": True,
+    "gradient_clip_val": None,
+    "accumulate_grad_batches": 1,
+    "checkpoint_every_n_steps": 100,
+    "progress_bar": True,
+}
+DEFAULTS: dict[str, Any] = {
+    "model": {"name": "multimodal_vit_tiny", "modalities": None},
+    "objective": "contrastive",
+    "objective_args": {},
+    "data": {"batch_size": 64, "crop_size": None, "num_workers": 0, "splits": "train"},
+    "train": TRAIN_DEFAULTS,
+    "augment": {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(AugmentConfig)},
+}
+_FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
+
+
+def register_objective(name: str, target: str) -> None:
+    """Register a pretraining objective as ``"package.module:LightningModuleClass"``."""
+    OBJECTIVES[name] = target
+
+
+def _objective_class(name: str, where: str) -> type:
+    if name not in OBJECTIVES:
+        raise ValueError(f"{where}: unknown objective {name!r} (known: {sorted(OBJECTIVES)})")
+    mod, cls = OBJECTIVES[name].split(":")
+    import importlib
+
+    return getattr(importlib.import_module(mod), cls)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped with earthembed (``contrastive_tiny``, ``contrastive_full``)."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    return Path(str(importlib.resources.files("earthembed") / "configs" / f"{stem}.yaml"))
+
+
+def _merge(base: dict[str, Any], new: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        key = f"{prefix}{k}"
+        if prefix.rstrip(".") in _FREE_SECTIONS:
+            out[k] = v
+            continue
+        if k not in base:
+            raise ValueError(f"{where}: unknown config key {key!r} (known: {sorted(base)})")
+        if isinstance(base[k], dict):
+            if not isinstance(v, Mapping):
+                raise ValueError(f"{where}: config key {key!r} must be a mapping, got {v!r}")
+            out[k] = _merge(base[k], v, where, f"{key}.")
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(overrides: Sequence[str] | None, where: str = "overrides") -> dict[str, Any]:
+    """``["train.max_steps=20", "model.modalities=[s2]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for o in overrides or []:
+        key, sep, raw = o.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ValueError(f"{where}: bad override {o!r}; expected dotted.key=value, e.g. train.max_steps=20")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{where}: override {o!r}: value is not valid YAML ({e})") from e
+        d = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ValueError(f"{where}: override {o!r} conflicts with another override")
+        d[parts[-1]] = value
+    return nested
+
+
+def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
+    """(resolved config, its name for messages): YAML file, packaged config name or dict, plus overrides."""
+    if isinstance(config, Mapping):
+        where, doc = "<config dict>", dict(config)
+    else:
+        path = Path(config)
+        if not path.exists() and packaged_config(str(config)).exists():
+            path = packaged_config(str(config))
+        where = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: config not found (packaged configs: contrastive_tiny, contrastive_full)")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    cfg = _merge(DEFAULTS, doc, where)
+    cfg = _merge(cfg, parse_overrides(overrides, where), f"{where} (overrides)")
+    _validate(cfg, where)
+    return cfg, where
+
+
+def _validate(cfg: dict[str, Any], where: str) -> None:
+    from earthembed.models.multimodal_vit import MultiModalViT
+    from earthembed.models.registry import list_models
+
+    name = cfg["model"].get("name")
+    if name not in list_models():
+        raise ValueError(f"{where}: unknown model.name {name!r} (registered: {list_models()})")
+    allowed = set(inspect.signature(MultiModalViT.__init__).parameters) - {"self", "modalities"}
+    for k in cfg["model"]:
+        if k not in allowed | {"name", "modalities"}:
+            raise ValueError(f"{where}: unknown config key 'model.{k}' (known: {sorted(allowed | {'name', 'modalities'})})")
+    cls = _objective_class(cfg["objective"], where)
+    provided = {"self", "model_name", "model_args", "lr", "weight_decay", "warmup_steps", "augment", "gather_distributed"}
+    allowed_obj = set(inspect.signature(cls.__init__).parameters) - provided
+    for k in cfg["objective_args"]:
+        if k not in allowed_obj:
+            raise ValueError(f"{where}: unknown config key 'objective_args.{k}' (known: {sorted(allowed_obj)})")
+    t = cfg["train"]
+    if (t["max_steps"] in (None, -1)) and t["max_epochs"] is None:
+        raise ValueError(f"{where}: set train.max_steps or train.max_epochs")
+    try:
+        AugmentConfig.from_dict(cfg["augment"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
+    if int(cfg["data"]["batch_size"]) < 2:
+        raise ValueError(f"{where}: data.batch_size must be >= 2 for a contrastive loss")
+
+
+def _merge_metrics(run_csv: Path, target: Path) -> None:
+    """Append this run's metrics to ``target``; the CSV logger starts afresh on every (resumed) run."""
+    import pandas as pd
+
+    if not run_csv.exists():
+        return
+    new = pd.read_csv(run_csv)
+    if target.exists() and "step" in new and len(new):
+        old = pd.read_csv(target)
+        if "step" in old:
+            new = pd.concat([old[old["step"] < new["step"].min()], new], ignore_index=True)
+    tmp = target.with_name(target.name + ".tmp")
+    new.to_csv(tmp, index=False)
+    tmp.replace(target)
+
+
+def _destroy_process_group() -> None:
+    """Close the process group after trainer and model are released (DDP/gloo clean-exit fix)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pretrain(
+    config: str | Path | dict[str, Any],
+    store: str | Path,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    resume: bool = True,
+) -> Path:
+    """Pretrain an encoder on ``store`` and export it; returns the export directory ``out/export``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from earthembed.data.dataset import resolve_bands
+    from earthembed.data.normalize import Normalizer
+    from earthembed.data.store import ChipStore
+    from earthembed.models.export import export_model
+    from earthembed.pretrain.datamodule import ChipDataModule
+
+    cfg, where = load_config(config, overrides)
+    out = Path(out)
+    chips = ChipStore(store)
+    mods = cfg["model"]["modalities"]
+    if isinstance(mods, str):
+        mods = [mods]
+    for k in mods or []:
+        if k in chips.modalities and chips.modalities[k].kind == "categorical":
+            raise ValueError(f"{where}: model.modalities: {k!r} is categorical (a label map), not an input")
+    bands = resolve_bands(chips, mods)
+    normalizer = Normalizer.from_store(chips)
+    t, d = cfg["train"], cfg["data"]
+    model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
+    model_args["modalities"] = bands
+
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**cfg, "store": str(Path(store).resolve()), "model": {**cfg["model"], "modalities": bands}}
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
+    cls = _objective_class(cfg["objective"], where)
+    module = cls(
+        model_name=cfg["model"]["name"],
+        model_args=model_args,
+        lr=float(t["lr"]),
+        weight_decay=float(t["weight_decay"]),
+        warmup_steps=int(t["warmup_steps"]),
+        augment=cfg["augment"],
+        gather_distributed=bool(t["gather_distributed"]),
+        **cfg["objective_args"],
+    )
+    dm = ChipDataModule(
+        chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
+        splits=d["splits"], seed=int(t["seed"]),
+    )
+    ckpt_dir = out / "checkpoints"
+    max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
+    log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        max_epochs=t["max_epochs"],
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        strategy=t["strategy"],
+        num_nodes=int(t["num_nodes"]),
+        precision=t["precision"],
+        logger=CSVLogger(out / "logs", name="", version=""),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                   every_n_train_steps=int(t["checkpoint_every_n_steps"]))],
+        default_root_dir=out,
+        log_every_n_steps=log_every,
+        gradient_clip_val=t["gradient_clip_val"],
+        accumulate_grad_batches=int(t["accumulate_grad_batches"]),
+        use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
+        enable_progress_bar=bool(t["progress_bar"]),
+        enable_model_summary=False,
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
+    export = out / "export"
+    if trainer.is_global_zero:
+        info = {
+            "objective": cfg["objective"],
+            "global_step": int(trainer.global_step),
+            "store": str(Path(store).resolve()),
+            "n_chips": len(dm.dataset) if dm.dataset is not None else None,
+            "config": resolved,
+        }
+        export_model(module.model, export, normalizer, extra={"pretrain": info})
+        _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
+    del trainer, module, dm
+    gc.collect()
+    _destroy_process_group()
+    return export

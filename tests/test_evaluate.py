@@ -1,0 +1,261 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from earthembed.data.modalities import get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.evaluate.budgets import parse_budgets, sample_budgets, split_pool_test
+from earthembed.evaluate.features import band_statistics_features
+from earthembed.evaluate.metrics import evaluate_predictions
+from earthembed.evaluate.summary import summarize
+from earthembed.evaluate.tasks import load_task
+
+
+@pytest.fixture(autouse=True)
+def _small_forests(monkeypatch):
+    monkeypatch.setattr("earthembed.evaluate.estimators.RF_TREES", 25)  # keep the grid fast on 2 CPUs
+
+
+def write_embeddings(path, chip_ids, columns, split=None, model_id="test-model"):
+    """An embedding table in the embed/io.py format; NaN rows of a column are written as nulls."""
+    n = len(chip_ids)
+    data = {
+        "idx": pa.array(np.arange(n), pa.int64()),
+        "chip_id": pa.array(list(chip_ids), pa.string()),
+        "split": pa.array(list(split) if split is not None else [""] * n, pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+    }
+    for name, X in columns.items():
+        X = np.asarray(X, dtype=np.float32)
+        null = ~np.isfinite(X).all(axis=1)
+        flat = pa.array(np.nan_to_num(X).ravel(), pa.float32())
+        data[name] = pa.FixedSizeListArray.from_arrays(flat, X.shape[1], mask=pa.array(null))
+        if name != "emb_fused":
+            data[f"present_{name[4:]}"] = pa.array(~null)
+    table = pa.table(data)
+    meta = {"model_id": model_id, "dims": {k: int(v.shape[1]) for k, v in columns.items()}}
+    table = table.replace_schema_metadata({b"earthembed": json.dumps(meta).encode()})
+    pq.write_table(table, path)
+    return path
+
+
+def tiny_tables(tiny_store, tmp_path):
+    """Informative emb_fused, noise emb_s2, emb_s1 null where the chip lacks S1 (every 4th)."""
+    idx = ChipStore(tiny_store).index
+    rng = np.random.default_rng(1)
+    water = (idx["label"] == "water").to_numpy(dtype=float)
+    fused = np.column_stack([water * 3, 1 - water * 3, *rng.normal(size=(6, 20))]) + rng.normal(0, 0.3, (20, 8))
+    s1 = rng.normal(size=(20, 4)) + water[:, None]
+    s1[~idx["has_s1"].to_numpy()] = np.nan
+    cols = {"emb_fused": fused, "emb_s2": rng.normal(size=(20, 8)), "emb_s1": s1}
+    return write_embeddings(tmp_path / "emb.parquet", idx["chip_id"], cols, idx["split"])
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """60 chips of s2 8x8, no splits: 3 classes (2 chips unlabelled), multilabel, value and mask labels."""
+    path = tmp_path_factory.mktemp("stores") / "small"
+    rng = np.random.default_rng(0)
+    schema = {
+        "cls": {"kind": "class", "classes": ["a", "b", "c"]},
+        "ml": {"kind": "multilabel", "classes": ["crop", "urban", "water", "rare"]},
+        "height": {"kind": "value"},
+        "seg": {"kind": "mask"},
+    }
+    with StoreWriter(path, [get_modality("s2_l1c")], 8, schema, batch_size=32) as w:
+        for i in range(60):
+            ml = [c for j, c in enumerate(["crop", "urban", "water"]) if (i >> j) & 1] + (["rare"] if i in (7, 40) else [])
+            w.add(ChipRecord(
+                f"c{i:02d}",
+                {"s2": rng.integers(100, 3000, (13, 8, 8)).astype("uint16")},
+                labels={"cls": None if i in (5, 6) else "abc"[i % 3], "ml": ml, "height": float(i % 10)},
+                masks={"seg": np.zeros((8, 8), "int16")},
+            ))
+    return path
+
+
+def small_tables(store, tmp_path):
+    idx = ChipStore(store).index
+    i = np.arange(len(idx))
+    rng = np.random.default_rng(2)
+    onehot = np.eye(3)[i % 3] * 4
+    bits = np.column_stack([(i >> j) & 1 for j in range(3)]) * 4.0
+    informative = np.column_stack([onehot, bits, (i % 10)[:, None] / 2.0]) + rng.normal(0, 0.5, (len(i), 7))
+    cols = {"emb_fused": informative, "emb_noise": rng.normal(size=(len(i), 7))}
+    return write_embeddings(tmp_path / "small.parquet", idx["chip_id"], cols)
+
+
+def test_load_task_kinds_and_errors(tiny_store, small_store):
+    t = load_task(tiny_store, "label")
+    assert t.kind == "classification" and t.classes == ["water", "forest"]
+    assert t.y.tolist()[:4] == [0, 1, 0, 1] and t.split.tolist()[:4] == ["train", "val", "test", "train"]
+    r = load_task(tiny_store, "frac_water")
+    assert r.kind == "regression" and r.y[:2].tolist() == [0.9, 0.1] and r.primary_metric == "r2"
+    c = load_task(small_store, "cls")
+    assert len(c) == 58 and c.n_dropped == 2
+    m = load_task(small_store, "ml")
+    assert m.kind == "multilabel" and m.y.shape == (60, 4) and m.y[7].tolist() == [1, 1, 1, 1]
+    assert m.y[0].sum() == 0  # an empty list is "no class", not missing
+    with pytest.raises(KeyError, match="available label columns.*frac_water"):
+        load_task(tiny_store, "nope")
+    with pytest.raises(ValueError, match="dense"):
+        load_task(small_store, "seg")
+
+
+def test_budgets_nested_stratified_clipped():
+    y = np.repeat([0, 1, 2], [30, 12, 3])
+    s = sample_budgets(y, "classification", parse_budgets("1,5,10,all"), "per_class", seed=0)
+    assert list(s) == ["1", "5", "10", "all"]
+    assert np.bincount(y[s["5"]]).tolist() == [5, 5, 3]  # class with 3 chips clipped
+    assert np.bincount(y[s["10"]]).tolist() == [10, 10, 3]
+    assert set(s["1"]) <= set(s["5"]) <= set(s["10"])
+    t = sample_budgets(y, "classification", [6, 20, 100, 200], "total", seed=3)
+    assert list(t) == ["6", "20", "100"]  # 200 clips to the same 45 chips as 100
+    assert len(t["100"]) == 45 and set(np.unique(y[t["6"]])) == {0, 1, 2}
+    assert abs(np.bincount(y[t["20"]])[0] - 20 * 30 / 45) <= 2  # roughly proportional
+    assert not np.array_equal(t["20"], sample_budgets(y, "classification", [20], "total", seed=4)["20"])
+    ml = np.zeros((50, 3), dtype=np.int8)
+    ml[:, 0] = 1
+    ml[17, 2] = 1
+    ml[30:40, 1] = 1
+    m = sample_budgets(ml, "multilabel", [3, 10], "total", seed=0)
+    assert ml[m["3"]].any(axis=0).all() and set(m["3"]) <= set(m["10"])  # the rare class is in the budget
+    split = np.array(["train", "val", "test", ""] * 5)
+    pool, test, note = split_pool_test(split)
+    assert set(test) == set(np.flatnonzero(split == "test")) and "store splits" in note
+    pool, test, note = split_pool_test(np.array([""] * 20), np.repeat([0, 1], 10))
+    assert len(test) == 4 and np.bincount(np.repeat([0, 1], 10)[test]).tolist() == [2, 2] and "80%/20%" in note
+
+
+def test_metrics_match_sklearn_and_ci_brackets():
+    from sklearn.metrics import average_precision_score, f1_score, r2_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    p = np.where(rng.random(300) < 0.7, y, rng.integers(0, 4, 300))
+    m = evaluate_predictions("classification", y, p, n_boot=100)
+    assert m["macro_f1"][0] == pytest.approx(f1_score(y, p, average="macro"))
+    assert all(lo <= v <= hi and hi - lo < 0.2 for v, lo, hi in m.values())
+    Y = rng.integers(0, 2, (200, 5))
+    Y[:, 4] = 0  # absent from test: left out of mAP
+    S = np.clip(Y * 0.4 + rng.random((200, 5)) * 0.8, 0, 1).round(1)  # ties
+    ml = evaluate_predictions("multilabel", Y, (S >= 0.5).astype(int), S, n_boot=100)
+    assert ml["macro_map"][0] == pytest.approx(average_precision_score(Y[:, :4], S[:, :4], average="macro"))
+    assert ml["micro_map"][0] == pytest.approx(average_precision_score(Y[:, :4], S[:, :4], average="micro"))
+    yr = rng.normal(size=200)
+    pr = yr + rng.normal(0, 0.5, 200)
+    r = evaluate_predictions("regression", yr, pr, n_boot=100)
+    assert r["r2"][0] == pytest.approx(r2_score(yr, pr))
+    for res in (ml, r):
+        assert all(lo <= v <= hi for v, lo, hi in res.values())
+
+
+def test_band_statistics_features(tiny_store):
+    st = ChipStore(tiny_store)
+    ids, X, names = band_statistics_features(st, batch_size=7)
+    assert X.shape == (20, 15 * 5) and len(names) == 75 and names[0] == "s2:B01:mean"
+    a = st.read("s2", 4).astype(np.float64)
+    j = names.index("s2:B04:p90")
+    assert X[4, j] == pytest.approx(np.percentile(a[3], 90), rel=1e-5)
+    s1 = [k for k, n in enumerate(names) if n.startswith("s1:")]
+    assert np.isnan(X[3, s1]).all() and np.isfinite(X[0, s1]).all() and np.isfinite(X[3, :65]).all()
+
+
+def test_fewshot_tiny_store_tidy_rows(tiny_store, tmp_path):
+    from earthembed.evaluate.fewshot import RESULT_COLUMNS, run_fewshot
+
+    emb = tiny_tables(tiny_store, tmp_path)
+    out = tmp_path / "out"
+    df = run_fewshot({"pre": emb}, tiny_store, "label", out, budgets="1,2,5,all", seeds=(0, 1),
+                     estimators="logreg,knn", n_boot=50)
+    assert list(df.columns) == RESULT_COLUMNS
+    assert set(df["features"]) == {"pre:emb_fused", "pre:emb_s2", "pre:emb_s1", "band_stats"}
+    # chips without S1 drop out of every feature set; pool = 10 train/val chips, so 5/class == all
+    assert set(df["budget"]) == {"1", "2", "all"} and set(df["n_test"]) == {5}
+    assert df.groupby("budget")["budget_n"].agg(set).to_dict() == {"1": {2}, "2": {4}, "all": {10}}
+    assert len(df) == 4 * 2 * 2 * 3 * 2  # features x estimators x seeds x budgets x metrics
+    fin = df.dropna(subset=["ci_low"])
+    assert ((fin["ci_low"] <= fin["value"] + 1e-9) & (fin["value"] <= fin["ci_high"] + 1e-9)).all()
+    lr = df[(df["estimator"] == "logreg") & (df["budget"] == "1")]
+    assert all(json.loads(e)["C"] == 1.0 for e in lr["extra"])  # 1 per class: nothing to cross-validate
+    run = json.loads((out / "run.json").read_text())["tasks"][0]
+    assert run["feature_sets"]["pre:emb_s1"]["n_excluded_null"] == 5 and run["n_test"] == 5
+    members = pd.read_parquet(out / "budgets.parquet")
+    test_ids = set(ChipStore(tiny_store).index.query("split == 'test'")["chip_id"])
+    assert not set(members["chip_id"]) & test_ids
+    for f in ("results.csv", "results.parquet", "summary.csv", "summary.md", "label_efficiency.png"):
+        assert (out / f).stat().st_size > 0
+    acc = df[(df["metric"] == "accuracy") & (df["budget"] == "all")].groupby("features")["value"].mean()
+    assert acc["pre:emb_fused"] == 1.0
+
+
+def test_informative_beats_noise_without_splits(small_store, tmp_path):
+    from earthembed.evaluate.fewshot import run_fewshot
+
+    emb = small_tables(small_store, tmp_path)
+    df = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "o", budgets="2,5,all", seeds=(0, 1),
+                     estimators="logreg,rf", baselines="none", n_boot=20)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())["tasks"][0]
+    assert "no test split" in run["split"] and run["n_test"] == 12 and run["n_dropped_unlabelled"] == 2
+    f1 = df[df["metric"] == "macro_f1"].groupby("features")["value"].mean()
+    assert f1["m:emb_fused"] > 0.9 and f1["m:emb_fused"] > f1["m:emb_noise"] + 0.3
+
+
+def test_fewshot_regression_and_multilabel(small_store, tmp_path):
+    from earthembed.evaluate.fewshot import run_fewshot
+
+    emb = small_tables(small_store, tmp_path)
+    df = run_fewshot({"m": emb}, small_store, "height,ml", tmp_path / "o", budgets="5,20,all", seeds=(0,),
+                     estimators="linear,knn", baselines="none", feature_columns="emb_fused,emb_noise", n_boot=20)
+    assert set(df["task"]) == {"height", "ml"}
+    assert set(df.loc[df["task"] == "height", "estimator"]) == {"ridge", "knn"}
+    assert set(df.loc[df["task"] == "ml", "metric"]) == {"micro_map", "macro_map", "micro_f1", "macro_f1"}
+    prim = df[df["metric"].isin(["r2", "macro_map"]) & (df["budget"] == "all")].set_index(["task", "features", "estimator"])["value"]
+    assert prim["height", "m:emb_fused", "ridge"] > 0.7 > prim["height", "m:emb_noise", "ridge"]
+    assert prim["ml", "m:emb_fused", "logreg"] > prim["ml", "m:emb_noise", "logreg"] + 0.2
+    extra = df[(df["task"] == "ml") & (df["budget"] == "5")]["extra"].map(json.loads)
+    assert all(e.get("skipped_classes") in (None, ["rare"]) for e in extra)
+    assert (tmp_path / "o" / "label_efficiency.png").stat().st_size > 0
+
+
+def test_summary_label_reduction():
+    rows = []
+    for seed, jitter in ((0, -0.01), (1, 0.01)):
+        for b, n, v in (("1", 10, 0.5), ("5", 50, 0.78), ("10", 100, 0.8), ("all", 1000, 0.82)):
+            rows.append(dict(task="t", task_kind="classification", features="A", estimator="logreg", budget=b,
+                             budget_n=n, seed=seed, metric="macro_f1", value=v + jitter))
+            rows.append(dict(task="t", task_kind="classification", features="A", estimator="logreg", budget=b,
+                             budget_n=n, seed=seed, metric="accuracy", value=1.0))
+        rows.append(dict(task="r", task_kind="regression", features="A", estimator="ridge", budget="all",
+                         budget_n=100, seed=seed, metric="r2", value=-0.2))
+    s = summarize(pd.DataFrame(rows)).set_index("task")
+    assert s.loc["t", "budget_95"] == "5" and s.loc["t", "budget_n_95"] == 50  # 0.78 >= 0.95 * 0.82
+    assert s.loc["t", "label_reduction_pct"] == pytest.approx(95.0)
+    assert s.loc["t", "full_score"] == pytest.approx(0.82) and s.loc["t", "metric"] == "macro_f1"
+    assert np.isnan(s.loc["r", "label_reduction_pct"])  # R2 <= 0: no meaningful 95% target
+
+
+def test_cli_fewshot(tiny_store, tmp_path):
+    from earthembed.evaluate.cli import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    emb = tiny_tables(tiny_store, tmp_path)
+    runner = CliRunner()
+    args = ["fewshot", "--embeddings", f"pre={emb}", "--random-init", str(emb), "--store", str(tiny_store),
+            "--out", str(tmp_path / "o"), "--budgets", "1,all", "--seeds", "1", "--estimators", "knn",
+            "--feature-columns", "emb_fused", "--n-boot", "10"]
+    res = runner.invoke(app, [*args, "--task", "label,frac_water"])
+    assert res.exit_code == 0, res.output
+    assert "label reduction" not in res.output and "pre:emb_fused" in res.output and "random_init:emb_fused" in res.output
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert set(df["task"]) == {"label", "frac_water"} and "band_stats" in set(df["features"])
+    bad = runner.invoke(app, [*args, "--task", "nope"])
+    assert bad.exit_code == 1 and "error:" in bad.output and "label" in bad.output

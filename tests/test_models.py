@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from earthembed.data.modalities import BandMismatchError, get_modality
+from earthembed.data.normalize import Normalizer
+from earthembed.data.store import ChipStore
+from earthembed.models import (
+    MultiModalViT,
+    build_model,
+    default_band_groups,
+    export_model,
+    list_models,
+    load_model,
+    random_init_like,
+)
+
+S2 = get_modality("s2_l1c").band_names
+MODS = {"s2": S2, "s1": ["VV", "VH"]}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return build_model("multimodal_vit_tiny", modalities=MODS, embed_dim=32, depth=1, **kw).eval()
+
+
+def _batch(n=4, size=16):
+    g = torch.Generator().manual_seed(1)
+    return {"s2": torch.randn(n, 13, size, size, generator=g), "s1": torch.randn(n, 2, size, size, generator=g)}
+
+
+def test_registry_names_and_unknown():
+    assert {"multimodal_vit", "multimodal_vit_tiny", "multimodal_vit_small", "multimodal_vit_large"} <= set(list_models())
+    m = build_model("multimodal_vit_tiny", modalities=MODS)
+    assert (m.width, m.depth, m.num_heads, m.patch_size) == (64, 2, 2, 8)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model("nope", modalities=MODS)
+    with pytest.raises(ValueError, match="bogus"):
+        build_model("multimodal_vit_tiny", modalities=MODS, bogus=1)
+
+
+def test_default_band_groups():
+    assert default_band_groups(S2) == [
+        ["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A", "B11", "B12"], ["B01", "B09", "B10"]
+    ]
+    assert default_band_groups(["VV", "VH"]) == [["VV", "VH"]]
+    l2a = [b for b in S2 if b != "B10"]
+    assert default_band_groups(l2a)[-1] == ["B01", "B09"]
+    assert default_band_groups(["R", "G", "B", "N", "S1", "S2"]) == [["R", "G", "B", "N", "S1", "S2"]]
+
+
+def test_large_param_count_on_meta():
+    with torch.device("meta"):
+        m = build_model("multimodal_vit_large", modalities=MODS)
+    n = sum(p.numel() for p in m.parameters())
+    assert next(m.parameters()).is_meta
+    assert 240e6 < n < 265e6, n
+
+
+def test_forward_all_modalities_shapes_and_fused():
+    m = _model()
+    out = m(_batch())
+    assert set(out["modality"]) == {"s2", "s1"}
+    assert out["modality"]["s2"].shape == (4, 32) and out["fused"].shape == (4, 32)
+    assert all(v.all() for v in out["present"].values())
+    expect = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(out["modality"]["s2"], dim=-1) + torch.nn.functional.normalize(out["modality"]["s1"], dim=-1),
+        dim=-1,
+    )
+    torch.testing.assert_close(out["fused"], expect)
+    assert m.config["band_groups"]["s2"][0] == ["B02", "B03", "B04", "B08"]
+    maps = m.forward_tokens(_batch())
+    assert maps["s2"].shape == (4, 32, 2, 2)
+
+
+def test_missing_modality_row_zero_and_fused_from_rest():
+    m = _model()
+    b = _batch()
+    b["s1_present"] = torch.tensor([True, False, True, True])
+    b["idx"] = torch.arange(4)  # non-modality keys are ignored
+    out = m(b)
+    assert not out["present"]["s1"][1]
+    assert torch.all(out["modality"]["s1"][1] == 0)
+    torch.testing.assert_close(out["fused"][1], torch.nn.functional.normalize(out["modality"]["s2"][1], dim=0))
+    # present rows are unaffected by the absent row (per-row independence)
+    full = m(_batch())
+    torch.testing.assert_close(out["modality"]["s1"][[0, 2, 3]], full["modality"]["s1"][[0, 2, 3]])
+    # a modality missing from the batch is absent everywhere; no modality present -> zero fused row
+    only_s2 = m({"s2": b["s2"]})
+    assert not only_s2["present"]["s1"].any()
+    none = m(b, present={"s2": torch.zeros(4, dtype=torch.bool), "s1": torch.zeros(4, dtype=torch.bool)})
+    assert torch.all(none["fused"] == 0)
+
+
+def test_band_subset_shuffled_matches_full_order():
+    m = _model()
+    x = _batch()["s2"]
+    keep = ["B08", "B02", "B11", "B04", "B03"]  # shuffled subset; 60 m group absent
+    sub = x[:, [S2.index(b) for b in keep]]
+    zeroed = torch.zeros_like(x)
+    for b in keep:
+        zeroed[:, S2.index(b)] = x[:, S2.index(b)]
+    a = m({"s2": sub}, bands={"s2": keep})["modality"]["s2"]
+    # full-order tensor holding only those bands differs only by the absent 60 m group's tokens
+    zg = m({"s2": zeroed[:, [S2.index(b) for b in S2 if b not in ("B01", "B09", "B10")]]},
+           bands={"s2": [b for b in S2 if b not in ("B01", "B09", "B10")]})["modality"]["s2"]
+    torch.testing.assert_close(a, zg)
+    perm = list(reversed(S2))
+    torch.testing.assert_close(
+        m({"s2": x[:, [S2.index(b) for b in perm]]}, bands={"s2": perm})["modality"]["s2"],
+        m({"s2": x})["modality"]["s2"],
+    )
+
+
+def test_unknown_band_and_modality_errors():
+    m = _model()
+    with pytest.raises(BandMismatchError, match="B99"):
+        m({"s2": torch.zeros(1, 2, 16, 16)}, bands={"s2": ["B02", "B99"]})
+    with pytest.raises(ValueError, match="coh"):
+        m({"s2": torch.zeros(1, 13, 16, 16)}, bands={"coh": ["coh_VV"]})
+    with pytest.raises(ValueError, match="none of the model's modalities"):
+        m({"idx": torch.arange(2)})
+    with pytest.raises(ValueError, match=r"expected \[B, 13"):
+        m({"s2": torch.zeros(1, 12, 16, 16)})
+
+
+def test_non_divisible_size_is_resized():
+    m = _model()
+    out = m({"s2": torch.randn(2, 13, 20, 13)})
+    assert out["fused"].shape == (2, 32)
+    assert m.forward_tokens({"s2": torch.randn(2, 13, 20, 13)})["s2"].shape == (2, 32, 2, 2)
+
+
+def test_export_load_roundtrip(tiny_store, tmp_path):
+    m = _model(proj_dim=16)
+    norm = Normalizer.from_store(ChipStore(tiny_store))
+    out = export_model(m, tmp_path / "exp", norm, extra={"note": "x"})
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["format"] == "earthembed-model" and meta["format_version"] == 1
+    assert meta["modalities"]["s2"] == S2 and meta["modalities"]["s1"] == ["VV", "VH"]
+    assert meta["normalization"]["stats"]["s2"]["bands"] == S2
+    assert meta["embed_dim"] == 16 and meta["note"] == "x"
+    assert meta["model_id"].startswith("multimodal_vit-") and len(meta["model_id"]) == len("multimodal_vit-") + 12
+    loaded, meta2 = load_model(out / "model.json")
+    b = _batch()
+    for k in ("s2", "s1"):
+        torch.testing.assert_close(loaded(b)["modality"][k], m(b)["modality"][k], rtol=0, atol=0)
+    assert Normalizer.from_dict(meta2["normalization"]).stats == norm.stats
+    rnd = random_init_like(meta2, seed=1)
+    assert isinstance(rnd, MultiModalViT) and rnd.config == loaded.config
+    assert not torch.allclose(rnd(b)["fused"], loaded(b)["fused"])
+    torch.testing.assert_close(random_init_like(meta2, seed=1)(b)["fused"], rnd(b)["fused"])
+    with pytest.raises(ValueError, match="export"):
+        load_model(tmp_path / "x.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing")
+    # the same weights give the same id
+    assert json.loads((export_model(loaded, tmp_path / "e2", norm) / "model.json").read_text())["model_id"] == meta["model_id"]
+
+
+def test_band_groups_must_partition():
+    with pytest.raises(ValueError, match="partition"):
+        MultiModalViT({"s1": ["VV", "VH"]}, band_groups={"s1": [["VV"]]})
+    m = MultiModalViT({"s1": ["VV", "VH"]}, band_groups={"s1": [["VH"], ["VV"]]}, embed_dim=16, depth=1, num_heads=2)
+    assert m.group_channel_indices("s1") == [[1], [0]]
+    rebuilt = MultiModalViT(**m.config)
+    assert rebuilt.config == m.config
+    assert np.isclose(sum(p.numel() for p in rebuilt.parameters()), sum(p.numel() for p in m.parameters()))
