@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--n-chips", type=int, default=10000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--classes", type=int, default=6)
-    ap.add_argument("--separation", type=float, default=0.15, help="std of class centres (noise std is 1)")
+    ap.add_argument("--separation", type=float, default=0.3, help="std of class centres (noise std is 1)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budgets", default="1,5,10,20,50", help="per-class budgets; add 'all' for the full pool")
     ap.add_argument("--estimators", default="logreg,rf,knn")

@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--chip-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256, help="ingest batch size")
-    p.add_argument("--chunk-chips", type=int, default=1, help="Zarr chunk length along the chip axis")
+    p.add_argument("--chunk-chips", type=int, default=16, help="Zarr chunk length along the chip axis")
     p.add_argument("--random", type=int, default=2000, help="chips read by random access")
     p.add_argument("--loader-chips", type=int, default=2000, help="random chips per DataLoader pass (0 = all)")
     p.add_argument("--loader-batch", type=int, default=64)

@@ -202,7 +202,7 @@ def test_informative_beats_noise_without_splits(small_store, tmp_path):
     df = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "o", budgets="2,5,all", seeds=(0, 1),
                      estimators="logreg,rf", baselines="none", n_boot=20)
     run = json.loads((tmp_path / "o" / "run.json").read_text())["tasks"][0]
-    assert "no test split" in run["split"] and run["n_test"] == 12 and run["n_dropped_unlabelled"] == 2
+    assert "no evaluated chip is in a test split" in run["split"] and run["n_test"] == 12 and run["n_dropped_unlabelled"] == 2
     f1 = df[df["metric"] == "macro_f1"].groupby("features")["value"].mean()
     assert f1["m:emb_fused"] > 0.9 and f1["m:emb_fused"] > f1["m:emb_noise"] + 0.3
 

@@ -168,3 +168,15 @@ def test_band_groups_must_partition():
     rebuilt = MultiModalViT(**m.config)
     assert rebuilt.config == m.config
     assert np.isclose(sum(p.numel() for p in rebuilt.parameters()), sum(p.numel() for p in m.parameters()))
+
+
+def test_mixed_precision_outputs_float32():
+    m = _model()
+    b = _batch()
+    b["s1_present"] = torch.tensor([True, False, True, True])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(b)
+        maps = m.forward_tokens(b)
+    assert out["fused"].dtype == torch.float32 and out["modality"]["s1"].dtype == torch.float32
+    assert maps["s1"].dtype == torch.float32 and torch.all(maps["s1"][1] == 0)
+    torch.testing.assert_close(out["fused"], m(b)["fused"], atol=0.05, rtol=0.05)

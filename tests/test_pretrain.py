@@ -133,6 +133,8 @@ def test_pretrain_multimodal_resume_and_export(tiny_store, tmp_path):
     assert list(pd.read_csv(out / "metrics.csv")["step"]) == [0, 1, 2, 3]
     _, meta = load_model(exp)
     assert meta["pretrain"]["global_step"] == 4
+    with pytest.raises(ValueError, match="different model config"):
+        pretrain("contrastive_tiny", tiny_store, out, FAST + ["train.max_steps=5", "model.embed_dim=64"])
     # a checkpoint converts to the same export
     from earthembed.data.normalize import Normalizer
     from earthembed.models.export import export_checkpoint

@@ -73,3 +73,23 @@ def test_bad_shape_and_nan_rejected(tmp_path):
     st = ChipStore(tmp_path / "s")
     assert st.read("s2", 0)[0, 0, 0] == 0  # NaN became the nodata value
     assert st.index.loc[0, "valid_s2"][0] == pytest.approx(63 / 64)
+
+
+def test_dataset_batched_fetch_matches_items(tiny_store):
+    import torch
+
+    from earthembed.data.dataset import ChipDataset
+
+    ds = ChipDataset(tiny_store, {"s2": ["B04", "B03"], "s1": None})
+    positions = [7, 2, 3, 11]
+    items = ds.__getitems__(positions)
+    for p, it in zip(positions, items, strict=True):
+        ref = ds[p]
+        assert it["idx"] == ref["idx"] == p
+        assert it["s1_present"] == ref["s1_present"]
+        torch.testing.assert_close(it["s2"], ref["s2"])
+        torch.testing.assert_close(it["s1"], ref["s1"])
+    assert items[2]["s1_present"] is False and float(items[2]["s1"].abs().sum()) == 0.0
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
+    b = next(iter(loader))
+    assert b["s2"].shape == (5, 2, 16, 16) and b["s1_present"].dtype == torch.bool

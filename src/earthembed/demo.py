@@ -14,7 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-DEMO_TASKS = ("landcover", "classes_present", "frac_water", "frac_built_up", "frac_cropland", "frac_vegetation")
+DEMO_TASKS = ("landcover", "classes_present", "frac_water", "frac_built_up")
+# S2+S1+coh+dem fused, S2 only, S1 only and RGB-only from one checkpoint; random init; band_stats is added as baseline
+DEMO_FEATURES = (
+    "pretrained:emb_fused",
+    "pretrained:emb_s2",
+    "pretrained:emb_s1",
+    "pretrained_rgb:emb_s2",
+    "random_init:emb_fused",
+)
 RGB = ["B04", "B03", "B02"]
 
 
@@ -90,8 +98,8 @@ def run_demo(
     results = _step(
         log, "fewshot",
         f"earthembed fewshot {args} --random-init {emb['random_init']} --store {store_dir} "
-        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)}",
-        run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds),
+        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)}",
+        run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=list(DEMO_FEATURES),
     )
     png = out / "embeddings_pca.png"
     _step(log, "plot-embeddings",

@@ -98,6 +98,9 @@ class StoreWriter:
     """Writes chips into a new store, or resumes an interrupted one at ``path``.
 
     Use as a context manager; :meth:`close` finalises (index, statistics, ``complete`` flag).
+    ``chunk_chips`` chips share a Zarr chunk: 16 streams ~8x faster and uses ~3x less disk than 1 while random
+    reads cost the same (benchmarks/README.md). Chunk files are replaced atomically by Zarr, so a batch that
+    shares a chunk with committed chips cannot corrupt them.
     """
 
     def __init__(
@@ -108,7 +111,7 @@ class StoreWriter:
         label_schema: dict[str, dict[str, Any]] | None = None,
         source: dict[str, Any] | None = None,
         batch_size: int = 64,
-        chunk_chips: int = 1,
+        chunk_chips: int = 16,
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
@@ -409,6 +412,7 @@ class ChipStore:
         self.chip_size: int = int(self.meta["chip_size"])
         self.labels: dict[str, dict[str, Any]] = self.meta.get("labels", {})
         self._root: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
         self._index: Any = None
 
     def __len__(self) -> int:
@@ -420,6 +424,7 @@ class ChipStore:
     def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers: reopen lazily
         s = self.__dict__.copy()
         s["_root"] = None
+        s["_arrays"] = {}
         return s
 
     @property
@@ -427,6 +432,13 @@ class ChipStore:
         if self._root is None:
             self._root = zarr.open_group(self.path / ARRAYS, mode="r")
         return self._root
+
+    def array(self, name: str) -> zarr.Array:
+        """The Zarr array of a modality (or ``labels/<mask>``), cached: the lookup costs ~1 ms per read."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.root[name]
+        return arr
 
     @property
     def index(self):  # geopandas.GeoDataFrame
@@ -453,7 +465,7 @@ class ChipStore:
         """Pixels of ``modality`` for chips ``idx`` as [N, C, H, W] (or [C, H, W] for an int), bands by name."""
         m = self.modality(modality)
         sel = band_indices(m.band_names, bands, what=f"{self.path} modality {modality!r}")
-        arr = self.root[modality]
+        arr = self.array(modality)
         if isinstance(idx, (int, np.integer)):
             out = arr[int(idx)]
             return out if bands is None else out[sel]
@@ -473,7 +485,7 @@ class ChipStore:
         spec = self.labels.get(name)
         if spec is None or spec.get("kind") != "mask":
             raise StoreError(f"{self.path}: no mask label {name!r}")
-        arr = self.root[f"labels/{name}"]
+        arr = self.array(f"labels/{name}")
         if isinstance(idx, (int, np.integer)):
             return arr[int(idx), 0]
         if isinstance(idx, slice):

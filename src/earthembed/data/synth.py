@@ -47,8 +47,8 @@ P_NODATA_STRIPE = 0.02
 PRESENT_MIN_FRACTION = 0.10
 GENERATOR_VERSION = 1
 
-# Endmembers mixed per pixel; cropland has two (green crop / harvested soil) blended by parcel crop stage.
-_ENDMEMBERS = ("water", "forest", "crop_green", "crop_soil", "grassland", "built_up", "bare")
+# Endmembers mixed per pixel (rows of the tables below): water, forest, green crop, harvested field,
+# grassland, built-up, bare; cropland pixels blend the two crop rows by the parcel's crop stage.
 # Sentinel-2 L2A reflectance x 10000 for B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12.
 _S2_SPECTRA = np.array(
     [
@@ -293,7 +293,7 @@ class SyntheticAOI:
         coh_mean = np.einsum("behw,e->bhw", base, _COHERENCE)
 
         illum = 1 + 0.04 * g("illumination")
-        cloud = np.clip((g("cloud") + 0.15 * tex - 1.9) / 0.35, 0, 1)[:, None]
+        cloud = np.clip((g("cloud") + 0.15 * tex - 2.1) / 0.35, 0, 1)[:, None]
         s2 = s2_clear * illum[:, None] * (1 - cloud) + _CLOUD_SPECTRUM[None, :, None, None] * cloud
 
         # per-chip noise streams keyed by (seed, chip index): output does not depend on the batch size
@@ -441,13 +441,15 @@ def generate_synthetic_aoi(
     overwrite: bool = False,
     batch_size: int = 256,
     *,
-    chunk_chips: int = 1,
+    chunk_chips: int = 16,
     progress: bool = False,
 ) -> ChipStore:
     """Write a synthetic multimodal AOI as a chip store at ``out`` and return it.
 
-    Deterministic for a seed. An interrupted run resumes when called again with the same arguments;
-    ``chunk_chips`` is the Zarr chunk length along the chip axis (1 keeps random access cheap).
+    Deterministic for a seed. An interrupted run resumes when called again with the same arguments.
+    ``chunk_chips`` is the Zarr chunk length along the chip axis: 16 writes ~9x and streams ~6x faster
+    than 1 chip per chunk at the same random-access cost, since Zarr's per-read overhead dominates
+    (see benchmarks/README.md).
     """
     aoi = SyntheticAOI(chips, chip_size, seed)
     source = {

@@ -1,6 +1,22 @@
-"""Few-shot label-efficiency evaluation of embeddings (and baselines) against store labels."""
+"""Few-shot label-efficiency evaluation of embeddings (and baselines) against store labels.
 
-from earthembed.evaluate.fewshot import run_fewshot
-from earthembed.evaluate.tasks import Task, load_task
+Attributes are imported lazily so ``earthembed.evaluate.cli`` loads without scikit-learn (fast CLI start).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Task", "load_task", "run_fewshot"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_fewshot":
+        from earthembed.evaluate.fewshot import run_fewshot
+
+        return run_fewshot
+    if name in ("Task", "load_task"):
+        from earthembed.evaluate import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

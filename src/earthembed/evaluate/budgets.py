@@ -85,7 +85,7 @@ def split_pool_test(
     return (
         np.sort(pool),
         np.sort(test),
-        f"store has no test split: made a deterministic {how} {1 - test_size:.0%}/{test_size:.0%} split (seed {seed})",
+        f"no evaluated chip is in a test split: made a deterministic {how} {1 - test_size:.0%}/{test_size:.0%} split (seed {seed})",
     )
 
 

@@ -40,7 +40,7 @@ def fewshot(
     estimators: str = typer.Option(None, help="comma list: logreg/ridge (or linear), rf, knn (default: all)"),
     baselines: str = typer.Option("band_stats", help="comma list of baselines, or 'none'"),
     random_init: Path = typer.Option(None, help="embedding table of a random-init encoder of the same architecture"),
-    feature_columns: str = typer.Option(None, help="embedding columns to use, e.g. 'emb_fused,emb_s2' (default: all)"),
+    feature_columns: str = typer.Option(None, help="embedding columns, plain (emb_fused: every table) or NAME:COLUMN (one table); default all"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
 ) -> None:
     """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""

@@ -3,7 +3,9 @@
 ``logreg`` (classification / multilabel) and ``ridge`` (regression) choose their regularisation by
 cross-validation *inside* the label budget, as in Jungbluth et al. 2023; with fewer than two examples of
 a class there is nothing to cross-validate and C is fixed to 1. What was used is returned in ``extra`` so
-it lands in the results table. Features are standardised (StandardScaler) for the linear and kNN models.
+it lands in the results table. Features are standardised (StandardScaler) for the linear and kNN models
+(the scaler sees the whole budget, the CV folds only pick C). kNN uses k = min(5, n_train) with distance
+weights: with one chip per class, k=5 uniform votes would be a tie broken by class order.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -
     n = len(X)
     if name == "knn":
         k = min(5, n)
-        knn = KNeighborsRegressor(k) if kind == "regression" else KNeighborsClassifier(k)
-        return make_pipeline(StandardScaler(), knn).fit(X, y), {"k": k}
+        cls = KNeighborsRegressor if kind == "regression" else KNeighborsClassifier
+        return make_pipeline(StandardScaler(), cls(k, weights="distance")).fit(X, y), {"k": k}
     if name == "rf":
         cls = RandomForestRegressor if kind == "regression" else RandomForestClassifier
         return cls(n_estimators=RF_TREES, random_state=seed, n_jobs=1).fit(X, y), {"n_trees": RF_TREES}
@@ -164,7 +166,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         extra["n_trees"] = RF_TREES
     elif name == "knn":
         k = min(5, len(X))
-        model = make_pipeline(StandardScaler(), KNeighborsClassifier(k)).fit(X, Yc)
+        model = make_pipeline(StandardScaler(), KNeighborsClassifier(k, weights="distance")).fit(X, Yc)
         extra["k"] = k
     else:
         raise ValueError(f"unknown estimator {name!r}")

@@ -53,10 +53,16 @@ def load_all_feature_sets(
     baselines: Sequence[str] = BASELINES,
     feature_columns: Sequence[str] | None = None,
 ) -> list[FeatureSet]:
-    """Feature sets of every table (``<name>:<column>``) followed by the requested baselines."""
+    """Feature sets of every table (``<name>:<column>``) followed by the requested baselines.
+
+    ``feature_columns`` entries are plain (``emb_fused``: every table) or qualified (``random_init:emb_fused``:
+    that table only); a table with no entry that applies keeps all its ``emb_*`` columns.
+    """
     sets: list[FeatureSet] = []
     for name, path in embeddings.items():
-        sets += load_feature_sets(name, path, feature_columns)
+        cols = [c for c in feature_columns or [] if ":" not in c]
+        cols += [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")]
+        sets += load_feature_sets(name, path, cols or None)
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r} (available: {BASELINES})")

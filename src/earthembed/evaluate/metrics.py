@@ -99,6 +99,8 @@ def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: 
     Y = np.asarray(Y, dtype=np.float64)
     P = np.asarray(P, dtype=np.float64)
     present = Y.sum(axis=0) > 0
+    if not present.any():  # no positive test label at all: nothing to rank or recall
+        return dict.fromkeys(METRICS["multilabel"], (float("nan"),) * 3)
     Y, P, S = Y[:, present], P[:, present], S[:, present]
     one = np.ones((1, len(Y)))
     (point_micro,), (point_macro,) = _maps(Y, S, one)
@@ -115,8 +117,8 @@ def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: 
             f1mi.append(2 * tp.sum(1) / (nt.sum(1) + npred.sum(1)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        point_f1mi = f1_score(Y, P, average="micro", zero_division=0) if present.any() else float("nan")
-        point_f1ma = f1_score(Y, P, average="macro", zero_division=0) if present.any() else float("nan")
+        point_f1mi = f1_score(Y, P, average="micro", zero_division=0)
+        point_f1ma = f1_score(Y, P, average="macro", zero_division=0)
     return {
         "micro_map": (point_micro, *_ci(np.concatenate(mic))),
         "macro_map": (point_macro, *_ci(np.concatenate(mac))),

@@ -131,7 +131,7 @@ class MultiModalViT(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.proj = nn.Linear(d, self.proj_dim) if self.proj_dim else nn.Identity()
-        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[Tensor, Tensor] | None]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], str], list[tuple[Tensor, Tensor, bool] | None]] = {}
         self.reset_parameters()
 
     # -- construction helpers -----------------------------------------------------------------------
@@ -174,9 +174,9 @@ class MultiModalViT(nn.Module):
         return [[bands.index(b) for b in g] for g in self.band_groups[modality]]
 
     # -- band reconciliation --------------------------------------------------------------------------
-    def _plan(self, k: str, bands: Sequence[str]) -> list[tuple[Tensor, Tensor] | None]:
-        """Per group: (slot indices in the group, source channel indices in the input), None if absent."""
-        key = (k, tuple(bands))
+    def _plan(self, k: str, bands: Sequence[str], device: torch.device) -> list[tuple[Tensor, Tensor, bool] | None]:
+        """Per group: (slot indices in the group, source channel indices, is-identity), None if absent."""
+        key = (k, tuple(bands), str(device))
         if key in self._plans:
             return self._plans[key]
         unknown = [b for b in bands if b not in self.modalities[k]]
@@ -186,10 +186,15 @@ class MultiModalViT(nn.Module):
             )
         if len(set(bands)) != len(bands):
             raise BandMismatchError(f"modality {k!r}: duplicate band names in {list(bands)}")
-        plan: list[tuple[Tensor, Tensor] | None] = []
+        plan: list[tuple[Tensor, Tensor, bool] | None] = []
         for g in self.band_groups[k]:
             pairs = [(i, list(bands).index(b)) for i, b in enumerate(g) if b in bands]
-            plan.append(None if not pairs else (torch.tensor([a for a, _ in pairs]), torch.tensor([s for _, s in pairs])))
+            if not pairs:
+                plan.append(None)
+                continue
+            slot, src = [a for a, _ in pairs], [s for _, s in pairs]
+            full = slot == list(range(len(g)))
+            plan.append((torch.tensor(slot, device=device), torch.tensor(src, device=device), full))
         if all(p is None for p in plan):
             raise BandMismatchError(f"modality {k!r}: no bands given")
         self._plans[key] = plan
@@ -200,7 +205,7 @@ class MultiModalViT(nn.Module):
         """Normalised output tokens [B, G*h*w, D] of modality ``k`` plus (G, h, w)."""
         if x.ndim != 4 or x.shape[1] != len(bands):
             raise ValueError(f"modality {k!r}: expected [B, {len(bands)}, H, W] for bands {list(bands)}, got {tuple(x.shape)}")
-        plan = self._plan(k, bands)
+        plan = self._plan(k, bands, x.device)
         p = self.patch_size
         hh, ww = _fit_size(x.shape[-2], p), _fit_size(x.shape[-1], p)
         if (hh, ww) != tuple(x.shape[-2:]):
@@ -211,9 +216,9 @@ class MultiModalViT(nn.Module):
         for g, step in enumerate(plan):
             if step is None:
                 continue
-            slot, src = step[0].to(x.device), step[1].to(x.device)
+            slot, src, full = step
             n = len(self.band_groups[k][g])
-            if len(slot) == n and torch.equal(slot, torch.arange(n, device=x.device)):
+            if full:
                 xg = x.index_select(1, src)
             else:
                 xg = x.new_zeros(b, n, hh, ww)
@@ -261,10 +266,10 @@ class MultiModalViT(nn.Module):
             rows = pr.nonzero().flatten()
             if len(rows) == 0:
                 h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
-                out[k] = x.new_zeros(x.shape[0], self.embed_dim, h, w)
+                out[k] = torch.zeros(x.shape[0], self.embed_dim, h, w, device=x.device)
                 continue
             t, g, h, w = self._encode(k, x[rows], bnames)
-            maps = t.reshape(len(rows), g, h * w, -1).mean(1).transpose(1, 2).reshape(len(rows), -1, h, w)
+            maps = t.float().reshape(len(rows), g, h * w, -1).mean(1).transpose(1, 2).reshape(len(rows), -1, h, w)
             full = maps.new_zeros(x.shape[0], *maps.shape[1:])
             full[rows] = maps
             out[k] = full
@@ -281,6 +286,7 @@ class MultiModalViT(nn.Module):
         ``batch`` holds ``[B, C, H, W]`` per modality key (other keys are ignored); ``bands`` gives the band
         names of each tensor's channels (default: the model's full band list); ``present`` defaults to
         ``batch["<k>_present"]``, else all True. Model modalities missing from ``batch`` count as absent.
+        Embeddings are float32, also under mixed-precision autocast.
         """
         n, inputs = self._inputs(batch, bands, present)
         ref = next(iter(inputs.values()))[0]
@@ -288,18 +294,17 @@ class MultiModalViT(nn.Module):
         pres: dict[str, Tensor] = {}
         for k in self.modalities:
             if k not in inputs:
-                embs[k] = ref.new_zeros(n, self.embed_dim)
+                embs[k] = torch.zeros(n, self.embed_dim, device=ref.device)
                 pres[k] = torch.zeros(n, dtype=torch.bool, device=ref.device)
                 continue
             x, bnames, pr = inputs[k]
             if bool(pr.all()):
-                e = self._encode(k, x, bnames)[0].mean(1)
+                e = self._encode(k, x, bnames)[0].float().mean(1)
             else:
                 rows = pr.nonzero().flatten()
-                e = x.new_zeros(n, self.embed_dim)
+                e = torch.zeros(n, self.embed_dim, device=x.device)
                 if len(rows):
-                    er = self._encode(k, x[rows], bnames)[0].mean(1)
-                    e = e.to(er.dtype).index_copy(0, rows, er)
+                    e = e.index_copy(0, rows, self._encode(k, x[rows], bnames)[0].float().mean(1))
             embs[k], pres[k] = e, pr
         stacked = torch.stack([F.normalize(embs[k], dim=-1) * pres[k][:, None] for k in self.modalities])
         count = torch.stack([pres[k] for k in self.modalities]).sum(0).clamp(min=1)

@@ -90,7 +90,7 @@ class ContrastivePretrainModule(L.LightningModule):
         if not (self.hparams.gather_distributed and trainer is not None and trainer.world_size > 1):
             return z, present
         z = {k: self.all_gather(v, sync_grads=True).flatten(0, 1) for k, v in z.items()}
-        present = {k: self.all_gather(v).flatten(0, 1) for k, v in present.items()}
+        present = {k: self.all_gather(v.to(torch.uint8)).flatten(0, 1).bool() for k, v in present.items()}
         return z, present
 
     def contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

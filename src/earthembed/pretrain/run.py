@@ -230,6 +230,15 @@ def pretrain(
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = {**cfg, "store": str(Path(store).resolve()), "model": {**cfg["model"], "modalities": bands}}
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and last.exists() and (out / "config.yaml").exists():
+        before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        changed = [k for k in ("model", "objective", "objective_args") if before.get(k) != resolved[k]]
+        if changed:
+            raise ValueError(
+                f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
+                "- use a new --out (or delete its checkpoints/ to start over)"
+            )
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     L.seed_everything(int(t["seed"]), workers=True, verbose=False)
@@ -270,7 +279,6 @@ def pretrain(
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
     )
-    last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
     trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
     export = out / "export"

@@ -1,0 +1,114 @@
+"""Embedding export: one row per chip, modality/band subsets, missing modalities, resume after a kill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from earthembed.data.modalities import BandMismatchError
+from earthembed.data.normalize import Normalizer
+from earthembed.data.store import ChipStore
+from earthembed.embed.io import read_embeddings, read_metadata
+from earthembed.embed.run import embed_random_init, embed_store, parse_bands
+from earthembed.models.export import export_model
+from earthembed.models.registry import build_model
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_store, tmp_path_factory):
+    store = ChipStore(tiny_store)
+    torch.manual_seed(0)
+    model = build_model("multimodal_vit", modalities={k: store.band_names(k) for k in ("s2", "s1")},
+                        patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    return export_model(model, tmp_path_factory.mktemp("model") / "export", Normalizer.from_store(store))
+
+
+def test_embed_all_and_subsets(exported, tiny_store, tmp_path):
+    out = embed_store(exported, tiny_store, tmp_path / "emb.parquet", batch_size=6, progress=False)
+    df, x = read_embeddings(out, "emb_fused")
+    assert len(df) == 20 and df["chip_id"].is_unique and x.shape == (20, 16)
+    assert np.isfinite(x).all()
+    _, s1 = read_embeddings(out, "emb_s1")
+    missing = ~df["present_s1"].to_numpy()
+    assert missing.sum() == 5 and np.isnan(s1[missing]).all() and np.isfinite(s1[~missing]).all()
+    assert set(df.loc[missing, "modalities_used"]) == {"s2"}
+    meta = read_metadata(out)
+    assert meta["embed_dim"] == 16 and meta["bands"]["s1"] == ["VV", "VH"]
+    assert pq.read_schema(out).metadata[b"geo"]  # GeoParquet
+    import geopandas as gpd
+
+    assert gpd.read_parquet(out).crs.to_epsg() == 4326
+
+    # S2-only, RGB-only from the same checkpoint
+    rgb = embed_store(exported, tiny_store, tmp_path / "rgb.parquet", modalities=["s2"],
+                      bands=parse_bands("s2:B04,B03,B02"), progress=False)
+    _, xr = read_embeddings(rgb, "emb_s2")
+    _, xs2 = read_embeddings(out, "emb_s2")
+    assert xr.shape == xs2.shape and not np.allclose(xr, xs2)
+    assert "emb_s1" not in pq.read_schema(rgb).names
+
+
+def test_embed_rejects_unknown_modality_and_bands(exported, tiny_store, tmp_path):
+    with pytest.raises(BandMismatchError, match="never trained on modality 'coh'"):
+        embed_store(exported, tiny_store, tmp_path / "x.parquet", modalities=["coh"], progress=False)
+    with pytest.raises(BandMismatchError, match="never saw s2 bands"):
+        embed_store(exported, tiny_store, tmp_path / "x.parquet", bands={"s2": ["B99"]}, progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_embed_resumes_after_kill_without_duplicates(exported, tiny_store, tmp_path, monkeypatch):
+    import earthembed.embed.run as run
+
+    out = tmp_path / "emb.parquet"
+    calls = {"n": 0}
+    real = run.pq.write_table
+
+    def dying_write(table, where, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(table, where, *a, **k)
+
+    monkeypatch.setattr(run.pq, "write_table", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        embed_store(exported, tiny_store, out, batch_size=4, progress=False)
+    monkeypatch.setattr(run.pq, "write_table", real)
+    assert not out.exists() and len(list((tmp_path / "emb.parquet.parts").glob("part-*.parquet"))) == 2
+
+    seen: list[int] = []
+    orig_batch = run._batch_table
+
+    def spy(idx, *a, **k):
+        seen.extend(idx.tolist())
+        return orig_batch(idx, *a, **k)
+
+    monkeypatch.setattr(run, "_batch_table", spy)
+    embed_store(exported, tiny_store, out, batch_size=4, progress=False)
+    assert sorted(seen) == list(range(8, 20))  # committed batches were not recomputed
+    df, _ = read_embeddings(out)
+    assert df["idx"].tolist() == list(range(20))
+    full = embed_store(exported, tiny_store, tmp_path / "full.parquet", batch_size=4, progress=False)
+    np.testing.assert_allclose(read_embeddings(out)[1], read_embeddings(full)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_random_init_baseline_differs(exported, tiny_store, tmp_path):
+    a = embed_store(exported, tiny_store, tmp_path / "a.parquet", progress=False)
+    b = embed_random_init(exported, tiny_store, tmp_path / "b.parquet", seed=1, progress=False)
+    assert read_metadata(b)["model_id"].startswith("random-init-seed1")
+    assert not np.allclose(read_embeddings(a)[1], read_embeddings(b)[1])
+
+
+def test_embed_cli(exported, tiny_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from earthembed.cli import app
+
+    r = CliRunner().invoke(app, ["embed", "--checkpoint", str(exported), "--store", str(tiny_store),
+                                 "--out", str(tmp_path / "e.parquet"), "--modalities", "s1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert read_metadata(tmp_path / "e.parquet")["modalities"] == ["s1"]
+    r = CliRunner().invoke(app, ["embed", "--checkpoint", str(exported), "--store", str(tiny_store),
+                                 "--out", str(tmp_path / "f.parquet"), "--bands", "s2:NOPE", "--quiet"])
+    assert r.exit_code == 1 and "NOPE" in r.output
