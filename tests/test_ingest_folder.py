@@ -9,7 +9,8 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.folder import command, ingest_folder, stratified_split
+from earthembed.data.ingest.folder import command, ingest_folder
+from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipStore, StoreError
 
@@ -70,7 +71,7 @@ def test_png_jpeg_rgb_dataset(png_dataset, tmp_path):
     # deterministic stratified 60/20/20 split over each class's image files (forest 6, water 7)
     for cls in ("forest", "water"):
         files = sorted(p.relative_to(src).as_posix() for p in (src / cls).iterdir() if p.suffix in (".png", ".jpg"))
-        expect = stratified_split(files)
+        expect = stratified_splits({'_': files})
         assert sorted(expect.values()).count("train") == {"forest": 4, "water": 4}[cls]
         sub = idx[idx["label"] == cls]
         assert dict(zip(sub["chip_id"], sub["split"], strict=True)) == {k: v for k, v in expect.items() if k in set(sub["chip_id"])}
@@ -85,7 +86,7 @@ def test_png_jpeg_rgb_dataset(png_dataset, tmp_path):
 
 def test_split_is_order_independent():
     files = [f"c/{i}.png" for i in range(10)]
-    a, b = stratified_split(files), stratified_split(list(reversed(files)))
+    a, b = stratified_splits({'_': files}), stratified_splits({'_': list(reversed(files))})
     assert a == b
     assert sorted(a.values()).count("train") == 6
 

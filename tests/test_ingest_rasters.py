@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from earthembed.data.ingest import rasters
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.rasters import block_split, command, ingest_rasters, normalize_band_name
+from earthembed.data.ingest.rasters import command, ingest_rasters, normalize_band_name
+from earthembed.data.ingest.splits import block_split
 from earthembed.data.store import ChipStore
 
 warnings.filterwarnings("ignore", category=PendingDeprecationWarning)  # affine `*` inside rasterio

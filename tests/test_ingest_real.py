@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from earthembed.data.ingest import eurosat as eurosat_mod
 from earthembed.data.ingest.bigearthnet import BEN19_CLASSES, ingest_bigearthnet
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.eurosat import EUROSAT_CLASSES, ingest_eurosat, stratified_splits
+from earthembed.data.ingest.eurosat import EUROSAT_CLASSES, ingest_eurosat
 from earthembed.data.ingest.sen1floods11 import ingest_sen1floods11
+from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.store import ChipStore, StoreError
 
 pytestmark = pytest.mark.realdata

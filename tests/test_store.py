@@ -36,12 +36,11 @@ def test_interrupted_ingest_resumes_without_duplicates(tmp_path):
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
-        with StoreWriter(p, [s2], 8, batch_size=4) as w:
-            for i in range(10):
-                if i == 9:
-                    raise Boom
-                w.add(_rec(i))
+    with pytest.raises(Boom), StoreWriter(p, [s2], 8, batch_size=4) as w:
+        for i in range(10):
+            if i == 9:
+                raise Boom
+            w.add(_rec(i))
     with pytest.raises(StoreError, match="incomplete"):
         ChipStore(p)
     meta = json.loads((p / "earthembed.json").read_text())

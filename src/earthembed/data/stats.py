@@ -52,7 +52,7 @@ def compute_stats(
     if _allow_incomplete:
         meta = _read_meta(path)
         mods = {k: Modality.from_dict(v) for k, v in meta["modalities"].items()}
-        n = int(meta["n_chips"])
+        int(meta["n_chips"])
         root = zarr.open_group(path / ARRAYS, mode="r")
         import pandas as pd
 
@@ -62,7 +62,7 @@ def compute_stats(
         has = pd.concat([pd.read_parquet(f, columns=[f"has_{k}" for k in mods]) for f in parts], ignore_index=True)
     else:
         store = ChipStore(path)
-        mods, n, root = store.modalities, len(store), store.root
+        mods, _n, root = store.modalities, len(store), store.root
         has = store.index[[f"has_{k}" for k in mods]]
     rng = np.random.default_rng(seed)
     stats: dict[str, Any] = {}

@@ -17,6 +17,7 @@ store, skips chips already committed, and finishes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -378,10 +379,8 @@ class StoreWriter:
             self.close()
         else:
             # keep what is committed; buffered (validated) chips are committed too so a resume has less to do
-            try:
+            with contextlib.suppress(Exception):
                 self.flush()
-            except Exception:
-                pass
 
 
 def _write_index(df: pd.DataFrame, path: Path) -> None:

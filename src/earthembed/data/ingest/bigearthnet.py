@@ -24,8 +24,7 @@ import numpy as np
 import typer
 
 from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.eurosat import echo_summary
+from earthembed.data.ingest.common import IngestError, echo_summary
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 

@@ -74,3 +74,20 @@ def crs_string(crs: Any) -> str | None:
         return None
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def echo_summary(store: Any, dataset: str, max_listed: int = 10) -> None:
+    """Print what was ingested and every skipped item with its reason (the first ``max_listed``)."""
+    import typer
+
+    info = store.info()
+    typer.echo(f"{dataset}: {info['chips']} chips in {store.path}; splits {info['splits']}")
+    for k, m in info["modalities"].items():
+        typer.echo(f"  {k}: {m['product']} {m['chip_shape']} present in {m['present']} chips")
+    skipped = store.report().get("skipped", [])
+    if skipped:
+        typer.echo(f"  {len(skipped)} item(s) skipped or incomplete (see {store.path / 'ingest_report.json'}):")
+        for s in skipped[:max_listed]:
+            typer.echo(f"    {s['item']}: {s['reason']}")
+        if len(skipped) > max_listed:
+            typer.echo(f"    ... and {len(skipped) - max_listed} more")

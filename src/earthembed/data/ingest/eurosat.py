@@ -8,20 +8,17 @@ EuroSAT has no official split. Within each class, chips are ranked by the SHA-25
 first 60 % go to ``train``, the next 20 % to ``val``, the rest to ``test`` (12/4/4 for 20 chips). The split
 depends only on the chip ids, so it is the same on every machine and on a resumed run.
 
-This module also holds small helpers the other ingesters share (:func:`hash_unit`, :func:`hash_split`,
-:func:`echo_summary`).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import typer
 
 from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, read_raster
+from earthembed.data.ingest.common import IngestError, crs_string, echo_summary, footprint_wgs84, read_raster
+from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -42,53 +39,6 @@ EUROSAT_FILE_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
 )
 EUROSAT_CHIP_SIZE = 64
-SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
-
-
-# --- helpers shared by the ingesters ---------------------------------------------------------------
-
-
-def hash_unit(key: str) -> float:
-    """A number in [0, 1) from the SHA-256 of ``key``: a seed-free, platform-independent shuffle key."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-def hash_split(key: str, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
-    """``train``/``val``/``test`` for ``key`` by its hash, so an item keeps its split whatever else is ingested."""
-    u = hash_unit(key)
-    if u < fractions[0]:
-        return "train"
-    return "val" if u < fractions[0] + fractions[1] else "test"
-
-
-def stratified_splits(
-    ids_by_class: dict[str, Iterable[str]], fractions: Sequence[float] = SPLIT_FRACTIONS
-) -> dict[str, str]:
-    """Exact per-class proportions: rank each class's ids by hash, cut at the cumulative fractions."""
-    out: dict[str, str] = {}
-    for ids in ids_by_class.values():
-        ranked = sorted(ids, key=lambda i: (hash_unit(i), i))
-        n = len(ranked)
-        n_train = round(n * fractions[0])
-        n_val = round(n * (fractions[0] + fractions[1])) - n_train
-        for k, chip_id in enumerate(ranked):
-            out[chip_id] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
-    return out
-
-
-def echo_summary(store: ChipStore, dataset: str, max_listed: int = 10) -> None:
-    """Print what was ingested and every skipped item with its reason (the first ``max_listed``)."""
-    info = store.info()
-    typer.echo(f"{dataset}: {info['chips']} chips in {store.path}; splits {info['splits']}")
-    for k, m in info["modalities"].items():
-        typer.echo(f"  {k}: {m['product']} {m['chip_shape']} present in {m['present']} chips")
-    skipped = store.report().get("skipped", [])
-    if skipped:
-        typer.echo(f"  {len(skipped)} item(s) skipped or incomplete (see {store.path / 'ingest_report.json'}):")
-        for s in skipped[:max_listed]:
-            typer.echo(f"    {s['item']}: {s['reason']}")
-        if len(skipped) > max_listed:
-            typer.echo(f"    ... and {len(skipped) - max_listed} more")
 
 
 # --- EuroSAT -------------------------------------------------------------------------------------------

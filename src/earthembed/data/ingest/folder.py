@@ -19,7 +19,6 @@ declaration RGB (the ``rgb`` product) is assumed for PNG/JPEG and 3-band TIFFs. 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import typer
 
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, read_raster
+from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import Modality, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -35,7 +35,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 LABEL = "label"
 
 
@@ -98,15 +97,6 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def stratified_split(files: Sequence[str], seed: int = 0) -> dict[str, str]:
-    """Deterministic 60/20/20 split of one class's files, independent of listing order."""
-    order = sorted(files, key=lambda f: hashlib.sha1(f"{seed}:{f}".encode()).hexdigest())
-    n = len(order)
-    n_train = round(SPLIT_FRACTIONS[0] * n)
-    n_val = round(SPLIT_FRACTIONS[1] * n)
-    return {f: "train" if i < n_train else "val" if i < n_train + n_val else "test" for i, f in enumerate(order)}
-
-
 def _plan(src: Path) -> tuple[list[tuple[Path, str, str]], list[str], list[Path]]:
     """(file, class, split) for every candidate file, the sorted class names, and stray top-level files."""
     if not src.is_dir():
@@ -121,8 +111,8 @@ def _plan(src: Path) -> tuple[list[tuple[Path, str, str]], list[str], list[Path]
     if layout is None:
         per_class = _class_files(src)
         for cls, files in per_class.items():
-            splits = stratified_split(
-                [f.relative_to(src).as_posix() for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            splits = stratified_splits(
+                {cls: [f.relative_to(src).as_posix() for f in files if f.suffix.lower() in IMAGE_SUFFIXES]}
             )
             items += [(f, cls, splits.get(f.relative_to(src).as_posix(), "")) for f in files]
         classes = set(per_class)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import typer
 
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84
+from earthembed.data.ingest.splits import block_split
 from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -44,7 +44,6 @@ S2_PRODUCTS_BY_COUNT = {12: "s2_l2a", 13: "s2_l1c"}
 MASK_LABEL = "landcover_mask"
 CLASS_LABEL = "landcover"
 SPLIT_BLOCK = 4
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 _EPS = 1e-6
 _SCAN_BLOCK = 1024
 
@@ -106,15 +105,6 @@ def resolve_product(key: str, path: Path, count: int, products: dict[str, str] |
         f"{path}: no default product for modality key {key!r}; pass --product {key}=PRODUCT "
         f"(registered: {list_modalities()})"
     )
-
-
-def block_split(aoi: str, row: int, col: int, block: int = SPLIT_BLOCK, seed: int = 0) -> str:
-    """Split of the tile at (row, col): its ``block`` x ``block`` group is hashed to train/val/test."""
-    key = f"{seed}:{aoi}_{row // block}_{col // block}".encode()
-    u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-    if u < SPLIT_FRACTIONS[0]:
-        return "train"
-    return "val" if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else "test"
 
 
 @dataclasses.dataclass
@@ -417,7 +407,7 @@ def ingest_rasters(
                             geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
                             crs=crs_s,
                             aoi=aoi,
-                            split=block_split(aoi, i, j),
+                            split=block_split(aoi, i, j, block=SPLIT_BLOCK),
                             labels=cols,
                             masks=masks,
                             source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"

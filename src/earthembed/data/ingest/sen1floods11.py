@@ -28,8 +28,15 @@ import numpy as np
 import typer
 
 from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError, Raster, crs_string, footprint_wgs84, read_raster
-from earthembed.data.ingest.eurosat import echo_summary, hash_split
+from earthembed.data.ingest.common import (
+    IngestError,
+    Raster,
+    crs_string,
+    echo_summary,
+    footprint_wgs84,
+    read_raster,
+)
+from earthembed.data.ingest.splits import hash_split
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
