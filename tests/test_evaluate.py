@@ -259,3 +259,14 @@ def test_cli_fewshot(tiny_store, tmp_path):
     assert set(df["task"]) == {"label", "frac_water"} and "band_stats" in set(df["features"])
     bad = runner.invoke(app, [*args, "--task", "nope"])
     assert bad.exit_code == 1 and "error:" in bad.output and "label" in bad.output
+
+
+def test_parallel_jobs_give_identical_results(small_store, tmp_path):
+    from earthembed.evaluate.fewshot import run_fewshot
+
+    emb = small_tables(small_store, tmp_path)
+    kw = dict(budgets="2,5,all", seeds=(0, 1), estimators="logreg,knn", n_boot=20)
+    a = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "a", n_jobs=1, **kw)
+    b = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "b", n_jobs=2, **kw)
+    cols = ["task", "features", "estimator", "budget", "seed", "metric", "value", "ci_low", "ci_high"]
+    pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))

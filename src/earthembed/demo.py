@@ -43,6 +43,7 @@ def run_demo(
     tasks: Sequence[str] = DEMO_TASKS,
     seeds: Sequence[int] = (0, 1, 2),
     overrides: Sequence[str] = (),
+    jobs: int = -1,
 ) -> Path:
     """Run the whole pipeline into ``out`` and write ``out/report.md``; returns the report path."""
     from earthembed.data.store import ChipStore, StoreError
@@ -98,8 +99,9 @@ def run_demo(
     results = _step(
         log, "fewshot",
         f"earthembed fewshot {args} --random-init {emb['random_init']} --store {store_dir} "
-        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)}",
+        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)} --jobs {jobs}",
         run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=list(DEMO_FEATURES),
+        n_jobs=jobs,
     )
     png = out / "embeddings_pca.png"
     _step(log, "plot-embeddings",

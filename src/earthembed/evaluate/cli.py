@@ -42,6 +42,7 @@ def fewshot(
     random_init: Path = typer.Option(None, help="embedding table of a random-init encoder of the same architecture"),
     feature_columns: str = typer.Option(None, help="embedding columns, plain (emb_fused: every table) or NAME:COLUMN (one table); default all"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="parallel processes over feature set x estimator (-1: all cores)"),
 ) -> None:
     """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""
     from earthembed.evaluate.fewshot import run_fewshot
@@ -62,6 +63,7 @@ def fewshot(
             n_boot=n_boot,
             feature_columns=feature_columns,
             progress=True,
+            n_jobs=jobs,
         )
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"results: {out / 'results.csv'}  plot: {out / 'label_efficiency.png'}")

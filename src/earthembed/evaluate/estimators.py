@@ -118,8 +118,11 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -
         cls = KNeighborsRegressor if kind == "regression" else KNeighborsClassifier
         return make_pipeline(StandardScaler(), cls(k, weights="distance")).fit(X, y), {"k": k}
     if name == "rf":
-        cls = RandomForestRegressor if kind == "regression" else RandomForestClassifier
-        return cls(n_estimators=RF_TREES, random_state=seed, n_jobs=1).fit(X, y), {"n_trees": RF_TREES}
+        if kind == "regression":  # Breiman's p/3 features per split (sklearn's default is all p: ~3x slower)
+            rf: Any = RandomForestRegressor(n_estimators=RF_TREES, max_features=1 / 3, random_state=seed, n_jobs=1)
+        else:
+            rf = RandomForestClassifier(n_estimators=RF_TREES, random_state=seed, n_jobs=1)
+        return rf.fit(X, y), {"n_trees": RF_TREES}
     if name == "ridge":
         if n < 3:
             return make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}

@@ -100,9 +100,9 @@ def evaluate_task(
     estimators: Sequence[str] | str | None = None,
     n_boot: int = 200,
     progress: bool = False,
+    n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(tidy results, run notes, budget membership) of one task over all feature sets."""
-    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     t, mats = _common(task, sets)
@@ -126,9 +126,7 @@ def evaluate_task(
             membership.append(pd.DataFrame({"task": t.name, "seed": s, "budget": b, "chip_id": t.chip_ids[pool[p]]}))
     total = len(sets) * len(ests) * sum(len(b) for b in samples.values())
     bar = tqdm(total=total, desc=f"few-shot {t.name}", disable=not progress)
-    # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
-    with threadpool_limits(limits=1):
-        rows = _fit_all(t, sets, mats, ests, samples, pool, test, n_boot, mode, bar)
+    rows = _fit_all(t, sets, mats, ests, samples, pool, test, n_boot, mode, bar, n_jobs)
     bar.close()
     members = pd.concat(membership, ignore_index=True) if membership else pd.DataFrame()
     return pd.DataFrame(rows, columns=RESULT_COLUMNS), notes, members
@@ -137,30 +135,49 @@ def evaluate_task(
 def _fit_all(
     t: Task, sets: Sequence[FeatureSet], mats: Sequence[np.ndarray], ests: Sequence[str],
     samples: dict[int, dict[str, np.ndarray]], pool: np.ndarray, test: np.ndarray, n_boot: int, mode: str,
-    bar: Any,
+    bar: Any, n_jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Tidy rows of every feature set x estimator x seed x budget (each fitted once, scored on ``test``)."""
+    """Tidy rows of every feature set x estimator x seed x budget (each fitted once, scored on ``test``).
+
+    Cells (feature set x estimator) run in ``n_jobs`` processes (joblib); results do not depend on it."""
+    from joblib import Parallel, delayed
+
+    cells = [(fs.name, X, est) for fs, X in zip(sets, mats, strict=True) for est in ests]
+    per_cell = sum(len(b) for b in samples.values())
+    rows: list[dict[str, Any]] = []
+    run = Parallel(n_jobs=n_jobs, return_as="generator")
+    for cell_rows in run(delayed(_fit_cell)(t, name, X, est, samples, pool, test, n_boot, mode) for name, X, est in cells):
+        rows.extend(cell_rows)
+        bar.update(per_cell)
+    return rows
+
+
+def _fit_cell(
+    t: Task, features: str, X: np.ndarray, est: str, samples: dict[int, dict[str, np.ndarray]],
+    pool: np.ndarray, test: np.ndarray, n_boot: int, mode: str,
+) -> list[dict[str, Any]]:
+    from threadpoolctl import threadpool_limits
+
     y_test = t.y[test]
     rows: list[dict[str, Any]] = []
-    for fs, X in zip(sets, mats, strict=True):
-        for est in ests:
-            for s, bud in samples.items():
-                for b, p in bud.items():
-                    tr = pool[p]
-                    t0 = time.perf_counter()
-                    fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=s, classes=t.classes)
-                    fit_s = time.perf_counter() - t0
-                    pred, score = fitted.predict(X[test])
-                    metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=s)
-                    extra = json.dumps(fitted.extra, default=float)
-                    for m, (v, lo, hi) in metrics.items():
-                        rows.append({
-                            "task": t.name, "task_kind": t.kind, "features": fs.name, "estimator": est,
-                            "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": s, "metric": m,
-                            "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
-                            "fit_s": fit_s, "extra": extra,
-                        })
-                    bar.update()
+    # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
+    with threadpool_limits(limits=1):
+        for s, bud in samples.items():
+            for b, p in bud.items():
+                tr = pool[p]
+                t0 = time.perf_counter()
+                fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=s, classes=t.classes)
+                fit_s = time.perf_counter() - t0
+                pred, score = fitted.predict(X[test])
+                metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=s)
+                extra = json.dumps(fitted.extra, default=float)
+                for m, (v, lo, hi) in metrics.items():
+                    rows.append({
+                        "task": t.name, "task_kind": t.kind, "features": features, "estimator": est,
+                        "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": s, "metric": m,
+                        "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
+                        "fit_s": fit_s, "extra": extra,
+                    })
     return rows
 
 
@@ -177,12 +194,13 @@ def run_fewshot(
     n_boot: int = 200,
     feature_columns: str | Sequence[str] | None = None,
     progress: bool = False,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
 
     ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
     ``feature_columns``) becomes feature set ``<name>:<column>``; ``baselines`` adds ``band_stats`` from the
-    store. Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
+    store. ``n_jobs`` processes fit (feature set x estimator) cells in parallel (-1: all cores). Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
     ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split, exclusions) to ``out_dir``
     and returns the tidy results.
     """
@@ -201,7 +219,7 @@ def run_fewshot(
     out_dir.mkdir(parents=True, exist_ok=True)
     results, notes, members = [], [], []
     for tk in loaded:
-        r, n, m = evaluate_task(tk, sets, parsed, budget_mode, list(seeds), estimators, n_boot, progress)
+        r, n, m = evaluate_task(tk, sets, parsed, budget_mode, list(seeds), estimators, n_boot, progress, n_jobs)
         results.append(r)
         notes.append(n)
         members.append(m)

@@ -75,26 +75,30 @@ def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame, table: pd.DataFrame, fraction: float = FRACTION) -> str:
+def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: float = FRACTION) -> str:
+    """Both tables as markdown; the budget table is one per task, since budgets are per class for
+    classification and in chips for the others, so their columns only sort within a task."""
     s = summary.copy()
     s["n_full"] = s["n_full"].round().astype("Int64")
     s["budget_n_95"] = s["budget_n_95"].round().astype("Int64")
-    return (
-        f"## Full-label score and labels needed for {fraction:.0%} of it\n\n"
-        + _markdown(s)
-        + "\n\n## Primary metric per label budget (mean ± std over seeds)\n\n"
-        + _markdown(table)
-        + "\n"
-    )
+    parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + _markdown(s)]
+    for task in dict.fromkeys(results["task"]):
+        r = results[results["task"] == task]
+        kind = r["task_kind"].iloc[0]
+        unit = "labelled chips per class" if r["budget_mode"].iloc[0] == "per_class" else "labelled chips"
+        parts.append(
+            f"## {task} ({kind}, {PRIMARY_METRIC[kind]}): mean ± std over seeds by budget ({unit})\n\n"
+            + _markdown(budget_table(r).drop(columns="task"))
+        )
+    return "\n\n".join(parts) + "\n"
 
 
 def write_summary(results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION) -> str:
     """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown."""
     out_dir = Path(out_dir)
     summary = summarize(results, fraction)
-    table = budget_table(results)
     summary.to_csv(out_dir / "summary.csv", index=False)
-    md = summary_markdown(summary, table, fraction)
+    md = summary_markdown(summary, results, fraction)
     (out_dir / "summary.md").write_text(md)
     return md
 
