@@ -27,7 +27,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
-    """20 chips of 16x16 with s2 (13 bands) + s1 (2 bands, missing on every 4th chip), class + fraction labels."""
+    """20 chips of 16x16 with s2 (13 bands) + s1 (2 bands, missing on every 4th chip), class + fraction labels.
+
+    Water on even chips; splits train/val/test/train/train repeat every 5 chips, so the test split
+    (chips 2, 7, 12, 17) has both classes and a constant classifier cannot score 1.
+    """
     import shapely
 
     from earthembed.data.modalities import get_modality
@@ -54,7 +58,8 @@ def tiny_store(tmp_path_factory):
                     geometry=shapely.box(i, 0, i + 1, 1),
                     crs="EPSG:4326",
                     aoi="tiny",
-                    split=["train", "val", "test", "train"][i % 4],
+                    # period 5 against the class period 2: train, val and test each hold both classes
+                    split=["train", "val", "test", "train", "train"][i % 5],
                     labels={"label": "water" if water else "forest", "frac_water": 0.9 if water else 0.1},
                 )
             )

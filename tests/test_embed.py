@@ -112,3 +112,22 @@ def test_embed_cli(exported, tiny_store, tmp_path):
     r = CliRunner().invoke(app, ["embed", "--checkpoint", str(exported), "--store", str(tiny_store),
                                  "--out", str(tmp_path / "f.parquet"), "--bands", "s2:NOPE", "--quiet"])
     assert r.exit_code == 1 and "NOPE" in r.output
+
+
+def test_units_mismatch_refused(tiny_store, tmp_path):
+    """A model trained on S1 in dB must not silently embed linear-amplitude S1 (same key, same band names)."""
+    import json
+
+    store = ChipStore(tiny_store)
+    model = build_model("multimodal_vit", modalities={"s1": ["VV", "VH"]}, patch_size=8, embed_dim=16, depth=1,
+                        num_heads=2)
+    export = export_model(model, tmp_path / "m", Normalizer.from_store(store))
+    meta = json.loads((export / "model.json").read_text())
+    meta["products"] = {"s1": {"product": "s1_grd_linear", "units": "linear amplitude", "kind": "sar"}}
+    (export / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BandMismatchError, match="linear amplitude"):
+        embed_store(export, tiny_store, tmp_path / "x.parquet", progress=False)
+    meta["products"]["s1"].update(product="s1_grd_db", units="dB")
+    (export / "model.json").write_text(json.dumps(meta))
+    out = embed_store(export, tiny_store, tmp_path / "y.parquet", progress=False)
+    assert read_metadata(out)["store_products"] == {"s1": "s1_grd_db"}

@@ -145,15 +145,36 @@ def test_metrics_match_sklearn_and_ci_brackets():
     Y = rng.integers(0, 2, (200, 5))
     Y[:, 4] = 0  # absent from test: left out of mAP
     S = np.clip(Y * 0.4 + rng.random((200, 5)) * 0.8, 0, 1).round(1)  # ties
-    ml = evaluate_predictions("multilabel", Y, (S >= 0.5).astype(int), S, n_boot=100)
+    P = (S >= 0.5).astype(int)
+    assert P[:, 4].any()  # false positives on the absent class must count
+    ml = evaluate_predictions("multilabel", Y, P, S, n_boot=100)
+    # macro AP is undefined for the absent class; everything else is over all columns, as in scikit-learn
     assert ml["macro_map"][0] == pytest.approx(average_precision_score(Y[:, :4], S[:, :4], average="macro"))
-    assert ml["micro_map"][0] == pytest.approx(average_precision_score(Y[:, :4], S[:, :4], average="micro"))
+    assert ml["micro_map"][0] == pytest.approx(average_precision_score(Y, S, average="micro"))
+    assert ml["micro_f1"][0] == pytest.approx(f1_score(Y, P, average="micro"))
+    assert ml["macro_f1"][0] == pytest.approx(f1_score(Y, P, average="macro", zero_division=0))
     yr = rng.normal(size=200)
     pr = yr + rng.normal(0, 0.5, 200)
     r = evaluate_predictions("regression", yr, pr, n_boot=100)
     assert r["r2"][0] == pytest.approx(r2_score(yr, pr))
     for res in (ml, r):
         assert all(lo <= v <= hi for v, lo, hi in res.values())
+
+
+def test_multilabel_false_positives_on_absent_class_count():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    # every chip is "a"; the model also predicts "b", which no test chip has
+    Y = np.array([[1, 0]] * 4)
+    P = np.array([[1, 1]] * 4)
+    S = np.array([[0.9, 0.9]] * 4)
+    m = evaluate_predictions("multilabel", Y, P, S, n_boot=50)
+    assert m["micro_f1"][0] == pytest.approx(f1_score(Y, P, average="micro")) == pytest.approx(2 / 3)
+    assert m["micro_map"][0] == pytest.approx(average_precision_score(Y, S, average="micro")) == pytest.approx(0.5)
+    assert m["macro_f1"][0] == pytest.approx(0.5) and m["macro_map"][0] == pytest.approx(1.0)
+    assert m["micro_f1"][2] < 1 and m["micro_map"][2] < 1  # the bootstrap uses the same columns
+    none = evaluate_predictions("multilabel", 0 * Y, P, S, n_boot=20)
+    assert np.isnan(none["micro_map"][0]) and np.isnan(none["macro_map"][0]) and none["micro_f1"][0] == 0
 
 
 def test_band_statistics_features(tiny_store):
@@ -173,26 +194,76 @@ def test_fewshot_tiny_store_tidy_rows(tiny_store, tmp_path):
     emb = tiny_tables(tiny_store, tmp_path)
     out = tmp_path / "out"
     df = run_fewshot({"pre": emb}, tiny_store, "label", out, budgets="1,2,5,all", seeds=(0, 1),
-                     estimators="logreg,knn", n_boot=50)
+                     estimators="logreg,knn", baselines="band_stats", n_boot=50)
     assert list(df.columns) == RESULT_COLUMNS
     assert set(df["features"]) == {"pre:emb_fused", "pre:emb_s2", "pre:emb_s1", "band_stats"}
-    # chips without S1 drop out of every feature set; pool = 10 train/val chips, so 5/class == all
-    assert set(df["budget"]) == {"1", "2", "all"} and set(df["n_test"]) == {5}
-    assert df.groupby("budget")["budget_n"].agg(set).to_dict() == {"1": {2}, "2": {4}, "all": {10}}
-    assert len(df) == 4 * 2 * 2 * 3 * 2  # features x estimators x seeds x budgets x metrics
+    # chips without S1 drop out of every feature set: test = chips 2, 12 (water), 17 (forest);
+    # pool = 12 train/val chips, 8 water + 4 forest, so 5/class takes 5 + 4 and "all" 12
+    idx = ChipStore(tiny_store).index
+    test_labels = idx[(idx["split"] == "test") & idx["has_s1"]]["label"]
+    assert set(test_labels) == {"water", "forest"}  # a constant classifier cannot be perfect
+    assert set(df["budget"]) == {"1", "2", "5", "all"} and set(df["n_test"]) == {3}
+    assert df.groupby("budget")["budget_n"].agg(set).to_dict() == {"1": {2}, "2": {4}, "5": {9}, "all": {12}}
+    assert len(df) == 4 * 2 * 2 * 4 * 2  # features x estimators x seeds x budgets x metrics
     fin = df.dropna(subset=["ci_low"])
     assert ((fin["ci_low"] <= fin["value"] + 1e-9) & (fin["value"] <= fin["ci_high"] + 1e-9)).all()
     lr = df[(df["estimator"] == "logreg") & (df["budget"] == "1")]
     assert all(json.loads(e)["C"] == 1.0 for e in lr["extra"])  # 1 per class: nothing to cross-validate
     run = json.loads((out / "run.json").read_text())["tasks"][0]
-    assert run["feature_sets"]["pre:emb_s1"]["n_excluded_null"] == 5 and run["n_test"] == 5
+    assert run["feature_sets"]["pre:emb_s1"]["n_excluded_null"] == 5 and run["n_test"] == 3
     members = pd.read_parquet(out / "budgets.parquet")
     test_ids = set(ChipStore(tiny_store).index.query("split == 'test'")["chip_id"])
     assert not set(members["chip_id"]) & test_ids
     for f in ("results.csv", "results.parquet", "summary.csv", "summary.md", "label_efficiency.png"):
         assert (out / f).stat().st_size > 0
-    acc = df[(df["metric"] == "accuracy") & (df["budget"] == "all")].groupby("features")["value"].mean()
-    assert acc["pre:emb_fused"] == 1.0
+    full = df[(df["features"] == "pre:emb_fused") & (df["budget"] == "all")]
+    # perfect on a two-class test set: a constant classifier would score accuracy 2/3 and macro F1 0.4
+    assert (full.loc[full["metric"] == "accuracy", "value"] == 1.0).all()
+    assert (full.loc[full["metric"] == "macro_f1", "value"] == 1.0).all()
+    noise = df[(df["features"] == "pre:emb_s2") & (df["budget"] == "all") & (df["metric"] == "macro_f1")]
+    assert noise["value"].mean() < 1.0
+
+
+def test_random_init_baseline_run_by_fewshot(tiny_store, tmp_path):
+    import torch
+
+    from earthembed.data.normalize import Normalizer
+    from earthembed.embed.io import read_metadata
+    from earthembed.embed.run import embed_store
+    from earthembed.evaluate.fewshot import run_fewshot
+    from earthembed.models.export import export_model
+    from earthembed.models.registry import build_model
+
+    st = ChipStore(tiny_store)
+    torch.manual_seed(0)
+    model = build_model("multimodal_vit", modalities={k: st.band_names(k) for k in ("s2", "s1")},
+                        patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    export = export_model(model, tmp_path / "export", Normalizer.from_store(st))
+    emb = embed_store(export, st, tmp_path / "pre.parquet", modalities=["s2"], progress=False)
+    out = tmp_path / "o"
+    kw = dict(budgets="1,all", seeds=(0,), estimators="knn", feature_columns="emb_fused", n_boot=10)
+    df = run_fewshot({"pre": emb}, tiny_store, "label", out, **kw)  # default baselines
+    assert set(df["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats"}
+    rand = out / "random_init.parquet"
+    meta = read_metadata(rand)
+    assert meta["model_id"].startswith("random-init-seed0-") and meta["modalities"] == ["s2"]  # as the table
+    run = json.loads((out / "run.json").read_text())["tasks"][0]
+    assert run["feature_sets"]["random_init:emb_fused"]["source"] == str(rand)
+    a = df[df["features"] == "random_init:emb_fused"].reset_index(drop=True)
+    mtime = rand.stat().st_mtime_ns
+    df2 = run_fewshot({"pre": emb}, tiny_store, "label", out, **kw)  # same model: the table is reused
+    assert rand.stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(a[["metric", "value"]],
+                                  df2[df2["features"] == "random_init:emb_fused"].reset_index(drop=True)[["metric", "value"]])
+    # an explicit random-init table takes precedence; without a model the baseline says what to do
+    hand = tiny_tables(tiny_store, tmp_path)
+    df3 = run_fewshot({"pre": emb, "random_init": hand}, tiny_store, "label", tmp_path / "o3", **kw)
+    assert set(df3["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats"}
+    assert not (tmp_path / "o3" / "random_init.parquet").exists()
+    with pytest.raises(ValueError, match="--random-init"):
+        run_fewshot({"pre": hand}, tiny_store, "label", tmp_path / "o4", **kw)
+    only_stats = run_fewshot({"pre": hand}, tiny_store, "label", tmp_path / "o5", baselines="band_stats", **kw)
+    assert "band_stats" in set(only_stats["features"])
 
 
 def test_informative_beats_noise_without_splits(small_store, tmp_path):
@@ -265,7 +336,7 @@ def test_parallel_jobs_give_identical_results(small_store, tmp_path):
     from earthembed.evaluate.fewshot import run_fewshot
 
     emb = small_tables(small_store, tmp_path)
-    kw = dict(budgets="2,5,all", seeds=(0, 1), estimators="logreg,knn", n_boot=20)
+    kw = dict(budgets="2,5,all", seeds=(0, 1), estimators="logreg,knn", baselines="band_stats", n_boot=20)
     a = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "a", n_jobs=1, **kw)
     b = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "b", n_jobs=2, **kw)
     cols = ["task", "features", "estimator", "budget", "seed", "metric", "value", "ci_low", "ci_high"]

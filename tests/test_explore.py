@@ -12,7 +12,7 @@ from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.explore.projection import plot_embeddings, project
 
 
-def write_table(path, chip_ids, X, split, model_id="toy-model"):
+def write_table(path, chip_ids, X, split, model_id="toy-model", store=None):
     """A minimal embedding table (embed/io.py format): emb_fused with nulls where X has NaN rows."""
     X = np.asarray(X, dtype=np.float32)
     null = ~np.isfinite(X).all(axis=1)
@@ -20,7 +20,8 @@ def write_table(path, chip_ids, X, split, model_id="toy-model"):
                                             mask=pa.array(null))
     t = pa.table({"idx": np.arange(len(X)), "chip_id": list(chip_ids), "split": list(split),
                   "model_id": [model_id] * len(X), "emb_fused": emb})
-    pq.write_table(t.replace_schema_metadata({b"earthembed": json.dumps({"model_id": model_id}).encode()}), path)
+    meta = {"model_id": model_id, **({"store": str(store)} if store is not None else {})}
+    pq.write_table(t.replace_schema_metadata({b"earthembed": json.dumps(meta).encode()}), path)
     return path
 
 
@@ -84,3 +85,21 @@ def test_cli_plot_embeddings(tiny_store, table, tmp_path):
     bad = runner.invoke(app, ["plot-embeddings", str(table), "--color-by", "label", "--out", str(tmp_path / "q.png"),
                               "--column", "emb_s9"])
     assert bad.exit_code == 1 and "emb_s9" in bad.output
+
+
+def test_plot_embeddings_store_from_table_metadata(tiny_store, tmp_path):
+    from earthembed.explore.cli import register
+
+    idx = ChipStore(tiny_store).index
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    emb = write_table(tmp_path / "emb.parquet", idx["chip_id"], X, idx["split"], store=tiny_store)
+    assert plot_embeddings(emb, "frac_water", tmp_path / "a.png").stat().st_size > 1000
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["plot-embeddings", str(emb), "--color-by", "label", "--out", str(tmp_path / "b.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    gone = write_table(tmp_path / "gone.parquet", idx["chip_id"], X, idx["split"], store=tmp_path / "moved")
+    with pytest.raises(KeyError, match="moved.*does not exist.*pass the store"):
+        plot_embeddings(gone, "label", tmp_path / "c.png")

@@ -119,6 +119,7 @@ def test_multiband_tiff_with_modality(tmp_path):
 def test_multiband_tiff_needs_modality_and_three_band_tiff_is_rgb(tmp_path):
     src = tmp_path / "ms"
     _tif(src / "a" / "0.tif", 13)
+    _tif(src / "b" / "0.tif", 13)
     with pytest.raises(IngestError, match=r"0\.tif: has 13 bands.*--modality"):
         ingest_folder(src, tmp_path / "st")
     assert not (tmp_path / "st").exists()
@@ -182,17 +183,52 @@ def test_empty_and_malformed_folders(tmp_path):
     bad = tmp_path / "bad"
     (bad / "a").mkdir(parents=True)
     (bad / "a" / "x.png").write_bytes(b"nope")
+    (bad / "b").mkdir()
+    (bad / "b" / "y.png").write_bytes(b"nope")
     with pytest.raises(IngestError, match="no readable image"):
         ingest_folder(bad, tmp_path / "o4")
     with pytest.raises(KeyError, match="unknown modality"):
-        ingest_folder(_one_class(tmp_path), tmp_path / "o5", modality="nope")
+        ingest_folder(_two_classes(tmp_path), tmp_path / "o5", modality="nope")
     for o in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / o).exists()
 
 
-def _one_class(tmp_path):
-    _png(tmp_path / "one" / "a" / "x.png", 1)
-    return tmp_path / "one"
+def _two_classes(tmp_path):
+    _png(tmp_path / "two" / "a" / "x.png", 1)
+    _png(tmp_path / "two" / "b" / "x.png", 2)
+    return tmp_path / "two"
+
+
+def test_src_one_level_too_high_or_one_class_is_refused(tmp_path):
+    src = tmp_path / "SRC"
+    for cls in ("cats", "dogs"):
+        for i in range(3):
+            _png(src / "data" / cls / f"{i}.png", i)
+    # before: every chip was silently labelled "data"
+    with pytest.raises(IngestError, match=r"data: class folder 'data' holds images in subfolders \(cats, dogs\).*"
+                       r"point SRC one level down: .*SRC/data"):
+        ingest_folder(src, tmp_path / "o1")
+    assert not (tmp_path / "o1").exists()
+    st = ingest_folder(src / "data", tmp_path / "o2")  # the suggested fix works
+    assert st.labels["label"]["classes"] == ["cats", "dogs"] and len(st) == 6
+    # one level too high in the split layout too
+    for split in ("train", "test"):
+        _png(tmp_path / "S2" / split / "data" / "cats" / "0.png", 1)
+        _png(tmp_path / "S2" / split / "data" / "dogs" / "0.png", 1)
+    with pytest.raises(IngestError, match=r"test/data: class folder 'data' holds images in subfolders.*"
+                       r"SRC/<split>/<class>/<image>.*move them up into .*S2/test"):
+        ingest_folder(tmp_path / "S2", tmp_path / "o3")
+    # a single class folder is not a classification dataset
+    _png(tmp_path / "one" / "cats" / "0.png", 1)
+    _png(tmp_path / "one" / "cats" / "1.png", 1)
+    with pytest.raises(IngestError, match=r"one: only one class folder \(cats\) found; .*at least 2 classes"):
+        ingest_folder(tmp_path / "one", tmp_path / "o4")
+    assert not (tmp_path / "o4").exists()
+    # subfolders without images (e.g. notes) are still fine: their files are skipped with a reason
+    (src / "data" / "cats" / "meta").mkdir()
+    (src / "data" / "cats" / "meta" / "info.txt").write_text("x")
+    st = ingest_folder(src / "data", tmp_path / "o5")
+    assert len(st) == 6 and "not an image" in st.report()["skipped"][0]["reason"]
 
 
 def test_cli(png_dataset, tmp_path):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from earthembed.data.ingest import rasters
 from earthembed.data.ingest.common import IngestError
 from earthembed.data.ingest.rasters import command, ingest_rasters, normalize_band_name
-from earthembed.data.ingest.splits import block_split
+from earthembed.data.ingest.splits import block_size_for, block_split, block_splits
 from earthembed.data.store import ChipStore
 
 warnings.filterwarnings("ignore", category=PendingDeprecationWarning)  # affine `*` inside rasterio
@@ -89,7 +89,8 @@ def test_grid_alignment_bands_and_labels(aoi, tmp_path):
     assert st.report()["skipped"] == [{"item": "t_0_2", "reason": "entirely nodata in every modality"}]
     idx = st.index
     assert (idx["crs"] == UTM).all() and set(idx["split"]) <= {"train", "val", "test"}
-    assert len(set(idx["split"])) == 1  # all 9 tiles are in one 4x4 split block
+    # 3x3 tiles: blocks shrink to 1 tile (9 blocks), and train and test are both non-empty
+    assert {"train", "test"} <= set(idx["split"])
     # s2 is the reference grid: read without resampling, bands reordered by description (B8A last in file)
     c = st.read("s2", _row(st, "t_1_1"))
     assert c[st.band_names("s2").index("B8A"), 0, 0] == 1300 and c[st.band_names("s2").index("B09"), 0, 0] == 900
@@ -207,6 +208,129 @@ def test_helpers():
     assert block_split("a", 0, 0) == block_split("a", 3, 3) and block_split("a", 0, 0) == block_split("a", 1, 2)
     splits = [block_split("a", 4 * r, 4 * c) for r in range(30) for c in range(30)]
     assert 0.5 < splits.count("train") / 900 < 0.7 and 0.12 < splits.count("test") / 900 < 0.28
+
+
+def _plain_s2(path, height=256, width=256, tiled=True):
+    a = (np.arange(13, dtype=np.uint16)[:, None, None] * 100 + 1 + np.zeros((1, height, width), np.uint16))
+    kw = {"tiled": True, "blockxsize": 64, "blockysize": 64} if tiled else {}
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=13, dtype="uint16", crs=UTM,
+                       transform=from_origin(X0, Y0, 10, 10), **kw) as d:
+        d.write(a)
+    return path
+
+
+def test_small_aoi_gets_train_and_test(tmp_path):
+    # before: 4x4 tiles formed a single 4x4-tile block, e.g. {'val': 16}
+    st = ingest_rasters({"s2": _plain_s2(tmp_path / "s2.tif")}, tmp_path / "st", 64, aoi="small")
+    counts = st.index["split"].value_counts().to_dict()
+    assert len(st) == 16 and counts.get("train", 0) > 0 and counts.get("test", 0) > 0, counts
+    assert json.loads((st.path / "earthembed.json").read_text())["source"]["split_block_cells"] == 1
+    # a strip of 3 tiles still gets train and test, for any AOI name
+    strip = _plain_s2(tmp_path / "strip.tif", height=64, width=192)
+    for name in ("a", "b", "c", "d", "e"):
+        st = ingest_rasters({"s2": strip}, tmp_path / f"strip_{name}", 64, aoi=name)
+        assert {"train", "test"} <= set(st.index["split"]), name
+    # a large AOI keeps 4x4-tile blocks
+    st = ingest_rasters({"s2": _plain_s2(tmp_path / "big.tif", 256, 256)}, tmp_path / "big", 16, aoi="big")
+    assert json.loads((st.path / "earthembed.json").read_text())["source"]["split_block_cells"] == 4
+    idx = st.index.set_index("chip_id")
+    for i in range(16):
+        for j in range(16):
+            assert idx.loc[f"big_{i}_{j}", "split"] == idx.loc[f"big_{i - i % 4}_{j - j % 4}", "split"]
+
+
+def test_overlapping_tiles_of_a_block_share_its_split(tmp_path):
+    # stride 8 < chip 32: a tile's block is that of its pixel origin in chip_size cells, not of its tile index
+    # (before: blocks of 4x4 tile indices, so the overlapping tiles of one 64 px block were split apart)
+    st = ingest_rasters({"s2": _plain_s2(tmp_path / "s2.tif")}, tmp_path / "st", 32, stride=8, aoi="o")
+    idx = st.index
+    n = (256 - 32) // 8 + 1
+    assert len(st) == n * n
+    b = json.loads((st.path / "earthembed.json").read_text())["source"]["split_block_cells"]
+    assert b == 2  # origins span 8x8 cells of 32 px: 4x4 cells -> 4 blocks, 3x3 -> 9 (< 10), 2x2 -> 16
+    ij = idx["chip_id"].str.split("_", expand=True).iloc[:, 1:].astype(int).to_numpy()
+    block = (ij[:, 0] * 8 // 32 // b) * 100 + ij[:, 1] * 8 // 32 // b
+    per_block = idx.groupby(block)["split"].nunique()
+    assert len(per_block) == 16 and (per_block == 1).all()
+    assert {"train", "test"} <= set(idx["split"])
+
+
+def test_block_split_helpers():
+    assert block_size_for([(r, c) for r in range(4) for c in range(4)]) == 1
+    assert block_size_for([(r, c) for r in range(8) for c in range(8)]) == 2  # 4x4 cells -> 4 blocks < 10
+    assert block_size_for([(r, c) for r in range(16) for c in range(16)]) == 4
+    for aoi in map(str, range(50)):
+        s = block_splits(aoi, [(0, 0), (0, 1), (0, 2)])
+        assert {"train", "test"} <= set(s.values()), (aoi, s)
+        assert s == block_splits(aoi, [(0, 2), (0, 1), (0, 0)])  # order independent
+    assert len(block_splits("a", [(0, 0), (0, 1)])) == 2  # < 3 blocks: the hash alone
+
+
+def _truncate_at_block(path, col, row):
+    with rasterio.open(path) as d:
+        off = int(d.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.truncate(off + 100)
+
+
+def test_truncated_raster_gives_ingest_error_and_resumes(tmp_path):
+    # truncated to 60%: the header opens fine, the failure comes from a window read (before: RasterioIOError)
+    bad = _plain_s2(tmp_path / "bad.tif")
+    with open(bad, "r+b") as f:
+        f.truncate(int(bad.stat().st_size * 0.6))
+    with pytest.raises(IngestError, match=r"bad\.tif: cannot read window rows \d+:\d+, cols \d+:\d+ .*truncated"):
+        ingest_rasters({"s2": bad}, tmp_path / "o1", 64)
+    # truncated in the middle of the tiling: chips before the bad window stay committed, the store incomplete
+    good = _plain_s2(tmp_path / "good.tif", height=512)
+    clean = ingest_rasters({"s2": good}, tmp_path / "clean", 32, aoi="m")
+    mid = _copy(good, tmp_path / "mid.tif")
+    _truncate_at_block(mid, 0, 7)
+    with pytest.raises(IngestError, match=r"mid\.tif: cannot read window rows \d+:\d+, cols 0:32 .*"
+                       r"incomplete store .*re-run the same command to resume"):
+        ingest_rasters({"s2": mid}, tmp_path / "st", 32, aoi="m", batch_size=4)
+    with pytest.raises(Exception, match="incomplete"):
+        ChipStore(tmp_path / "st")
+    assert len(list((tmp_path / "st" / "_parts").glob("part-*.parquet"))) > 0
+    _copy(good, mid)  # the file is fixed: re-running resumes and finishes
+    st = ingest_rasters({"s2": mid}, tmp_path / "st", 32, aoi="m", batch_size=4)
+    assert st.index["chip_id"].tolist() == clean.index["chip_id"].tolist()
+    np.testing.assert_array_equal(st.read("s2", slice(None)), clean.read("s2", slice(None)))
+    assert st.index["split"].tolist() == clean.index["split"].tolist()
+
+
+def test_truncated_label_raster_gives_ingest_error(aoi, tmp_path):
+    lc = tmp_path / "lc_bad.tif"
+    a = np.full((1, 256, 256), 10, np.uint8)
+    with rasterio.open(lc, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8", crs=UTM,
+                       transform=from_origin(X0, Y0, 10 * 96 / 256, 10 * 96 / 256), tiled=True,
+                       blockxsize=64, blockysize=64) as d:
+        d.write(a)
+    with open(lc, "r+b") as f:
+        f.truncate(int(lc.stat().st_size * 0.6))
+    with pytest.raises(IngestError, match=r"lc_bad\.tif: cannot read window"):  # the class scan
+        ingest_rasters({"s2": aoi["s2"]}, tmp_path / "o1", 32, labels=lc)
+    with pytest.raises(IngestError, match=r"lc_bad\.tif: cannot read window .*re-run the same command"):  # per chip
+        ingest_rasters({"s2": aoi["s2"]}, tmp_path / "o2", 32, labels=lc, label_classes={10: "trees"})
+
+
+def test_resume_refuses_a_different_source(aoi, tmp_path, monkeypatch):
+    real, calls = rasters.footprint_wgs84, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rasters, "footprint_wgs84", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        ingest_rasters({"s2": aoi["s2"]}, tmp_path / "st", 32, aoi="t", batch_size=1)
+    monkeypatch.setattr(rasters, "footprint_wgs84", real)
+    other = _copy(aoi["s2"], tmp_path / "other_s2.tif")
+    with pytest.raises(Exception, match=r"different source \(modalities: .*s2\.tif.*other_s2\.tif.*--overwrite"):
+        ingest_rasters({"s2": other}, tmp_path / "st", 32, aoi="t")
+    st = ingest_rasters({"s2": aoi["s2"]}, tmp_path / "st", 32, aoi="t")
+    assert len(st) == 8
 
 
 def test_cli(aoi, tmp_path):

@@ -180,3 +180,63 @@ def test_mixed_precision_outputs_float32():
     assert out["fused"].dtype == torch.float32 and out["modality"]["s1"].dtype == torch.float32
     assert maps["s1"].dtype == torch.float32 and torch.all(maps["s1"][1] == 0)
     torch.testing.assert_close(out["fused"], m(b)["fused"], atol=0.05, rtol=0.05)
+
+
+def test_group_present_drops_tokens_like_missing_bands():
+    m = _model()
+    b = _batch()
+    groups = m.band_groups["s2"]  # 10 m, 20 m, 60 m
+    gp = torch.tensor([[True, True, True], [True, False, False], [False, True, False], [True, False, True]])
+    out = m(b, group_present={"s2": gp})
+    maps = m.forward_tokens(b, group_present={"s2": gp})
+    for i in range(4):
+        sub = [band for g, keep in zip(groups, gp[i].tolist(), strict=True) if keep for band in g]
+        xi = {"s2": b["s2"][i : i + 1, [S2.index(band) for band in sub]], "s1": b["s1"][i : i + 1]}
+        ref = m(xi, bands={"s2": sub})
+        torch.testing.assert_close(out["modality"]["s2"][i], ref["modality"]["s2"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["fused"][i], ref["fused"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(maps["s2"][i], m.forward_tokens(xi, bands={"s2": sub})["s2"][0], atol=1e-5, rtol=1e-5)
+    # zero-valued channels are not the same as absent groups: they still make tokens
+    zeroed = b["s2"].clone()
+    zeroed[1, [S2.index(band) for g in groups[1:] for band in g]] = 0
+    assert not torch.allclose(m({"s2": zeroed})["modality"]["s2"][1], out["modality"]["s2"][1], atol=1e-3)
+    # training input with the 20/60 m groups dropped and B08 zeroed == RGB-only inference
+    rgb = ["B04", "B03", "B02"]
+    x = torch.zeros_like(b["s2"])
+    x[:, [S2.index(band) for band in rgb]] = b["s2"][:, [S2.index(band) for band in rgb]]
+    only10 = torch.tensor([[True, False, False]] * 4)
+    torch.testing.assert_close(
+        m({"s2": x}, group_present={"s2": only10})["modality"]["s2"],
+        m({"s2": b["s2"][:, [S2.index(band) for band in rgb]]}, bands={"s2": rgb})["modality"]["s2"], atol=1e-5, rtol=1e-5,
+    )
+    # a row with no group is an absent modality; the batch key is the default; shapes are checked
+    none = gp.clone()
+    none[2] = False
+    res = m({**b, "s2_group_present": none})
+    assert res["present"]["s2"].tolist() == [True, True, False, True] and torch.all(res["modality"]["s2"][2] == 0)
+    torch.testing.assert_close(res["modality"]["s2"][[0, 1, 3]], out["modality"]["s2"][[0, 1, 3]])
+    with pytest.raises(ValueError, match=r"group_present must be \[4, 3\]"):
+        m(b, group_present={"s2": gp[:, :2]})
+
+
+def test_export_records_products_and_rejects_truncated_weights(tiny_store, tmp_path):
+    from earthembed.models import modality_products
+
+    m = _model()
+    st = ChipStore(tiny_store)
+    norm = Normalizer.from_store(st)
+    prods = modality_products(st.modalities)
+    out = export_model(m, tmp_path / "exp", norm, products=prods)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["products"] == {
+        "s2": {"product": st.modalities["s2"].product, "units": st.modalities["s2"].units, "kind": "optical"},
+        "s1": {"product": st.modalities["s1"].product, "units": st.modalities["s1"].units, "kind": "sar"},
+    }
+    assert meta["products"]["s1"]["product"].startswith("s1_grd") and meta["products"]["s1"]["units"]
+    assert "products" not in json.loads((export_model(m, tmp_path / "e0", norm) / "model.json").read_text())
+    with pytest.raises(ValueError, match=r"products has no entry for model modalities \['s1'\]"):
+        export_model(m, tmp_path / "e1", norm, products={"s2": prods["s2"]})
+    w = out / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights file is corrupt or truncated"):
+        load_model(out)

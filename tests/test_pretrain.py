@@ -15,6 +15,7 @@ from earthembed.pretrain.augment import (
     apply_affine,
     augment_batch,
     band_dropout,
+    group_dropout,
     modality_dropout,
     random_affine,
 )
@@ -70,6 +71,58 @@ def test_augment_keeps_modalities_coregistered_and_groups_alive():
     assert all(v.all() for v in two.values())
 
 
+def test_group_dropout_drops_whole_groups_and_can_leave_rgb_only():
+    from earthembed.models import build_model
+
+    model = build_model("multimodal_vit_tiny", modalities={"s2": get_modality("s2_l1c").band_names, "s1": ["VV", "VH"]})
+    groups = {k: model.group_channel_indices(k) for k in ("s2", "s1")}
+    g = torch.Generator().manual_seed(0)
+    x = {"s2": torch.ones(2000, 13, 8, 8), "s1": torch.ones(2000, 2, 8, 8)}
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), noise_std=0.0, band_dropout=0.3, group_dropout=0.5)
+    out = augment_batch(x, groups, cfg, generator=g)
+    assert "s1_group_present" not in out  # one group: never dropped
+    gp = out["s2_group_present"]
+    assert gp.shape == (2000, 3) and gp.dtype == torch.bool and gp.any(1).all() and not gp.all(1).all()
+    alive = out["s2"].amax((2, 3)) > 0  # [B, C] channels left
+    for j, idx in enumerate(groups["s2"]):
+        assert not alive[~gp[:, j]][:, idx].any()  # dropped groups are zero (and masked for the model)
+        assert alive[gp[:, j]][:, idx].any(1).all()  # kept groups keep >= 1 channel
+    rgb = [get_modality("s2_l1c").band_names.index(b) for b in ("B04", "B03", "B02")]
+    only_rgb = (alive.sum(1) == 3) & alive[:, rgb].all(1)
+    assert only_rgb.sum() > 10  # RGB-only Sentinel-2 input occurs in training
+    m = group_dropout(1000, 3, 0.9, generator=g)
+    assert (m.sum(1) >= 1).all() and (m.sum(1) == 1).float().mean() > 0.6
+    assert "s2_group_present" not in augment_batch(x, groups, AugmentConfig(group_dropout=0.0))
+    assert AugmentConfig().group_dropout == load_config("contrastive_tiny")[0]["augment"]["group_dropout"] == 0.25
+    assert load_config("contrastive_full")[0]["augment"]["group_dropout"] == 0.25
+    with pytest.raises(ValueError, match="group_dropout"):
+        AugmentConfig.from_dict({"group_dropout": 1.5})
+
+
+def test_module_passes_group_masks_to_the_model(tiny_store):
+    from earthembed.pretrain.contrastive import ContrastivePretrainModule
+    from earthembed.pretrain.datamodule import ChipDataModule
+
+    dm = ChipDataModule(tiny_store, batch_size=16, crop_size=16, splits="all")
+    batch = next(iter(dm.train_dataloader()))
+    for bands in (dm.bands, {"s2": dm.bands["s2"]}):  # multimodal and single-modality (two views) paths
+        torch.manual_seed(0)
+        mod = ContrastivePretrainModule("multimodal_vit_tiny", {"modalities": bands, "embed_dim": 32, "depth": 1},
+                                        proj_dim=16, augment={"group_dropout": 0.6})
+        seen: list = []
+        forward = mod.model.forward
+
+        def spy(b, *a, _forward=forward, _seen=seen, **kw):
+            _seen.append(kw.get("group_present"))
+            return _forward(b, *a, **kw)
+
+        mod.model.forward = spy
+        loss, _ = mod.contrastive_step(batch)
+        assert torch.isfinite(loss) and seen
+        for gp in seen:
+            assert set(gp) == {"s2"} and gp["s2"].shape == (16, 3) and not gp["s2"].all()
+
+
 # -- config -------------------------------------------------------------------------------------------
 def test_overrides_and_config_errors(tmp_path):
     assert parse_overrides(["train.max_steps=20", "model.modalities=[s2, s1]", "data.crop_size=null"]) == {
@@ -103,7 +156,7 @@ def test_module_loss_decreases_on_fixed_batch(tiny_store):
     torch.manual_seed(0)
     mod = ContrastivePretrainModule(
         "multimodal_vit_tiny", {"modalities": dm.bands, "embed_dim": 32, "depth": 1}, proj_dim=16,
-        augment={"band_dropout": 0.0, "noise_std": 0.0, "crop_scale": [1.0, 1.0], "flip": False, "rot90": False},
+        augment={"band_dropout": 0.0, "group_dropout": 0.0, "noise_std": 0.0, "crop_scale": [1.0, 1.0], "flip": False, "rot90": False},
     )
     opt = torch.optim.AdamW(mod.parameters(), lr=3e-3)
     losses = []
@@ -125,6 +178,9 @@ def test_pretrain_multimodal_resume_and_export(tiny_store, tmp_path):
     model, meta = load_model(exp)
     assert meta["modalities"] == {"s2": ChipStore(tiny_store).band_names("s2"), "s1": ["VV", "VH"]}
     assert meta["pretrain"]["global_step"] == 2 and meta["embed_dim"] == 32
+    st = ChipStore(tiny_store)
+    assert meta["products"] == {k: {"product": st.modalities[k].product, "units": st.modalities[k].units,
+                                    "kind": st.modalities[k].kind} for k in ("s2", "s1")}
     init = random_init_like(meta, seed=0)  # the run's initial weights (seed 0)
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), init.state_dict().values(), strict=True))
     # the same command with a larger budget resumes from last.ckpt: only steps 2 and 3 are run
@@ -137,12 +193,40 @@ def test_pretrain_multimodal_resume_and_export(tiny_store, tmp_path):
         pretrain("contrastive_tiny", tiny_store, out, FAST + ["train.max_steps=5", "model.embed_dim=64"])
     # a checkpoint converts to the same export
     from earthembed.data.normalize import Normalizer
-    from earthembed.models.export import export_checkpoint
+    from earthembed.models.export import export_checkpoint, modality_products
 
-    conv, _ = load_model(export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "conv",
-                                           Normalizer.from_store(ChipStore(tiny_store))))
+    conv, conv_meta = load_model(export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "conv",
+                                                   Normalizer.from_store(st), products=modality_products(st.modalities)))
+    assert conv_meta["products"] == meta["products"]
     b = {"s2": torch.randn(2, 13, 16, 16), "s1": torch.randn(2, 2, 16, 16)}
     torch.testing.assert_close(conv(b)["fused"], load_model(exp)[0](b)["fused"], rtol=0, atol=0)
+
+
+def _s1_store(path, product):
+    rng = np.random.default_rng(0)
+    with StoreWriter(path, [get_modality(product)], 16, batch_size=8, overwrite=True) as w:
+        for i in range(8):
+            w.add(ChipRecord(f"c{i}", {"s1": rng.normal(-12, 3, (2, 16, 16)).astype("float32")}))
+    return path
+
+
+def test_pretrain_resume_refuses_a_different_store(tmp_path):
+    import shutil
+
+    store = _s1_store(tmp_path / "s1", "s1_grd_db")
+    out = tmp_path / "run"
+    args = FAST + ["train.max_steps=1"]
+    pretrain("contrastive_tiny", store, out, args)
+    copy = tmp_path / "s1copy"
+    shutil.copytree(store, copy)
+    with pytest.raises(ValueError, match=r"different store .*s1\b.*now .*s1copy.*use a new --out"):
+        pretrain("contrastive_tiny", copy, out, FAST + ["train.max_steps=2"])
+    # same path, same key and bands, other product/units: refused too
+    _s1_store(store, "s1_grd_linear")
+    with pytest.raises(ValueError, match=r"different store content.*s1_grd_db.*s1_grd_linear.*use a new --out"):
+        pretrain("contrastive_tiny", store, out, FAST + ["train.max_steps=2"])
+    exp = pretrain("contrastive_tiny", store, tmp_path / "run2", args)  # a new --out is fine
+    assert load_model(exp)[1]["products"]["s1"] == {"product": "s1_grd_linear", "units": "linear amplitude", "kind": "sar"}
 
 
 def test_pretrain_single_modality_two_views(s2_store, tmp_path):
@@ -175,8 +259,8 @@ def test_datamodule_splits_and_rank_sharding(tiny_store):
     from earthembed.pretrain.datamodule import ChipDataModule, ShuffledBatches, select_indices
 
     st = ChipStore(tiny_store)
-    assert list(select_indices(st, "train")) == [i for i in range(20) if i % 4 in (0, 3)]
-    assert len(select_indices(st, "all")) == 20 and list(select_indices(st, ["val"])) == [1, 5, 9, 13, 17]
+    assert list(select_indices(st, "train")) == [i for i in range(20) if i % 5 in (0, 3, 4)]  # conftest splits
+    assert len(select_indices(st, "all")) == 20 and list(select_indices(st, ["val"])) == [1, 6, 11, 16]
     with pytest.raises(ValueError, match="unknown splits"):
         select_indices(st, ["holdout"])
     with pytest.raises(ValueError, match="crop_size 32 exceeds"):

@@ -92,3 +92,30 @@ def test_dataset_batched_fetch_matches_items(tiny_store):
     loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
     b = next(iter(loader))
     assert b["s2"].shape == (5, 2, 16, 16) and b["s1_present"].dtype == torch.bool
+
+
+def test_resume_refuses_a_different_source(tmp_path):
+    s2 = get_modality("s2_l1c")
+    p = tmp_path / "st"
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), StoreWriter(p, [s2], 8, source={"path": "/data/a", "k": 1}, batch_size=2) as w:
+        for i in range(3):
+            w.add(_rec(i))
+        raise Boom
+    with pytest.raises(StoreError, match=r"different source \(path: '/data/a' there, '/data/b' now\).*--overwrite"):
+        StoreWriter(p, [s2], 8, source={"path": "/data/b", "k": 1})
+    with pytest.raises(StoreError, match=r"different chip_size.*--overwrite"):
+        StoreWriter(p, [s2], 16, source={"path": "/data/a", "k": 1})
+    # the same source resumes (key order does not matter)
+    with StoreWriter(p, [s2], 8, source={"k": 1, "path": "/data/a"}) as w:
+        assert w.resumed_count == 3
+        w.add(_rec(3))
+    assert ChipStore(p).index["chip_id"].tolist() == ["c0", "c1", "c2", "c3"]
+    # overwrite starts again from the other source
+    with StoreWriter(p, [s2], 8, source={"path": "/data/b"}, overwrite=True) as w:
+        assert w.resumed_count == 0
+        w.add(_rec(9))
+    assert len(ChipStore(p)) == 1

@@ -54,13 +54,16 @@ class Normalizer:
         """Normalise [..., C, H, W] ``x`` whose channels are ``bands`` (in that order)."""
         mean, std = self.mean_std(modality, bands)
         nod = self.nodata.get(modality) if nodata is None else nodata
-        xf = x.astype(np.float32)
-        invalid = np.isnan(xf)
-        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
-            invalid |= x == nod
         shape = (-1, 1, 1)
-        out = (xf - mean.reshape(shape)) / std.reshape(shape)
-        out[invalid] = 0.0
+        out = x.astype(np.float32)  # always a copy: normalised in place below
+        invalid = np.isnan(out) if np.issubdtype(x.dtype, np.floating) else None
+        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
+            eq = x == nod
+            invalid = eq if invalid is None else (invalid | eq)
+        out -= mean.reshape(shape)
+        out *= (1.0 / std).reshape(shape)
+        if invalid is not None:
+            out[invalid] = 0.0
         return out
 
 

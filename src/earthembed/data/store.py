@@ -79,6 +79,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise StoreError(f"{f}: corrupt store metadata ({e})") from e
 
 
+def _compressor() -> Any:
+    """Blosc LZ4 with byte shuffle: decodes faster than Zarr's default zstd and compresses multi-byte EO
+    rasters better (byte shuffle groups the high bytes of uint16/float32 samples)."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
 def _fill_value(m: Modality) -> Any:
     if m.nodata is None:
         return 0
@@ -145,19 +153,11 @@ class StoreWriter:
                 meta = _read_meta(p)
                 if meta.get("complete") and not overwrite:
                     raise StoreError(f"{p}: a complete store already exists here (pass --overwrite / overwrite=True to replace it)")
-                same = {k: meta.get(k) for k in ("modalities", "chip_size", "labels")} == json.loads(
-                    json.dumps(self._definition())
-                )
-                if overwrite or not same:
-                    if not overwrite:
-                        raise StoreError(
-                            f"{p}: an interrupted ingest with different modalities/chip size/labels is here; "
-                            "pass --overwrite / overwrite=True to start again"
-                        )
-                    shutil.rmtree(p)
-                else:
+                if not overwrite:
+                    self._check_same_ingest(meta)
                     self._resume()
                     return
+                shutil.rmtree(p)
             elif overwrite:
                 shutil.rmtree(p)
             else:
@@ -172,6 +172,7 @@ class StoreWriter:
                 chunks=(self.chunk_chips, m.num_bands, self.chip_size, self.chip_size),
                 dtype=m.dtype,
                 fill_value=_fill_value(m),
+                compressors=_compressor(),
                 dimension_names=("chip", "band", "y", "x"),
             )
         for name, spec in self.label_schema.items():
@@ -182,6 +183,7 @@ class StoreWriter:
                     chunks=(self.chunk_chips, 1, self.chip_size, self.chip_size),
                     dtype=spec.get("dtype", "int16"),
                     fill_value=spec.get("nodata", -1),
+                    compressors=_compressor(),
                     dimension_names=("chip", "band", "y", "x"),
                 )
         meta = {
@@ -195,6 +197,28 @@ class StoreWriter:
         _atomic_write_text(p / META_FILE, json.dumps(meta, indent=2))
         self._n = 0
         self._done: set[str] = set()
+
+    def _check_same_ingest(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume an interrupted ingest of another definition or source (it would mix datasets)."""
+        now = json.loads(json.dumps({**self._definition(), "source": self.source}))
+        stored = {k: meta.get(k) for k in ("modalities", "chip_size", "labels")}
+        stored["source"] = meta.get("source") or {}
+        differ = [k for k in ("modalities", "chip_size", "labels") if stored[k] != now[k]]
+        if stored["source"] != now["source"]:
+            keys = sorted(
+                k for k in set(stored["source"]) | set(now["source"])
+                if stored["source"].get(k) != now["source"].get(k)
+            )
+            detail = "; ".join(
+                f"{k}: {stored['source'].get(k)!r} there, {now['source'].get(k)!r} now" for k in keys[:3]
+            )
+            differ.append(f"source ({detail}{'; ...' if len(keys) > 3 else ''})")
+        if differ:
+            raise StoreError(
+                f"{self.path}: an interrupted ingest with different {', '.join(differ)} is here; resuming it "
+                "would mix datasets. Re-run the original command to finish it, or pass --overwrite / "
+                "overwrite=True to start again"
+            )
 
     def _resume(self) -> None:
         parts = sorted((self.path / PARTS_DIR).glob("part-*.parquet"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,22 @@ class _BatchReader(torch.utils.data.Dataset):
         s = self.starts[i]
         e = min(s + self.batch_size, len(self.dataset))
         return self.dataset.read_batch(np.arange(s, e))
+
+
+def check_products(products: dict[str, dict[str, Any]], store: ChipStore, request: dict[str, list[str]]) -> None:
+    """Refuse a store whose modality has other units than the model was trained on (dB vs linear SAR has the
+    same key and band names, so names alone cannot catch it); a different product with the same units (e.g. S2
+    L1C vs L2A) is allowed, as a transfer the user chose, and is recorded in the output metadata."""
+    for m in request:
+        want = products.get(m)
+        if not want:
+            continue
+        have = store.modality(m)
+        if want.get("units") and have.units and want["units"] != have.units:
+            raise BandMismatchError(
+                f"{store.path}: modality {m!r} is {have.product} in {have.units!r}, but the model was trained on "
+                f"{want.get('product')} in {want['units']!r}"
+            )
 
 
 def resolve_request(
@@ -117,6 +133,7 @@ def embed_store(
     store = store if isinstance(store, ChipStore) else ChipStore(store)
     out = Path(out)
     request = resolve_request(meta["modalities"], store, modalities, bands)
+    check_products(meta.get("products") or {}, store, request)
     normalizer = Normalizer.from_dict(meta["normalization"])
     dataset = ChipDataset(store, request, normalizer=normalizer)
     model_id = str(meta.get("model_id", "unknown"))
@@ -132,9 +149,11 @@ def embed_store(
     starts = [s for s in range(0, len(dataset), batch_size) if s not in done]
     model = model.to(device).eval()
     index = store.index
-    loader = torch.utils.data.DataLoader(
-        _BatchReader(dataset, starts, batch_size), batch_size=None, num_workers=num_workers, shuffle=False
-    )
+    reader = _BatchReader(dataset, starts, batch_size)
+    if num_workers > 0:
+        loader: Any = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, shuffle=False)
+    else:
+        loader = _prefetch(reader, depth=2)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -156,14 +175,35 @@ def embed_store(
     if bar is not None:
         bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
-                           "modalities": list(request), "architecture": meta.get("architecture")})
+                           "modalities": list(request), "architecture": meta.get("architecture"),
+                           "store_products": {m: store.modality(m).product for m in request},
+                           "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}})
     return out
+
+
+def _prefetch(reader: _BatchReader, depth: int = 2) -> Iterator[dict[str, Any]]:
+    """Read the next batches in a background thread while the model runs on this one.
+
+    Zarr decoding and the NumPy normalisation release the GIL, so on a few CPU cores this overlaps I/O with
+    the forward pass without the start-up and pickling cost of DataLoader worker processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(reader.__getitem__, i) for i in range(min(depth, len(reader)))]
+        for i in range(len(reader)):
+            batch = pending.pop(0).result()
+            if i + depth < len(reader):
+                pending.append(pool.submit(reader.__getitem__, i + depth))
+            yield batch
 
 
 def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[int]:
     mf = parts / "manifest.json"
     if parts.exists() and resume and mf.exists():
-        old = json.loads(mf.read_text())
+        try:
+            old = json.loads(mf.read_text())
+        except json.JSONDecodeError:
+            old = None  # unreadable manifest: start the parts again
         if old == manifest:
             for t in parts.glob("*.tmp"):
                 t.unlink()
@@ -171,7 +211,9 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
-    mf.write_text(json.dumps(manifest, indent=2))
+    tmp = mf.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, mf)
     return set()
 
 

@@ -38,8 +38,14 @@ def fewshot(
     budget_mode: str = typer.Option("auto", help="auto | per_class | total"),
     seeds: int = typer.Option(3, help="number of seeds (budget draws): 0..N-1"),
     estimators: str = typer.Option(None, help="comma list: logreg/ridge (or linear), rf, knn (default: all)"),
-    baselines: str = typer.Option("band_stats", help="comma list of baselines, or 'none'"),
-    random_init: Path = typer.Option(None, help="embedding table of a random-init encoder of the same architecture"),
+    baselines: str = typer.Option(
+        "band_stats,random_init",
+        help="comma list of baselines, or 'none': band_stats (per-band statistics of the chip), random_init "
+        "(a randomly initialised encoder of the first table's model, embedded into --out unless --random-init is given)",
+    ),
+    random_init: Path = typer.Option(
+        None, help="embedding table of a random-init encoder of the same architecture (used instead of embedding one)"
+    ),
     feature_columns: str = typer.Option(None, help="embedding columns, plain (emb_fused: every table) or NAME:COLUMN (one table); default all"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="parallel processes over feature set x estimator (-1: all cores)"),

@@ -5,6 +5,10 @@ test chips with the *same* nested budget samples per seed, so differences betwee
 differences in what they were trained or tested on. Test chips are the intersection of labelled chips
 that have every feature set: a feature set with missing chips (e.g. ``emb_s1`` where S1 is absent)
 narrows the evaluation for all of them; restrict ``feature_columns`` to avoid that.
+
+Baselines run by the same call on the same splits: ``band_stats`` (per-band statistics of the chip) and
+``random_init`` (embeddings of a randomly initialised encoder of the first table's architecture, computed
+into the output directory unless a ``random_init`` table is given).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from earthembed.data.store import ChipStore
+from earthembed.embed.io import read_metadata
 from earthembed.evaluate.budgets import (
     default_budgets,
     parse_budgets,
@@ -32,7 +37,10 @@ from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
 from earthembed.evaluate.tasks import Task, load_task
 
-BASELINES = ("band_stats",)
+BASELINES = ("band_stats", "random_init")
+DEFAULT_BASELINES = ("band_stats", "random_init")
+RANDOM_INIT = "random_init"
+RANDOM_INIT_SEED = 0
 RESULT_COLUMNS = [
     "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
     "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
@@ -47,25 +55,86 @@ def _split_names(v: str | Sequence[str] | None) -> list[str]:
     return [s for x in v for s in _split_names(x)]
 
 
+def _model_path(meta: Mapping[str, Any], table: Path) -> Path | None:
+    """The exported model a table was embedded with, if it still exists (as recorded, or beside the table)."""
+    mp = meta.get("model_path")
+    if not mp:
+        return None
+    for cand in (Path(mp), table.parent / mp):
+        if cand.exists():
+            return cand
+    return None
+
+
+def random_init_table(
+    embeddings: Mapping[str, str | Path], store: ChipStore, out_dir: str | Path, seed: int = RANDOM_INIT_SEED
+) -> Path:
+    """``out_dir/random_init.parquet``: a randomly initialised encoder of the FIRST table's model, same
+    modalities and bands, embedding ``store``. An existing file from the same model, store and bands is reused.
+    """
+    if not embeddings:
+        raise ValueError(
+            "the random_init baseline needs an embedding table to copy the architecture from; "
+            "give --embeddings, pass --random-init PATH, or drop random_init from --baselines"
+        )
+    name, first = next(iter(embeddings.items()))
+    first = Path(first)
+    if not first.exists():
+        raise FileNotFoundError(f"{first}: embedding table not found")
+    meta = read_metadata(first)
+    model_path = _model_path(meta, first)
+    if model_path is None:
+        raise ValueError(
+            f"random_init baseline: the model of embedding table {name!r} ({first}) is not available "
+            f"(model_path={meta.get('model_path')!r}); pass --random-init PATH (a table embedded with a "
+            "randomly initialised encoder) or drop random_init from --baselines"
+        )
+    modalities = list(meta["modalities"]) if meta.get("modalities") else None
+    bands = {k: list(v) for k, v in meta["bands"].items()} if meta.get("bands") else None
+    out = Path(out_dir) / f"{RANDOM_INIT}.parquet"
+    want = f"random-init-seed{seed}-{meta.get('model_id', '')}"
+    if out.exists():
+        try:
+            old = read_metadata(out)
+        except ValueError:
+            old = {}
+        if (old.get("model_id") == want and old.get("store") == str(store.path.resolve())
+                and old.get("n_chips") == len(store) and (bands is None or old.get("bands") == bands)):
+            return out
+    from earthembed.embed.run import embed_random_init
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return embed_random_init(model_path, store, out, seed=seed, modalities=modalities, bands=bands, progress=False)
+
+
 def load_all_feature_sets(
     embeddings: Mapping[str, str | Path],
     store: ChipStore,
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] = ("band_stats",),
     feature_columns: Sequence[str] | None = None,
+    work_dir: str | Path | None = None,
 ) -> list[FeatureSet]:
     """Feature sets of every table (``<name>:<column>``) followed by the requested baselines.
 
     ``feature_columns`` entries are plain (``emb_fused``: every table) or qualified (``random_init:emb_fused``:
-    that table only); a table with no entry that applies keeps all its ``emb_*`` columns.
+    that table only); a table with no entry that applies keeps all its ``emb_*`` columns. Baseline
+    ``random_init`` uses the table named ``random_init`` in ``embeddings`` if there is one, otherwise it is
+    embedded into ``work_dir`` (see :func:`random_init_table`) and gives sets ``random_init:<column>``.
     """
-    sets: list[FeatureSet] = []
-    for name, path in embeddings.items():
-        cols = [c for c in feature_columns or [] if ":" not in c]
-        cols += [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")]
-        sets += load_feature_sets(name, path, cols or None)
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r} (available: {BASELINES})")
+    tables = dict(embeddings)
+    if RANDOM_INIT in baselines and RANDOM_INIT not in tables:
+        if work_dir is None:
+            raise ValueError("the random_init baseline needs a work_dir to write its embedding table to")
+        tables[RANDOM_INIT] = random_init_table(embeddings, store, work_dir)
+    sets: list[FeatureSet] = []
+    for name, path in tables.items():
+        cols = [c for c in feature_columns or [] if ":" not in c]
+        cols += [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")]
+        sets += load_feature_sets(name, path, cols or None)
+    if "band_stats" in baselines:
         sets.append(band_statistics_feature_set(store))
     if not sets:
         raise ValueError("nothing to evaluate: give at least one embedding table or baseline")
@@ -190,7 +259,7 @@ def run_fewshot(
     budget_mode: str = "auto",
     seeds: Sequence[int] = (0, 1, 2),
     estimators: str | Sequence[str] | None = None,
-    baselines: str | Sequence[str] = ("band_stats",),
+    baselines: str | Sequence[str] = DEFAULT_BASELINES,
     n_boot: int = 200,
     feature_columns: str | Sequence[str] | None = None,
     progress: bool = False,
@@ -199,8 +268,10 @@ def run_fewshot(
     """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
 
     ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
-    ``feature_columns``) becomes feature set ``<name>:<column>``; ``baselines`` adds ``band_stats`` from the
-    store. ``n_jobs`` processes fit (feature set x estimator) cells in parallel (-1: all cores). Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
+    ``feature_columns``) becomes feature set ``<name>:<column>``. ``baselines`` (``"none"`` for none) adds
+    ``band_stats`` from the store and ``random_init``: the table named ``random_init`` in ``embeddings`` if
+    given, else ``out_dir/random_init.parquet`` embedded with a randomly initialised (seed 0) encoder of the
+    first table's model, modalities and bands (a ValueError if that model's export is gone). ``n_jobs`` processes fit (feature set x estimator) cells in parallel (-1: all cores). Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
     ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split, exclusions) to ``out_dir``
     and returns the tidy results.
     """
@@ -212,10 +283,10 @@ def run_fewshot(
         raise ValueError("need at least one seed")
     bl = _split_names(baselines)
     bl = [] if bl in (["none"], ["no"]) else bl
-    sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None)
     parsed = parse_budgets(budgets)
     loaded = [load_task(st, name) for name in tasks]  # fail on a bad column before any fitting
     out_dir = Path(out_dir)
+    sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, notes, members = [], [], []
     for tk in loaded:

@@ -86,44 +86,68 @@ def average_precision(y: np.ndarray, s: np.ndarray, W: np.ndarray) -> np.ndarray
 
 
 def _maps(Y: np.ndarray, S: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(micro mAP, macro mAP) per weight row; classes without positives in a resample are left out."""
+    """(micro mAP, macro mAP) per weight row.
+
+    Micro AP ranks every (chip, class) pair of all ``K`` columns, so scores on a class without positives
+    still count as false positives; macro AP averages the classes with a positive in the resample (AP is
+    undefined without one).
+    """
     n, k = Y.shape
-    per_class = np.column_stack([average_precision(Y[:, j], S[:, j], W) for j in range(k)])
-    macro = np.nanmean(np.where((W @ Y) > 0, per_class, np.nan), axis=1) if k else np.full(len(W), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.column_stack([average_precision(Y[:, j], S[:, j], W) for j in range(k)])
+    has_pos = (W @ Y) > 0
+    macro = np.full(len(W), np.nan)
+    rows = has_pos.any(axis=1)
+    if k and rows.any():
+        macro[rows] = np.nanmean(np.where(has_pos[rows], per_class[rows], np.nan), axis=1)
     micro = average_precision(Y.ravel(), S.ravel(), np.repeat(W, k, axis=1))
     return micro, macro
 
 
 def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, ...]]:
-    """mAP and F1 over the classes with at least one positive test chip (absent classes have no AP)."""
+    """mAP and F1 of multilabel predictions, on every label column as scikit-learn computes them.
+
+    Micro mAP, micro F1 and macro F1 use all ``K`` columns: a class with no positive test chip still
+    contributes its false positives (and to macro F1 an F1 of 0, scikit-learn's ``zero_division=0``).
+    Only macro mAP is restricted to classes with a positive test chip, since AP is undefined without one;
+    with no positive at all both mAPs are NaN. Bootstrap resamples use the same definitions.
+    """
     Y = np.asarray(Y, dtype=np.float64)
     P = np.asarray(P, dtype=np.float64)
-    present = Y.sum(axis=0) > 0
-    if not present.any():  # no positive test label at all: nothing to rank or recall
-        return dict.fromkeys(METRICS["multilabel"], (float("nan"),) * 3)
-    Y, P, S = Y[:, present], P[:, present], S[:, present]
+    S = np.asarray(S, dtype=np.float64)
+    k = Y.shape[1]
+    any_pos = bool(Y.sum() > 0)
     one = np.ones((1, len(Y)))
-    (point_micro,), (point_macro,) = _maps(Y, S, one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        (point_micro,), (point_macro,) = _maps(Y, S, one) if any_pos else ((np.nan,), (np.nan,))
     mic, mac, f1mi, f1ma = [], [], [], []
-    for W in bootstrap_weights(len(Y), n_boot, seed, max_cells=4_000_000 // max(Y.shape[1], 1)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            a, b = _maps(Y, S, W)
-        mic.append(a)
-        mac.append(b)
+    for W in bootstrap_weights(len(Y), n_boot, seed, max_cells=4_000_000 // max(k, 1)):
+        if any_pos:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                a, b = _maps(Y, S, W)
+            mic.append(a)
+            mac.append(b)
         tp, nt, npred = W @ (Y * P), W @ Y, W @ P
-        f1ma.append(_f1_from_counts(tp, nt, npred, nt > 0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            f1mi.append(2 * tp.sum(1) / (nt.sum(1) + npred.sum(1)))
+            per_class = np.where(nt + npred > 0, 2 * tp / np.maximum(nt + npred, 1e-12), 0.0)
+            f1ma.append(per_class.mean(axis=1) if k else np.full(len(W), np.nan))
+            den = nt.sum(1) + npred.sum(1)
+            f1mi.append(np.where(den > 0, 2 * tp.sum(1) / np.maximum(den, 1e-12), 0.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         point_f1mi = f1_score(Y, P, average="micro", zero_division=0)
         point_f1ma = f1_score(Y, P, average="macro", zero_division=0)
+
+    def cat(v: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(v) if v else np.array([np.nan])
+
     return {
-        "micro_map": (point_micro, *_ci(np.concatenate(mic))),
-        "macro_map": (point_macro, *_ci(np.concatenate(mac))),
-        "micro_f1": (point_f1mi, *_ci(np.concatenate(f1mi))),
-        "macro_f1": (point_f1ma, *_ci(np.concatenate(f1ma))),
+        "micro_map": (point_micro, *_ci(cat(mic))),
+        "macro_map": (point_macro, *_ci(cat(mac))),
+        "micro_f1": (point_f1mi, *_ci(cat(f1mi))),
+        "macro_f1": (point_f1ma, *_ci(cat(f1ma))),
     }
 
 

@@ -13,7 +13,7 @@ def plot_embeddings(
     embeddings: Path = typer.Argument(..., help="embedding table (GeoParquet)"),
     color_by: str = typer.Option(..., "--color-by", help="label of the store, or a column of the table (e.g. split)"),
     out: Path = typer.Option(..., "--out", help="PNG to write"),
-    store: Path = typer.Option(None, "--store", help="chip store with the labels"),
+    store: Path = typer.Option(None, "--store", help="chip store with the labels (default: the one the table was embedded from)"),
     column: str = typer.Option("emb_fused", "--column", help="embedding column"),
     method: str = typer.Option("pca", "--method", help="pca | umap (umap needs umap-learn)"),
     max_points: int = typer.Option(20000, "--max-points"),

@@ -45,14 +45,20 @@ def project(X: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     return _project(np.asarray(X, dtype=np.float64), method, seed)[0]
 
 
-def _colour_values(df: pd.DataFrame, color_by: str, store: Any, multilabel: str) -> tuple[pd.Series, str]:
-    """(values aligned with ``df``, "categorical" | "continuous")."""
+def _colour_values(
+    df: pd.DataFrame, color_by: str, store: Any, multilabel: str, recorded: str | None = None
+) -> tuple[pd.Series, str]:
+    """(values aligned with ``df``, "categorical" | "continuous"); ``recorded``: the table's store, for errors."""
     kind = None
     if color_by in df.columns:
         values = df[color_by]
     else:
         if store is None:
-            raise KeyError(f"{color_by!r} is not a column of the embedding table; pass the store to colour by a label")
+            raise KeyError(
+                f"{color_by!r} is not a column of the embedding table and the store it was embedded from "
+                f"{'(' + repr(recorded) + ') does not exist' if recorded else 'is not recorded in it'}; "
+                "pass the store to colour by a label"
+            )
         from earthembed.data.store import ChipStore
 
         st = store if isinstance(store, ChipStore) else ChipStore(store)
@@ -92,7 +98,8 @@ def plot_embeddings(
     """Scatter of a 2-D projection of ``column`` coloured by ``color_by``; returns the PNG path.
 
     Chips with a null embedding are left out (and counted in the title); at most ``max_points`` chips
-    (a seeded random subset) are drawn.
+    (a seeded random subset) are drawn. Without ``store``, labels come from the store recorded in the
+    table's metadata, if it still exists.
     """
     import matplotlib
 
@@ -109,7 +116,10 @@ def plot_embeddings(
     if len(df) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))
         df, X = df.iloc[keep].reset_index(drop=True), X[keep]
-    values, vkind = _colour_values(df, color_by, store, multilabel)
+    recorded = meta.get("store") or None
+    if store is None and color_by not in df.columns and recorded and Path(recorded).exists():
+        store = recorded  # the store the table was embedded from (embed metadata)
+    values, vkind = _colour_values(df, color_by, store, multilabel, recorded)
     Y, info = _project(X.astype(np.float64), method, seed)
 
     fig, ax = plt.subplots(figsize=(7, 6))

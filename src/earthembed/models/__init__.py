@@ -4,6 +4,7 @@ from earthembed.models.export import (
     export_checkpoint,
     export_model,
     load_model,
+    modality_products,
     random_init_like,
     read_model_meta,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "export_model",
     "list_models",
     "load_model",
+    "modality_products",
     "random_init_like",
     "read_model_meta",
     "register_model",

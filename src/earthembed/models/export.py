@@ -1,8 +1,11 @@
 """Self-describing model export: ``model.safetensors`` + ``model.json``, never pickle.
 
 ``model.json`` carries everything needed to use the weights on a new store: the architecture and its
-constructor config, the band names of every modality, and the normalisation statistics (by band name) of
-the pretraining store. Loading never unpickles: weights come from safetensors, metadata from JSON.
+constructor config, the band names of every modality, the normalisation statistics (by band name) of
+the pretraining store and, under ``"products"``, what each modality key meant in that store:
+``{"<key>": {"product": "s1_grd_db", "units": "dB", "kind": "sar"}}`` (see :func:`modality_products`), so
+a model trained on ``s1_grd_db`` is not silently applied to ``s1_grd_linear`` data under the same key.
+Loading never unpickles: weights come from safetensors, metadata from JSON.
 
 Lightning ``.ckpt`` files are pickles and are refused by :func:`load_model`; convert one with
 :func:`export_checkpoint` (which reads it with ``torch.load(weights_only=True)``, i.e. no arbitrary code).
@@ -14,12 +17,15 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
 from earthembed.models.multimodal_vit import MultiModalViT
 
@@ -38,23 +44,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+PRODUCT_FIELDS = ("product", "units", "kind")
+
+
+def modality_products(modalities: Mapping[str, Modality], keys: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+    """``{key: {"product", "units", "kind"}}`` of a store's modalities (``ChipStore.modalities``), for ``keys``."""
+    keys = list(modalities) if keys is None else list(keys)
+    missing = [k for k in keys if k not in modalities]
+    if missing:
+        raise ValueError(f"no modality definitions for {missing} (have {list(modalities)})")
+    return {k: {f: str(getattr(modalities[k], f)) for f in PRODUCT_FIELDS} for k in keys}
+
+
 def export_model(
     model: MultiModalViT,
     out_dir: str | Path,
     normalizer: Normalizer,
     model_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    products: dict[str, dict] | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/model.json``; returns ``out_dir``.
 
     ``model_id`` defaults to ``multimodal_vit-<first 12 hex of the weights' sha256>``, so identical weights
-    get identical ids and embedding tables can name the model that made them.
+    get identical ids and embedding tables can name the model that made them. ``products`` (e.g.
+    :func:`modality_products` of the training store) is recorded as ``model.json["products"]``, restricted
+    to the model's modalities, which it must all cover; without it the key is absent.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     missing = [k for k in model.modalities if k not in normalizer.stats]
     if missing:
         raise ValueError(f"normaliser has no statistics for model modalities {missing}")
+    if products is not None:
+        missing = [k for k in model.modalities if k not in products]
+        if missing:
+            raise ValueError(f"products has no entry for model modalities {missing}")
+        products = {k: {f: products[k].get(f) for f in PRODUCT_FIELDS} for k in model.modalities}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
     tmp = weights.with_name(weights.name + ".tmp")
@@ -69,6 +95,7 @@ def export_model(
         "config": model.config,
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalizer.to_dict(),
+        **({"products": products} if products is not None else {}),
         "model_id": model_id or f"{arch}-{_sha256(weights)[:12]}",
         "embed_dim": model.embed_dim,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -120,7 +147,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights file missing")
     model = ARCHITECTURES[meta["architecture"]](**meta["config"])
-    state = load_file(str(weights), device=str(device))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except SafetensorError as e:
+        raise ValueError(f"{weights}: weights file is corrupt or truncated ({e}); re-export the model") from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -129,9 +159,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
 
 
 def export_checkpoint(
-    ckpt: str | Path, out_dir: str | Path, normalizer: Normalizer, extra: dict[str, Any] | None = None
+    ckpt: str | Path,
+    out_dir: str | Path,
+    normalizer: Normalizer,
+    extra: dict[str, Any] | None = None,
+    products: dict[str, dict] | None = None,
 ) -> Path:
-    """Export the encoder of a pretraining checkpoint (``torch.load(weights_only=True)``, no code runs)."""
+    """Export the encoder of a pretraining checkpoint (``torch.load(weights_only=True)``, no code runs).
+
+    ``products``: as for :func:`export_model` (e.g. ``modality_products(ChipStore(store).modalities)``).
+    """
     ckpt = Path(ckpt)
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found")
@@ -145,4 +182,4 @@ def export_checkpoint(
     state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     info = {"checkpoint": str(ckpt), "global_step": int(data.get("global_step", 0))}
-    return export_model(model, out_dir, normalizer, extra={"pretrain": info, **(extra or {})})
+    return export_model(model, out_dir, normalizer, extra={"pretrain": info, **(extra or {})}, products=products)

@@ -11,6 +11,12 @@ Design (the embed, evaluate and pretrain stages rely on it):
 * **Band order by name.** Inputs may carry any subset of a modality's bands in any order (``bands=``); the
   model scatters them into their group's channel slots by name and zeroes the missing slots. Band dropout
   during pretraining zeroes channels the same way, so the encoder learns to cope with absent bands.
+* **Absent groups per sample.** ``group_present`` (modality -> ``[B, G]`` bool, default
+  ``batch["<k>_group_present"]``) marks band groups absent for single rows: such a group contributes no
+  tokens for that row, exactly as when its bands are missing from ``bands=`` (rows are encoded per
+  presence pattern, so nothing is padded or zero-filled). Pretraining uses it for band-group dropout, so
+  inputs missing whole groups (e.g. RGB-only Sentinel-2) are seen in training as they are at inference.
+  A row with no group present counts as an absent modality.
 * **Shared encoder, per-modality attention.** Tokens of a modality attend only to themselves, through
   transformer blocks whose weights are shared by all modalities (CLIP towers with tied weights; the
   modality embedding tells the encoder which sensor it sees). Per-modality embeddings are therefore
@@ -201,8 +207,10 @@ class MultiModalViT(nn.Module):
         return plan
 
     # -- encoding ------------------------------------------------------------------------------------
-    def _encode(self, k: str, x: Tensor, bands: Sequence[str]) -> tuple[Tensor, int, int, int]:
-        """Normalised output tokens [B, G*h*w, D] of modality ``k`` plus (G, h, w)."""
+    def _encode(
+        self, k: str, x: Tensor, bands: Sequence[str], keep: Sequence[bool] | None = None
+    ) -> tuple[Tensor, int, int, int]:
+        """Normalised output tokens [B, G*h*w, D] of modality ``k`` plus (G, h, w); ``keep`` skips groups."""
         if x.ndim != 4 or x.shape[1] != len(bands):
             raise ValueError(f"modality {k!r}: expected [B, {len(bands)}, H, W] for bands {list(bands)}, got {tuple(x.shape)}")
         plan = self._plan(k, bands, x.device)
@@ -214,7 +222,7 @@ class MultiModalViT(nn.Module):
         pos = build_sincos2d_pos_embed([h, w], dim=self.width, device=x.device, dtype=x.dtype)
         tokens = []
         for g, step in enumerate(plan):
-            if step is None:
+            if step is None or (keep is not None and not keep[g]):
                 continue
             slot, src, full = step
             n = len(self.band_groups[k][g])
@@ -225,6 +233,8 @@ class MultiModalViT(nn.Module):
                 xg[:, slot] = x.index_select(1, src)
             t = self.patch_embed[k][g](xg).flatten(2).transpose(1, 2)  # [B, h*w, D]
             tokens.append(t + pos + self.group_embed[k][g])
+        if not tokens:
+            raise BandMismatchError(f"modality {k!r}: every band group is absent")
         t = torch.cat(tokens, dim=1) + self.modality_embed[k]
         for blk in self.blocks:
             t = blk(t)
@@ -236,9 +246,11 @@ class MultiModalViT(nn.Module):
         batch: Mapping[str, Any],
         bands: Mapping[str, Sequence[str]] | None,
         present: Mapping[str, Any] | None,
-    ) -> tuple[int, dict[str, tuple[Tensor, list[str], Tensor]]]:
+        group_present: Mapping[str, Any] | None = None,
+    ) -> tuple[int, dict[str, tuple[Tensor, list[str], Tensor, Tensor | None]]]:
         bands = dict(bands or {})
-        unknown = [k for k in list(bands) + list(present or {}) if k not in self.modalities]
+        named = list(bands) + list(present or {}) + list(group_present or {})
+        unknown = [k for k in named if k not in self.modalities]
         if unknown:
             raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
         keys = [k for k in self.modalities if k in batch]
@@ -250,28 +262,61 @@ class MultiModalViT(nn.Module):
             x = batch[k]
             pr = present[k] if present is not None and k in present else batch.get(f"{k}_present")
             pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
-            out[k] = (x, list(bands.get(k, self.modalities[k])), pr.to(x.device).reshape(-1))
+            pr = pr.to(x.device).reshape(-1)
+            gp = group_present[k] if group_present is not None and k in group_present else batch.get(f"{k}_group_present")
+            bnames = list(bands.get(k, self.modalities[k]))
+            if gp is not None:
+                gp = torch.as_tensor(gp, dtype=torch.bool).to(x.device)
+                ng = len(self.band_groups[k])
+                if tuple(gp.shape) != (n, ng):
+                    raise ValueError(f"modality {k!r}: group_present must be [{n}, {ng}] (rows x band groups), got {tuple(gp.shape)}")
+                given = torch.tensor([s is not None for s in self._plan(k, bnames, x.device)], device=x.device)
+                gp = gp & given  # groups without any band in ``bands`` are absent anyway
+                pr = pr & gp.any(1)  # a row without any group is an absent modality
+                if bool((gp[pr] == given).all()):
+                    gp = None  # every present row has every given group: one encoder pass
+            out[k] = (x, bnames, pr, gp)
         return n, out
+
+    def _encode_rows(
+        self, k: str, x: Tensor, bnames: list[str], pr: Tensor, gp: Tensor | None
+    ) -> list[tuple[Tensor | None, Tensor, int, int, int]]:
+        """(rows or None for all rows, tokens, G, h, w) per group-presence pattern of the present rows."""
+        if gp is None:
+            if bool(pr.all()):
+                return [(None, *self._encode(k, x, bnames))]
+            rows = pr.nonzero().flatten()
+            return [(rows, *self._encode(k, x[rows], bnames))] if len(rows) else []
+        rows_all = pr.nonzero().flatten()
+        if not len(rows_all):
+            return []
+        pats, inv = torch.unique(gp[rows_all].to(torch.uint8), dim=0, return_inverse=True)
+        out = []
+        for i, pat in enumerate(pats.bool().tolist()):
+            rows = rows_all[inv == i]
+            out.append((rows, *self._encode(k, x[rows], bnames, keep=pat)))
+        return out
 
     def forward_tokens(
         self,
         batch: Mapping[str, Any],
         bands: Mapping[str, Sequence[str]] | None = None,
         present: Mapping[str, Any] | None = None,
+        group_present: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
         """Per-modality token maps ``[B, D, h, w]`` (band groups averaged; absent rows are zeros)."""
-        _, inputs = self._inputs(batch, bands, present)
+        n, inputs = self._inputs(batch, bands, present, group_present)
         out: dict[str, Tensor] = {}
-        for k, (x, bnames, pr) in inputs.items():
-            rows = pr.nonzero().flatten()
-            if len(rows) == 0:
-                h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
-                out[k] = torch.zeros(x.shape[0], self.embed_dim, h, w, device=x.device)
-                continue
-            t, g, h, w = self._encode(k, x[rows], bnames)
-            maps = t.float().reshape(len(rows), g, h * w, -1).mean(1).transpose(1, 2).reshape(len(rows), -1, h, w)
-            full = maps.new_zeros(x.shape[0], *maps.shape[1:])
-            full[rows] = maps
+        for k, (x, bnames, pr, gp) in inputs.items():
+            h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
+            full = torch.zeros(n, self.embed_dim, h, w, device=x.device)
+            for rows, t, g, _, _ in self._encode_rows(k, x, bnames, pr, gp):
+                m = len(t)
+                maps = t.float().reshape(m, g, h * w, -1).mean(1).transpose(1, 2).reshape(m, -1, h, w)
+                if rows is None:
+                    full = maps
+                else:
+                    full[rows] = maps
             out[k] = full
         return out
 
@@ -280,15 +325,18 @@ class MultiModalViT(nn.Module):
         batch: Mapping[str, Any],
         bands: Mapping[str, Sequence[str]] | None = None,
         present: Mapping[str, Any] | None = None,
+        group_present: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Embed a batch: ``{"modality": {k: [B, D]}, "present": {k: [B] bool}, "fused": [B, D]}``.
 
         ``batch`` holds ``[B, C, H, W]`` per modality key (other keys are ignored); ``bands`` gives the band
         names of each tensor's channels (default: the model's full band list); ``present`` defaults to
         ``batch["<k>_present"]``, else all True. Model modalities missing from ``batch`` count as absent.
+        ``group_present`` (default ``batch["<k>_group_present"]``, else all True) gives ``[B, G]`` band-group
+        presence per row: an absent group contributes no tokens, as if its bands were missing from ``bands``.
         Embeddings are float32, also under mixed-precision autocast.
         """
-        n, inputs = self._inputs(batch, bands, present)
+        n, inputs = self._inputs(batch, bands, present, group_present)
         ref = next(iter(inputs.values()))[0]
         embs: dict[str, Tensor] = {}
         pres: dict[str, Tensor] = {}
@@ -297,14 +345,10 @@ class MultiModalViT(nn.Module):
                 embs[k] = torch.zeros(n, self.embed_dim, device=ref.device)
                 pres[k] = torch.zeros(n, dtype=torch.bool, device=ref.device)
                 continue
-            x, bnames, pr = inputs[k]
-            if bool(pr.all()):
-                e = self._encode(k, x, bnames)[0].float().mean(1)
-            else:
-                rows = pr.nonzero().flatten()
-                e = torch.zeros(n, self.embed_dim, device=x.device)
-                if len(rows):
-                    e = e.index_copy(0, rows, self._encode(k, x[rows], bnames)[0].float().mean(1))
+            x, bnames, pr, gp = inputs[k]
+            e = torch.zeros(n, self.embed_dim, device=x.device)
+            for rows, t, *_ in self._encode_rows(k, x, bnames, pr, gp):
+                e = t.float().mean(1) if rows is None else e.index_copy(0, rows, t.float().mean(1))
             embs[k], pres[k] = e, pr
         stacked = torch.stack([F.normalize(embs[k], dim=-1) * pres[k][:, None] for k in self.modalities])
         count = torch.stack([pres[k] for k in self.modalities]).sum(0).clamp(min=1)

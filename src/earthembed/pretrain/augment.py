@@ -2,8 +2,22 @@
 
 Geometric transforms (random resized crop, flips, 90-degree rotations) are drawn once per chip and applied
 to every modality of that chip through one affine grid, so co-registered modalities stay co-registered.
-Band dropout zeroes random channels per chip, as the model does for bands absent from an input, but never
-a whole band group; additive Gaussian noise is applied before it, so dropped channels stay exactly zero.
+
+Missing bands are trained at two levels, matching what the model sees at inference:
+
+* **Band-group dropout** (``group_dropout``): per chip and modality, each band group is dropped with
+  probability p, keeping at least one group. Dropped groups are returned as ``<k>_group_present`` masks
+  ``[B, G]`` that :class:`~earthembed.models.multimodal_vit.MultiModalViT` reads, so a dropped group
+  contributes *no tokens* — exactly as when its bands are absent from the input at inference (e.g. a
+  Sentinel-2 chip with only the 10 m bands), never zero-valued tokens. Its channels are also zeroed.
+* **Band dropout** (``band_dropout``): zeroes random channels inside the kept groups, as the model does for
+  the missing slots of a partially given group (e.g. B04 B03 B02 without B08), keeping >= 1 channel of
+  each kept group. Together they produce e.g. RGB-only Sentinel-2 input.
+
+Additive Gaussian noise is applied before both, so dropped channels stay exactly zero.
+
+Modality dropout (:func:`modality_dropout`) only marks whole modalities absent and keeps >= 2 per chip;
+see :mod:`earthembed.pretrain.contrastive` for why it is a no-op with two modalities.
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # side length fraction of the random resized crop
     flip: bool = True
     rot90: bool = True
-    band_dropout: float = 0.1  # probability of zeroing each channel (never a whole band group)
+    band_dropout: float = 0.1  # probability of zeroing each channel of a kept band group (>= 1 channel kept)
+    group_dropout: float = 0.25  # probability of dropping each band group (>= 1 group per modality kept)
     noise_std: float = 0.02  # additive Gaussian noise, in normalised (z-score) units
     modality_dropout: float = 0.0  # per chip and modality, keeping >= 2 modalities (see ContrastivePretrainModule)
 
@@ -36,6 +51,9 @@ class AugmentConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"augment: unknown keys {unknown} (known: {sorted(known)})")
+        for key in ("band_dropout", "group_dropout", "modality_dropout"):
+            if key in d and not 0 <= float(d[key]) <= 1:
+                raise ValueError(f"augment.{key} must be in [0, 1], got {d[key]}")
         if "crop_scale" in d:
             lo, hi = (float(v) for v in d["crop_scale"])
             if not 0 < lo <= hi <= 1:
@@ -78,6 +96,16 @@ def band_dropout(x: Tensor, groups: Sequence[Sequence[int]], p: float, generator
     return x * keep.to(x.device, x.dtype)[:, :, None, None]
 
 
+def group_dropout(n: int, n_groups: int, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """[n, n_groups] bool: each group kept with probability ``1 - p``, at least one per row (chosen at random)."""
+    keep = torch.rand(n, n_groups, generator=generator) >= p if p > 0 else torch.ones(n, n_groups, dtype=torch.bool)
+    none = ~keep.any(1)
+    if bool(none.any()):
+        pick = torch.randint(0, n_groups, (n,), generator=generator)
+        keep[torch.arange(n)[none], pick[none]] = True
+    return keep
+
+
 def modality_dropout(
     present: Mapping[str, Tensor], p: float, min_keep: int = 2, generator: torch.Generator | None = None
 ) -> dict[str, Tensor]:
@@ -102,7 +130,12 @@ def augment_batch(
     cfg: AugmentConfig,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry, per-modality noise/dropout."""
+    """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry, per-modality noise/dropout.
+
+    Returns the augmented ``[B, C, H, W]`` tensor of each modality and, for modalities with >= 2 band groups
+    when ``cfg.group_dropout > 0``, its ``<k>_group_present`` mask ``[B, G]`` (bool, on the tensor's device)
+    to pass to the model so dropped groups contribute no tokens.
+    """
     keys = [k for k in groups if k in batch]
     if not keys:
         return {}
@@ -117,5 +150,13 @@ def augment_batch(
             else:
                 noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
             x = x + cfg.noise_std * noise
-        out[k] = band_dropout(x, groups[k], cfg.band_dropout, generator)
+        x = band_dropout(x, groups[k], cfg.band_dropout, generator)
+        if cfg.group_dropout > 0 and len(groups[k]) > 1:
+            gmask = group_dropout(x.shape[0], len(groups[k]), cfg.group_dropout, generator)
+            chan = torch.ones(x.shape[:2], dtype=torch.bool)
+            for g, idx in enumerate(groups[k]):
+                chan[:, list(idx)] = gmask[:, g : g + 1]
+            x = x * chan.to(x.device, x.dtype)[:, :, None, None]
+            out[f"{k}_group_present"] = gmask.to(x.device)
+        out[k] = x
     return out

@@ -32,9 +32,11 @@ def export_checkpoint(
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_checkpoint as run_export
+    from earthembed.models.export import modality_products
 
     with fail_on():
-        path = run_export(ckpt, out, Normalizer.from_store(ChipStore(store)))
+        chips = ChipStore(store)
+        path = run_export(ckpt, out, Normalizer.from_store(chips), products=modality_products(chips.modalities))
     typer.echo(f"exported model to {path}")
 
 

@@ -1,17 +1,25 @@
 """CLIP-style contrastive pretraining between modalities (Jungbluth et al. 2023), as a LightningModule.
 
 * **Multimodal stores**: every chip is augmented once (geometry shared by its modalities so they stay
-  co-registered; band dropout and noise per modality), each modality is encoded by the shared encoder,
+  co-registered; band-group dropout, band dropout and noise per modality), each modality is encoded by the
+  shared encoder,
   projected by its own MLP head, and the symmetric InfoNCE loss is averaged over all pairs of modalities,
   each pair over the chips where both are present (a pair with < 2 such chips is skipped).
 * **Single-modality stores**: two independently augmented views of each chip are contrasted with the same
   symmetric loss (SimCLR-style positives, CLIP-style symmetric cross-entropy, one shared head).
+* **Missing bands** are trained by ``augment.group_dropout`` (whole band groups, passed to the model as
+  ``group_present`` so they contribute no tokens, as at inference) and ``augment.band_dropout`` (channels
+  inside kept groups); see :mod:`earthembed.pretrain.augment`.
 * **Modality dropout** (``augment.modality_dropout``): per chip, each modality is marked absent with
-  probability p, but at least two present modalities are always kept. The encoder towers are independent
-  (tokens of a modality attend only to themselves), so dropping a modality changes no other modality's
-  embedding; what it does is vary which pairs each chip contributes, like incomplete stacks at inference,
-  and save the compute of the dropped rows. With only two modalities it is therefore a no-op by design —
-  dropping either would leave the chip without a pair and only waste data.
+  probability p, but at least two present modalities are always kept. Missing *modalities* need no
+  training: the encoder towers are independent (tokens of a modality attend only to themselves), so a
+  modality's embedding is the same whether or not the chip's other modalities are present, and the fused
+  embedding is a parameter-free mean over the modalities present. Dropping a modality therefore only
+  varies which pairs each chip contributes and saves the compute of the dropped rows. With only two
+  modalities it is a no-op by design: dropping either would leave the chip without a positive pair. We do
+  not substitute a two-view pair of the remaining modality, because that would mix an intra-modal
+  (SimCLR) objective into the cross-modal one and train nothing that inference with a missing modality
+  needs; the single-modality two-view objective is used only for single-modality models.
 * **Temperature**: a learnable CLIP ``logit_scale`` (initialised to 1/0.07), clamped at ``max_logit_scale``.
 * **DDP**: with ``gather_distributed`` the projected embeddings and presence masks are gathered across
   ranks (``all_gather(sync_grads=True)``) so every rank sees the global batch's negatives.
@@ -40,6 +48,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _group_masks(augmented: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The ``<k>_group_present`` masks of :func:`augment_batch` output, keyed by modality."""
+    suffix = "_group_present"
+    return {k[: -len(suffix)]: v for k, v in augmented.items() if k.endswith(suffix)}
 
 
 class ContrastivePretrainModule(L.LightningModule):
@@ -95,6 +109,17 @@ class ContrastivePretrainModule(L.LightningModule):
 
     def contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss and monitoring stats of one batch (used by Lightning and by the bare-loop benchmark)."""
+        loss, stats = self._contrastive_step(batch)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # band-group / modality dropout can leave a patch embedding unused on one rank for a step, which
+            # DDP (find_unused_parameters=False) rejects; a zero term keeps every embedding in the graph
+            emb = [*self.model.patch_embed.parameters(), *self.model.group_embed.parameters(),
+                   *self.model.modality_embed.parameters()]
+            loss = loss + 0.0 * sum(p.sum() for p in emb)
+        return loss, stats
+
+    def _contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         keys = list(self.model.modalities)
         n = batch[keys[0]].shape[0]
         present = {
@@ -106,8 +131,8 @@ class ContrastivePretrainModule(L.LightningModule):
             rows = present[k]
             v1 = augment_batch(batch, self._groups, self.aug)
             v2 = augment_batch(batch, self._groups, self.aug)
-            e1 = self.model(v1, present=present)["modality"][k]
-            e2 = self.model(v2, present=present)["modality"][k]
+            e1 = self.model(v1, present=present, group_present=_group_masks(v1))["modality"][k]
+            e2 = self.model(v2, present=present, group_present=_group_masks(v2))["modality"][k]
             z1, z2 = self.heads[k](e1), self.heads[k](e2)
             z, pres = self._gather({"a": z1, "b": z2}, {"a": rows, "b": rows})
             both = pres["a"] & pres["b"]
@@ -117,7 +142,7 @@ class ContrastivePretrainModule(L.LightningModule):
             return clip_loss(a, b, self.scale), {"pairs": torch.tensor(1.0), "acc": clip_accuracy(a, b)}
         x = augment_batch(batch, self._groups, self.aug)
         present = modality_dropout(present, self.aug.modality_dropout)
-        out = self.model(x, present=present)
+        out = self.model(x, present=present, group_present=_group_masks(x))
         z = {k: self.heads[k](e) for k, e in out["modality"].items()}
         z, pres = self._gather(z, out["present"])
         loss, stats = multimodal_clip_loss(z, pres, self.scale)

@@ -7,10 +7,11 @@ Config (TerraTorch-style; every section optional, unknown keys are errors naming
     objective_args: {proj_dim: 128, proj_hidden_dim: null, init_temperature: 0.07, max_logit_scale: 100}
     data: {batch_size: 64, crop_size: 32, num_workers: 2, splits: train}
     train: {max_steps: 300, lr: 1e-3, weight_decay: 0.05, warmup_steps: 20, precision: 32-true, ...}
-    augment: {crop_scale: [0.5, 1.0], flip: true, rot90: true, band_dropout: 0.1, noise_std: 0.02, ...}
+    augment: {crop_scale: [0.5, 1.0], flip: true, rot90: true, band_dropout: 0.1, group_dropout: 0.25, noise_std: 0.02, ...}
 
-Outputs under ``out``: ``config.yaml`` (resolved), ``checkpoints/last.ckpt`` (re-running the same command
-resumes from it), ``metrics.csv`` and ``export/`` (safetensors + model.json with the store's normaliser).
+Outputs under ``out``: ``config.yaml`` (resolved, with the store's path and modalities), ``checkpoints/last.ckpt``
+(re-running the same command resumes from it; a different config or store is refused), ``metrics.csv`` and
+``export/`` (safetensors + model.json with the store's normaliser and modality products/units).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def pretrain(
     from earthembed.data.dataset import resolve_bands
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
-    from earthembed.models.export import export_model
+    from earthembed.models.export import export_model, modality_products
     from earthembed.pretrain.datamodule import ChipDataModule
 
     cfg, where = load_config(config, overrides)
@@ -229,7 +230,11 @@ def pretrain(
     model_args["modalities"] = bands
 
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {**cfg, "store": str(Path(store).resolve()), "model": {**cfg["model"], "modalities": bands}}
+    store_path = str(Path(store).resolve())
+    store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
+    resolved = {
+        **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
+    }
     last = out / "checkpoints" / "last.ckpt"
     if resume and last.exists() and (out / "config.yaml").exists():
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
@@ -238,6 +243,19 @@ def pretrain(
             raise ValueError(
                 f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
                 "- use a new --out (or delete its checkpoints/ to start over)"
+            )
+        # runs recorded before store_modalities existed are compared by path only
+        diff = [k for k in ("store", "store_modalities") if k in before and before[k] != resolved[k]]
+        if diff:
+            if "store" in diff:
+                what = f"store {before.get('store')} (now {store_path})"
+            else:
+                was = before["store_modalities"] or {}
+                keys = [k for k in {**was, **store_mods} if was.get(k) != store_mods.get(k)]
+                what = "store content (" + "; ".join(f"{k}: {was.get(k)} -> now {store_mods.get(k)}" for k in keys) + ")"
+            raise ValueError(
+                f"{where}: {out} holds a run pretrained on a different {what}; resuming it would silently mix "
+                "training data - use a new --out for this store (or delete its checkpoints/ to start over)"
             )
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
@@ -290,7 +308,8 @@ def pretrain(
             "n_chips": len(dm.dataset) if dm.dataset is not None else None,
             "config": resolved,
         }
-        export_model(module.model, export, normalizer, extra={"pretrain": info})
+        export_model(module.model, export, normalizer, extra={"pretrain": info},
+                     products=modality_products(chips.modalities, bands))
         _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
     del trainer, module, dm
     gc.collect()

@@ -8,7 +8,9 @@ declaration RGB (the ``rgb`` product) is assumed for PNG/JPEG and 3-band TIFFs. 
   name, so folder and raster stores of the same sensor line up for the models.
 * Chip size: the first readable image's (shorter) side unless given; larger images are centre-cropped, smaller
   ones are skipped with a recorded reason.
-* Labels: column ``label`` (kind ``class``), classes = sorted class-folder names.
+* Labels: column ``label`` (kind ``class``), classes = sorted class-folder names. At least 2 classes are
+  required, and a class folder must not hold images in subfolders (SRC given one level too high, e.g.
+  ``SRC/data/<class>/<image>``): both are refused with an error naming the folder.
 * Splits: if the top-level folders are ``train/``, ``val/`` (or ``valid/``/``validation/``) and ``test/``, each
   holding class folders, those splits are used; otherwise a deterministic stratified 60/20/20 split of each
   class's image files (ordered by a hash of their relative path, so independent of listing order).
@@ -86,14 +88,32 @@ def _split_layout(src: Path) -> dict[str, Path] | None:
     return out
 
 
-def _class_files(root: Path) -> dict[str, list[Path]]:
-    """Files (recursively, dot-files excluded) of each class folder under ``root``."""
+def _class_files(root: Path, in_split: bool = False) -> dict[str, list[Path]]:
+    """Files (recursively, dot-files excluded) of each class folder under ``root``.
+
+    A class folder whose subfolders hold images is refused: that is the layout of SRC given one level too
+    high (``SRC/data/<class>/<image>``), which would otherwise label every image with the parent's name.
+    """
     out: dict[str, list[Path]] = {}
     for d in sorted(root.iterdir()):
         if d.is_dir() and not d.name.startswith("."):
-            out[d.name] = sorted(
+            files = sorted(
                 f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts)
             )
+            nested = sorted(
+                {f.relative_to(d).parts[0] for f in files if f.parent != d and f.suffix.lower() in IMAGE_SUFFIXES}
+            )
+            if nested:
+                shown = ", ".join(nested[:5]) + (", ..." if len(nested) > 5 else "")
+                hint = (
+                    f"the expected layout is SRC/<split>/<class>/<image>; if those subfolders are the classes, "
+                    f"move them up into {root}"
+                    if in_split
+                    else f"the expected layout is SRC/<class>/<image>; if those subfolders are the classes, "
+                    f"point SRC one level down: {d}"
+                )
+                raise IngestError(f"{d}: class folder {d.name!r} holds images in subfolders ({shown}); {hint}")
+            out[d.name] = files
     return out
 
 
@@ -118,12 +138,17 @@ def _plan(src: Path) -> tuple[list[tuple[Path, str, str]], list[str], list[Path]
         classes = set(per_class)
     else:
         for split, d in layout.items():
-            per_class = _class_files(d)
+            per_class = _class_files(d, in_split=True)
             stray += sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
             items += [(f, cls, split) for cls, files in per_class.items() for f in files]
             classes |= set(per_class)
     if not classes:
         raise IngestError(f"{src}: no class subfolders (expected SRC/<class>/<image>)")
+    if len(classes) < 2:
+        raise IngestError(
+            f"{src}: only one class folder ({', '.join(sorted(classes))}) found; a classification dataset needs "
+            "at least 2 classes (SRC/<class>/<image>, one folder per class)"
+        )
     if not items:
         raise IngestError(f"{src}: class folders {sorted(classes)} hold no files")
     return items, sorted(classes), stray

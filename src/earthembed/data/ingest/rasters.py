@@ -17,8 +17,19 @@ categorical modalities and labels. Conventions:
   invalid when the values are ESA WorldCover codes (its no-data). Classes: ``label_classes`` names, else
   WorldCover names, else ``class_<value>``. Per chip: mask ``landcover_mask`` (class index into the class
   list, -1 invalid), ``frac_<class>`` (share of valid pixels) and majority class ``landcover``.
-* Split: chips are grouped in blocks of 4x4 tiles; a block goes to train/val/test (60/20/20) by a seeded
-  hash of ``<aoi>_<block row>_<block col>``, so neighbouring chips share a split (limits spatial leakage).
+* Split: the grid is cut into cells of ``chip_size`` px; a tile belongs to the cell holding its pixel origin
+  (``row * stride // chip_size``, ``col * stride // chip_size``), so with ``stride < chip_size`` overlapping
+  tiles starting in the same cell share it. Cells are grouped in square blocks of 4x4 cells, shrunk (3x3,
+  2x2, down to 1 cell) until the tile grid has at least 10 blocks, so a small AOI does not land in a single
+  split. A block goes to train/val/test (60/20/20) by a seeded hash of ``<aoi>_<block row>_<block col>``,
+  so neighbouring chips share a split (limits spatial leakage); with at least 3 blocks, train and test are
+  never empty: if the hash leaves one empty, the block with the lowest hash becomes train, the one with the
+  highest hash test (val may stay empty for very small AOIs). Remaining leakage: a tile is wholly assigned
+  to the block of its origin, so a tile at a block's right/bottom edge can share up to
+  ``chip_size - stride`` px (none when ``stride >= chip_size``) with tiles of the neighbouring block.
+* Read errors: a raster that fails while being read (corrupt or truncated file; opening only reads the
+  header) raises :class:`IngestError` naming the file and the window. Chips committed before stay committed
+  and the store stays incomplete; re-running the same command (with the file fixed) resumes.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import numpy as np
 import typer
 
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84
-from earthembed.data.ingest.splits import block_split
+from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -43,7 +54,8 @@ DEFAULT_PRODUCTS = {"s1": "s1_grd_db", "coh": "insar_coherence", "dem": "elevati
 S2_PRODUCTS_BY_COUNT = {12: "s2_l2a", 13: "s2_l1c"}
 MASK_LABEL = "landcover_mask"
 CLASS_LABEL = "landcover"
-SPLIT_BLOCK = 4
+SPLIT_BLOCK = 4  # largest split block side, in chip_size cells
+MIN_SPLIT_BLOCKS = 10
 _EPS = 1e-6
 _SCAN_BLOCK = 1024
 
@@ -197,6 +209,20 @@ def _modality_vrt(s: _Source, grid: tuple[Any, Any, int, int], stack: contextlib
     return stack.enter_context(vrt)
 
 
+def _read(vrt: Any, path: Path, window: Any, indexes: Any, note: str = "") -> np.ndarray:
+    """``vrt.read`` of one window; a read failure (corrupt/truncated file) raises IngestError naming both."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return vrt.read(indexes=indexes, window=window)
+    except RasterioError as e:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        raise IngestError(
+            f"{path}: cannot read window rows {r0}:{r0 + int(window.height)}, cols {c0}:{c0 + int(window.width)} "
+            f"of the grid (corrupt or truncated file?): {str(e.__cause__ or e).rstrip('.')}{note}"
+        ) from e
+
+
 def _any_valid(a: np.ndarray, nodata: Any) -> bool:
     valid = np.ones(a.shape, dtype=bool)
     if np.issubdtype(a.dtype, np.floating):
@@ -281,7 +307,8 @@ class _Labels:
         found: set[float] = set()
         for r in range(0, height, _SCAN_BLOCK):
             for c in range(0, width, _SCAN_BLOCK):
-                a = self.vrt.read(1, window=Window(c, r, min(_SCAN_BLOCK, width - c), min(_SCAN_BLOCK, height - r)))
+                win = Window(c, r, min(_SCAN_BLOCK, width - c), min(_SCAN_BLOCK, height - r))
+                a = _read(self.vrt, self.path, win, 1)
                 found.update(np.unique(a[self._valid(a)]).tolist())
         bad = [v for v in found if v != int(v)]
         if bad:
@@ -297,9 +324,9 @@ class _Labels:
         s.update({f"frac_{c}": {"kind": "fraction"} for c in self.classes})
         return s
 
-    def chip(self, window: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def chip(self, window: Any, note: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Label columns and mask of one chip (no mask and null columns when it has no valid pixel)."""
-        a = self.vrt.read(1, window=window)
+        a = _read(self.vrt, self.path, window, 1, note)
         valid = self._valid(a)
         if not valid.any():
             return {CLASS_LABEL: None, **{f"frac_{c}": None for c in self.classes}}, {}
@@ -362,10 +389,17 @@ def ingest_rasters(
         n_cols = (width - chip_size) // stride + 1
         centre = Window((n_cols // 2) * stride, (n_rows // 2) * stride, chip_size, chip_size)
         for s in sources:  # fail on a wrong product before anything is written
-            a = s.vrt.read(indexes=s.indexes, window=centre)
+            a = _read(s.vrt, s.path, centre, s.indexes)
             if _any_valid(a, s.modality.nodata):
                 _check_fits(a, s.modality, s.path)
         crs_s = crs_string(crs)
+        # split blocks: tiles grouped by the chip_size cell of their origin (see the module docstring)
+        cell_rows = [i * stride // chip_size for i in range(n_rows)]
+        cell_cols = [j * stride // chip_size for j in range(n_cols)]
+        block = block_size_for(
+            ((r, c) for r in sorted(set(cell_rows)) for c in sorted(set(cell_cols))), SPLIT_BLOCK, MIN_SPLIT_BLOCKS
+        )
+        split_of = block_splits(aoi, ((r // block, c // block) for r in cell_rows for c in cell_cols))
         source = {
             "ingester": "rasters",
             "modalities": {s.key: str(s.path.resolve()) for s in sources},
@@ -378,10 +412,15 @@ def ingest_rasters(
             "height": height,
             "stride": stride,
             "tiles": [n_rows, n_cols],
+            "split_block_cells": block,
         }
         writer = StoreWriter(
             out, [s.modality for s in sources], chip_size, lab.schema() if lab else None,
             source=source, batch_size=batch_size, overwrite=overwrite,
+        )
+        note = (
+            f"; chips committed so far stay in the incomplete store {out}: fix or replace the file and re-run "
+            "the same command to resume"
         )
         with writer as w:
             for i in range(n_rows):
@@ -392,14 +431,14 @@ def ingest_rasters(
                     win = Window(j * stride, i * stride, chip_size, chip_size)
                     arrays = {}
                     for s in sources:
-                        a = s.vrt.read(indexes=s.indexes, window=win)
+                        a = _read(s.vrt, s.path, win, s.indexes, note)
                         if _any_valid(a, s.modality.nodata):
                             _check_fits(a, s.modality, s.path)
                             arrays[s.key] = a
                     if not arrays:
                         w.skip(chip_id, "entirely nodata in every modality")
                         continue
-                    cols, masks = lab.chip(win) if lab else ({}, {})
+                    cols, masks = lab.chip(win, note) if lab else ({}, {})
                     w.add(
                         ChipRecord(
                             chip_id,
@@ -407,7 +446,7 @@ def ingest_rasters(
                             geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
                             crs=crs_s,
                             aoi=aoi,
-                            split=block_split(aoi, i, j, block=SPLIT_BLOCK),
+                            split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
                             labels=cols,
                             masks=masks,
                             source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"

@@ -201,7 +201,7 @@ def ingest_sen1floods11(
         "dataset": "sen1floods11-handlabeled",
         "path": str(src.resolve()),
         "split": (
-            f"per scene from {', '.join(str(p) for p in split_files.values())}"
+            f"per scene from {', '.join(str(p.resolve()) for p in split_files.values())}"
             if split_files
             else "per scene by sha256(scene id): 60% train, 20% val, 20% test"
         ),

@@ -40,6 +40,38 @@ def stratified_splits(
     return out
 
 
+def block_key(aoi: str, block_row: int, block_col: int, seed: int = 0) -> str:
+    """Hash key of a spatial block (shared by :func:`block_split` and :func:`block_splits`)."""
+    return f"{seed}:{aoi}_{block_row}_{block_col}"
+
+
 def block_split(aoi: str, row: int, col: int, block: int = 4, seed: int = 0) -> str:
     """Split of the tile at (row, col): its ``block`` x ``block`` group is hashed, limiting spatial leakage."""
-    return hash_split(f"{seed}:{aoi}_{row // block}_{col // block}")
+    return hash_split(block_key(aoi, row // block, col // block, seed))
+
+
+def block_size_for(cells: Iterable[tuple[int, int]], largest: int = 4, min_blocks: int = 10) -> int:
+    """Block side (in cells) for grouping ``cells``: the largest side <= ``largest`` that yields at least
+    ``min_blocks`` distinct blocks, else 1 (every cell its own block), so small grids still get several blocks."""
+    cells = set(cells)
+    for b in range(max(int(largest), 1), 1, -1):
+        if len({(r // b, c // b) for r, c in cells}) >= min_blocks:
+            return b
+    return 1
+
+
+def block_splits(
+    aoi: str, blocks: Iterable[tuple[int, int]], seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS
+) -> dict[tuple[int, int], str]:
+    """Split of every (block row, block col): :func:`hash_split` of its key, then, with >= 3 blocks, train and
+    test are made non-empty: if the hash left train empty the block with the lowest hash becomes train, and if
+    it left test empty the block with the highest hash becomes test (deterministic, val may stay empty)."""
+    keys = {b: block_key(aoi, b[0], b[1], seed) for b in sorted(set(blocks))}
+    out = {b: hash_split(k, fractions) for b, k in keys.items()}
+    if len(out) >= 3:
+        ranked = sorted(keys, key=lambda b: (hash_unit(keys[b]), keys[b]))
+        if "train" not in out.values():
+            out[ranked[0]] = "train"
+        if "test" not in out.values():
+            out[ranked[-1]] = "test"
+    return out
