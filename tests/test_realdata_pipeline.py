@@ -58,7 +58,8 @@ def test_eurosat_single_modality(shared_data, tmp_path):
     res = run_fewshot({"pre": emb, "rgb": rgb}, store, "label", tmp_path / "few", budgets="1,5,all", seeds=(0,),
                       estimators="logreg", n_boot=20)
     summary = pd.read_csv(tmp_path / "few" / "summary.csv")
-    assert set(summary["features"]) == {"pre:emb_fused", "pre:emb_s2", "rgb:emb_fused", "rgb:emb_s2", "band_stats"}
+    assert set(summary["features"]) == {"pre:emb_fused", "pre:emb_s2", "rgb:emb_fused", "rgb:emb_s2", "band_stats",
+                                        "random_init:emb_fused", "random_init:emb_s2"}  # baselines by default
     f1 = res[(res["metric"] == "macro_f1") & (res["budget"] == "all")].set_index("features")["value"]
     assert (f1 > 0.1).all()  # 10 classes: chance is 0.1
     assert (res["n_test"] == 40).all()
