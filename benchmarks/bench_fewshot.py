@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="1,5,10,20,50", help="per-class budgets; add 'all' for the full pool")
     ap.add_argument("--estimators", default="logreg,rf,knn")
     ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--n-jobs", type=int, default=1, help="processes over (feature set x estimator) cells")
     ap.add_argument("--out", type=Path, default=None, help="keep results here (default: a temporary dir)")
     args = ap.parse_args()
 
@@ -71,7 +72,7 @@ def main() -> None:
         t0 = time.perf_counter()
         df = run_fewshot({"synthetic": tmp / "emb.parquet"}, tmp / "store", "landcover", out,
                          budgets=args.budgets, seeds=tuple(range(args.seeds)), estimators=args.estimators,
-                         baselines=(), n_boot=args.n_boot)
+                         baselines=(), n_boot=args.n_boot, n_jobs=args.n_jobs)
         total = time.perf_counter() - t0
     fits = df.drop_duplicates(["estimator", "budget", "seed"])
     n_fits = len(fits)
