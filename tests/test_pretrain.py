@@ -275,3 +275,27 @@ def test_datamodule_splits_and_rank_sharding(tiny_store):
     dm = ChipDataModule(tiny_store, modalities={"s2": ["B04", "B03", "B02"]}, batch_size=4, crop_size=8)
     b = next(iter(dm.train_dataloader()))
     assert b["s2"].shape == (4, 3, 8, 8) and set(b) == {"idx", "s2", "s2_present"}
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    """Lightning DDP (gloo, 2 CPU processes) through the real CLI: the strategy clusters use, at toy size."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    generate_synthetic_aoi(tmp_path / "store", chips=48, chip_size=16)
+    exe = shutil.which("earthembed", path=os.path.dirname(sys.executable))
+    assert exe, "earthembed console script not installed next to the test interpreter"
+    cmd = [exe, "pretrain", "--config", "contrastive_tiny", "--store", str(tmp_path / "store"),
+           "--out", str(tmp_path / "run"), "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu",
+           "train.max_steps=2", *FAST]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    from earthembed.models.export import load_model
+
+    model, meta = load_model(tmp_path / "run" / "export")
+    assert meta["pretrain"]["global_step"] == 2 and "s1" in meta["modalities"]

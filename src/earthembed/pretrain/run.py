@@ -297,8 +297,9 @@ def pretrain(
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
-    trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
+    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
+    trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
     export = out / "export"
     if trainer.is_global_zero:
         info = {
