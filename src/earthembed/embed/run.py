@@ -251,22 +251,30 @@ def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict
 
 
 def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Stream the part files (named by their first chip, so sorted = chip order) into one GeoParquet file,
+    one part in memory at a time, then rename it into place and drop the parts."""
     files = sorted(parts.glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("idx")
-    if len(set(table.column("idx").to_pylist())) != table.num_rows:
-        raise RuntimeError(f"{parts}: duplicate chips in embedding parts")
+    schema = pq.read_schema(files[0])
     geo = {
         "version": "1.1.0",
         "primary_column": "geometry",
         "columns": {"geometry": {"encoding": "WKB", "geometry_types": [], "crs": _crs_4326()}},
     }
-    md = dict(table.schema.metadata or {})
+    md = dict(schema.metadata or {})
     md[b"geo"] = json.dumps(geo).encode()
     md[META_KEY] = json.dumps(meta).encode()
-    table = table.replace_schema_metadata(md)
+    schema = schema.with_metadata(md)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
+    last = -1
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for f in files:
+            table = pq.read_table(f)
+            idx = table.column("idx").to_numpy()
+            if idx.size and (idx[0] <= last or np.any(np.diff(idx) <= 0)):
+                raise RuntimeError(f"{f}: embedding parts overlap or are out of order")
+            last = int(idx[-1]) if idx.size else last
+            writer.write_table(table.cast(schema))
     os.replace(tmp, out)
     shutil.rmtree(parts)
 
