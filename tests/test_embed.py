@@ -131,3 +131,40 @@ def test_units_mismatch_refused(tiny_store, tmp_path):
     (export / "model.json").write_text(json.dumps(meta))
     out = embed_store(export, tiny_store, tmp_path / "y.parquet", progress=False)
     assert read_metadata(out)["store_products"] == {"s1": "s1_grd_db"}
+
+
+def test_embed_process_sigkilled_then_rerun_gives_one_row_per_chip(tmp_path):
+    """A real `earthembed embed` process killed with SIGKILL mid-run, then the same command again."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    store = generate_synthetic_aoi(tmp_path / "store", chips=400, chip_size=16)
+    mods = {k: m.band_names for k, m in store.modalities.items() if m.kind != "categorical"}
+    torch.manual_seed(0)
+    model = build_model("multimodal_vit", modalities=mods, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    export = export_model(model, tmp_path / "model", Normalizer.from_store(store))
+    exe = shutil.which("earthembed", path=os.path.dirname(sys.executable))
+    out = tmp_path / "emb.parquet"
+    cmd = [exe, "embed", "--checkpoint", str(export), "--store", str(store.path), "--out", str(out),
+           "--batch-size", "1", "--quiet"]
+    parts = tmp_path / "emb.parquet.parts"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists(), "the run finished before it could be killed"
+    n_done = len(list(parts.glob("part-*.parquet")))
+    assert 0 < n_done < 400
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    df, x = read_embeddings(out)
+    assert df["idx"].tolist() == list(range(400)) and df["chip_id"].is_unique
+    ref = embed_store(export, store, tmp_path / "ref.parquet", batch_size=64, progress=False)
+    np.testing.assert_allclose(x, read_embeddings(ref)[1], rtol=1e-4, atol=1e-5)
