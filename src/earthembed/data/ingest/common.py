@@ -88,6 +88,7 @@ def echo_summary(store: Any, dataset: str, max_listed: int = 10) -> None:
     if skipped:
         typer.echo(f"  {len(skipped)} item(s) skipped or incomplete (see {store.path / 'ingest_report.json'}):")
         for s in skipped[:max_listed]:
-            typer.echo(f"    {s['item']}: {s['reason']}")
+            reason = s["reason"]  # reasons from IngestError already start with the file name
+            typer.echo(f"    {reason if reason.startswith(s['item']) else s['item'] + ': ' + reason}")
         if len(skipped) > max_listed:
             typer.echo(f"    ... and {len(skipped) - max_listed} more")
