@@ -16,7 +16,6 @@ geometry. Acquisition dates come from the product names (``..._MSIL2A_20170613T1
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 import typer
 
 from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError, echo_summary
+from earthembed.data.ingest.common import IngestError, echo_summary, open_raster
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -103,25 +102,16 @@ def _flag(v: Any) -> bool | None:
 
 def _read_band(path: Path, native: int) -> np.ndarray:
     """One single-band GeoTIFF of native size ``native`` px, read onto the 120x120 grid (bilinear)."""
-    import rasterio
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-    if not path.exists():
-        raise IngestError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as f:
-                if f.count != 1:
-                    raise IngestError(f"{path}: has {f.count} bands, expected 1")
-                if (f.height, f.width) != (native, native):
-                    raise IngestError(f"{path}: is {f.height}x{f.width} px, expected {native}x{native}")
-                if native == CHIP_SIZE:
-                    return f.read(1)
-                return f.read(1, out_shape=(CHIP_SIZE, CHIP_SIZE), resampling=Resampling.bilinear)
-    except RasterioError as e:
-        raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e}") from e
+    with open_raster(path) as f:
+        if f.count != 1:
+            raise IngestError(f"{path}: has {f.count} bands, expected 1")
+        if (f.height, f.width) != (native, native):
+            raise IngestError(f"{path}: is {f.height}x{f.width} px, expected {native}x{native}")
+        if native == CHIP_SIZE:
+            return f.read(1)
+        return f.read(1, out_shape=(CHIP_SIZE, CHIP_SIZE), resampling=Resampling.bilinear)
 
 
 def patch_dirs(src: Path, patch_id: str, s1_name: str) -> tuple[Path, Path]:

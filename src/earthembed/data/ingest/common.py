@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,12 @@ class Raster:
         return self.crs is not None
 
 
-def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: bool = False) -> Raster:
-    """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files."""
+@contextlib.contextmanager
+def open_raster(path: str | Path) -> Iterator[Any]:
+    """``rasterio.open`` that names ``path`` in an :class:`IngestError` when the file is missing, corrupt or
+    truncated (also for reads inside the block), and stays quiet about files without georeferencing."""
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     path = Path(path)
     if not path.exists():
@@ -40,13 +44,20 @@ def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: b
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                data = src.read()
-                crs = src.crs
-                transform = src.transform if crs is not None else None
-                nodata = src.nodata
-                desc = tuple(src.descriptions)
-    except (RasterioIOError, RasterioError) as e:
+                yield src
+    except RasterioError as e:
         raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e.__cause__ or e}") from e
+
+
+def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: bool = False) -> Raster:
+    """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files."""
+    path = Path(path)
+    with open_raster(path) as src:
+        data = src.read()
+        crs = src.crs
+        transform = src.transform if crs is not None else None
+        nodata = src.nodata
+        desc = tuple(src.descriptions)
     if expect_bands is not None and data.shape[0] != expect_bands:
         raise IngestError(f"{path}: has {data.shape[0]} bands, expected {expect_bands}")
     if masked_nan and nodata is not None and not np.isnan(nodata):

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84
+from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
@@ -130,15 +130,7 @@ class _Source:
 
 
 def _open(path: Path, stack: contextlib.ExitStack) -> Any:
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    if not path.exists():
-        raise IngestError(f"{path}: file not found")
-    try:
-        ds = stack.enter_context(rasterio.open(path))
-    except RasterioError as e:
-        raise IngestError(f"{path}: cannot read raster (corrupt or not a raster?): {e}") from e
+    ds = stack.enter_context(open_raster(path))
     if ds.crs is None:
         raise IngestError(f"{path}: has no CRS; AOI rasters must be georeferenced")
     return ds

@@ -34,6 +34,7 @@ from earthembed.data.ingest.common import (
     crs_string,
     echo_summary,
     footprint_wgs84,
+    open_raster,
     read_raster,
 )
 from earthembed.data.ingest.splits import hash_split
@@ -238,14 +239,8 @@ def ingest_sen1floods11(
 
 def _scene_shape(path: Path) -> tuple[int, int]:
     """Height and width from the header only, so a finished scene is not read again on resume."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    try:
-        with rasterio.open(path) as f:
-            return f.height, f.width
-    except RasterioError as e:
-        raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e}") from e
+    with open_raster(path) as f:
+        return f.height, f.width
 
 
 def _add_chips(
