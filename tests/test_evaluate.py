@@ -2,14 +2,13 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.embed.io import write_embedding_table
 from earthembed.evaluate.budgets import parse_budgets, sample_budgets, split_pool_test
 from earthembed.evaluate.features import band_statistics_features
 from earthembed.evaluate.metrics import evaluate_predictions
@@ -24,25 +23,7 @@ def _small_forests(monkeypatch):
 
 def write_embeddings(path, chip_ids, columns, split=None, model_id="test-model"):
     """An embedding table in the embed/io.py format; NaN rows of a column are written as nulls."""
-    n = len(chip_ids)
-    data = {
-        "idx": pa.array(np.arange(n), pa.int64()),
-        "chip_id": pa.array(list(chip_ids), pa.string()),
-        "split": pa.array(list(split) if split is not None else [""] * n, pa.string()),
-        "model_id": pa.array([model_id] * n, pa.string()),
-    }
-    for name, X in columns.items():
-        X = np.asarray(X, dtype=np.float32)
-        null = ~np.isfinite(X).all(axis=1)
-        flat = pa.array(np.nan_to_num(X).ravel(), pa.float32())
-        data[name] = pa.FixedSizeListArray.from_arrays(flat, X.shape[1], mask=pa.array(null))
-        if name != "emb_fused":
-            data[f"present_{name[4:]}"] = pa.array(~null)
-    table = pa.table(data)
-    meta = {"model_id": model_id, "dims": {k: int(v.shape[1]) for k, v in columns.items()}}
-    table = table.replace_schema_metadata({b"earthembed": json.dumps(meta).encode()})
-    pq.write_table(table, path)
-    return path
+    return write_embedding_table(path, list(chip_ids), columns, split=split, model_id=model_id)
 
 
 def tiny_tables(tiny_store, tmp_path):

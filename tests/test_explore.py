@@ -1,28 +1,19 @@
-import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.embed.io import write_embedding_table
 from earthembed.explore.projection import plot_embeddings, project
 
 
 def write_table(path, chip_ids, X, split, model_id="toy-model", store=None):
     """A minimal embedding table (embed/io.py format): emb_fused with nulls where X has NaN rows."""
-    X = np.asarray(X, dtype=np.float32)
-    null = ~np.isfinite(X).all(axis=1)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.nan_to_num(X).ravel(), pa.float32()), X.shape[1],
-                                            mask=pa.array(null))
-    t = pa.table({"idx": np.arange(len(X)), "chip_id": list(chip_ids), "split": list(split),
-                  "model_id": [model_id] * len(X), "emb_fused": emb})
-    meta = {"model_id": model_id, **({"store": str(store)} if store is not None else {})}
-    pq.write_table(t.replace_schema_metadata({b"earthembed": json.dumps(meta).encode()}), path)
-    return path
+    meta = {"store": str(store)} if store is not None else {}
+    return write_embedding_table(path, list(chip_ids), {"emb_fused": X}, split=split, model_id=model_id, metadata=meta)
 
 
 @pytest.fixture()

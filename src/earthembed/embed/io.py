@@ -9,6 +9,7 @@ File-level metadata (key ``earthembed``) holds the model id, dimensions and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,50 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 META_KEY = b"earthembed"
+
+
+def fixed_size_list(x: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """[N, D] float32 -> FixedSizeList<float32>[D]; rows where ``valid`` is False (or not finite) are null."""
+    x = np.asarray(x, dtype=np.float32)
+    ok = np.isfinite(x).all(axis=1) if valid is None else np.asarray(valid, dtype=bool)
+    flat = pa.array(np.nan_to_num(x).reshape(-1), type=pa.float32())
+    if ok.all():
+        return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+    return pa.FixedSizeListArray.from_arrays(flat, x.shape[1], mask=pa.array(~ok))
+
+
+def write_embedding_table(
+    path: str | Path,
+    chip_ids: Sequence[str],
+    embeddings: dict[str, np.ndarray],
+    split: Sequence[str] | None = None,
+    model_id: str = "external",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write embeddings computed elsewhere (another model, another toolkit) in this format, so ``fewshot``
+    and ``plot-embeddings`` take them like their own. ``embeddings`` maps ``emb_<name>`` to [N, D] arrays
+    (NaN rows become nulls, i.e. missing); ``chip_id`` must match the store's for labels to join."""
+    n = len(chip_ids)
+    cols: dict[str, Any] = {
+        "idx": pa.array(np.arange(n), pa.int64()),
+        "chip_id": pa.array([str(c) for c in chip_ids], pa.string()),
+        "split": pa.array([str(s) for s in split] if split is not None else [""] * n, pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()),
+    }
+    for name, x in embeddings.items():
+        if not name.startswith("emb_"):
+            raise ValueError(f"embedding column {name!r} must be named emb_<something>")
+        if len(x) != n:
+            raise ValueError(f"{name}: {len(x)} rows for {n} chip ids")
+        arr = fixed_size_list(x)
+        cols[name] = arr
+        if name != "emb_fused":
+            cols[f"present_{name[4:]}"] = pa.array(~np.asarray(arr.is_null().to_numpy(zero_copy_only=False)))
+    meta = {"model_id": model_id, "dims": {k: int(np.shape(v)[1]) for k, v in embeddings.items()}, **(metadata or {})}
+    table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    path = Path(path)
+    pq.write_table(table, path)
+    return path
 
 
 def embedding_columns(path_or_table: str | Path | pa.Table) -> list[str]:

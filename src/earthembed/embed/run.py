@@ -23,7 +23,7 @@ from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import META_KEY
+from earthembed.embed.io import META_KEY, fixed_size_list
 
 
 class _BatchReader(torch.utils.data.Dataset):
@@ -217,16 +217,6 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
     return set()
 
 
-def _fixed(x: np.ndarray, valid: np.ndarray) -> pa.Array:
-    d = x.shape[1]
-    flat = pa.array(x.astype(np.float32).reshape(-1), type=pa.float32())
-    arr = pa.FixedSizeListArray.from_arrays(flat, d)
-    if valid.all():
-        return arr
-    mask = pa.array(~valid)
-    return pa.FixedSizeListArray.from_arrays(flat, d, mask=mask)
-
-
 def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict[str, torch.Tensor],
                  request: dict[str, list[str]], model_id: str) -> pa.Table:
     rows = index.iloc[idx]
@@ -241,10 +231,10 @@ def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict
         "split": pa.array(rows["split"].astype(str).tolist()),
         "modalities_used": pa.array(used),
         "bands_used": pa.array([json.dumps(request)] * len(idx)),
-        "emb_fused": _fixed(res["fused"].float().cpu().numpy(), any_present),
+        "emb_fused": fixed_size_list(res["fused"].float().cpu().numpy(), any_present),
     }
     for k in request:
-        cols[f"emb_{k}"] = _fixed(res["modality"][k].float().cpu().numpy(), pres[k])
+        cols[f"emb_{k}"] = fixed_size_list(res["modality"][k].float().cpu().numpy(), pres[k])
         cols[f"present_{k}"] = pa.array(pres[k])
     cols["model_id"] = pa.array([model_id] * len(idx))
     return pa.table(cols)
