@@ -55,7 +55,7 @@ class Normalizer:
         mean, std = self.mean_std(modality, bands)
         nod = self.nodata.get(modality) if nodata is None else nodata
         shape = (-1, 1, 1)
-        out = x.astype(np.float32)  # always a copy: normalised in place below
+        out = x.astype(np.float32, order="C")  # always a copy: normalised in place below
         invalid = np.isnan(out) if np.issubdtype(x.dtype, np.floating) else None
         if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
             eq = x == nod

@@ -491,7 +491,7 @@ class ChipStore:
         arr = self.array(modality)
         if isinstance(idx, (int, np.integer)):
             out = arr[int(idx)]
-            return out if bands is None else out[sel]
+            return out if bands is None or sel == list(range(m.num_bands)) else np.take(out, sel, axis=0)
         if isinstance(idx, slice):
             out = arr[idx]
         else:
@@ -502,7 +502,8 @@ class ChipStore:
                 out = arr[int(ii[0]) : int(ii[-1]) + 1]
             else:
                 out = arr.get_orthogonal_selection((ii, slice(None), slice(None), slice(None)))
-        return out if bands is None else out[:, sel]
+        # np.take keeps C order (fancy indexing on axis 1 does not, costing a copy later)
+        return out if bands is None or sel == list(range(m.num_bands)) else np.take(out, sel, axis=1)
 
     def read_mask(self, name: str, idx: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
         spec = self.labels.get(name)
