@@ -53,18 +53,7 @@ class ChipDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        j = int(self.indices[i])
-        item: dict[str, Any] = {"idx": j}
-        for k, bands in self.bands.items():
-            present = bool(self._present[k][j])
-            if present:
-                x = self.store.read(k, j, bands)
-                x = self.normalizer(x, k, bands, nodata=self.store.modalities[k].nodata)
-            else:
-                x = np.zeros((len(bands), self.store.chip_size, self.store.chip_size), dtype=np.float32)
-            item[k] = torch.from_numpy(np.ascontiguousarray(x))
-            item[f"{k}_present"] = present
-        return item
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, positions: list[int]) -> list[dict[str, Any]]:
         """Batched fetch used by ``DataLoader``: one sorted vectorised read per modality instead of one read

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from earthembed.data.modalities import BandMismatchError, Modality
+from earthembed.data.modalities import BandMismatchError
 
 
 class Normalizer:
@@ -66,6 +66,3 @@ class Normalizer:
             out[invalid] = 0.0
         return out
 
-
-def modality_nodata(m: Modality) -> Any:
-    return m.nodata

@@ -215,7 +215,8 @@ class StoreWriter:
             differ.append(f"source ({detail}{'; ...' if len(keys) > 3 else ''})")
         if differ:
             raise StoreError(
-                f"{self.path}: an interrupted ingest with different {', '.join(differ)} is here; resuming it "
+                f"{self.path}: an interrupted ingest with other settings (different {', '.join(differ)}) is here; "
+                "resuming it "
                 "would mix datasets. Re-run the original command to finish it, or pass --overwrite / "
                 "overwrite=True to start again"
             )

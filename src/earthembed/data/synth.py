@@ -15,7 +15,6 @@ bright in SWIR. Cropland comes in rectangular parcels with per-parcel crop stage
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import typer
 
 from earthembed.data.modalities import Modality, get_modality
-from earthembed.data.store import META_FILE, ChipRecord, ChipStore, StoreError, StoreWriter
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
 CLASSES: tuple[str, ...] = ("water", "forest", "cropland", "grassland", "built_up", "bare")
 WORLDCOVER_CODES: dict[str, int] = {
@@ -463,15 +462,7 @@ def generate_synthetic_aoi(
         "origin_utm": list(aoi.origin),
         "pixel_m": PIXEL_M,
     }
-    out = Path(out)
-    meta_file = out / META_FILE
-    if meta_file.exists() and not overwrite:
-        meta = json.loads(meta_file.read_text())
-        if not meta.get("complete") and meta.get("source") != source:
-            raise StoreError(
-                f"{out}: an interrupted generation with other settings is here ({meta.get('source')}); "
-                "pass overwrite to start again"
-            )
+    # resuming an interrupted generation made with other settings is refused by StoreWriter (source check)
     with StoreWriter(
         out, synthetic_modalities(), aoi.chip_size, label_schema(), source=source, batch_size=batch_size,
         chunk_chips=chunk_chips, overwrite=overwrite,
