@@ -50,6 +50,16 @@ def test_embed_all_and_subsets(exported, tiny_store, tmp_path):
     assert "emb_s1" not in pq.read_schema(rgb).names
 
 
+@pytest.mark.parametrize("how", [{"prefetch": True}, {"num_workers": 1}])
+def test_embed_read_strategies_give_the_same_table(exported, tiny_store, tmp_path, how):
+    """A reader thread (the default on accelerators) and DataLoader workers yield exactly the table of the
+    default CPU path (reading in the main thread)."""
+    ref = pq.read_table(embed_store(exported, tiny_store, tmp_path / "ref.parquet", batch_size=6, progress=False))
+    other = pq.read_table(embed_store(exported, tiny_store, tmp_path / "o.parquet", batch_size=6, progress=False, **how))
+    assert other.num_rows == 20
+    assert other.equals(ref)
+
+
 def test_embed_rejects_unknown_modality_and_bands(exported, tiny_store, tmp_path):
     with pytest.raises(BandMismatchError, match="never trained on modality 'coh'"):
         embed_store(exported, tiny_store, tmp_path / "x.parquet", modalities=["coh"], progress=False)
@@ -63,19 +73,20 @@ def test_embed_resumes_after_kill_without_duplicates(exported, tiny_store, tmp_p
 
     out = tmp_path / "emb.parquet"
     calls = {"n": 0}
-    real = run.pq.write_table
+    real = run._write_part
 
-    def dying_write(table, where, *a, **k):
+    def dying_write(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
-        return real(table, where, *a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(run.pq, "write_table", dying_write)
+    monkeypatch.setattr(run, "_write_part", dying_write)
     with pytest.raises(KeyboardInterrupt):
         embed_store(exported, tiny_store, out, batch_size=4, progress=False)
-    monkeypatch.setattr(run.pq, "write_table", real)
-    assert not out.exists() and len(list((tmp_path / "emb.parquet.parts").glob("part-*.parquet"))) == 2
+    monkeypatch.setattr(run, "_write_part", real)
+    assert calls["n"] == 3  # the failed write stopped the run: no later batch was submitted
+    assert not out.exists() and len(list((tmp_path / "emb.parquet.parts").glob("part-*.arrow"))) == 2
 
     seen: list[int] = []
     orig_batch = run._batch_table
@@ -156,12 +167,12 @@ def test_embed_process_sigkilled_then_rerun_gives_one_row_per_chip(tmp_path):
     parts = tmp_path / "emb.parquet.parts"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(parts.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(parts.glob("part-*.arrow")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not out.exists(), "the run finished before it could be killed"
-    n_done = len(list(parts.glob("part-*.parquet")))
+    n_done = len(list(parts.glob("part-*.arrow")))
     assert 0 < n_done < 400
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     df, x = read_embeddings(out)

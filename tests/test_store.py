@@ -87,9 +87,9 @@ def test_dataset_batched_fetch_matches_items(tiny_store):
         assert it["idx"] == ds[p]["idx"] == p
         assert it["s1_present"] == bool(st.index.loc[p, "has_s1"])
         ref_s2 = norm(st.read("s2", p, ["B04", "B03"]), "s2", ["B04", "B03"])
-        torch.testing.assert_close(it["s2"], torch.from_numpy(ref_s2))
+        torch.testing.assert_close(it["s2"], ref_s2)
         if it["s1_present"]:
-            torch.testing.assert_close(it["s1"], torch.from_numpy(norm(st.read("s1", p), "s1", ["VV", "VH"])))
+            torch.testing.assert_close(it["s1"], norm(st.read("s1", p), "s1", ["VV", "VH"]))
     assert items[2]["s1_present"] is False and float(items[2]["s1"].abs().sum()) == 0.0
     loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True)
     b = next(iter(loader))
@@ -121,3 +121,56 @@ def test_resume_refuses_a_different_source(tmp_path):
         assert w.resumed_count == 0
         w.add(_rec(9))
     assert len(ChipStore(p)) == 1
+
+
+def test_fast_read_pipeline_matches_default(tiny_store, monkeypatch):
+    """zarrs (the default read pipeline when installed) returns exactly what zarr-python's own pipeline does,
+    for contiguous, scattered and single-chip reads, including the partial last chunk."""
+    from earthembed.data import store as store_mod
+
+    fast = ChipStore(tiny_store)
+    assert store_mod.read_pipeline() == store_mod.FAST_READ_PIPELINE
+    assert type(fast.array("s2")._async_array.codec_pipeline).__name__ == "ZarrsCodecPipeline"
+    monkeypatch.setenv("EARTHEMBED_ZARRS", "0")
+    plain = ChipStore(tiny_store)
+    assert type(plain.array("s2")._async_array.codec_pipeline).__name__ != "ZarrsCodecPipeline"
+    for idx in (np.arange(3, 19), np.array([0, 5, 17, 19]), 18):
+        for mod in ("s2", "s1"):
+            np.testing.assert_array_equal(fast.read(mod, idx), plain.read(mod, idx))
+
+
+def test_forked_dataloader_workers_after_fast_reads(tiny_store):
+    """zarrs' thread pool does not survive fork: arrays read in the parent are reopened with zarr's own
+    pipeline in forked DataLoader workers, which then read the same pixels instead of hanging."""
+    import multiprocessing
+
+    import torch
+
+    from earthembed.data.dataset import ChipDataset
+
+    ds = ChipDataset(ChipStore(tiny_store), ["s2", "s1"])
+    expected = torch.stack([ds[i]["s2"] for i in range(len(ds))])  # parent reads first: zarrs pool started
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2, timeout=60,
+                                         multiprocessing_context=multiprocessing.get_context("fork"))
+    got = torch.cat([b["s2"] for b in loader])
+    torch.testing.assert_close(got, expected)
+
+
+def test_normalizer_zscores_and_invalid_pixels():
+    """(x - mean) / std per band by name; NaN, inf and nodata become 0; any input dtype gives float32."""
+    import torch
+
+    from earthembed.data.normalize import Normalizer
+
+    norm = Normalizer({"m": {"bands": ["a", "b"], "mean": [10.0, 100.0], "std": [2.0, 50.0]}}, {"m": 0})
+    x = np.array([[[12, 0]], [[200, 50]]], dtype=np.uint16)  # [C=2, H=1, W=2]
+    out = norm(x, "m", ["a", "b"])
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), [[[1.0, 0.0]], [[2.0, -1.0]]])  # the 0 is nodata, not -5
+    np.testing.assert_allclose(norm(x[::-1], "m", ["b", "a"]).numpy(), [[[2.0, -1.0]], [[1.0, 0.0]]])
+    f = np.array([[[np.nan, np.inf]], [[150.0, -np.inf]]])  # float64 input
+    out = Normalizer({"m": {"bands": ["a", "b"], "mean": [10.0, 100.0], "std": [2.0, 50.0]}})(f, "m", ["a", "b"])
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), [[[0.0, 0.0]], [[1.0, 0.0]]])
+    with pytest.raises(BandMismatchError):
+        norm(x, "m", ["a", "c"])

@@ -76,9 +76,10 @@ class ChipDataset(Dataset):
         out: dict[str, Any] = {"idx": torch.from_numpy(js)}
         for k, bands in self.bands.items():
             x = self.store.read(k, js, bands)
-            x = self.normalizer(x, k, bands, nodata=self.store.modalities[k].nodata)
+            t = self.normalizer(x, k, bands, nodata=self.store.modalities[k].nodata)
             present = self._present[k][js]
-            x[~present] = 0.0
-            out[k] = torch.from_numpy(np.ascontiguousarray(x))
+            if not present.all():
+                t[torch.from_numpy(~present)] = 0.0
+            out[k] = t
             out[f"{k}_present"] = torch.from_numpy(present)
         return out

@@ -1,6 +1,6 @@
 """Embed every chip of a store with an exported model, streaming and resumable.
 
-Batches are written as Parquet part files next to the output (``<out>.parts/``), each renamed into place
+Batches are written as Arrow IPC part files next to the output (``<out>.parts/``), each renamed into place
 only when complete, so a killed run restarts where it stopped and never writes a chip twice. The final
 GeoParquet table is assembled at the end and the parts are removed.
 """
@@ -23,7 +23,9 @@ from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import META_KEY, fixed_size_list
+from earthembed.embed.io import META_KEY, fixed_size_list, parquet_options
+
+PART_FORMAT = "arrow-ipc-1"  # in the resume manifest: parts of another format are never mixed in
 
 
 class _BatchReader(torch.utils.data.Dataset):
@@ -115,8 +117,14 @@ def embed_store(
     resume: bool = True,
     progress: bool = True,
     device: str = "cpu",
+    prefetch: bool | None = None,
 ) -> Path:
     """Write one GeoParquet row per chip with the fused and per-modality embeddings.
+
+    ``prefetch``: read the next batch in a background thread while the model runs. ``None`` (default) turns
+    it on for accelerators and off on CPU, where the model already keeps every core busy and a reader
+    thread only preempts torch's threads (measured slower, benchmarks/README.md); reading is then itself
+    parallel (zarrs decoding, torch normalisation). ``num_workers > 0`` uses DataLoader processes instead.
 
     ``model`` is an exported model directory / ``model.json`` (see :mod:`earthembed.models.export`), or a
     module plus its ``meta`` (the same dict ``load_model`` returns).
@@ -143,35 +151,48 @@ def embed_store(
         "n_chips": len(store),
         "bands": request,
         "batch_size": batch_size,
+        "part_format": PART_FORMAT,
     }
     parts = out.with_name(out.name + ".parts")
     done = _prepare_parts(parts, manifest, resume)
     starts = [s for s in range(0, len(dataset), batch_size) if s not in done]
     model = model.to(device).eval()
-    index = store.index
+    chips = _chip_columns(store.index)
     reader = _BatchReader(dataset, starts, batch_size)
     if num_workers > 0:
         loader: Any = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, shuffle=False)
-    else:
+    elif prefetch if prefetch is not None else torch.device(device).type != "cpu":
         loader = _prefetch(reader, depth=2)
+    else:
+        loader = (reader[i] for i in range(len(reader)))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(dataset), initial=len(dataset) - sum(min(batch_size, len(dataset) - s) for s in starts),
                    unit="chip", desc=f"embed {store.path.name}")
-    with torch.inference_mode():
+    # part writes run one batch behind in a thread (Arrow IPC, cheap), so the main thread mostly runs the
+    # model. At most one write is in flight, so a failed write stops the run before a later batch is committed.
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with torch.inference_mode(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-write") as writer:
+        pending: Future[int] | None = None
         for start, batch in zip(starts, loader, strict=True):
             present = {k: batch[f"{k}_present"] for k in request}
-            x = {k: batch[k].to(device) for k in request}
+            x = {k: batch[k].to(device, non_blocking=True) for k in request}
             res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
-            table = _batch_table(batch["idx"].numpy(), index, res, present, request, model_id)
-            f = parts / f"part-{start:09d}.parquet"
-            tmp = f.with_suffix(".tmp")
-            pq.write_table(table, tmp)
-            os.replace(tmp, f)
+            emb = {"fused": res["fused"].float().cpu().numpy(),
+                   **{k: res["modality"][k].float().cpu().numpy() for k in request}}
+            if pending is not None:
+                n = pending.result()
+                if bar is not None:
+                    bar.update(n)
+            pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
+                                    model_id)
+        if pending is not None:
+            n = pending.result()
             if bar is not None:
-                bar.update(len(batch["idx"]))
+                bar.update(n)
     if bar is not None:
         bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
@@ -182,10 +203,10 @@ def embed_store(
 
 
 def _prefetch(reader: _BatchReader, depth: int = 2) -> Iterator[dict[str, Any]]:
-    """Read the next batches in a background thread while the model runs on this one.
+    """Read the next batches in a background thread while an accelerator runs the model.
 
-    Zarr decoding and the NumPy normalisation release the GIL, so on a few CPU cores this overlaps I/O with
-    the forward pass without the start-up and pickling cost of DataLoader worker processes."""
+    Zarr decoding and the normalisation release the GIL, so this overlaps I/O with the forward pass without
+    the start-up and pickling cost of DataLoader worker processes."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -207,7 +228,7 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
         if old == manifest:
             for t in parts.glob("*.tmp"):
                 t.unlink()
-            return {int(f.stem.split("-")[1]) for f in parts.glob("part-*.parquet")}
+            return {int(f.stem.split("-")[1]) for f in parts.glob("part-*.arrow")}
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
@@ -217,24 +238,51 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
     return set()
 
 
-def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict[str, torch.Tensor],
+def _chip_columns(index: Any) -> pa.Table:
+    """The per-chip columns every batch copies from the store index (chip_id, WKB footprint, aoi, split),
+    converted once, vectorised, instead of per batch and per row."""
+    import shapely
+
+    return pa.table({
+        "chip_id": pa.array(index["chip_id"].astype(str).to_numpy(), pa.string()),
+        "geometry": pa.array(shapely.to_wkb(index.geometry.to_numpy()), pa.binary()),
+        "aoi": pa.array(index["aoi"].astype(str).to_numpy(), pa.string()),
+        "split": pa.array(index["split"].astype(str).to_numpy(), pa.string()),
+    })
+
+
+def _write_part(parts: Path, start: int, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray],
+                present: dict[str, torch.Tensor], request: dict[str, list[str]], model_id: str) -> int:
+    """Commit one batch as an Arrow IPC part (renamed into place when complete); returns its chip count.
+
+    Parts are Arrow IPC, not Parquet: writing them is little more than a copy, and only the final table
+    pays for Parquet encoding."""
+    table = _batch_table(idx, chips, emb, present, request, model_id)
+    f = parts / f"part-{start:09d}.arrow"
+    tmp = f.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, f)
+    return len(idx)
+
+
+def _batch_table(idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], present: dict[str, torch.Tensor],
                  request: dict[str, list[str]], model_id: str) -> pa.Table:
-    rows = index.iloc[idx]
+    rows = chips.take(pa.array(idx))
     pres = {k: v.numpy().astype(bool) for k, v in present.items()}
     any_present = np.any(np.stack(list(pres.values())), axis=0)
-    used = [",".join(k for k in request if pres[k][i]) for i in range(len(idx))]
+    names = np.array(list(request), dtype=object)
+    mask = np.stack([pres[k] for k in request], axis=1)
+    used = [",".join(names[row]) for row in mask]
     cols: dict[str, Any] = {
         "idx": pa.array(idx.astype(np.int64)),
-        "chip_id": pa.array(rows["chip_id"].astype(str).tolist()),
-        "geometry": pa.array([g.wkb if g is not None else None for g in rows.geometry], type=pa.binary()),
-        "aoi": pa.array(rows["aoi"].astype(str).tolist()),
-        "split": pa.array(rows["split"].astype(str).tolist()),
-        "modalities_used": pa.array(used),
+        **{c: rows.column(c) for c in ("chip_id", "geometry", "aoi", "split")},
+        "modalities_used": pa.array(used, pa.string()),
         "bands_used": pa.array([json.dumps(request)] * len(idx)),
-        "emb_fused": fixed_size_list(res["fused"].float().cpu().numpy(), any_present),
+        "emb_fused": fixed_size_list(emb["fused"], any_present),
     }
     for k in request:
-        cols[f"emb_{k}"] = fixed_size_list(res["modality"][k].float().cpu().numpy(), pres[k])
+        cols[f"emb_{k}"] = fixed_size_list(emb[k], pres[k])
         cols[f"present_{k}"] = pa.array(pres[k])
     cols["model_id"] = pa.array([model_id] * len(idx))
     return pa.table(cols)
@@ -243,8 +291,13 @@ def _batch_table(idx: np.ndarray, index: Any, res: dict[str, Any], present: dict
 def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
     """Stream the part files (named by their first chip, so sorted = chip order) into one GeoParquet file,
     one part in memory at a time, then rename it into place and drop the parts."""
-    files = sorted(parts.glob("part-*.parquet"))
-    schema = pq.read_schema(files[0])
+    files = sorted(parts.glob("part-*.arrow"))
+
+    def read(f: Path) -> pa.Table:
+        with pa.memory_map(str(f)) as src:
+            return pa.ipc.open_file(src).read_all()
+
+    schema = read(files[0]).schema
     geo = {
         "version": "1.1.0",
         "primary_column": "geometry",
@@ -257,9 +310,9 @@ def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     last = -1
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(tmp, schema, **parquet_options(schema)) as writer:
         for f in files:
-            table = pq.read_table(f)
+            table = read(f)
             idx = table.column("idx").to_numpy()
             if idx.size and (idx[0] <= last or np.any(np.diff(idx) <= 0)):
                 raise RuntimeError(f"{f}: embedding parts overlap or are out of order")
