@@ -117,7 +117,7 @@ def test_embed_cli(exported, tiny_store, tmp_path):
     from earthembed.cli import app
 
     r = CliRunner().invoke(app, ["embed", "--checkpoint", str(exported), "--store", str(tiny_store),
-                                 "--out", str(tmp_path / "e.parquet"), "--modalities", "s1", "--quiet"])
+                                 "--out", str(tmp_path / "e.parquet"), "--modalities", "s1", "--prefetch", "--quiet"])
     assert r.exit_code == 0, r.output
     assert read_metadata(tmp_path / "e.parquet")["modalities"] == ["s1"]
     r = CliRunner().invoke(app, ["embed", "--checkpoint", str(exported), "--store", str(tiny_store),

@@ -129,7 +129,7 @@ def test_fast_read_pipeline_matches_default(tiny_store, monkeypatch):
     from earthembed.data import store as store_mod
 
     fast = ChipStore(tiny_store)
-    assert store_mod.read_pipeline() == store_mod.FAST_READ_PIPELINE
+    assert store_mod.codec_pipeline() == store_mod.FAST_PIPELINE
     assert type(fast.array("s2")._async_array.codec_pipeline).__name__ == "ZarrsCodecPipeline"
     monkeypatch.setenv("EARTHEMBED_ZARRS", "0")
     plain = ChipStore(tiny_store)

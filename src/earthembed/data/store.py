@@ -39,10 +39,11 @@ from earthembed.errors import StoreError
 
 FORMAT_VERSION = "1.0"
 
-# Reads go through the zarrs (Rust) codec pipeline when it is installed: on 16-chip chunks it is 4-6x faster
-# than zarr-python's asyncio pipeline (benchmarks/README.md). Its rayon thread pool does not survive fork(),
-# so a forked process (e.g. a DataLoader worker) falls back to the default pipeline instead of deadlocking.
-FAST_READ_PIPELINE = "zarrs.ZarrsCodecPipeline"
+# Arrays are read and written through the zarrs (Rust) codec pipeline when it is installed: on 16-chip chunks
+# reads are 4-6x faster than with zarr-python's asyncio pipeline (benchmarks/README.md). Its rayon thread pool
+# does not survive fork(), so a forked process (e.g. a DataLoader worker) falls back to the default pipeline
+# instead of deadlocking.
+FAST_PIPELINE = "zarrs.ZarrsCodecPipeline"
 _forked = False
 
 
@@ -54,8 +55,8 @@ def _mark_forked() -> None:
 os.register_at_fork(after_in_child=_mark_forked)
 
 
-def read_pipeline() -> str | None:
-    """The codec pipeline ChipStore opens arrays with: zarrs unless absent, disabled (``EARTHEMBED_ZARRS=0``)
+def codec_pipeline() -> str | None:
+    """The codec pipeline stores open arrays with: zarrs unless absent, disabled (``EARTHEMBED_ZARRS=0``)
     or in a forked child; ``None`` means zarr's configured default."""
     if _forked or os.environ.get("EARTHEMBED_ZARRS", "1") == "0":
         return None
@@ -63,7 +64,14 @@ def read_pipeline() -> str | None:
         import zarrs  # noqa: F401
     except ImportError:
         return None
-    return FAST_READ_PIPELINE
+    return FAST_PIPELINE
+
+
+def open_array(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open)."""
+    pipeline = codec_pipeline()
+    with zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext():
+        return group[name]
 META_FILE = "earthembed.json"
 ARRAYS = "arrays.zarr"
 INDEX_FILE = "index.parquet"
@@ -341,7 +349,7 @@ class StoreWriter:
             "source": [r.source for r in batch],
         }
         for name, m in self.modalities.items():
-            arr = root[name]
+            arr = open_array(root, name)
             data = np.full((b, m.num_bands, self.chip_size, self.chip_size), _fill_value(m), dtype=m.dtype)
             has, valid = [], []
             for i, r in enumerate(batch):
@@ -361,7 +369,7 @@ class StoreWriter:
             rows[f"date_{name}"] = [r.dates.get(name) for r in batch]
         for name, spec in self.label_schema.items():
             if spec["kind"] == "mask":
-                arr = root[f"labels/{name}"]
+                arr = open_array(root, f"labels/{name}")
                 nod = spec.get("nodata", -1)
                 data = np.full((b, 1, self.chip_size, self.chip_size), nod, dtype=arr.dtype)
                 for i, r in enumerate(batch):
@@ -487,14 +495,12 @@ class ChipStore:
     def array(self, name: str) -> zarr.Array:
         """The Zarr array of a modality (or ``labels/<mask>``), cached: the lookup costs ~1 ms per read.
 
-        Arrays opened before a fork are reopened in the child (see :func:`read_pipeline`)."""
+        Arrays opened before a fork are reopened in the child (see :func:`codec_pipeline`)."""
         if self._pid != os.getpid():
             self._root, self._arrays, self._pid = None, {}, os.getpid()
         arr = self._arrays.get(name)
         if arr is None:
-            pipeline = read_pipeline()
-            with zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext():
-                arr = self._arrays[name] = self.root[name]
+            arr = self._arrays[name] = open_array(self.root, name)
         return arr
 
     @property

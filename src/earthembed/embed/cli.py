@@ -21,6 +21,8 @@ def embed(
     seed: int = typer.Option(0, help="seed of the random-init encoder"),
     restart: bool = typer.Option(False, help="ignore the parts of an interrupted run and start again"),
     device: str = typer.Option("cpu", help="torch device, e.g. cuda"),
+    prefetch: bool = typer.Option(None, "--prefetch/--no-prefetch",
+                                  help="read the next batch in a thread (default: on for accelerators, off on CPU)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Embed every chip: one row per chip with fused and per-modality embeddings (resumable)."""
@@ -35,6 +37,7 @@ def embed(
             resume=not restart,
             progress=not quiet,
             device=device,
+            prefetch=prefetch,
         )
         if random_init:
             path = embed_random_init(checkpoint, store, out, seed=seed, **kw)
