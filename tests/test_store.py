@@ -154,6 +154,13 @@ def test_forked_dataloader_workers_after_fast_reads(tiny_store):
                                          multiprocessing_context=multiprocessing.get_context("fork"))
     got = torch.cat([b["s2"] for b in loader])
     torch.testing.assert_close(got, expected)
+    import zarr
+
+    from earthembed.data.store import FAST_PIPELINE
+
+    with zarr.config.set({"codec_pipeline.path": FAST_PIPELINE}):  # zarrs set globally by the user: still safe
+        got = torch.cat([b["s2"] for b in loader])
+    torch.testing.assert_close(got, expected)
 
 
 def test_normalizer_zscores_and_invalid_pixels():

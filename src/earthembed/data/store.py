@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,21 +45,27 @@ FORMAT_VERSION = "1.0"
 # does not survive fork(), so a forked process (e.g. a DataLoader worker) falls back to the default pipeline
 # instead of deadlocking.
 FAST_PIPELINE = "zarrs.ZarrsCodecPipeline"
+DEFAULT_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 _forked = False
+_config_lock = threading.Lock()  # zarr.config.set is a global set-and-restore: serialise it across threads
 
 
 def _mark_forked() -> None:
-    global _forked
+    global _forked, _config_lock
     _forked = True
+    _config_lock = threading.Lock()  # a fork while another thread held it would leave it locked forever
 
 
 os.register_at_fork(after_in_child=_mark_forked)
 
 
 def codec_pipeline() -> str | None:
-    """The codec pipeline stores open arrays with: zarrs unless absent, disabled (``EARTHEMBED_ZARRS=0``)
-    or in a forked child; ``None`` means zarr's configured default."""
-    if _forked or os.environ.get("EARTHEMBED_ZARRS", "1") == "0":
+    """The codec pipeline stores open arrays with: zarrs when installed; zarr's own in a forked child (even if
+    zarrs was configured globally); ``None`` (zarr's configured one) when zarrs is absent or disabled with
+    ``EARTHEMBED_ZARRS=0``."""
+    if _forked:
+        return DEFAULT_PIPELINE
+    if os.environ.get("EARTHEMBED_ZARRS", "1") == "0":
         return None
     try:
         import zarrs  # noqa: F401
@@ -70,8 +77,12 @@ def codec_pipeline() -> str | None:
 def open_array(group: zarr.Group, name: str) -> zarr.Array:
     """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open)."""
     pipeline = codec_pipeline()
-    with zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext():
+    if pipeline is None:
         return group[name]
+    with _config_lock, zarr.config.set({"codec_pipeline.path": pipeline}):
+        return group[name]
+
+
 META_FILE = "earthembed.json"
 ARRAYS = "arrays.zarr"
 INDEX_FILE = "index.parquet"
