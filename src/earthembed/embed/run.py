@@ -175,6 +175,11 @@ def embed_store(
     # model. At most one write is in flight, so a failed write stops the run before a later batch is committed.
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    def committed(write: Future[int] | None) -> None:  # re-raises a failed write here
+        n = write.result() if write is not None else 0
+        if bar is not None:
+            bar.update(n)
+
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-write") as writer:
         pending: Future[int] | None = None
         for start, batch in zip(starts, loader, strict=True):
@@ -183,16 +188,10 @@ def embed_store(
             res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
             emb = {"fused": res["fused"].float().cpu().numpy(),
                    **{k: res["modality"][k].float().cpu().numpy() for k in request}}
-            if pending is not None:
-                n = pending.result()
-                if bar is not None:
-                    bar.update(n)
+            committed(pending)
             pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
                                     model_id)
-        if pending is not None:
-            n = pending.result()
-            if bar is not None:
-                bar.update(n)
+        committed(pending)
     if bar is not None:
         bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
@@ -270,9 +269,9 @@ def _batch_table(idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], p
                  request: dict[str, list[str]], model_id: str) -> pa.Table:
     rows = chips.take(pa.array(idx))
     pres = {k: v.numpy().astype(bool) for k, v in present.items()}
-    any_present = np.any(np.stack(list(pres.values())), axis=0)
+    mask = np.stack([pres[k] for k in request], axis=1)  # [chips, modalities]
+    any_present = mask.any(axis=1)
     names = np.array(list(request), dtype=object)
-    mask = np.stack([pres[k] for k in request], axis=1)
     used = [",".join(names[row]) for row in mask]
     cols: dict[str, Any] = {
         "idx": pa.array(idx.astype(np.int64)),
