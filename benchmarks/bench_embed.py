@@ -68,7 +68,7 @@ def main() -> None:
         with torch.inference_mode():
             for b in batches:
                 res = model({k: b[k] for k in mods}, bands=mods, present={k: b[f"{k}_present"] for k in mods})
-            res["fused"].cpu()  # wait for an accelerator to finish
+            res.fused.cpu()  # wait for an accelerator to finish
 
     def pipeline(workers: int) -> None:
         embed_store(export, store, work / f"emb{workers}.parquet", batch_size=args.batch_size, progress=False,

@@ -48,7 +48,7 @@ def _batches(bands: dict[str, list[str]], n: int, batch: int, size: int) -> list
 
 
 def bare_loop(bands, batches, steps: int, warmup: int) -> float:
-    from earthembed.pretrain.contrastive import warmup_cosine
+    from earthembed.optim import warmup_cosine
 
     mod, cfg = _module(bands)
     mod.train()

@@ -62,14 +62,14 @@ def test_large_param_count_on_meta():
 def test_forward_all_modalities_shapes_and_fused():
     m = _model()
     out = m(_batch())
-    assert set(out["modality"]) == {"s2", "s1"}
-    assert out["modality"]["s2"].shape == (4, 32) and out["fused"].shape == (4, 32)
-    assert all(v.all() for v in out["present"].values())
+    assert set(out.modality) == {"s2", "s1"}
+    assert out.modality["s2"].shape == (4, 32) and out.fused.shape == (4, 32)
+    assert all(v.all() for v in out.present.values())
     expect = torch.nn.functional.normalize(
-        torch.nn.functional.normalize(out["modality"]["s2"], dim=-1) + torch.nn.functional.normalize(out["modality"]["s1"], dim=-1),
+        torch.nn.functional.normalize(out.modality["s2"], dim=-1) + torch.nn.functional.normalize(out.modality["s1"], dim=-1),
         dim=-1,
     )
-    torch.testing.assert_close(out["fused"], expect)
+    torch.testing.assert_close(out.fused, expect)
     assert m.config["band_groups"]["s2"][0] == ["B02", "B03", "B04", "B08"]
     maps = m.forward_tokens(_batch())
     assert maps["s2"].shape == (4, 32, 2, 2)
@@ -81,17 +81,17 @@ def test_missing_modality_row_zero_and_fused_from_rest():
     b["s1_present"] = torch.tensor([True, False, True, True])
     b["idx"] = torch.arange(4)  # non-modality keys are ignored
     out = m(b)
-    assert not out["present"]["s1"][1]
-    assert torch.all(out["modality"]["s1"][1] == 0)
-    torch.testing.assert_close(out["fused"][1], torch.nn.functional.normalize(out["modality"]["s2"][1], dim=0))
+    assert not out.present["s1"][1]
+    assert torch.all(out.modality["s1"][1] == 0)
+    torch.testing.assert_close(out.fused[1], torch.nn.functional.normalize(out.modality["s2"][1], dim=0))
     # present rows are unaffected by the absent row (per-row independence)
     full = m(_batch())
-    torch.testing.assert_close(out["modality"]["s1"][[0, 2, 3]], full["modality"]["s1"][[0, 2, 3]])
+    torch.testing.assert_close(out.modality["s1"][[0, 2, 3]], full.modality["s1"][[0, 2, 3]])
     # a modality missing from the batch is absent everywhere; no modality present -> zero fused row
     only_s2 = m({"s2": b["s2"]})
-    assert not only_s2["present"]["s1"].any()
+    assert not only_s2.present["s1"].any()
     none = m(b, present={"s2": torch.zeros(4, dtype=torch.bool), "s1": torch.zeros(4, dtype=torch.bool)})
-    assert torch.all(none["fused"] == 0)
+    assert torch.all(none.fused == 0)
 
 
 def test_band_subset_shuffled_matches_full_order():
@@ -102,15 +102,15 @@ def test_band_subset_shuffled_matches_full_order():
     zeroed = torch.zeros_like(x)
     for b in keep:
         zeroed[:, S2.index(b)] = x[:, S2.index(b)]
-    a = m({"s2": sub}, bands={"s2": keep})["modality"]["s2"]
+    a = m({"s2": sub}, bands={"s2": keep}).modality["s2"]
     # full-order tensor holding only those bands differs only by the absent 60 m group's tokens
     zg = m({"s2": zeroed[:, [S2.index(b) for b in S2 if b not in ("B01", "B09", "B10")]]},
-           bands={"s2": [b for b in S2 if b not in ("B01", "B09", "B10")]})["modality"]["s2"]
+           bands={"s2": [b for b in S2 if b not in ("B01", "B09", "B10")]}).modality["s2"]
     torch.testing.assert_close(a, zg)
     perm = list(reversed(S2))
     torch.testing.assert_close(
-        m({"s2": x[:, [S2.index(b) for b in perm]]}, bands={"s2": perm})["modality"]["s2"],
-        m({"s2": x})["modality"]["s2"],
+        m({"s2": x[:, [S2.index(b) for b in perm]]}, bands={"s2": perm}).modality["s2"],
+        m({"s2": x}).modality["s2"],
     )
 
 
@@ -129,7 +129,7 @@ def test_unknown_band_and_modality_errors():
 def test_non_divisible_size_is_resized():
     m = _model()
     out = m({"s2": torch.randn(2, 13, 20, 13)})
-    assert out["fused"].shape == (2, 32)
+    assert out.fused.shape == (2, 32)
     assert m.forward_tokens({"s2": torch.randn(2, 13, 20, 13)})["s2"].shape == (2, 32, 2, 2)
 
 
@@ -146,12 +146,12 @@ def test_export_load_roundtrip(tiny_store, tmp_path):
     loaded, meta2 = load_model(out / "model.json")
     b = _batch()
     for k in ("s2", "s1"):
-        torch.testing.assert_close(loaded(b)["modality"][k], m(b)["modality"][k], rtol=0, atol=0)
+        torch.testing.assert_close(loaded(b).modality[k], m(b).modality[k], rtol=0, atol=0)
     assert Normalizer.from_dict(meta2["normalization"]).stats == norm.stats
     rnd = random_init_like(meta2, seed=1)
     assert isinstance(rnd, MultiModalViT) and rnd.config == loaded.config
-    assert not torch.allclose(rnd(b)["fused"], loaded(b)["fused"])
-    torch.testing.assert_close(random_init_like(meta2, seed=1)(b)["fused"], rnd(b)["fused"])
+    assert not torch.allclose(rnd(b).fused, loaded(b).fused)
+    torch.testing.assert_close(random_init_like(meta2, seed=1)(b).fused, rnd(b).fused)
     with pytest.raises(ValueError, match="export"):
         load_model(tmp_path / "x.ckpt")
     with pytest.raises(FileNotFoundError):
@@ -177,9 +177,9 @@ def test_mixed_precision_outputs_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(b)
         maps = m.forward_tokens(b)
-    assert out["fused"].dtype == torch.float32 and out["modality"]["s1"].dtype == torch.float32
+    assert out.fused.dtype == torch.float32 and out.modality["s1"].dtype == torch.float32
     assert maps["s1"].dtype == torch.float32 and torch.all(maps["s1"][1] == 0)
-    torch.testing.assert_close(out["fused"], m(b)["fused"], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.fused, m(b).fused, atol=0.05, rtol=0.05)
 
 
 def test_group_present_drops_tokens_like_missing_bands():
@@ -193,28 +193,28 @@ def test_group_present_drops_tokens_like_missing_bands():
         sub = [band for g, keep in zip(groups, gp[i].tolist(), strict=True) if keep for band in g]
         xi = {"s2": b["s2"][i : i + 1, [S2.index(band) for band in sub]], "s1": b["s1"][i : i + 1]}
         ref = m(xi, bands={"s2": sub})
-        torch.testing.assert_close(out["modality"]["s2"][i], ref["modality"]["s2"][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out["fused"][i], ref["fused"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.modality["s2"][i], ref.modality["s2"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.fused[i], ref.fused[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(maps["s2"][i], m.forward_tokens(xi, bands={"s2": sub})["s2"][0], atol=1e-5, rtol=1e-5)
     # zero-valued channels are not the same as absent groups: they still make tokens
     zeroed = b["s2"].clone()
     zeroed[1, [S2.index(band) for g in groups[1:] for band in g]] = 0
-    assert not torch.allclose(m({"s2": zeroed})["modality"]["s2"][1], out["modality"]["s2"][1], atol=1e-3)
+    assert not torch.allclose(m({"s2": zeroed}).modality["s2"][1], out.modality["s2"][1], atol=1e-3)
     # training input with the 20/60 m groups dropped and B08 zeroed == RGB-only inference
     rgb = ["B04", "B03", "B02"]
     x = torch.zeros_like(b["s2"])
     x[:, [S2.index(band) for band in rgb]] = b["s2"][:, [S2.index(band) for band in rgb]]
     only10 = torch.tensor([[True, False, False]] * 4)
     torch.testing.assert_close(
-        m({"s2": x}, group_present={"s2": only10})["modality"]["s2"],
-        m({"s2": b["s2"][:, [S2.index(band) for band in rgb]]}, bands={"s2": rgb})["modality"]["s2"], atol=1e-5, rtol=1e-5,
+        m({"s2": x}, group_present={"s2": only10}).modality["s2"],
+        m({"s2": b["s2"][:, [S2.index(band) for band in rgb]]}, bands={"s2": rgb}).modality["s2"], atol=1e-5, rtol=1e-5,
     )
     # a row with no group is an absent modality; the batch key is the default; shapes are checked
     none = gp.clone()
     none[2] = False
     res = m({**b, "s2_group_present": none})
-    assert res["present"]["s2"].tolist() == [True, True, False, True] and torch.all(res["modality"]["s2"][2] == 0)
-    torch.testing.assert_close(res["modality"]["s2"][[0, 1, 3]], out["modality"]["s2"][[0, 1, 3]])
+    assert res.present["s2"].tolist() == [True, True, False, True] and torch.all(res.modality["s2"][2] == 0)
+    torch.testing.assert_close(res.modality["s2"][[0, 1, 3]], out.modality["s2"][[0, 1, 3]])
     with pytest.raises(ValueError, match=r"group_present must be \[4, 3\]"):
         m(b, group_present={"s2": gp[:, :2]})
 

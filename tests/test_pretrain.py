@@ -199,7 +199,7 @@ def test_pretrain_multimodal_resume_and_export(tiny_store, tmp_path):
                                                    Normalizer.from_store(st), products=modality_products(st.modalities)))
     assert conv_meta["products"] == meta["products"]
     b = {"s2": torch.randn(2, 13, 16, 16), "s1": torch.randn(2, 2, 16, 16)}
-    torch.testing.assert_close(conv(b)["fused"], load_model(exp)[0](b)["fused"], rtol=0, atol=0)
+    torch.testing.assert_close(conv(b).fused, load_model(exp)[0](b).fused, rtol=0, atol=0)
 
 
 def _s1_store(path, product):

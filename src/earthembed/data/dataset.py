@@ -29,10 +29,13 @@ def resolve_bands(store: ChipStore, modalities: Sequence[str] | dict[str, Sequen
 
 
 class ChipDataset(Dataset):
-    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool}``.
+    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool}`` plus, for each pixel label
+    in ``masks``, ``"mask_<name>": int64 [H, W]`` (the store's nodata value where unlabelled) and
+    ``"mask_<name>_present": bool``.
 
     A chip lacking a modality yields zeros with ``<mod>_present = False``; models drop it, never see zeros
-    as data.
+    as data. Masks come from the same read as the pixels, so pretraining, embedding and segmentation share
+    one batch reader.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class ChipDataset(Dataset):
         modalities: Sequence[str] | dict[str, Sequence[str] | None] | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
         normalizer: Normalizer | None = None,
+        masks: Sequence[str] = (),
     ) -> None:
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
         self.bands = resolve_bands(self.store, modalities)
@@ -48,6 +52,13 @@ class ChipDataset(Dataset):
         self.normalizer = normalizer or Normalizer.from_store(self.store)
         idx = self.store.index
         self._present = {k: idx[f"has_{k}"].to_numpy(dtype=bool) for k in self.bands}
+        self.masks = list(masks)
+        for name in self.masks:
+            spec = self.store.labels.get(name)
+            if spec is None or spec.get("kind") != "mask":
+                have = [n for n, sp in self.store.labels.items() if sp.get("kind") == "mask"]
+                raise ValueError(f"{self.store.path}: no pixel-mask label {name!r} (mask labels: {have})")
+        self._mask_present = {m: idx[f"has_mask_{m}"].to_numpy(dtype=bool) for m in self.masks}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -68,6 +79,9 @@ class ChipDataset(Dataset):
             for k in self.bands:
                 item[k] = batch[k][j]
                 item[f"{k}_present"] = bool(batch[f"{k}_present"][j])
+            for m in self.masks:
+                item[f"mask_{m}"] = batch[f"mask_{m}"][j]
+                item[f"mask_{m}_present"] = bool(batch[f"mask_{m}_present"][j])
         return items
 
     def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
@@ -82,4 +96,7 @@ class ChipDataset(Dataset):
                 t[torch.from_numpy(~present)] = 0.0
             out[k] = t
             out[f"{k}_present"] = torch.from_numpy(present)
+        for m in self.masks:
+            out[f"mask_{m}"] = torch.from_numpy(self.store.read_mask(m, js).astype(np.int64))
+            out[f"mask_{m}_present"] = torch.from_numpy(self._mask_present[m][js])
         return out

@@ -186,8 +186,8 @@ def embed_store(
             present = {k: batch[f"{k}_present"] for k in request}
             x = {k: batch[k].to(device, non_blocking=True) for k in request}
             res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
-            emb = {"fused": res["fused"].float().cpu().numpy(),
-                   **{k: res["modality"][k].float().cpu().numpy() for k in request}}
+            emb = {"fused": res.fused.float().cpu().numpy(),
+                   **{k: res.modality[k].float().cpu().numpy() for k in request}}
             committed(pending)
             pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
                                     model_id)

@@ -1,5 +1,6 @@
-"""Encoders, their registry, and the self-describing export format."""
+"""Encoders (one module per backbone), their registry, and the self-describing export format."""
 
+from earthembed.models.base import Encoder, EncoderOutput, default_band_groups, fuse_embeddings
 from earthembed.models.export import (
     export_checkpoint,
     export_model,
@@ -8,15 +9,21 @@ from earthembed.models.export import (
     random_init_like,
     read_model_meta,
 )
-from earthembed.models.multimodal_vit import MultiModalViT, default_band_groups
-from earthembed.models.registry import build_model, list_models, register_model
+from earthembed.models.multimodal_vit import MultiModalViT
+from earthembed.models.registry import MODELS, build_model, list_models, register_model
+from earthembed.models.timm_cnn import TimmEncoder
 
 __all__ = [
+    "MODELS",
+    "Encoder",
+    "EncoderOutput",
     "MultiModalViT",
+    "TimmEncoder",
     "build_model",
     "default_band_groups",
     "export_checkpoint",
     "export_model",
+    "fuse_embeddings",
     "list_models",
     "load_model",
     "modality_products",

@@ -27,13 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
-from earthembed.models.multimodal_vit import MultiModalViT
+from earthembed.models.base import Encoder
+from earthembed.models.registry import MODELS, build_model
 
 FORMAT = "earthembed-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
-ARCHITECTURES: dict[str, type[MultiModalViT]] = {"multimodal_vit": MultiModalViT}
 
 
 def _sha256(path: Path) -> str:
@@ -57,7 +57,7 @@ def modality_products(modalities: Mapping[str, Modality], keys: Iterable[str] | 
 
 
 def export_model(
-    model: MultiModalViT,
+    model: Encoder,
     out_dir: str | Path,
     normalizer: Normalizer,
     model_id: str | None = None,
@@ -66,11 +66,15 @@ def export_model(
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/model.json``; returns ``out_dir``.
 
-    ``model_id`` defaults to ``multimodal_vit-<first 12 hex of the weights' sha256>``, so identical weights
+    ``model_id`` defaults to ``<architecture>-<first 12 hex of the weights' sha256>``, so identical weights
     get identical ids and embedding tables can name the model that made them. ``products`` (e.g.
     :func:`modality_products` of the training store) is recorded as ``model.json["products"]``, restricted
     to the model's modalities, which it must all cover; without it the key is absent.
     """
+    arch = getattr(model, "architecture", "")
+    if not isinstance(model, Encoder) or arch not in MODELS:
+        raise ValueError(f"export_model needs a registered earthembed Encoder, got {type(model).__name__} "
+                         f"(architecture {arch!r}; registered: {MODELS.names()})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     missing = [k for k in model.modalities if k not in normalizer.stats]
@@ -87,7 +91,6 @@ def export_model(
     # no safetensors metadata: its header order is not stable, and the id hashes the file's bytes
     save_file(state, str(tmp))
     os.replace(tmp, weights)
-    arch = "multimodal_vit"
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -127,26 +130,36 @@ def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ValueError(f"{meta_path}: not an earthembed model (format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this earthembed supports")
-    if meta.get("architecture") not in ARCHITECTURES:
-        raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r}")
+    if meta.get("architecture") not in MODELS:
+        raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r} (registered: {MODELS.names()})")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{meta_path}: no model config (expected a 'config' mapping)")
     return meta, meta_path.parent
 
 
-def random_init_like(meta: dict[str, Any], seed: int = 0) -> MultiModalViT:
+def _build(meta: dict[str, Any], where: str | Path) -> Encoder:
+    """The architecture of a ``model.json`` dict, rebuilt through the model registry."""
+    try:
+        return build_model(meta["architecture"], **meta["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{where}: the model config does not build a {meta['architecture']!r}: {e}") from e
+
+
+def random_init_like(meta: dict[str, Any], seed: int = 0) -> Encoder:
     """Same architecture as an export (its ``model.json`` dict), freshly initialised: the random baseline."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ARCHITECTURES[meta.get("architecture", "multimodal_vit")](**meta["config"])
+        model = _build(meta, "random_init_like")
     return model.eval()
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiModalViT, dict[str, Any]]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict[str, Any]]:
     """(model in eval mode, ``model.json`` dict) from an export dir or its ``model.json``; safetensors only."""
     meta, root = read_model_meta(path)
     weights = root / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights file missing")
-    model = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    model = _build(meta, root / META_FILE)
     try:
         state = load_file(str(weights), device=str(device))
     except SafetensorError as e:
@@ -176,8 +189,6 @@ def export_checkpoint(
     hp = data.get("hyper_parameters", {})
     if "model_name" not in hp or "model_args" not in hp:
         raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args)")
-    from earthembed.models.registry import build_model
-
     model = build_model(hp["model_name"], **hp["model_args"])
     state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)

@@ -42,31 +42,25 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from earthembed.data.modalities import BandMismatchError
-from earthembed.models.registry import register_model
-
-S2_BAND_GROUPS: tuple[tuple[str, ...], ...] = (
-    ("B02", "B03", "B04", "B08"),
-    ("B05", "B06", "B07", "B8A", "B11", "B12"),
-    ("B01", "B09", "B10"),
+from earthembed.models.base import (
+    S2_BAND_GROUPS,
+    Encoder,
+    EncoderOutput,
+    ModalityInput,
+    check_band_groups,
+    default_band_groups,
+    fuse_embeddings,
 )
+from earthembed.models.registry import register_model, variant
 
-
-def default_band_groups(bands: Sequence[str]) -> list[list[str]]:
-    """One group, or Sentinel-2 resolution groups when >= 6 bands and most carry S2 names (see module doc)."""
-    bands = list(bands)
-    known = {b for g in S2_BAND_GROUPS for b in g}
-    if len(bands) < 6 or sum(b in known for b in bands) < len(bands) / 2:
-        return [bands]
-    groups = [[b for b in g if b in bands] for g in S2_BAND_GROUPS]
-    rest = [b for b in bands if b not in known]
-    return [g for g in [*groups, rest] if g]
+__all__ = ["S2_BAND_GROUPS", "MultiModalViT", "default_band_groups"]
 
 
 def _fit_size(n: int, patch: int) -> int:
     return max(patch, int(round(n / patch)) * patch)
 
 
-class MultiModalViT(nn.Module):
+class MultiModalViT(Encoder):
     """Multimodal ViT encoder; see the module docstring for the design.
 
     Args:
@@ -92,28 +86,9 @@ class MultiModalViT(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if not modalities:
-            raise ValueError("MultiModalViT needs at least one modality")
         if embed_dim % 4 or embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by 4 and by num_heads {num_heads}")
-        self.modalities: dict[str, list[str]] = {}
-        self.band_groups: dict[str, list[list[str]]] = {}
-        band_groups = dict(band_groups or {})
-        unknown = set(band_groups) - set(modalities)
-        if unknown:
-            raise ValueError(f"band_groups given for unknown modalities {sorted(unknown)}")
-        for k, bands in modalities.items():
-            if not k or "." in k:
-                raise ValueError(f"modality key {k!r} must be non-empty and contain no '.'")
-            bands = [str(b) for b in bands]
-            if not bands or len(set(bands)) != len(bands):
-                raise ValueError(f"modality {k!r}: band names must be non-empty and unique, got {bands}")
-            groups = [list(map(str, g)) for g in band_groups[k]] if k in band_groups else default_band_groups(bands)
-            flat = [b for g in groups for b in g]
-            if sorted(flat) != sorted(bands) or any(not g for g in groups):
-                raise ValueError(f"modality {k!r}: band_groups {groups} must partition its bands {bands}")
-            self.modalities[k] = bands
-            self.band_groups[k] = groups
+        self.modalities, self.band_groups = check_band_groups(modalities, band_groups)
         self.patch_size = int(patch_size)
         self.width = int(embed_dim)
         self.depth = int(depth)
@@ -122,6 +97,8 @@ class MultiModalViT(nn.Module):
         self.proj_dim = None if proj_dim is None else int(proj_dim)
         self.drop_path_rate = float(drop_path_rate)
         self.embed_dim = self.proj_dim or self.width
+        self.feature_channels = [self.embed_dim]
+        self.feature_strides = [self.patch_size]
 
         d, p = self.width, self.patch_size
         self.patch_embed = nn.ModuleDict(
@@ -174,24 +151,13 @@ class MultiModalViT(nn.Module):
             "drop_path_rate": self.drop_path_rate,
         }
 
-    def group_channel_indices(self, modality: str) -> list[list[int]]:
-        """Per band group, the channel positions of its bands in ``self.modalities[modality]`` order."""
-        bands = self.modalities[modality]
-        return [[bands.index(b) for b in g] for g in self.band_groups[modality]]
-
     # -- band reconciliation --------------------------------------------------------------------------
     def _plan(self, k: str, bands: Sequence[str], device: torch.device) -> list[tuple[Tensor, Tensor, bool] | None]:
         """Per group: (slot indices in the group, source channel indices, is-identity), None if absent."""
         key = (k, tuple(bands), str(device))
         if key in self._plans:
             return self._plans[key]
-        unknown = [b for b in bands if b not in self.modalities[k]]
-        if unknown:
-            raise BandMismatchError(
-                f"modality {k!r}: bands {unknown} are unknown to this model (it has {self.modalities[k]})"
-            )
-        if len(set(bands)) != len(bands):
-            raise BandMismatchError(f"modality {k!r}: duplicate band names in {list(bands)}")
+        bands = self.check_bands(k, bands)
         plan: list[tuple[Tensor, Tensor, bool] | None] = []
         for g in self.band_groups[k]:
             pairs = [(i, list(bands).index(b)) for i, b in enumerate(g) if b in bands]
@@ -211,8 +177,6 @@ class MultiModalViT(nn.Module):
         self, k: str, x: Tensor, bands: Sequence[str], keep: Sequence[bool] | None = None
     ) -> tuple[Tensor, int, int, int]:
         """Normalised output tokens [B, G*h*w, D] of modality ``k`` plus (G, h, w); ``keep`` skips groups."""
-        if x.ndim != 4 or x.shape[1] != len(bands):
-            raise ValueError(f"modality {k!r}: expected [B, {len(bands)}, H, W] for bands {list(bands)}, got {tuple(x.shape)}")
         plan = self._plan(k, bands, x.device)
         p = self.patch_size
         hh, ww = _fit_size(x.shape[-2], p), _fit_size(x.shape[-1], p)
@@ -241,47 +205,9 @@ class MultiModalViT(nn.Module):
         t = self.proj(self.norm(t))
         return t, len(tokens), h, w
 
-    def _inputs(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None,
-        present: Mapping[str, Any] | None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> tuple[int, dict[str, tuple[Tensor, list[str], Tensor, Tensor | None]]]:
-        bands = dict(bands or {})
-        named = list(bands) + list(present or {}) + list(group_present or {})
-        unknown = [k for k in named if k not in self.modalities]
-        if unknown:
-            raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
-        keys = [k for k in self.modalities if k in batch]
-        if not keys:
-            raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {list(batch)})")
-        n = int(batch[keys[0]].shape[0])
-        out = {}
-        for k in keys:
-            x = batch[k]
-            pr = present[k] if present is not None and k in present else batch.get(f"{k}_present")
-            pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
-            pr = pr.to(x.device).reshape(-1)
-            gp = group_present[k] if group_present is not None and k in group_present else batch.get(f"{k}_group_present")
-            bnames = list(bands.get(k, self.modalities[k]))
-            if gp is not None:
-                gp = torch.as_tensor(gp, dtype=torch.bool).to(x.device)
-                ng = len(self.band_groups[k])
-                if tuple(gp.shape) != (n, ng):
-                    raise ValueError(f"modality {k!r}: group_present must be [{n}, {ng}] (rows x band groups), got {tuple(gp.shape)}")
-                given = torch.tensor([s is not None for s in self._plan(k, bnames, x.device)], device=x.device)
-                gp = gp & given  # groups without any band in ``bands`` are absent anyway
-                pr = pr & gp.any(1)  # a row without any group is an absent modality
-                if bool((gp[pr] == given).all()):
-                    gp = None  # every present row has every given group: one encoder pass
-            out[k] = (x, bnames, pr, gp)
-        return n, out
-
-    def _encode_rows(
-        self, k: str, x: Tensor, bnames: list[str], pr: Tensor, gp: Tensor | None
-    ) -> list[tuple[Tensor | None, Tensor, int, int, int]]:
+    def _encode_rows(self, k: str, inp: ModalityInput) -> list[tuple[Tensor | None, Tensor, int, int, int]]:
         """(rows or None for all rows, tokens, G, h, w) per group-presence pattern of the present rows."""
+        x, bnames, pr, gp = inp.x, inp.bands, inp.present, inp.group_present
         if gp is None:
             if bool(pr.all()):
                 return [(None, *self._encode(k, x, bnames))]
@@ -297,6 +223,29 @@ class MultiModalViT(nn.Module):
             out.append((rows, *self._encode(k, x[rows], bnames, keep=pat)))
         return out
 
+    def forward_features(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None = None,
+        present: Mapping[str, Any] | None = None,
+        group_present: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """One level per modality: the token map ``[B, D, H/p, W/p]`` (band groups averaged; absent rows 0)."""
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        out: dict[str, list[Tensor]] = {}
+        for k, inp in inputs.items():
+            h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in inp.x.shape[-2:])
+            full = torch.zeros(n, self.embed_dim, h, w, device=inp.x.device)
+            for rows, t, g, _, _ in self._encode_rows(k, inp):
+                m = len(t)
+                maps = t.float().reshape(m, g, h * w, -1).mean(1).transpose(1, 2).reshape(m, -1, h, w)
+                if rows is None:
+                    full = maps
+                else:
+                    full[rows] = maps
+            out[k] = [full]
+        return out
+
     def forward_tokens(
         self,
         batch: Mapping[str, Any],
@@ -304,21 +253,8 @@ class MultiModalViT(nn.Module):
         present: Mapping[str, Any] | None = None,
         group_present: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
-        """Per-modality token maps ``[B, D, h, w]`` (band groups averaged; absent rows are zeros)."""
-        n, inputs = self._inputs(batch, bands, present, group_present)
-        out: dict[str, Tensor] = {}
-        for k, (x, bnames, pr, gp) in inputs.items():
-            h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
-            full = torch.zeros(n, self.embed_dim, h, w, device=x.device)
-            for rows, t, g, _, _ in self._encode_rows(k, x, bnames, pr, gp):
-                m = len(t)
-                maps = t.float().reshape(m, g, h * w, -1).mean(1).transpose(1, 2).reshape(m, -1, h, w)
-                if rows is None:
-                    full = maps
-                else:
-                    full[rows] = maps
-            out[k] = full
-        return out
+        """Per-modality token maps ``[B, D, h, w]``: the single level of :meth:`forward_features`."""
+        return {k: v[0] for k, v in self.forward_features(batch, bands, present, group_present).items()}
 
     def forward(
         self,
@@ -326,46 +262,35 @@ class MultiModalViT(nn.Module):
         bands: Mapping[str, Sequence[str]] | None = None,
         present: Mapping[str, Any] | None = None,
         group_present: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Embed a batch: ``{"modality": {k: [B, D]}, "present": {k: [B] bool}, "fused": [B, D]}``.
-
-        ``batch`` holds ``[B, C, H, W]`` per modality key (other keys are ignored); ``bands`` gives the band
-        names of each tensor's channels (default: the model's full band list); ``present`` defaults to
-        ``batch["<k>_present"]``, else all True. Model modalities missing from ``batch`` count as absent.
-        ``group_present`` (default ``batch["<k>_group_present"]``, else all True) gives ``[B, G]`` band-group
-        presence per row: an absent group contributes no tokens, as if its bands were missing from ``bands``.
-        Embeddings are float32, also under mixed-precision autocast.
-        """
-        n, inputs = self._inputs(batch, bands, present, group_present)
-        ref = next(iter(inputs.values()))[0]
+    ) -> EncoderOutput:
+        """Embed a batch (see :meth:`earthembed.models.base.Encoder.forward`): a modality's embedding is the
+        mean of its normalised output tokens; ``group_present`` ``[B, G]`` drops band groups per row (an
+        absent group contributes no tokens, as if its bands were missing from ``bands``)."""
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        ref = next(iter(inputs.values())).x
         embs: dict[str, Tensor] = {}
         pres: dict[str, Tensor] = {}
         for k in self.modalities:
             if k not in inputs:
-                embs[k] = torch.zeros(n, self.embed_dim, device=ref.device)
-                pres[k] = torch.zeros(n, dtype=torch.bool, device=ref.device)
+                embs[k], pres[k] = self.absent_output(n, ref.device)
                 continue
-            x, bnames, pr, gp = inputs[k]
-            e = torch.zeros(n, self.embed_dim, device=x.device)
-            for rows, t, *_ in self._encode_rows(k, x, bnames, pr, gp):
+            inp = inputs[k]
+            e = torch.zeros(n, self.embed_dim, device=inp.x.device)
+            for rows, t, *_ in self._encode_rows(k, inp):
                 e = t.float().mean(1) if rows is None else e.index_copy(0, rows, t.float().mean(1))
-            embs[k], pres[k] = e, pr
-        stacked = torch.stack([F.normalize(embs[k], dim=-1) * pres[k][:, None] for k in self.modalities])
-        count = torch.stack([pres[k] for k in self.modalities]).sum(0).clamp(min=1)
-        fused = F.normalize(stacked.sum(0) / count[:, None], dim=-1)
-        return {"modality": embs, "present": pres, "fused": fused}
+            embs[k], pres[k] = e, inp.present
+        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
+
+    def no_weight_decay(self) -> set[str]:
+        """1-D parameters plus the modality and band-group embeddings (as CLIP / timm exempt pos embeddings)."""
+        extra = {n for n, _ in self.named_parameters() if n.startswith(("modality_embed.", "group_embed."))}
+        return super().no_weight_decay() | extra
 
 
-def _variant(defaults: dict[str, Any]):
-    def factory(modalities: Mapping[str, Sequence[str]], **kwargs: Any) -> MultiModalViT:
-        return MultiModalViT(modalities, **{**defaults, **kwargs})
-
-    return factory
-
-
+MultiModalViT.architecture = "multimodal_vit"
 register_model("multimodal_vit")(MultiModalViT)
-register_model("multimodal_vit_tiny")(_variant(dict(embed_dim=64, depth=2, num_heads=2, patch_size=8)))
-register_model("multimodal_vit_small")(_variant(dict(embed_dim=384, depth=12, num_heads=6, patch_size=8)))
-register_model("multimodal_vit_base")(_variant(dict(embed_dim=768, depth=12, num_heads=12, patch_size=8)))
+register_model("multimodal_vit_tiny")(variant(MultiModalViT, embed_dim=64, depth=2, num_heads=2, patch_size=8))
+register_model("multimodal_vit_small")(variant(MultiModalViT, embed_dim=384, depth=12, num_heads=6, patch_size=8))
+register_model("multimodal_vit_base")(variant(MultiModalViT, embed_dim=768, depth=12, num_heads=12, patch_size=8))
 # ~250M parameters: 20 blocks of width 1024 (12 * 1024^2 each) plus patch embeddings
-register_model("multimodal_vit_large")(_variant(dict(embed_dim=1024, depth=20, num_heads=16, patch_size=8)))
+register_model("multimodal_vit_large")(variant(MultiModalViT, embed_dim=1024, depth=20, num_heads=16, patch_size=8))

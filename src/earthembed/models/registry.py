@@ -1,4 +1,8 @@
-"""Model registry: build encoders by name (TerraTorch-style), so configs and exports refer to a string."""
+"""Model registry: build encoders by name (TerraTorch-style), so configs and exports refer to a string.
+
+Built-in encoders register themselves when their module is imported; the modules listed here are
+imported on the first lookup.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,38 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from earthembed.registry import Registry
+
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[nn.Module] = Registry(
+    "model", builtins=("earthembed.models.multimodal_vit", "earthembed.models.timm_cnn")
+)
 
 
 def register_model(name: str) -> Callable[[F], F]:
     """Decorator registering a factory (or class) under ``name``; a second registration is an error."""
-
-    def deco(fn: F) -> F:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
-
-
-def _ensure_builtins() -> None:
-    # imported lazily: the built-in models import this module to register themselves
-    import earthembed.models.multimodal_vit  # noqa: F401
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`."""
-    _ensure_builtins()
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; ``kwargs`` override the variant's defaults."""
-    _ensure_builtins()
-    try:
-        factory = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered: {sorted(_MODELS)}") from None
-    try:
-        return factory(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {name!r}: {e}") from e
+    return MODELS.build(name, **kwargs)
+
+
+def variant(cls: type, **defaults: Any) -> Callable[..., nn.Module]:
+    """A factory for ``cls`` with other defaults (``multimodal_vit_tiny`` = ``MultiModalViT`` + sizes).
+
+    The factory declares ``cls``'s signature (``__signature_of__``), so configs are checked against it."""
+
+    def factory(modalities: Any, **kwargs: Any) -> nn.Module:
+        return cls(modalities, **{**defaults, **kwargs})
+
+    factory.__signature_of__ = cls  # type: ignore[attr-defined]
+    factory.defaults = dict(defaults)  # type: ignore[attr-defined]
+    return factory

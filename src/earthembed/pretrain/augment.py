@@ -76,10 +76,22 @@ def random_affine(n: int, cfg: AugmentConfig, device: torch.device | str = "cpu"
     return torch.cat([lin, shift[:, :, None]], -1).to(device)
 
 
-def apply_affine(x: Tensor, theta: Tensor) -> Tensor:
-    """Resample [B, C, H, W] ``x`` with per-sample ``theta`` (bilinear; crops stay inside the image)."""
+AFFINE_KEY = "_affine"
+"""Key of the per-chip affine matrices [B, 2, 3] in :func:`augment_batch` output (output -> input
+coordinates), so dense objectives can pair pixels across views and segmentation can warp masks alike."""
+
+
+def apply_affine(x: Tensor, theta: Tensor, mode: str = "bilinear") -> Tensor:
+    """Resample [B, C, H, W] ``x`` with per-sample ``theta`` (crops stay inside the image)."""
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def warp_mask(mask: Tensor, theta: Tensor) -> Tensor:
+    """A label mask [B, H, W] (integer classes) warped like the image by ``theta``: nearest neighbour, so
+    no class is ever blended; dtype kept."""
+    out = apply_affine(mask[:, None].to(torch.float32), theta.to(mask.device), mode="nearest")[:, 0]
+    return out.round().to(mask.dtype)
 
 
 def band_dropout(x: Tensor, groups: Sequence[Sequence[int]], p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -129,19 +141,21 @@ def augment_batch(
     groups: Mapping[str, Sequence[Sequence[int]]],
     cfg: AugmentConfig,
     generator: torch.Generator | None = None,
+    theta: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry, per-modality noise/dropout.
 
-    Returns the augmented ``[B, C, H, W]`` tensor of each modality and, for modalities with >= 2 band groups
+    Returns the augmented ``[B, C, H, W]`` tensor of each modality; for modalities with >= 2 band groups
     when ``cfg.group_dropout > 0``, its ``<k>_group_present`` mask ``[B, G]`` (bool, on the tensor's device)
-    to pass to the model so dropped groups contribute no tokens.
+    to pass to the model so dropped groups contribute no tokens; and the geometry used under
+    :data:`AFFINE_KEY` (``theta`` if given, else drawn by :func:`random_affine`).
     """
     keys = [k for k in groups if k in batch]
     if not keys:
         return {}
     ref = batch[keys[0]]
-    theta = random_affine(ref.shape[0], cfg, ref.device, generator)
-    out = {}
+    theta = random_affine(ref.shape[0], cfg, ref.device, generator) if theta is None else theta.to(ref.device)
+    out = {AFFINE_KEY: theta}
     for k in keys:
         x = apply_affine(batch[k], theta)
         if cfg.noise_std > 0:

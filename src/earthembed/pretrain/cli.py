@@ -10,7 +10,7 @@ from earthembed.cli_utils import fail_on
 
 
 def pretrain(
-    config: Path = typer.Option(..., "--config", help="YAML config, or a packaged one: contrastive_tiny, contrastive_full"),
+    config: Path = typer.Option(..., "--config", help="YAML config, or the name of a packaged one (earthembed/configs/*.yaml, e.g. contrastive_tiny)"),
     store: Path = typer.Option(..., "--store", help="chip store to pretrain on"),
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, metrics.csv, export/)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=20 model.embed_dim=32"),

@@ -28,26 +28,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from earthembed.models.registry import build_model
-from earthembed.pretrain.augment import AugmentConfig, augment_batch, modality_dropout
+from earthembed.optim import warmup_cosine
+from earthembed.pretrain.augment import augment_batch, modality_dropout
+from earthembed.pretrain.base import PretrainModule
 from earthembed.pretrain.losses import clip_accuracy, clip_loss, multimodal_clip_loss
 
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warmup from ~0, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * t))
+__all__ = ["ContrastivePretrainModule", "warmup_cosine"]
 
 
 def _group_masks(augmented: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -56,17 +49,13 @@ def _group_masks(augmented: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k[: -len(suffix)]: v for k, v in augmented.items() if k.endswith(suffix)}
 
 
-class ContrastivePretrainModule(L.LightningModule):
+class ContrastivePretrainModule(PretrainModule):
     """Wraps a registry encoder with per-modality projection heads and a learnable temperature.
 
     Args:
-        model_name, model_args: passed to :func:`earthembed.models.registry.build_model` (``model_args``
-            must include ``modalities``; saved in the checkpoint so it can be exported without pickle).
         proj_dim, proj_hidden_dim: projection MLP (``embed_dim -> hidden -> proj_dim``).
         init_temperature, max_logit_scale: CLIP temperature initialisation and clamp.
-        lr, weight_decay, warmup_steps: AdamW with linear warmup + cosine decay over the run's steps.
-        augment: :class:`~earthembed.pretrain.augment.AugmentConfig` fields.
-        gather_distributed: gather embeddings across DDP ranks for the loss.
+        Others: see :class:`~earthembed.pretrain.base.PretrainModule`.
     """
 
     def __init__(
@@ -80,20 +69,23 @@ class ContrastivePretrainModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 0,
+        betas: Sequence[float] = (0.9, 0.999),
         augment: Mapping[str, Any] | None = None,
         gather_distributed: bool = True,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = build_model(model_name, **model_args)
-        self.aug = AugmentConfig.from_dict(augment)
+        super().__init__(model_name, model_args, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         betas=betas, augment=augment, gather_distributed=gather_distributed)
         d = self.model.embed_dim
         hidden = proj_hidden_dim or d
         self.heads = nn.ModuleDict({k: Mlp(d, hidden, proj_dim) for k in self.model.modalities})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_logit_scale = float(max_logit_scale)
         self.views = len(self.model.modalities) == 1
-        self._groups = {k: self.model.group_channel_indices(k) for k in self.model.modalities}
+
+    @classmethod
+    def validate_config(cls, cfg: Mapping[str, Any], where: str) -> None:
+        if int(cfg["data"]["batch_size"]) < 2:
+            raise ValueError(f"{where}: data.batch_size must be >= 2 for a contrastive loss")
 
     @property
     def scale(self) -> Tensor:
@@ -108,71 +100,40 @@ class ContrastivePretrainModule(L.LightningModule):
         return z, present
 
     def contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss and monitoring stats of one batch (used by Lightning and by the bare-loop benchmark)."""
-        loss, stats = self._contrastive_step(batch)
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
-            # band-group / modality dropout can leave a patch embedding unused on one rank for a step, which
-            # DDP (find_unused_parameters=False) rejects; a zero term keeps every embedding in the graph
-            emb = [*self.model.patch_embed.parameters(), *self.model.group_embed.parameters(),
-                   *self.model.modality_embed.parameters()]
-            loss = loss + 0.0 * sum(p.sum() for p in emb)
-        return loss, stats
+        """Alias of :meth:`step` (kept for scripts written against earlier versions)."""
+        return self.step(batch)
 
-    def _contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         keys = list(self.model.modalities)
         n = batch[keys[0]].shape[0]
         present = {
             k: torch.as_tensor(batch.get(f"{k}_present", torch.ones(n, dtype=torch.bool)), device=self.device).bool()
             for k in keys
         }
+        stats: dict[str, Tensor]
         if self.views:
             k = keys[0]
             rows = present[k]
             v1 = augment_batch(batch, self._groups, self.aug)
             v2 = augment_batch(batch, self._groups, self.aug)
-            e1 = self.model(v1, present=present, group_present=_group_masks(v1))["modality"][k]
-            e2 = self.model(v2, present=present, group_present=_group_masks(v2))["modality"][k]
+            e1 = self.model(v1, present=present, group_present=_group_masks(v1)).modality[k]
+            e2 = self.model(v2, present=present, group_present=_group_masks(v2)).modality[k]
             z1, z2 = self.heads[k](e1), self.heads[k](e2)
             z, pres = self._gather({"a": z1, "b": z2}, {"a": rows, "b": rows})
             both = pres["a"] & pres["b"]
             if int(both.sum()) < 2:
-                return (z1.sum() + z2.sum()) * 0.0, {"pairs": torch.tensor(0.0)}
-            a, b = z["a"][both], z["b"][both]
-            return clip_loss(a, b, self.scale), {"pairs": torch.tensor(1.0), "acc": clip_accuracy(a, b)}
-        x = augment_batch(batch, self._groups, self.aug)
-        present = modality_dropout(present, self.aug.modality_dropout)
-        out = self.model(x, present=present, group_present=_group_masks(x))
-        z = {k: self.heads[k](e) for k, e in out["modality"].items()}
-        z, pres = self._gather(z, out["present"])
-        loss, stats = multimodal_clip_loss(z, pres, self.scale)
-        if loss is None:  # no pair with >= 2 rows: a zero loss that still touches the graph (DDP-safe)
-            loss = sum(v.sum() for v in z.values()) * 0.0
+                loss, stats = (z1.sum() + z2.sum()) * 0.0, {"pairs": torch.tensor(0.0)}
+            else:
+                a, b = z["a"][both], z["b"][both]
+                loss, stats = clip_loss(a, b, self.scale), {"pairs": torch.tensor(1.0), "acc": clip_accuracy(a, b)}
+        else:
+            x = augment_batch(batch, self._groups, self.aug)
+            present = modality_dropout(present, self.aug.modality_dropout)
+            out = self.model(x, present=present, group_present=_group_masks(x))
+            z = {k: self.heads[k](e) for k, e in out.modality.items()}
+            z, pres = self._gather(z, out.present)
+            maybe, stats = multimodal_clip_loss(z, pres, self.scale)
+            # no pair with >= 2 rows: a zero loss that still touches the graph
+            loss = maybe if maybe is not None else sum(v.sum() for v in z.values()) * 0.0
+        stats["logit_scale"] = self.scale.detach()
         return loss, stats
-
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        loss, stats = self.contrastive_step(batch)
-        n = int(batch[next(iter(self.model.modalities))].shape[0])
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/logit_scale", self.scale.detach(), batch_size=n)
-        for k, v in stats.items():
-            self.log(f"train/{k}", v.to(self.device), batch_size=n)
-        return loss
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: no weight decay on biases, norms, embeddings and the temperature (as CLIP / timm)."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            embedding = ".modality_embed." in name or ".group_embed." in name
-            (no_decay if p.ndim <= 1 or embedding else decay).append(p)
-        return [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        opt = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr)
-        trainer = self._trainer
-        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1
-        warm = int(self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warm, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -28,9 +28,11 @@ from typing import Any
 import yaml
 
 from earthembed.pretrain.augment import AugmentConfig
+from earthembed.registry import Registry
 
-OBJECTIVES: dict[str, str] = {"contrastive": "earthembed.pretrain.contrastive:ContrastivePretrainModule"}
-"""Objective name -> ``module:LightningModule`` (lazy, so MP-MAE / dense contrastive can be added)."""
+OBJECTIVES: Registry[Any] = Registry("objective")
+"""Objective name -> :class:`~earthembed.pretrain.base.PretrainModule` subclass (lazy ``module:Class``)."""
+OBJECTIVES.register("contrastive", "earthembed.pretrain.contrastive:ContrastivePretrainModule")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
@@ -38,6 +40,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.05,
     "warmup_steps": 0,
+    "betas": [0.9, 0.999],
     "precision": "32-true",
     "accelerator": "auto",
     "devices": "auto",
@@ -62,18 +65,21 @@ DEFAULTS: dict[str, Any] = {
 _FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
 
 
-def register_objective(name: str, target: str) -> None:
-    """Register a pretraining objective as ``"package.module:LightningModuleClass"``."""
-    OBJECTIVES[name] = target
+def register_objective(name: str, target: str | type) -> None:
+    """Register a pretraining objective: a PretrainModule subclass or ``"package.module:Class"``."""
+    OBJECTIVES.register(name, target)
 
 
 def _objective_class(name: str, where: str) -> type:
     if name not in OBJECTIVES:
-        raise ValueError(f"{where}: unknown objective {name!r} (known: {sorted(OBJECTIVES)})")
-    mod, cls = OBJECTIVES[name].split(":")
-    import importlib
+        raise ValueError(f"{where}: unknown objective {name!r} (known: {OBJECTIVES.names()})")
+    return OBJECTIVES.get(name)  # type: ignore[return-value]
 
-    return getattr(importlib.import_module(mod), cls)
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with earthembed (``src/earthembed/configs/*.yaml``)."""
+    root = importlib.resources.files("earthembed") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def packaged_config(name: str) -> Path:
@@ -131,7 +137,7 @@ def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str]
             path = packaged_config(str(config))
         where = str(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: config not found (packaged configs: contrastive_tiny, contrastive_full)")
+            raise FileNotFoundError(f"{path}: config not found (packaged configs: {', '.join(packaged_configs())})")
         try:
             doc = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -145,22 +151,27 @@ def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str]
 
 
 def _validate(cfg: dict[str, Any], where: str) -> None:
-    from earthembed.models.multimodal_vit import MultiModalViT
-    from earthembed.models.registry import list_models
+    """Config rules owned by what is configured: ``model.*`` keys by the registered model factory,
+    ``objective_args`` by the objective's constructor, objective-specific rules by the objective."""
+    from earthembed.models.registry import MODELS
+    from earthembed.pretrain.base import RUNNER_ARGS
 
     name = cfg["model"].get("name")
-    if name not in list_models():
-        raise ValueError(f"{where}: unknown model.name {name!r} (registered: {list_models()})")
-    allowed = set(inspect.signature(MultiModalViT.__init__).parameters) - {"self", "modalities"}
+    if name not in MODELS:
+        raise ValueError(f"{where}: unknown model.name {name!r} (registered: {MODELS.names()})")
+    accepted, anything = MODELS.params(name)
+    allowed = (accepted - {"modalities"}) | {"name", "modalities"}
     for k in cfg["model"]:
-        if k not in allowed | {"name", "modalities"}:
-            raise ValueError(f"{where}: unknown config key 'model.{k}' (known: {sorted(allowed | {'name', 'modalities'})})")
+        if k not in allowed and not anything:
+            raise ValueError(f"{where}: unknown config key 'model.{k}' for model {name!r} (known: {sorted(allowed)})")
     cls = _objective_class(cfg["objective"], where)
-    provided = {"self", "model_name", "model_args", "lr", "weight_decay", "warmup_steps", "augment", "gather_distributed"}
-    allowed_obj = set(inspect.signature(cls.__init__).parameters) - provided
+    allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS}
     for k in cfg["objective_args"]:
         if k not in allowed_obj:
             raise ValueError(f"{where}: unknown config key 'objective_args.{k}' (known: {sorted(allowed_obj)})")
+    betas = cfg["train"].get("betas")
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)):
+        raise ValueError(f"{where}: train.betas must be two numbers, e.g. [0.9, 0.999], got {betas!r}")
     t = cfg["train"]
     if (t["max_steps"] in (None, -1)) and t["max_epochs"] is None:
         raise ValueError(f"{where}: set train.max_steps or train.max_epochs")
@@ -168,8 +179,7 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
         AugmentConfig.from_dict(cfg["augment"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from e
-    if int(cfg["data"]["batch_size"]) < 2:
-        raise ValueError(f"{where}: data.batch_size must be >= 2 for a contrastive loss")
+    cls.validate_config(cfg, where)
 
 
 def _merge_metrics(run_csv: Path, target: Path) -> None:
@@ -267,6 +277,7 @@ def pretrain(
         lr=float(t["lr"]),
         weight_decay=float(t["weight_decay"]),
         warmup_steps=int(t["warmup_steps"]),
+        betas=[float(b) for b in t["betas"]],
         augment=cfg["augment"],
         gather_distributed=bool(t["gather_distributed"]),
         **cfg["objective_args"],

@@ -1,0 +1,217 @@
+"""The encoder contract: what embed, fewshot, export, pretraining objectives and segmentation rely on.
+
+Every registered encoder is an :class:`Encoder`. It knows its input **bands by name** per modality (a
+store or a request may give any subset in any order; missing bands are zero slots, never a silent
+positional mismatch), returns a typed :class:`EncoderOutput` (one embedding per modality plus a fused
+one, with presence masks), exposes multi-scale feature maps for dense heads (:meth:`Encoder.forward_features`
+with ``feature_channels`` / ``feature_strides``), says which parameters are exempt from weight decay
+(:meth:`Encoder.no_weight_decay`) and can be rebuilt from ``architecture`` + ``config`` (the export format).
+
+The fused embedding is the same for every architecture (:func:`fuse_embeddings`): the L2-normalised mean
+of the L2-normalised embeddings of the modalities present, so it is defined for any subset of modalities
+and keeps a unit scale whatever their number (a chip with none gets a zero row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from earthembed.data.modalities import BandMismatchError
+
+S2_BAND_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("B02", "B03", "B04", "B08"),
+    ("B05", "B06", "B07", "B8A", "B11", "B12"),
+    ("B01", "B09", "B10"),
+)
+
+
+def default_band_groups(bands: Sequence[str]) -> list[list[str]]:
+    """One group, or Sentinel-2 resolution groups (10 / 20 / 60 m, then the rest) when >= 6 bands and most
+    carry S2 names: grouping by resolution keeps blurry 60 m bands from diluting sharp 10 m ones and lets
+    whole groups be absent (e.g. RGB-only input)."""
+    bands = list(bands)
+    known = {b for g in S2_BAND_GROUPS for b in g}
+    if len(bands) < 6 or sum(b in known for b in bands) < len(bands) / 2:
+        return [bands]
+    groups = [[b for b in g if b in bands] for g in S2_BAND_GROUPS]
+    rest = [b for b in bands if b not in known]
+    return [g for g in [*groups, rest] if g]
+
+
+def check_band_groups(modalities: Mapping[str, Sequence[str]], band_groups: Mapping[str, Sequence[Sequence[str]]] | None
+                      ) -> tuple[dict[str, list[str]], dict[str, list[list[str]]]]:
+    """Validated ``(modalities, band_groups)``: groups partition each modality's bands (default groups
+    from :func:`default_band_groups`)."""
+    if not modalities:
+        raise ValueError("an encoder needs at least one modality")
+    band_groups = dict(band_groups or {})
+    unknown = set(band_groups) - set(modalities)
+    if unknown:
+        raise ValueError(f"band_groups given for unknown modalities {sorted(unknown)}")
+    mods: dict[str, list[str]] = {}
+    groups: dict[str, list[list[str]]] = {}
+    for k, bands in modalities.items():
+        if not k or "." in k:
+            raise ValueError(f"modality key {k!r} must be non-empty and contain no '.'")
+        bands = [str(b) for b in bands]
+        if not bands or len(set(bands)) != len(bands):
+            raise ValueError(f"modality {k!r}: band names must be non-empty and unique, got {bands}")
+        gs = [list(map(str, g)) for g in band_groups[k]] if k in band_groups else default_band_groups(bands)
+        flat = [b for g in gs for b in g]
+        if sorted(flat) != sorted(bands) or any(not g for g in gs):
+            raise ValueError(f"modality {k!r}: band_groups {gs} must partition its bands {bands}")
+        mods[k], groups[k] = bands, gs
+    return mods, groups
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    """What :meth:`Encoder.forward` returns (float32, also under autocast).
+
+    Attributes:
+        modality: ``{k: [B, D]}`` per model modality; zero rows where the modality is absent.
+        present: ``{k: [B] bool}`` whether modality ``k`` contributed for that row.
+        fused: ``[B, D]`` see :func:`fuse_embeddings`.
+    """
+
+    modality: dict[str, Tensor]
+    present: dict[str, Tensor]
+    fused: Tensor
+
+
+def fuse_embeddings(embs: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+    """L2-normalised mean of the L2-normalised embeddings present per row (zero row if none present)."""
+    keys = list(embs)
+    stacked = torch.stack([F.normalize(embs[k], dim=-1) * present[k][:, None] for k in keys])
+    count = torch.stack([present[k] for k in keys]).sum(0).clamp(min=1)
+    return F.normalize(stacked.sum(0) / count[:, None], dim=-1)
+
+
+@dataclasses.dataclass
+class ModalityInput:
+    """One modality of a batch after :meth:`Encoder.resolve_inputs`: pixels, their band names, the rows
+    present ``[B]`` and per-row band-group presence ``[B, G]`` (None: every given group on every row)."""
+
+    x: Tensor
+    bands: list[str]
+    present: Tensor
+    group_present: Tensor | None
+
+
+class Encoder(nn.Module):
+    """Base of every registered encoder; subclasses set the attributes and implement the abstract methods.
+
+    Attributes set by subclasses: ``modalities`` (key -> band names in the model's order), ``band_groups``
+    (key -> groups partitioning those bands), ``embed_dim``, ``feature_channels`` and ``feature_strides``
+    (of :meth:`forward_features`, coarsest last).
+    """
+
+    architecture: ClassVar[str] = ""  # registry name used to rebuild the model from an export
+    modalities: dict[str, list[str]]
+    band_groups: dict[str, list[list[str]]]
+    embed_dim: int
+    feature_channels: list[int]
+    feature_strides: list[int]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able keyword arguments: ``build_model(architecture, **config)`` rebuilds the architecture."""
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
+                present: Mapping[str, Any] | None = None, group_present: Mapping[str, Any] | None = None
+                ) -> EncoderOutput:
+        """Embed ``batch`` (``{k: [B, C, H, W]}``; other keys ignored). ``bands`` names each tensor's channels
+        (default: the model's bands), ``present`` / ``group_present`` default to ``batch["<k>_present"]`` /
+        ``batch["<k>_group_present"]``. Model modalities missing from ``batch`` count as absent."""
+        raise NotImplementedError
+
+    def forward_features(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
+                         present: Mapping[str, Any] | None = None) -> dict[str, list[Tensor]]:
+        """Multi-scale maps per modality in ``batch``: ``{k: [[B, C_i, H/s_i, W/s_i] for each level]}`` with
+        ``C_i = feature_channels[i]`` and ``s_i = feature_strides[i]``; rows of absent chips are zeros."""
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: biases, norms and other 1-D parameters by default;
+        subclasses add embeddings, GRN parameters and the like by name."""
+        return {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def group_channel_indices(self, modality: str) -> list[list[int]]:
+        """Per band group, the channel positions of its bands in ``self.modalities[modality]`` order."""
+        bands = self.modalities[modality]
+        return [[bands.index(b) for b in g] for g in self.band_groups[modality]]
+
+    # -- shared input handling -------------------------------------------------------------------------
+    def check_bands(self, k: str, bands: Sequence[str]) -> list[str]:
+        """``bands`` of modality ``k`` validated against the model: known, unique, non-empty."""
+        bands = [str(b) for b in bands]
+        unknown = [b for b in bands if b not in self.modalities[k]]
+        if unknown:
+            raise BandMismatchError(f"modality {k!r}: bands {unknown} are unknown to this model (it has {self.modalities[k]})")
+        if len(set(bands)) != len(bands):
+            raise BandMismatchError(f"modality {k!r}: duplicate band names in {bands}")
+        if not bands:
+            raise BandMismatchError(f"modality {k!r}: no bands given")
+        return bands
+
+    def groups_given(self, k: str, bands: Sequence[str]) -> list[bool]:
+        """Per band group of ``k``: whether any of its bands is among ``bands``."""
+        have = set(bands)
+        return [any(b in have for b in g) for g in self.band_groups[k]]
+
+    def scatter_bands(self, k: str, x: Tensor, bands: Sequence[str]) -> Tensor:
+        """``x`` ([B, len(bands), H, W]) placed into the model's full band order of ``k``; missing bands are 0
+        (the normalised mean), as band dropout trains for."""
+        full = self.modalities[k]
+        if list(bands) == full:
+            return x
+        out = x.new_zeros(x.shape[0], len(full), *x.shape[2:])
+        out[:, [full.index(b) for b in bands]] = x
+        return out
+
+    def resolve_inputs(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None,
+                       present: Mapping[str, Any] | None, group_present: Mapping[str, Any] | None = None
+                       ) -> tuple[int, dict[str, ModalityInput]]:
+        """(rows, {k: ModalityInput}) for the model modalities in ``batch``, validated by name and shape."""
+        bands = dict(bands or {})
+        named = list(bands) + list(present or {}) + list(group_present or {})
+        unknown = [k for k in named if k not in self.modalities]
+        if unknown:
+            raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
+        keys = [k for k in self.modalities if k in batch]
+        if not keys:
+            raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {list(batch)})")
+        n = int(batch[keys[0]].shape[0])
+        out: dict[str, ModalityInput] = {}
+        for k in keys:
+            x = batch[k]
+            bnames = self.check_bands(k, bands.get(k, self.modalities[k]))
+            if x.ndim != 4 or x.shape[1] != len(bnames):
+                raise ValueError(f"modality {k!r}: expected [B, {len(bnames)}, H, W] for bands {bnames}, got {tuple(x.shape)}")
+            pr = present[k] if present is not None and k in present else batch.get(f"{k}_present")
+            pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
+            pr = pr.to(x.device).reshape(-1)
+            gp = group_present[k] if group_present is not None and k in group_present else batch.get(f"{k}_group_present")
+            if gp is not None:
+                gp = torch.as_tensor(gp, dtype=torch.bool).to(x.device)
+                ng = len(self.band_groups[k])
+                if tuple(gp.shape) != (n, ng):
+                    raise ValueError(f"modality {k!r}: group_present must be [{n}, {ng}] (rows x band groups), got {tuple(gp.shape)}")
+                given = torch.tensor(self.groups_given(k, bnames), device=x.device)
+                gp = gp & given  # groups without any band in ``bands`` are absent anyway
+                pr = pr & gp.any(1)  # a row without any group is an absent modality
+                if bool((gp[pr] == given).all()):
+                    gp = None  # every present row has every given group
+            out[k] = ModalityInput(x, bnames, pr, gp)
+        return n, out
+
+    def absent_output(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(zero embeddings [n, D], all-False presence [n]) for a model modality missing from the batch."""
+        return torch.zeros(n, self.embed_dim, device=device), torch.zeros(n, dtype=torch.bool, device=device)

@@ -1,0 +1,200 @@
+"""CNN encoders from timm (ResNet, ConvNeXt V2, ...) behind the :class:`~earthembed.models.base.Encoder` contract.
+
+* **One backbone per modality.** Each modality gets its own timm backbone with ``in_chans`` = its number of
+  bands (CNN stems cannot share weights across band counts). Per-modality embeddings are therefore
+  independent, as for the ViT, and the fused embedding is the same parameter-free mean
+  (:func:`~earthembed.models.base.fuse_embeddings`).
+* **Bands by name.** Inputs with a subset of bands (any order) are scattered into the model's channel
+  order with zeros in the missing slots: after z-score normalisation zero is the band mean, which is what
+  band dropout trains for. ``group_present`` zeroes the channels of absent band groups per row (a CNN has
+  no tokens to drop, so absence is imputation here, and band-group dropout in pretraining trains for it).
+* **Small chips.** timm CNNs reduce the input 4x in the stem and 32x overall, which leaves a 1x1 map for a
+  32 px chip. ``stem_stride`` (4 = timm's, 2 or 1) changes only strides and padding of the stem, never a
+  weight shape, so published weights still load: ResNet: 2 = stride-1 conv then the max-pool, 1 = no
+  max-pool either (the CIFAR recipe); ConvNeXt: the 4x4 patchify conv with stride 2 (padding 1) or 1
+  ('same'). ``input_size`` instead resizes inputs (e.g. to 224 for ImageNet weights), at 16-50x the compute.
+  We default the registered small-chip variants to ``stem_stride=2``: a 32 px chip ends at 2x2 (ResNet) or
+  2x2 (ConvNeXt), 64 px at 4x4, at ~4x the compute of timm's stem.
+* **Embedding.** timm's own head without the classifier (``forward_head(pre_logits=True)``): global average
+  pool (+ LayerNorm for ConvNeXt). :meth:`TimmEncoder.forward_features` gives timm's intermediate maps
+  (``forward_intermediates``), so U-Net decoders work unchanged.
+
+The state-dict keys of each backbone (``backbones.<modality>.<timm key>``) are timm's own, so timm / TorchGeo
+checkpoints map onto them by prefix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from earthembed.models.base import Encoder, EncoderOutput, ModalityInput, check_band_groups, fuse_embeddings
+from earthembed.models.registry import register_model, variant
+
+STEM_STRIDES = (1, 2, 4)
+# stride-1 ConvNeXt stems pad 'same' around an even kernel; torch warns on every call that it copies the input
+warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
+
+
+def set_stem_stride(model: nn.Module, stride: int) -> None:
+    """Make a timm ResNet / ConvNeXt stem reduce by ``stride`` (1, 2 or 4) without changing weight shapes."""
+    if stride not in STEM_STRIDES:
+        raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stride}")
+    if stride == 4:
+        return
+    conv1, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if isinstance(conv1, nn.Conv2d) and conv1.stride == (2, 2) and isinstance(pool, nn.MaxPool2d):  # ResNet
+        conv1.stride = (1, 1)
+        if stride == 1:
+            model.maxpool = nn.Identity()
+        return
+    stem = getattr(model, "stem", None)
+    conv = stem[0] if isinstance(stem, nn.Sequential) and len(stem) else None
+    if isinstance(conv, nn.Conv2d) and conv.stride == (4, 4) and conv.kernel_size == (4, 4):  # ConvNeXt
+        conv.stride = (stride, stride)
+        conv.padding = (1, 1) if stride == 2 else "same"
+        return
+    raise ValueError(f"stem_stride={stride}: {type(model).__name__} has no ResNet or ConvNeXt stem to change")
+
+
+class TimmEncoder(Encoder):
+    """A timm CNN per modality; see the module docstring.
+
+    Args:
+        modalities: modality key -> band names in the order the model stores them.
+        backbone: timm model name (``resnet18``, ``convnextv2_atto``, ...).
+        band_groups: modality key -> band-name groups (default :func:`~earthembed.models.base.default_band_groups`);
+            used by band-group dropout and ``group_present``.
+        stem_stride: 4 (timm's stem), 2 or 1 for small chips.
+        input_size: resize inputs to this side length first (None: keep the chip size).
+        drop_path_rate: stochastic depth of the backbone.
+        timm_kwargs: extra keyword arguments for ``timm.create_model``.
+    """
+
+    architecture = "timm_cnn"
+
+    def __init__(
+        self,
+        modalities: Mapping[str, Sequence[str]],
+        backbone: str = "resnet18",
+        band_groups: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        stem_stride: int = 4,
+        input_size: int | None = None,
+        drop_path_rate: float = 0.0,
+        timm_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.modalities, self.band_groups = check_band_groups(modalities, band_groups)
+        if backbone not in timm.list_models():
+            raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
+        self.backbone = str(backbone)
+        self.stem_stride = int(stem_stride)
+        self.input_size = None if input_size is None else int(input_size)
+        self.drop_path_rate = float(drop_path_rate)
+        self.timm_kwargs = dict(timm_kwargs or {})
+        kw = {**self.timm_kwargs, **({"drop_path_rate": self.drop_path_rate} if self.drop_path_rate else {})}
+        nets = {}
+        for k, bands in self.modalities.items():
+            net = timm.create_model(self.backbone, pretrained=False, in_chans=len(bands), num_classes=0, **kw)
+            set_stem_stride(net, self.stem_stride)
+            nets[k] = net
+        self.backbones = nn.ModuleDict(nets)
+        ref = next(iter(nets.values()))
+        self.embed_dim = int(ref.num_features)
+        factor = 4 // self.stem_stride
+        self.feature_channels = [int(f["num_chs"]) for f in ref.feature_info]
+        self.feature_strides = [max(1, int(f["reduction"]) // factor) for f in ref.feature_info]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "modalities": {k: list(v) for k, v in self.modalities.items()},
+            "backbone": self.backbone,
+            "band_groups": {k: [list(g) for g in gs] for k, gs in self.band_groups.items()},
+            "stem_stride": self.stem_stride,
+            "input_size": self.input_size,
+            "drop_path_rate": self.drop_path_rate,
+            "timm_kwargs": dict(self.timm_kwargs),
+        }
+
+    def _prepare(self, k: str, inp: ModalityInput) -> tuple[Tensor | None, Tensor]:
+        """(present rows or None for all, model-ordered input of those rows with absent groups zeroed)."""
+        x = self.scatter_bands(k, inp.x, inp.bands)
+        if inp.group_present is not None:
+            chan = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            for g, idx in enumerate(self.group_channel_indices(k)):
+                chan[:, idx] = inp.group_present[:, g : g + 1]
+            x = x * chan.to(x.dtype)[:, :, None, None]
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if bool(inp.present.all()):
+            return None, x
+        rows = inp.present.nonzero().flatten()
+        return rows, x[rows]
+
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None = None,
+        present: Mapping[str, Any] | None = None,
+        group_present: Mapping[str, Any] | None = None,
+    ) -> EncoderOutput:
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        ref = next(iter(inputs.values())).x
+        embs: dict[str, Tensor] = {}
+        pres: dict[str, Tensor] = {}
+        for k, net in self.backbones.items():
+            if k not in inputs:
+                embs[k], pres[k] = self.absent_output(n, ref.device)
+                continue
+            rows, x = self._prepare(k, inputs[k])
+            if rows is not None and not len(rows):
+                embs[k], pres[k] = self.absent_output(n, ref.device)
+                continue
+            e = net.forward_head(net.forward_features(x), pre_logits=True).float()
+            if rows is not None:
+                e = torch.zeros(n, self.embed_dim, device=e.device, dtype=e.dtype).index_copy(0, rows, e)
+            embs[k], pres[k] = e, inputs[k].present
+        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
+
+    def forward_features(
+        self,
+        batch: Mapping[str, Any],
+        bands: Mapping[str, Sequence[str]] | None = None,
+        present: Mapping[str, Any] | None = None,
+        group_present: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        out: dict[str, list[Tensor]] = {}
+        for k, inp in inputs.items():
+            rows, x = self._prepare(k, inp)
+            if rows is not None and not len(rows):
+                x = inp.x.new_zeros(1, len(self.modalities[k]), *x.shape[-2:])  # shapes only
+                maps = [m.new_zeros(n, *m.shape[1:]) for m in self.backbones[k].forward_intermediates(x, intermediates_only=True)]
+            else:
+                maps = self.backbones[k].forward_intermediates(x, intermediates_only=True)
+                if rows is not None:
+                    maps = [m.new_zeros(n, *m.shape[1:]).index_copy(0, rows, m) for m in maps]
+            out[k] = list(maps)
+        return out
+
+    def no_weight_decay(self) -> set[str]:
+        """1-D parameters plus what each timm backbone itself exempts (position embeddings and the like)."""
+        names = super().no_weight_decay()
+        for k, net in self.backbones.items():
+            own = net.no_weight_decay() if hasattr(net, "no_weight_decay") else set()
+            names |= {f"backbones.{k}.{n}" for n in own}
+        return names
+
+
+register_model("timm_cnn")(TimmEncoder)
+register_model("resnet18_small")(variant(TimmEncoder, backbone="resnet18", stem_stride=2))
+register_model("resnet34_small")(variant(TimmEncoder, backbone="resnet34", stem_stride=2))
+register_model("convnextv2_atto_small")(variant(TimmEncoder, backbone="convnextv2_atto", stem_stride=2))
+register_model("convnextv2_femto_small")(variant(TimmEncoder, backbone="convnextv2_femto", stem_stride=2))

@@ -1,0 +1,102 @@
+"""The shared base of every pretraining objective (one LightningModule per objective on top of it).
+
+It owns what objectives must not copy: the exported encoder (``self.model``, built by name through the
+model registry, so ``export_checkpoint`` can rebuild it from ``model_name`` / ``model_args`` without
+pickle), augmentation settings, AdamW parameter groups (no decay on 1-D parameters and on what the
+encoder's ``no_weight_decay()`` names), the warmup + cosine schedule, logging of every statistic an
+objective returns, and the DDP detail that every parameter must take part in each step's graph.
+
+An objective implements :meth:`PretrainModule.step` (``batch -> (loss, stats)``) and its heads, and may
+override :meth:`PretrainModule.validate_config` for rules of its own (checked before any work starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from earthembed.models.base import Encoder
+from earthembed.models.registry import build_model
+from earthembed.optim import adamw_warmup_cosine, param_groups
+from earthembed.pretrain.augment import AugmentConfig
+
+RUNNER_ARGS = ("model_name", "model_args", "lr", "weight_decay", "warmup_steps", "betas", "augment",
+               "gather_distributed")
+"""Constructor arguments the runner fills from the config's ``model`` / ``train`` / ``augment`` sections;
+the rest of an objective's arguments come from ``objective_args``."""
+
+
+class PretrainModule(L.LightningModule):
+    """Base LightningModule of the pretraining objectives.
+
+    Args:
+        model_name, model_args: passed to :func:`earthembed.models.registry.build_model` (``model_args``
+            must include ``modalities``); saved in the checkpoint.
+        lr, weight_decay, warmup_steps, betas: AdamW with linear warmup + cosine decay over the run's steps.
+        augment: :class:`~earthembed.pretrain.augment.AugmentConfig` fields.
+        gather_distributed: objectives that compare samples gather them across DDP ranks.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_args: dict[str, Any],
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 0,
+        betas: Sequence[float] = (0.9, 0.999),
+        augment: Mapping[str, Any] | None = None,
+        gather_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        model = build_model(model_name, **model_args)
+        if not isinstance(model, Encoder):
+            raise ValueError(f"model {model_name!r} is not an earthembed Encoder and cannot be pretrained/exported")
+        self.model: Encoder = model
+        self.aug = AugmentConfig.from_dict(augment)
+        self._groups = {k: self.model.group_channel_indices(k) for k in self.model.modalities}
+
+    # -- what an objective implements ----------------------------------------------------------------
+    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, statistics to log) of one batch; also used by bare-loop benchmarks."""
+        raise NotImplementedError
+
+    @classmethod
+    def validate_config(cls, cfg: Mapping[str, Any], where: str) -> None:
+        """Raise ValueError naming ``where`` if the resolved config breaks a rule of this objective."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (of this module) without weight decay; objectives add heads' extras by name."""
+        return {f"model.{n}" for n in self.model.no_weight_decay()}
+
+    # -- shared machinery ----------------------------------------------------------------------------
+    def batch_rows(self, batch: Mapping[str, Any]) -> int:
+        return int(batch[next(k for k in self.model.modalities if k in batch)].shape[0])
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss, stats = self.step(batch)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # dropout of bands, groups or modalities (and tasks a chip lacks) can leave parameters unused on
+            # one rank for a step, which DDP (find_unused_parameters=False) rejects: a zero term keeps every
+            # parameter in the graph, whatever the architecture
+            loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+        n = self.batch_rows(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for k, v in stats.items():
+            self.log(f"train/{k}", torch.as_tensor(v, dtype=torch.float32).to(self.device), batch_size=n)
+        return loss
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return param_groups(self, self.hparams.weight_decay, self.no_weight_decay())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer = self._trainer
+        total = int(trainer.estimated_stepping_batches) if trainer is not None else 1
+        return adamw_warmup_cosine(self.param_groups(), self.hparams.lr, self.hparams.betas,
+                                   self.hparams.warmup_steps, total)

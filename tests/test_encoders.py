@@ -1,0 +1,162 @@
+"""The encoder contract, held for every registered model: build, forward, multi-scale features, export."""
+
+import numpy as np
+import pytest
+import torch
+
+from earthembed.data.dataset import ChipDataset
+from earthembed.data.modalities import BandMismatchError, get_modality
+from earthembed.data.normalize import Normalizer
+from earthembed.data.store import ChipStore
+from earthembed.models import Encoder, EncoderOutput, build_model, export_model, list_models, load_model
+from earthembed.models.registry import MODELS
+from earthembed.pretrain.augment import AFFINE_KEY, AugmentConfig, apply_affine, augment_batch, warp_mask
+from earthembed.pretrain.run import load_config
+
+S2 = get_modality("s2_l1c").band_names
+MODS = {"s2": S2, "s1": ["VV", "VH"]}
+# small settings per family so every registered model runs a real forward pass in a test
+SMALL = {"multimodal_vit": dict(embed_dim=32, depth=1, num_heads=2)}
+
+
+def _small_kwargs(name: str) -> dict:
+    accepted, _ = MODELS.params(name)
+    if "depth" in accepted:
+        return SMALL["multimodal_vit"]
+    return {}
+
+
+def _batch(n=3, size=32):
+    g = torch.Generator().manual_seed(0)
+    return {"s2": torch.randn(n, 13, size, size, generator=g), "s1": torch.randn(n, 2, size, size, generator=g),
+            "s1_present": torch.tensor([True, False, True])}
+
+
+def test_every_registered_model_builds_on_meta_and_is_an_encoder():
+    for name in list_models():
+        with torch.device("meta"):
+            m = build_model(name, modalities=MODS)
+        assert isinstance(m, Encoder), name
+        assert m.architecture in MODELS and len(m.feature_channels) == len(m.feature_strides), name
+        assert sorted(m.feature_strides) == m.feature_strides, name
+
+
+CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small"]
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_contract_forward_features_export(name, tiny_store, tmp_path):
+    torch.manual_seed(0)
+    m = build_model(name, modalities=MODS, **_small_kwargs(name)).eval()
+    b = _batch()
+    out = m(b)
+    assert isinstance(out, EncoderOutput)
+    assert out.fused.shape == (3, m.embed_dim) and out.modality["s1"].shape == (3, m.embed_dim)
+    assert out.present["s1"].tolist() == [True, False, True] and torch.all(out.modality["s1"][1] == 0)
+    torch.testing.assert_close(out.fused[1], torch.nn.functional.normalize(out.modality["s2"][1], dim=0))
+    feats = m.forward_features(b)
+    for k in ("s2", "s1"):
+        assert [f.shape[1] for f in feats[k]] == m.feature_channels
+        assert [32 // f.shape[-1] for f in feats[k]] == m.feature_strides
+    assert torch.all(feats["s1"][-1][1] == 0)  # absent row
+    # band subset in another order == full input with those bands only (the rest zero / absent)
+    rgb = ["B04", "B03", "B02"]
+    sub = m({"s2": b["s2"][:, [S2.index(x) for x in rgb]]}, bands={"s2": rgb}).modality["s2"]
+    assert sub.shape == (3, m.embed_dim) and torch.isfinite(sub).all()
+    with pytest.raises(BandMismatchError, match="unknown to this model"):
+        m({"s2": b["s2"][:, :1]}, bands={"s2": ["B99"]})
+    # export -> load gives the same embeddings, rebuilt through the registry
+    st = ChipStore(tiny_store)
+    exp = export_model(m, tmp_path / "exp", Normalizer.from_store(st))
+    loaded, meta = load_model(exp)
+    assert meta["architecture"] == m.architecture and type(loaded) is type(m)
+    torch.testing.assert_close(loaded(b).fused, out.fused, rtol=0, atol=0)
+
+
+def test_cnn_zero_slots_equal_missing_bands_and_group_present_zeroes_channels():
+    m = build_model("resnet18_small", modalities={"s2": S2}).eval()
+    x = torch.randn(2, 13, 16, 16)
+    rgb = ["B04", "B03", "B02"]
+    keep = torch.zeros(13, dtype=torch.bool)
+    keep[[S2.index(b) for b in rgb]] = True
+    sub = m({"s2": x[:, [S2.index(b) for b in rgb]]}, bands={"s2": rgb}).modality["s2"]
+    zeroed = m({"s2": x * keep[None, :, None, None]}).modality["s2"]
+    torch.testing.assert_close(sub, zeroed)
+    gp = torch.tensor([[True, False, False], [True, True, True]])  # row 0: 10 m group only
+    out = m({"s2": x}, group_present={"s2": gp}).modality["s2"]
+    ten = [S2.index(b) for b in m.band_groups["s2"][0]]
+    only10 = torch.zeros_like(x)
+    only10[:, ten] = x[:, ten]
+    torch.testing.assert_close(out[0], m({"s2": only10}).modality["s2"][0])
+    torch.testing.assert_close(out[1], m({"s2": x}).modality["s2"][1])
+
+
+def test_stem_stride_keeps_weight_shapes_and_refuses_other_families():
+    a = build_model("timm_cnn", modalities={"s2": ["B02", "B03", "B04"]}, backbone="convnextv2_atto")
+    b = build_model("timm_cnn", modalities={"s2": ["B02", "B03", "B04"]}, backbone="convnextv2_atto", stem_stride=1)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert b.feature_strides == [1, 2, 4, 8]
+    assert b.forward_features({"s2": torch.randn(1, 3, 16, 16)})["s2"][0].shape[-1] == 16
+    with pytest.raises(ValueError, match="no ResNet or ConvNeXt stem"):
+        build_model("timm_cnn", modalities={"s2": ["B02"]}, backbone="vit_tiny_patch16_224", stem_stride=2)
+    with pytest.raises(ValueError, match="unknown timm backbone"):
+        build_model("timm_cnn", modalities={"s2": ["B02"]}, backbone="resnet_nope")
+
+
+def test_no_weight_decay_covers_grn_norms_and_embeddings():
+    from earthembed.optim import param_groups
+
+    cnx = build_model("convnextv2_atto_small", modalities={"s2": ["B02", "B03", "B04"]})
+    nwd = cnx.no_weight_decay()
+    assert any("grn" in n for n in nwd) and any(n.endswith("norm.weight") for n in nwd)
+    assert not any(n.endswith("conv_dw.weight") for n in nwd)
+    vit = build_model("multimodal_vit_tiny", modalities=MODS)
+    assert {"modality_embed.s2", "group_embed.s2"} <= vit.no_weight_decay()
+    groups = param_groups(vit, 0.05, vit.no_weight_decay())
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert id(vit.modality_embed["s2"]) not in decayed and id(vit.blocks[0].attn.qkv.weight) in decayed
+
+
+def test_config_keys_are_checked_against_the_chosen_model():
+    cfg, _ = load_config("contrastive_tiny", ["model.name=resnet18_small", "model.stem_stride=1"])
+    assert cfg["model"]["stem_stride"] == 1
+    with pytest.raises(ValueError, match=r"unknown config key 'model.num_heads' for model 'resnet18_small'"):
+        load_config("contrastive_tiny", ["model.name=resnet18_small", "model.num_heads=2"])
+    with pytest.raises(ValueError, match=r"'model.stem_stride'"):
+        load_config("contrastive_tiny", ["model.stem_stride=2"])  # the ViT has no stem_stride
+    with pytest.raises(ValueError, match="train.betas"):
+        load_config("contrastive_tiny", ["train.betas=0.9"])
+
+
+def test_cnn_pretrain_export_embed_end_to_end(tiny_store, tmp_path):
+    from earthembed.embed.io import read_embeddings
+    from earthembed.embed.run import embed_store
+    from earthembed.pretrain.run import pretrain
+
+    export = pretrain("contrastive_tiny", tiny_store, tmp_path / "run", overrides=[
+        "model.name=resnet18_small", "model.backbone=resnet18", "data.batch_size=8", "data.crop_size=16",
+        "train.max_steps=2", "train.progress_bar=false", "data.splits=all", "objective_args.proj_dim=16"])
+    model, meta = load_model(export)
+    assert meta["architecture"] == "timm_cnn" and meta["config"]["stem_stride"] == 2
+    out = embed_store(export, tiny_store, tmp_path / "emb.parquet", progress=False)
+    df, X = read_embeddings(out)
+    assert X.shape == (20, 512) and np.isfinite(X).all()
+
+
+def test_augment_returns_its_geometry_and_masks_warp_alike(tiny_store):
+    st = ChipStore(tiny_store)
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    cfg = AugmentConfig(crop_scale=(0.5, 0.5), band_dropout=0.0, group_dropout=0.0, noise_std=0.0)
+    out = augment_batch({"a": x}, {"a": [[0]]}, cfg, generator=torch.Generator().manual_seed(0))
+    theta = out[AFFINE_KEY]
+    assert theta.shape == (2, 2, 3)
+    mask = (x[:, 0] % 7).long()
+    warped = warp_mask(mask, theta)
+    assert warped.dtype == torch.long and set(warped.unique().tolist()) <= set(mask.unique().tolist())
+    same = augment_batch({"a": x}, {"a": [[0]]}, cfg, theta=theta)
+    torch.testing.assert_close(same["a"], out["a"])
+    torch.testing.assert_close(apply_affine(x, theta), out["a"])
+    ds = ChipDataset(st, ["s2"])
+    with pytest.raises(ValueError, match="no pixel-mask label 'label'"):
+        ChipDataset(st, ["s2"], masks=["label"])
+    assert "mask_label" not in ds.read_batch(np.arange(2))
