@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
 from earthembed.models.multimodal_vit import MultiModalViT
+from earthembed.outputs import write_json
 
 FORMAT = "earthembed-model"
 FORMAT_VERSION = 1
@@ -101,9 +102,7 @@ def export_model(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / META_FILE)
+    write_json(out / META_FILE, meta)  # standard JSON: NaN/Infinity (e.g. broken statistics) are refused
     return out
 
 
@@ -129,7 +128,26 @@ def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this earthembed supports")
     if meta.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r}")
+    _check_meta(meta, meta_path)
     return meta, meta_path.parent
+
+
+def _check_meta(meta: dict[str, Any], meta_path: Path) -> None:
+    """The keys ``embed`` and ``load_model`` use, with their types: an edited file fails here, naming the key."""
+    for key in ("config", "modalities", "normalization"):
+        if not isinstance(meta.get(key), dict):
+            what = "missing" if key not in meta else f"must be a JSON object, got {meta[key]!r:.80}"
+            raise ValueError(f"{meta_path}: key {key!r} {what}")
+    for k, bands in meta["modalities"].items():
+        if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
+            raise ValueError(f"{meta_path}: modalities.{k} must be a non-empty list of band names, got {bands!r:.80}")
+    try:
+        norm = Normalizer.from_dict(meta["normalization"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{meta_path}: 'normalization' is malformed ({type(e).__name__}: {e})") from e
+    missing = [k for k in meta["modalities"] if k not in norm.stats]
+    if missing:
+        raise ValueError(f"{meta_path}: 'normalization' has no statistics for modalities {missing}")
 
 
 def random_init_like(meta: dict[str, Any], seed: int = 0) -> MultiModalViT:
@@ -146,7 +164,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
     weights = root / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights file missing")
-    model = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    try:
+        model = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{root / META_FILE}: 'config' does not build a {meta['architecture']} ({e})") from e
     try:
         state = load_file(str(weights), device=str(device))
     except SafetensorError as e:
@@ -154,8 +175,44 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the config in {META_FILE}: {e}") from e
+        first = str(e).strip().splitlines()
+        raise ValueError(f"{weights}: weights do not match the config in {META_FILE}: {' '.join(first)[:400]}") from e
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ValueError(
+            f"{weights}: tensors {nonfinite[:3]}{' ...' if len(nonfinite) > 3 else ''} hold NaN/Inf values; "
+            "embeddings from it would be meaningless (a diverged training run?)"
+        )
     return model.to(device).eval(), meta
+
+
+def read_checkpoint(ckpt: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a checkpoint, with one-line errors naming the file: one that would
+    need to run code (a malicious or foreign pickle) is refused, a corrupt or truncated one says so.
+
+    ``mmap=True`` maps the tensors instead of reading them (a cheap validity check of a large checkpoint)."""
+    import pickle
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    try:
+        data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        code = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if code:
+            raise ValueError(
+                f"{ckpt}: refused: loading it would run code ({code[0]}); earthembed loads checkpoints with "
+                "torch.load(weights_only=True) and never executes code from a file"
+            ) from e
+        detail = [line.strip() for line in str(e).splitlines() if "Unpickler error" in line or "Unsupported" in line]
+        raise ValueError(f"{ckpt}: not a readable checkpoint (corrupt or not a PyTorch file): {' '.join(detail)[:200]}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{ckpt}: not a readable checkpoint (corrupt or truncated?): {first[:200]}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{ckpt}: not a Lightning checkpoint (holds a {type(data).__name__}, not a dict)")
+    return data
 
 
 def export_checkpoint(
@@ -170,16 +227,18 @@ def export_checkpoint(
     ``products``: as for :func:`export_model` (e.g. ``modality_products(ChipStore(store).modalities)``).
     """
     ckpt = Path(ckpt)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    data = read_checkpoint(ckpt)
     hp = data.get("hyper_parameters", {})
-    if "model_name" not in hp or "model_args" not in hp:
-        raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args)")
+    if not isinstance(hp, dict) or "model_name" not in hp or not isinstance(hp.get("model_args"), dict) \
+            or not isinstance(data.get("state_dict"), dict):
+        raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args/state_dict)")
     from earthembed.models.registry import build_model
 
-    model = build_model(hp["model_name"], **hp["model_args"])
-    state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    try:
+        model = build_model(hp["model_name"], **hp["model_args"])
+        state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state, strict=True)
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{ckpt}: its model does not rebuild from its own hyper-parameters ({str(e)[:300]})") from e
     info = {"checkpoint": str(ckpt), "global_step": int(data.get("global_step", 0))}
     return export_model(model, out_dir, normalizer, extra={"pretrain": info, **(extra or {})}, products=products)

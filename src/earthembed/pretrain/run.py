@@ -60,6 +60,32 @@ DEFAULTS: dict[str, Any] = {
     "augment": {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(AugmentConfig)},
 }
 _FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
+_NUMERIC: dict[str, tuple[type, bool]] = {
+    "train.max_steps": (int, True), "train.max_epochs": (int, True), "train.lr": (float, False),
+    "train.weight_decay": (float, False), "train.warmup_steps": (int, False), "train.num_nodes": (int, False),
+    "train.seed": (int, False), "train.log_every_n_steps": (int, False), "train.accumulate_grad_batches": (int, False),
+    "train.checkpoint_every_n_steps": (int, False), "train.gradient_clip_val": (float, True),
+    "data.batch_size": (int, False), "data.num_workers": (int, False), "data.crop_size": (int, True),
+}
+"""Numeric config keys: (type, may be null). Checked up front so a bad value names its key, not int()'s text."""
+
+
+def _check_numbers(cfg: dict[str, Any], where: str) -> None:
+    for dotted, (typ, nullable) in _NUMERIC.items():
+        section, key = dotted.split(".")
+        v = cfg[section][key]
+        if v is None and nullable:
+            continue
+        if typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:  # YAML reads 1e-3 (no dot) as a string: accept what float() accepts
+            try:
+                ok = not isinstance(v, bool) and v is not None and float(v) == float(v)
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            kind = "an integer" if typ is int else "a number"
+            raise ValueError(f"{where}: {dotted} must be {kind}{' or null' if nullable else ''}, got {v!r}")
 
 
 def register_objective(name: str, target: str) -> None:
@@ -161,6 +187,7 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     for k in cfg["objective_args"]:
         if k not in allowed_obj:
             raise ValueError(f"{where}: unknown config key 'objective_args.{k}' (known: {sorted(allowed_obj)})")
+    _check_numbers(cfg, where)
     t = cfg["train"]
     if (t["max_steps"] in (None, -1)) and t["max_epochs"] is None:
         raise ValueError(f"{where}: set train.max_steps or train.max_epochs")
@@ -297,7 +324,12 @@ def pretrain(
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
     )
-    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
+    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only;
+    # checked first (memory-mapped, cheap) so a corrupt or code-carrying last.ckpt is one line naming it
+    if resume and last.exists():
+        from earthembed.models.export import read_checkpoint
+
+        read_checkpoint(last, mmap=True)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
     trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
     export = out / "export"
