@@ -23,6 +23,16 @@ for _stage in (data_cli, pretrain_cli, embed_cli, evaluate_cli, explore_cli):
     _stage.register(app)
 
 
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback instead of one line"),
+) -> None:
+    """Options for every command (``earthembed --debug COMMAND ...``)."""
+    from earthembed import cli_utils
+
+    cli_utils.DEBUG = debug
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="output directory (reused steps are skipped)"),
