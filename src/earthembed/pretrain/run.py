@@ -263,6 +263,10 @@ def pretrain(
         **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
     }
     last = out / "checkpoints" / "last.ckpt"
+    if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
+        from earthembed.models.export import read_checkpoint
+
+        read_checkpoint(last, mmap=True)
     if resume and last.exists() and (out / "config.yaml").exists():
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
         changed = [k for k in ("model", "objective", "objective_args") if before.get(k) != resolved[k]]
@@ -324,12 +328,7 @@ def pretrain(
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
     )
-    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only;
-    # checked first (memory-mapped, cheap) so a corrupt or code-carrying last.ckpt is one line naming it
-    if resume and last.exists():
-        from earthembed.models.export import read_checkpoint
-
-        read_checkpoint(last, mmap=True)
+    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
     trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
     export = out / "export"
