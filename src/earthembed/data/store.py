@@ -87,7 +87,7 @@ def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False) -
     """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open).
 
     ``write_empty_chunks`` opens it with zarr's own pipeline, which (unlike zarrs) honours the setting: used to
-    write the rare all-fill chunk so that a missing chunk file always means damage (see :func:`chunk_files`)."""
+    write the rare all-fill chunk so that a missing chunk file always means damage (see :class:`ChunkLayout`)."""
     pipeline = DEFAULT_PIPELINE if write_empty_chunks else codec_pipeline()
     if pipeline is None:
         return group[name]
@@ -98,14 +98,33 @@ def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False) -
         return group[name]
 
 
-def chunk_files(store_path: Path, name: str, arr: zarr.Array, chunk: int) -> list[Path]:
-    """Files of chip-axis chunk ``chunk`` of array ``name`` (one per chunk of the other axes: one for stores)."""
-    import itertools
+@dataclasses.dataclass(frozen=True)
+class ChunkLayout:
+    """Where the chunk files of an array are, per chunk along the chip axis (one file each in a store: the
+    other axes are a single chunk). Built once per array so that checking a chunk costs one ``stat``."""
 
-    rest = [range(n) for n in arr.cdata_shape[1:]]
-    return [
-        store_path / ARRAYS / name / arr.metadata.encode_chunk_key((chunk, *c)) for c in itertools.product(*rest)
-    ]
+    chunk_chips: int
+    paths: tuple[tuple[str, str], ...]  # (before, after) the chip-chunk number in each file path
+
+    @classmethod
+    def of(cls, store_path: Path, name: str, arr: zarr.Array) -> ChunkLayout:
+        """Paths are zarr's own chunk keys (any key encoding), split around a sentinel chunk number once, so
+        that a path costs a string concatenation instead of an encoder call (an open stats every chunk)."""
+        import itertools
+
+        base, mark = str(store_path / ARRAYS / name), 987654321
+        paths = []
+        for r in itertools.product(*[range(n) for n in arr.cdata_shape[1:]]):
+            before, after = os.path.join(base, arr.metadata.encode_chunk_key((mark, *r))).split(str(mark))
+            paths.append((before, after))
+        return cls(int(arr.chunks[0]), tuple(paths))
+
+    def files(self, chunk: int) -> list[str]:
+        return [f"{before}{chunk}{after}" for before, after in self.paths]
+
+    def missing(self, chunk: int) -> str | None:
+        """The first missing file of chip-axis chunk ``chunk``, or None."""
+        return next((f for f in self.files(chunk) if not os.path.exists(f)), None)
 
 
 META_FILE = "earthembed.json"
@@ -540,11 +559,9 @@ class StoreWriter:
         if arr.shape[0] < end:
             arr.resize((end, *arr.shape[1:]))
         arr[start:end] = data
-        cc = arr.chunks[0]
-        missing = [
-            i for i in range(start // cc, (end - 1) // cc + 1)
-            if not all(f.exists() for f in chunk_files(self.path, name, arr, i))
-        ]
+        layout = ChunkLayout.of(self.path, name, arr)
+        cc = layout.chunk_chips
+        missing = [i for i in range(start // cc, (end - 1) // cc + 1) if layout.missing(i)]
         if missing:
             full = open_array(root, name, write_empty_chunks=True)
             for i in missing:
@@ -661,6 +678,7 @@ class ChipStore:
         self._pid = os.getpid()
         self._index: Any = None
         self._presence: dict[str, np.ndarray] | None = None
+        self._layouts: dict[str, ChunkLayout] = {}
         if check:
             problems = open_problems(self, check_stats=check_stats)
             if problems:
@@ -677,6 +695,7 @@ class ChipStore:
         s = self.__dict__.copy()
         s["_root"] = None
         s["_arrays"] = {}
+        s["_layouts"] = {}
         return s
 
     @property
@@ -695,6 +714,13 @@ class ChipStore:
         if arr is None:
             arr = self._arrays[name] = open_array(self.root, name)
         return arr
+
+    def layout(self, name: str) -> ChunkLayout:
+        """Chunk-file layout of array ``name`` (cached with the array)."""
+        lay = self._layouts.get(name)
+        if lay is None:
+            lay = self._layouts[name] = ChunkLayout.of(self.path, name, self.array(name))
+        return lay
 
     @property
     def index(self):  # geopandas.GeoDataFrame
@@ -806,14 +832,15 @@ class ChipStore:
             chips = np.where(rows < 0, rows + n, rows)
         if chips.size and (chips.min() < 0 or chips.max() >= n):
             raise IndexError(f"{self.path}: chip index out of range for {n} chips")
-        cc = arr.chunks[0]
+        layout = self.layout(name)
+        cc = layout.chunk_chips
         chunks = np.unique(chips // cc)
         pres = self.presence().get(name)
         for c in chunks:
             if pres is None or pres[c * cc : (c + 1) * cc].any():
-                lost = [f for f in chunk_files(self.path, name, arr, int(c)) if not f.exists()]
+                lost = layout.missing(int(c))
                 if lost:
-                    raise StoreError(self._chunk_message(name, int(c), cc, n, f"chunk file {lost[0]} is missing"))
+                    raise StoreError(self._chunk_message(name, int(c), cc, n, f"chunk file {lost} is missing"))
         try:
             if isinstance(rows, (int, slice)):
                 return arr[rows]
@@ -825,7 +852,7 @@ class ChipStore:
                 try:
                     arr[int(c) * cc : min((int(c) + 1) * cc, n)]
                 except Exception as ce:
-                    f = chunk_files(self.path, name, arr, int(c))[0]
+                    f = layout.files(int(c))[0]
                     raise StoreError(
                         self._chunk_message(name, int(c), cc, n, f"chunk file {f} cannot be decoded ({type(ce).__name__}: {ce})")
                     ) from e

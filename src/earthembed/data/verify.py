@@ -149,18 +149,18 @@ def _structure_problems(store: ChipStore) -> list[str]:
 
 def _missing_chunks(store: ChipStore, name: str) -> list[str]:
     """Chunks holding a chip marked present whose file is missing (one ``stat`` per such chunk)."""
-    from earthembed.data.store import chunk_files
-
-    arr = store.array(name)
+    layout = store.layout(name)
     pres = store.presence()[name]
-    cc = arr.chunks[0]
+    cc = layout.chunk_chips
+    if not len(pres):
+        return []
+    per_chunk = np.add.reduceat(pres.astype(np.int64), np.arange(0, len(pres), cc))
     out = []
-    for c in np.flatnonzero(np.add.reduceat(pres, np.arange(0, len(pres), cc)) > 0) if len(pres) else []:
-        lost = [f for f in chunk_files(store.path, name, arr, int(c)) if not f.exists()]
+    for c in np.flatnonzero(per_chunk).tolist():
+        lost = layout.missing(c)
         if lost:
-            k = int(pres[int(c) * cc : (int(c) + 1) * cc].sum())
-            out.append(chunk_problem(store.path, name, int(c), cc, len(pres),
-                                     f"chunk file {lost[0]} is missing ({k} of these chips hold data per the index)"))
+            out.append(chunk_problem(store.path, name, c, cc, len(pres),
+                                     f"chunk file {lost} is missing ({per_chunk[c]} of these chips hold data per the index)"))
     return out
 
 
@@ -228,7 +228,7 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
     """Full check of a store: the open checks, the index, and a decode of every chunk of every array.
 
     Also reports chips the index marks present whose pixels are all nodata (they would be embedded as data)."""
-    from earthembed.data.store import ChipStore, chunk_files, valid_pixels
+    from earthembed.data.store import ChipStore, valid_pixels
 
     rep = VerifyReport(Path(path))
     try:
@@ -259,15 +259,14 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
             rep.chunks_checked += 1
             if bar is not None:
                 bar.update(1)
-            files = chunk_files(store.path, name, arr, c)
-            if not all(f.exists() for f in files):
+            if store.layout(name).missing(c):
                 continue  # reported above when it holds present chips; fill values otherwise
             try:
                 data = arr[s:e]
             except Exception as ex:  # any codec failure is damage
                 rep.problems.append(chunk_problem(
                     store.path, name, c, cc, len(store),
-                    f"chunk file {files[0]} cannot be decoded ({type(ex).__name__}: {ex})"))
+                    f"chunk file {store.layout(name).files(c)[0]} cannot be decoded ({type(ex).__name__}: {ex})"))
                 continue
             if name in store.modalities:
                 empty += [s + i for i in np.flatnonzero(pres[s:e]) if not valid_pixels(data[i], nodata).any()]
