@@ -280,6 +280,21 @@ def test_non_finite_pixels_become_nodata_and_statistics_stay_finite(tmp_path):
         write_json(tmp_path / "x.json", {"mean": float("inf")})
 
 
+def test_a_band_without_valid_pixels_has_no_statistics_and_is_never_guessed(tmp_path):
+    with StoreWriter(tmp_path / "st", [get_modality("s2_l1c")], 8) as w:
+        for i in range(3):
+            a = np.ones((13, 8, 8), "uint16")
+            a[3] = 0  # B04 is nodata everywhere
+            w.add(ChipRecord(f"c{i}", {"s2": a}))
+    st = ChipStore(tmp_path / "st")
+    s2 = strict_json(tmp_path / "st" / "earthembed.json")["stats"]["s2"]
+    assert s2["mean"][3] is None and s2["count"][3] == 0 and s2["mean"][2] == 1.0
+    norm = Normalizer.from_store(st)
+    with pytest.raises(ValueError, match=r"no normalisation statistics for s2 bands \['B04'\]"):
+        norm(st.read("s2", [0]), "s2", st.band_names("s2"))
+    assert norm(st.read("s2", [0], ["B03"]), "s2", ["B03"]).abs().max() == 0  # the other bands work
+
+
 def test_a_store_with_non_finite_statistics_is_refused_until_stats_recomputes_them(store):
     meta = json.loads((store / "earthembed.json").read_text())
     meta["stats"]["s2"]["mean"][3] = float("inf")

@@ -47,7 +47,10 @@ def stats(
     with fail_on():
         s = update_store_stats(store, max_chips=max_chips or None, seed=seed)
     for k, v in s.items():
-        typer.echo(f"{k}: " + ", ".join(f"{b}={m:.4g}±{sd:.3g}" for b, m, sd in zip(v["bands"], v["mean"], v["std"], strict=True)))
+        typer.echo(f"{k}: " + ", ".join(
+            f"{b}={m:.4g}±{sd:.3g}" if m is not None else f"{b}=no valid pixel"
+            for b, m, sd in zip(v["bands"], v["mean"], v["std"], strict=True)
+        ))
 
 
 def verify(

@@ -50,14 +50,20 @@ class Normalizer:
         if missing:
             raise BandMismatchError(f"no normalisation statistics for {modality} bands {missing}")
         ii = [s["bands"].index(b) for b in bands]
-        unusable = [
-            f"{bands[j]} (mean {s['mean'][i]}, std {s['std'][i]})" for j, i in enumerate(ii)
-            if s["mean"][i] is None or s["std"][i] is None or not np.isfinite([s["mean"][i], s["std"][i]]).all()
-        ]
-        if unusable:  # guessing mean 0 / std 1 would feed the model unnormalised data without a word
+        empty = [bands[j] for j, i in enumerate(ii) if s["mean"][i] is None or s["std"][i] is None]
+        bad = [f"{bands[j]} (mean {s['mean'][i]}, std {s['std'][i]})" for j, i in enumerate(ii)
+               if bands[j] not in empty and not np.isfinite([s["mean"][i], s["std"][i]]).all()]
+        # guessing mean 0 / std 1 would feed the model unnormalised data without a word
+        if empty:
             raise BandMismatchError(
-                f"no usable normalisation statistics for {modality} bands {unusable}: the store they come from had "
-                "no valid pixel of them, or they are not finite; recompute them with `earthembed stats STORE`"
+                f"no normalisation statistics for {modality} bands {empty}: no valid pixel of them in the chips the "
+                "statistics were computed on; leave them out (--bands, model.modalities) or, if other chips have "
+                "them, recompute with `earthembed stats STORE --max-chips 0`"
+            )
+        if bad:
+            raise BandMismatchError(
+                f"non-finite normalisation statistics for {modality} bands {bad}; recompute them with "
+                "`earthembed stats STORE`"
             )
         mean = np.asarray([s["mean"][i] for i in ii], dtype=np.float32)
         std = np.asarray([s["std"][i] for i in ii], dtype=np.float32)
