@@ -231,6 +231,15 @@ def test_verify_passes_a_sound_store_and_lists_every_problem(store):
     assert any("arrays.zarr/dem" in p for p in rep["problems"]) and any("not finite" in p for p in rep["problems"])
 
 
+def test_chunks_that_are_all_fill_value_are_still_written_so_missing_always_means_damage(tmp_path):
+    rgb = get_modality("rgb")  # no nodata: a black image is data, and equals the fill value 0
+    with StoreWriter(tmp_path / "st", [rgb], 8, batch_size=8) as w:
+        for i in range(20):
+            w.add(ChipRecord(f"c{i}", {"rgb": np.full((3, 8, 8), 0 if i < 16 else 9, "uint8")}))
+    assert (tmp_path / "st" / "arrays.zarr" / "rgb" / "c" / "0" / "0" / "0" / "0").exists()
+    assert ChipStore(tmp_path / "st").read("rgb", 3).max() == 0
+
+
 def test_index_with_rows_removed_is_detected(store):
     t = pq.read_table(store / "index.parquet")
     pq.write_table(t.slice(0, 28), store / "index.parquet")

@@ -87,7 +87,7 @@ def describe_holder(lock_file: str | Path) -> str:
         h = json.loads(Path(lock_file).read_text())
         return f"pid {h['pid']} on {h['host']} since {h['since']}: {h['command']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not recorded its pid yet)"
+        return "another process (it has not recorded its pid: just starting, or a filesystem without flock)"
 
 
 class OutputLock:
@@ -114,17 +114,26 @@ class OutputLock:
                 f"{self.target}: is being written by {describe_holder(self.lock_file)}; wait for it to finish "
                 f"(or stop it) - two writers would corrupt it. Lock file: {self.lock_file}"
             ) from None
-        try:
-            with open(self.lock_file, "w") as f:  # the holder's identity, for the error message above
-                f.write(json.dumps(holder_info()))
-        except OSError:
-            pass  # a read-only lock file still locks; only the message loses detail
+        if self._native():
+            try:
+                with open(self.lock_file, "w") as f:  # the holder's identity, for the error message above
+                    f.write(json.dumps(holder_info()))
+            except OSError:
+                pass  # a read-only lock file still locks; only the message loses detail
         return self
+
+    def _native(self) -> bool:
+        """An OS lock (flock): False after filelock fell back to its own marker file (a filesystem without
+        flock), whose content and removal filelock manages itself."""
+        from filelock import UnixFileLock
+
+        return isinstance(self._lock, UnixFileLock)
 
     def release(self) -> None:
         if self._lock.is_locked:
-            with contextlib.suppress(OSError):
-                self.lock_file.unlink()  # while still held: see the module docstring
+            if self._native():
+                with contextlib.suppress(OSError):
+                    self.lock_file.unlink()  # while still held: see the module docstring
             self._lock.release()
 
     @property
