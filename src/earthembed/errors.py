@@ -17,7 +17,3 @@ class OutputError(RuntimeError):
 
 class LockedError(OutputError):
     """Another process is writing the same store or output; the message names it (pid, host, command)."""
-
-
-class ModelFileError(ValueError):
-    """An exported model, ``model.json`` or checkpoint that cannot be used; the message names the file."""

@@ -203,7 +203,10 @@ def _index_problems(store: ChipStore) -> list[str]:
     from earthembed.data.store import INDEX_FILE, SPLITS
 
     f = store.path / INDEX_FILE
-    t = pq.read_table(f)
+    try:
+        t = pq.read_table(f)
+    except (OSError, pa.ArrowException) as e:
+        return [f"{f}: unreadable ({e})"]
     out = []
     if "chip_id" not in t.column_names:
         return [f"{f}: no chip_id column"]
@@ -240,8 +243,13 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
     names = array_names(store)
     rep.arrays = len(names)
     rep.problems += _structure_problems(store)
+    if not rep.problems:
+        try:
+            store.presence()
+        except StoreError as e:
+            rep.problems.append(str(e))
     if rep.problems:
-        return rep
+        return rep  # the rest assumes rows, arrays and the index's presence columns line up
     rep.problems += _content_problems(store, check_stats=True) + _index_problems(store)
     bar = None
     if progress:
