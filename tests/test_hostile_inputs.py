@@ -229,6 +229,10 @@ def test_verify_passes_a_sound_store_and_lists_every_problem(store):
     rep = json.loads(r.output)
     assert r.exit_code == 1 and not rep["ok"] and len(rep["problems"]) == 2
     assert any("arrays.zarr/dem" in p for p in rep["problems"]) and any("not finite" in p for p in rep["problems"])
+    meta["complete"] = False  # an interrupted ingest
+    (store / "earthembed.json").write_text(json.dumps(meta))
+    r = cli("verify", store, "--quiet")
+    assert r.exit_code == 1 and "store is incomplete" in r.output
 
 
 def test_chunks_that_are_all_fill_value_are_still_written_so_missing_always_means_damage(tmp_path):
@@ -302,6 +306,9 @@ def test_a_band_without_valid_pixels_has_no_statistics_and_is_never_guessed(tmp_
     with pytest.raises(ValueError, match=r"no normalisation statistics for s2 bands \['B04'\]"):
         norm(st.read("s2", [0]), "s2", st.band_names("s2"))
     assert norm(st.read("s2", [0], ["B03"]), "s2", ["B03"]).abs().max() == 0  # the other bands work
+    inf = Normalizer({"s2": {"bands": ["B03"], "mean": [float("inf")], "std": [1.0]}})  # e.g. an older model.json
+    with pytest.raises(ValueError, match=r"non-finite normalisation statistics for s2 bands \['B03 \(mean inf"):
+        inf(st.read("s2", [0], ["B03"]), "s2", ["B03"])
 
 
 def test_a_store_with_non_finite_statistics_is_refused_until_stats_recomputes_them(store):

@@ -25,12 +25,14 @@ for _stage in (data_cli, pretrain_cli, embed_cli, evaluate_cli, explore_cli):
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback instead of one line"),
 ) -> None:
     """Options for every command (``earthembed --debug COMMAND ...``)."""
     from earthembed import cli_utils
 
     cli_utils.DEBUG = debug
+    ctx.call_on_close(lambda: setattr(cli_utils, "DEBUG", False))
 
 
 @app.command("demo")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import click
 import typer
+import typer.exceptions
 
 from earthembed.data.modalities import BandMismatchError
 from earthembed.errors import IngestError, OutputError, StoreError
@@ -15,9 +15,10 @@ EXPECTED = (IngestError, StoreError, OutputError, BandMismatchError, OSError, Ke
 """Bad input: their messages name the file and the problem, so the traceback adds nothing for a user."""
 
 DEBUG = False
-"""Set by the global ``earthembed --debug`` option: errors then propagate with their traceback."""
+"""Set by the global ``earthembed --debug`` option for one invocation (reset when it ends, so it never leaks
+into the next command run in the same process): errors then propagate with their traceback."""
 
-_PASS_THROUGH = (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+_PASS_THROUGH = (typer.Exit, typer.Abort, typer.exceptions.TyperException)  # typer's own control flow
 
 
 def error_message(e: BaseException) -> str:
