@@ -29,7 +29,7 @@ from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.embed.io import fixed_size_list, write_embedding_table
 from earthembed.embed.run import embed_store
 from earthembed.errors import LockedError, OutputError, StoreError
-from earthembed.models.export import export_model, load_model
+from earthembed.models.export import export_model, load_model, read_checkpoint
 from earthembed.models.registry import build_model
 from earthembed.outputs import OutputLock, write_json
 
@@ -378,12 +378,22 @@ def test_a_malicious_or_corrupt_checkpoint_is_refused_in_one_line(store, tmp_pat
             return (os.system, (f"touch {marker}",))
 
     torch.save({"state_dict": {}, "x": Evil()}, tmp_path / "evil.ckpt")
-    (tmp_path / "corrupt.ckpt").write_bytes(os.urandom(256))
     one_line_error(cli("export-checkpoint", "--ckpt", tmp_path / "evil.ckpt", "--store", store, "--out", tmp_path / "x"),
                    "evil.ckpt: refused: loading it would run code", "system")
-    one_line_error(cli("export-checkpoint", "--ckpt", tmp_path / "corrupt.ckpt", "--store", store, "--out",
-                       tmp_path / "x"), "corrupt.ckpt: not a readable checkpoint")
     assert not marker.exists() and not (tmp_path / "x").exists()
+    # garbage fails the unpickler in many ways: every one is the same refusal, never a traceback
+    corrupt = tmp_path / "corrupt.ckpt"
+    causes = set()
+    for seed in range(200):
+        corrupt.write_bytes(np.random.default_rng(seed).bytes(256))
+        with pytest.raises(ValueError, match="corrupt.ckpt: not a readable checkpoint") as err:
+            read_checkpoint(corrupt)
+        causes.add(type(err.value.__cause__).__name__)
+    assert {"UnpicklingError", "IndexError", "KeyError", "UnicodeDecodeError"} <= causes
+    torch.save({"state_dict": {}}, tmp_path / "ok.ckpt")
+    corrupt.write_bytes((tmp_path / "ok.ckpt").read_bytes()[:200])  # truncated
+    one_line_error(cli("export-checkpoint", "--ckpt", corrupt, "--store", store, "--out", tmp_path / "x"),
+                   "corrupt.ckpt: not a readable checkpoint (corrupt or truncated?)")
 
 
 def test_a_malicious_last_ckpt_is_refused_on_resume(store, tmp_path):

@@ -192,12 +192,15 @@ def read_checkpoint(ckpt: str | Path, mmap: bool = False) -> dict[str, Any]:
 
     ``mmap=True`` maps the tensors instead of reading them (a cheap validity check of a large checkpoint)."""
     import pickle
+    import warnings
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found")
     try:
-        data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # e.g. "unexpected pickle protocol" on garbage: our error says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         code = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
         if code:
@@ -207,9 +210,11 @@ def read_checkpoint(ckpt: str | Path, mmap: bool = False) -> dict[str, Any]:
             ) from e
         detail = [line.strip() for line in str(e).splitlines() if "Unpickler error" in line or "Unsupported" in line]
         raise ValueError(f"{ckpt}: not a readable checkpoint (corrupt or not a PyTorch file): {' '.join(detail)[:200]}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{ckpt}: not a readable checkpoint (corrupt or truncated?): {first[:200]}") from e
+    except Exception as e:  # garbage makes the unpickler fail in many ways (IndexError, KeyError, EOFError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{ckpt}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {first[:200]}"
+        ) from e
     if not isinstance(data, dict):
         raise ValueError(f"{ckpt}: not a Lightning checkpoint (holds a {type(data).__name__}, not a dict)")
     return data
