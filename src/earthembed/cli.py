@@ -23,6 +23,18 @@ for _stage in (data_cli, pretrain_cli, embed_cli, evaluate_cli, explore_cli):
     _stage.register(app)
 
 
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback instead of one line"),
+) -> None:
+    """Options for every command (``earthembed --debug COMMAND ...``)."""
+    from earthembed import cli_utils
+
+    cli_utils.DEBUG = debug
+    ctx.call_on_close(lambda: setattr(cli_utils, "DEBUG", False))
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="output directory (reused steps are skipped)"),

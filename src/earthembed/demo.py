@@ -85,15 +85,19 @@ def run_demo(
         "pretrained_rgb": out / "emb_pretrained_rgb.parquet",
         "random_init": out / "emb_random_init.parquet",
     }
-    _step(log, "embed", f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['pretrained']}",
-          embed_store, export, store, emb["pretrained"], progress=False)
+    # re-running the demo re-embeds into its own tables: --overwrite (only earthembed tables are ever replaced)
+    _step(log, "embed",
+          f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['pretrained']} --overwrite",
+          embed_store, export, store, emb["pretrained"], progress=False, overwrite=True)
     _step(log, "embed (RGB bands only)",
           f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['pretrained_rgb']} "
-          f"--modalities s2 --bands 's2:{','.join(RGB)}'",
-          embed_store, export, store, emb["pretrained_rgb"], modalities=["s2"], bands={"s2": RGB}, progress=False)
+          f"--modalities s2 --bands 's2:{','.join(RGB)}' --overwrite",
+          embed_store, export, store, emb["pretrained_rgb"], modalities=["s2"], bands={"s2": RGB}, progress=False,
+          overwrite=True)
     _step(log, "embed (random init)",
-          f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['random_init']} --random-init",
-          embed_random_init, export, store, emb["random_init"], seed=seed, progress=False)
+          f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['random_init']} --random-init "
+          "--overwrite",
+          embed_random_init, export, store, emb["random_init"], seed=seed, progress=False, overwrite=True)
     few_dir = out / "fewshot"
     args = " ".join(f"--embeddings {k}={v}" for k, v in emb.items() if k != "random_init")
     results = _step(

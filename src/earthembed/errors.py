@@ -4,8 +4,16 @@ from __future__ import annotations
 
 
 class StoreError(RuntimeError):
-    """A chip store is missing, incomplete, or does not match what is asked of it."""
+    """A chip store is missing, incomplete, damaged, or does not match what is asked of it."""
 
 
 class IngestError(RuntimeError):
     """Bad input for an ingest (corrupt raster, wrong band count, missing file, ...); message names the file."""
+
+
+class OutputError(RuntimeError):
+    """An output path that earthembed refuses to write: it exists, is not earthembed's, or is (inside) an input."""
+
+
+class LockedError(OutputError):
+    """Another process is writing the same store or output; the message names it (pid, host, command)."""

@@ -1,4 +1,4 @@
-"""CLI of the data stage: ``info``, ``stats`` and the ``ingest`` sub-commands."""
+"""CLI of the data stage: ``info``, ``stats``, ``verify`` and the ``ingest`` sub-commands."""
 
 from __future__ import annotations
 
@@ -47,7 +47,37 @@ def stats(
     with fail_on():
         s = update_store_stats(store, max_chips=max_chips or None, seed=seed)
     for k, v in s.items():
-        typer.echo(f"{k}: " + ", ".join(f"{b}={m:.4g}±{sd:.3g}" for b, m, sd in zip(v["bands"], v["mean"], v["std"], strict=True)))
+        typer.echo(f"{k}: " + ", ".join(
+            f"{b}={m:.4g}±{sd:.3g}" if m is not None else f"{b}=no valid pixel"
+            for b, m, sd in zip(v["bands"], v["mean"], v["std"], strict=True)
+        ))
+
+
+def verify(
+    store: Path = typer.Argument(..., help="chip store directory"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Full integrity check: decode every chunk, index/array consistency, finite statistics, complete flag.
+
+    Exits 1 and lists every problem when the store is damaged. (Opening a store runs the cheap part of these
+    checks every time; this one reads all the data.)"""
+    from earthembed.data.verify import verify_store
+
+    with fail_on():
+        rep = verify_store(store, progress=not quiet and not as_json)
+    if as_json:
+        typer.echo(json.dumps({"path": str(rep.path), "ok": rep.ok, "chips": rep.chips, "arrays": rep.arrays,
+                               "chunks_checked": rep.chunks_checked, "problems": rep.problems}, indent=2))
+    elif rep.ok:
+        typer.echo(f"{rep.path}: ok ({rep.chips} chips; {rep.chunks_checked} chunks of {rep.arrays} arrays decoded; "
+                   "index, arrays and statistics consistent)")
+    else:
+        typer.secho(f"{rep.path}: {len(rep.problems)} problem(s)", err=True, fg=typer.colors.RED)
+        for p in rep.problems:
+            typer.secho(f"  {p}", err=True)
+    if not rep.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -64,5 +94,6 @@ def register(app: typer.Typer) -> None:
         ingest_app.command(name)(mod.command)
     app.command("info")(info)
     app.command("stats")(stats)
+    app.command("verify")(verify)
     app.command("synth")(synth.command)
     app.add_typer(ingest_app, name="ingest")

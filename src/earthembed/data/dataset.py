@@ -51,7 +51,8 @@ class ChipDataset(Dataset):
         self.indices = np.arange(len(self.store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.normalizer = normalizer or Normalizer.from_store(self.store)
         idx = self.store.index
-        self._present = {k: idx[f"has_{k}"].to_numpy(dtype=bool) for k in self.bands}
+        # not just has_<mod>: an all-nodata image an older store marked present is absent too
+        self._present = {k: self.store.present(k) for k in self.bands}
         self.masks = list(masks)
         for name in self.masks:
             spec = self.store.labels.get(name)

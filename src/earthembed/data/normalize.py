@@ -11,12 +11,17 @@ import torch
 from earthembed.data.modalities import BandMismatchError
 
 
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
 class Normalizer:
     """Per-band mean/std by modality and band name; NaN, inf and nodata pixels become 0 after normalising."""
 
     def __init__(self, stats: dict[str, dict[str, Any]], nodata: dict[str, Any] | None = None) -> None:
+        # None marks a band without statistics (no valid pixel in the store); it is refused when used
         self.stats = {
-            m: {"bands": list(s["bands"]), "mean": [float(v) for v in s["mean"]], "std": [float(v) for v in s["std"]]}
+            m: {"bands": list(s["bands"]), "mean": [_num(v) for v in s["mean"]], "std": [_num(v) for v in s["std"]]}
             for m, s in stats.items()
         }
         self.nodata = dict(nodata or {})
@@ -45,10 +50,24 @@ class Normalizer:
         if missing:
             raise BandMismatchError(f"no normalisation statistics for {modality} bands {missing}")
         ii = [s["bands"].index(b) for b in bands]
+        empty = [bands[j] for j, i in enumerate(ii) if s["mean"][i] is None or s["std"][i] is None]
+        bad = [f"{bands[j]} (mean {s['mean'][i]}, std {s['std'][i]})" for j, i in enumerate(ii)
+               if bands[j] not in empty and not np.isfinite([s["mean"][i], s["std"][i]]).all()]
+        # guessing mean 0 / std 1 would feed the model unnormalised data without a word
+        if empty:
+            raise BandMismatchError(
+                f"no normalisation statistics for {modality} bands {empty}: no valid pixel of them in the chips the "
+                "statistics were computed on; leave them out (--bands, model.modalities) or, if other chips have "
+                "them, recompute with `earthembed stats STORE --max-chips 0`"
+            )
+        if bad:
+            raise BandMismatchError(
+                f"non-finite normalisation statistics for {modality} bands {bad}; recompute them with "
+                "`earthembed stats STORE`"
+            )
         mean = np.asarray([s["mean"][i] for i in ii], dtype=np.float32)
         std = np.asarray([s["std"][i] for i in ii], dtype=np.float32)
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
-        mean = np.where(np.isfinite(mean), mean, 0.0).astype(np.float32)
+        std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant band: centre it, do not divide by 0
         return mean, std
 
     def __call__(self, x: np.ndarray, modality: str, bands: Sequence[str], nodata: Any = None) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Per-band normalisation statistics, ignoring NaN and nodata.
+"""Per-band normalisation statistics, ignoring NaN, Inf and nodata.
 
 Mean/std feed z-score normalisation; robust percentiles (1/2/98/99) let users clip heavy-tailed SAR and
 bright clouds. Computed on a random subset of chips (``max_chips``) so it scales to large stores.
+Statistics are always finite numbers: non-finite pixels are ignored like nodata, and a band without a single
+valid pixel gets ``null`` values with ``count`` 0 (the normaliser refuses to use it rather than guess).
 """
 
 from __future__ import annotations
@@ -18,27 +20,27 @@ PERCENTILES = (1, 2, 50, 98, 99)
 
 
 def band_stats(data: np.ndarray, modality: Modality, max_pixels: int = 2_000_000, seed: int = 0) -> dict[str, Any]:
-    """Statistics of [N, C, H, W] ``data`` per band; pixels equal to nodata or NaN are ignored."""
+    """Statistics of [N, C, H, W] ``data`` per band; pixels equal to nodata, NaN or +-Inf are ignored."""
+    from earthembed.data.store import valid_pixels
+
     rng = np.random.default_rng(seed)
-    out: dict[str, list[float]] = {"mean": [], "std": [], "count": [], **{f"p{p:02d}": [] for p in PERCENTILES}}
-    nod = modality.nodata
+    out: dict[str, list[Any]] = {"mean": [], "std": [], "count": [], **{f"p{p:02d}": [] for p in PERCENTILES}}
     for c in range(data.shape[1]):
-        v = data[:, c].reshape(-1).astype(np.float64)
-        keep = ~np.isnan(v)
-        if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
-            keep &= v != nod
-        v = v[keep]
+        v = data[:, c].reshape(-1)
+        v = v[valid_pixels(v, modality.nodata)].astype(np.float64)
         out["count"].append(int(v.size))
         if v.size == 0:
             for k in out:
                 if k != "count":
-                    out[k].append(float("nan"))
+                    out[k].append(None)
             continue
         out["mean"].append(float(v.mean()))
         out["std"].append(float(v.std()))
         sample = v if v.size <= max_pixels else rng.choice(v, max_pixels, replace=False)
         for p, q in zip(PERCENTILES, np.percentile(sample, PERCENTILES), strict=True):
             out[f"p{p:02d}"].append(float(q))
+        if not all(np.isfinite(out[k][-1]) for k in out if k != "count"):  # e.g. values near float64's limit
+            raise ValueError(f"statistics of {modality.name} band {modality.band_names[c]} overflow: values too large")
     return {"bands": modality.band_names, **out}
 
 
@@ -49,10 +51,9 @@ def compute_stats(
     from earthembed.data.store import ARRAYS, ChipStore, _read_meta
 
     path = Path(store_path)
-    if _allow_incomplete:
+    if _allow_incomplete:  # called by StoreWriter.close, which holds the lock, before the store is complete
         meta = _read_meta(path)
         mods = {k: Modality.from_dict(v) for k, v in meta["modalities"].items()}
-        int(meta["n_chips"])
         root = zarr.open_group(path / ARRAYS, mode="r")
         import pandas as pd
 
@@ -60,30 +61,36 @@ def compute_stats(
 
         parts = sorted((path / PARTS_DIR).glob("part-*.parquet"))
         has = pd.concat([pd.read_parquet(f, columns=[f"has_{k}" for k in mods]) for f in parts], ignore_index=True)
+        present = {k: has[f"has_{k}"].to_numpy(dtype=bool) for k in mods}
+        read = {k: (lambda ii, k=k: root[k].get_orthogonal_selection((ii, slice(None), slice(None), slice(None))))
+                for k in mods}
     else:
-        store = ChipStore(path)
-        mods, _n, root = store.modalities, len(store), store.root
-        has = store.index[[f"has_{k}" for k in mods]]
+        store = ChipStore(path, check_stats=False)
+        mods = store.modalities
+        present = {k: store.present(k) for k in mods}
+        read = {k: (lambda ii, k=k: store.read(k, ii)) for k in mods}
     rng = np.random.default_rng(seed)
     stats: dict[str, Any] = {}
     for k, m in mods.items():
         if m.kind == "categorical":
             continue
-        present = np.flatnonzero(has[f"has_{k}"].to_numpy())
-        if present.size == 0:
+        chips = np.flatnonzero(present[k])
+        if chips.size == 0:
             continue
-        if max_chips is not None and present.size > max_chips:
-            present = np.sort(rng.choice(present, max_chips, replace=False))
-        data = root[k].get_orthogonal_selection((present, slice(None), slice(None), slice(None)))
-        stats[k] = {**band_stats(data, m, seed=seed), "n_chips": int(present.size)}
+        if max_chips is not None and chips.size > max_chips:
+            chips = np.sort(rng.choice(chips, max_chips, replace=False))
+        stats[k] = {**band_stats(read[k](chips), m, seed=seed), "n_chips": int(chips.size)}
     return stats
 
 
 def update_store_stats(store_path: str | Path, max_chips: int | None = 2000, seed: int = 0) -> dict[str, Any]:
-    """Recompute and save statistics of a complete store (``earthembed stats``)."""
+    """Recompute and save statistics of a complete store (``earthembed stats``), holding the store's lock.
+
+    Opens the store without the finite-statistics check, so this is how non-finite statistics get fixed."""
     from earthembed.data.store import ChipStore
 
-    store = ChipStore(store_path)
-    stats = compute_stats(store_path, max_chips=max_chips, seed=seed)
-    store.set_stats(stats)
+    store = ChipStore(store_path, check_stats=False)
+    with store.lock():
+        stats = compute_stats(store_path, max_chips=max_chips, seed=seed)
+        store.set_stats(stats)
     return stats

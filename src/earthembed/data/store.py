@@ -9,10 +9,17 @@ Layout of a store directory::
       index.parquet       GeoParquet index, one row per chip (row i <-> array position i)
       _parts/             while ingesting: one Parquet file per committed batch (removed when complete)
       ingest_report.json  items skipped with reasons
+      .earthembed.lock    while a writer (ingest, synth, stats) holds the store: its pid, host and command
 
 Writes are atomic per batch: arrays of a batch are written first, then its index part is renamed into
 place, so a batch exists only once its part file does. Re-running an interrupted ingest reopens the
-store, skips chips already committed, and finishes it.
+store, skips chips already committed, and finishes it. One writer at a time: a second one fails at once
+naming the first. ``--overwrite`` replaces only a directory that is provably a store (its ``earthembed.json``
+marker says so) and holds nothing else, and never an input of the ingest.
+
+Opening a store (:class:`ChipStore`) runs the cheap checks of :mod:`earthembed.data.verify` (metadata,
+index/array row counts, a stat of the chunk files of present chips, finite statistics); reads name the store,
+array and chip range of a missing or undecodable chunk. ``earthembed verify`` decodes every chunk.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 import zarr
 
 from earthembed.data.modalities import Modality, band_indices
-from earthembed.errors import StoreError
+from earthembed.errors import OutputError, StoreError
+from earthembed.outputs import OutputLock, check_output_location, write_json
 
 FORMAT_VERSION = "1.0"
 
@@ -74,13 +83,48 @@ def codec_pipeline() -> str | None:
     return FAST_PIPELINE
 
 
-def open_array(group: zarr.Group, name: str) -> zarr.Array:
-    """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open)."""
-    pipeline = codec_pipeline()
+def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False) -> zarr.Array:
+    """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open).
+
+    ``write_empty_chunks`` opens it with zarr's own pipeline, which (unlike zarrs) honours the setting: used to
+    write the rare all-fill chunk so that a missing chunk file always means damage (see :class:`ChunkLayout`)."""
+    pipeline = DEFAULT_PIPELINE if write_empty_chunks else codec_pipeline()
     if pipeline is None:
         return group[name]
-    with _config_lock, zarr.config.set({"codec_pipeline.path": pipeline}):
+    cfg: dict[str, Any] = {"codec_pipeline.path": pipeline}
+    if write_empty_chunks:
+        cfg["array.write_empty_chunks"] = True
+    with _config_lock, zarr.config.set(cfg):
         return group[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkLayout:
+    """Where the chunk files of an array are, per chunk along the chip axis (one file each in a store: the
+    other axes are a single chunk). Built once per array so that checking a chunk costs one ``stat``."""
+
+    chunk_chips: int
+    paths: tuple[tuple[str, str], ...]  # (before, after) the chip-chunk number in each file path
+
+    @classmethod
+    def of(cls, store_path: Path, name: str, arr: zarr.Array) -> ChunkLayout:
+        """Paths are zarr's own chunk keys (any key encoding), split around a sentinel chunk number once, so
+        that a path costs a string concatenation instead of an encoder call (an open stats every chunk)."""
+        import itertools
+
+        base, mark = str(store_path / ARRAYS / name), 987654321
+        paths = []
+        for r in itertools.product(*[range(n) for n in arr.cdata_shape[1:]]):
+            before, after = os.path.join(base, arr.metadata.encode_chunk_key((mark, *r))).split(str(mark))
+            paths.append((before, after))
+        return cls(int(arr.chunks[0]), tuple(paths))
+
+    def files(self, chunk: int) -> list[str]:
+        return [f"{before}{chunk}{after}" for before, after in self.paths]
+
+    def missing(self, chunk: int) -> str | None:
+        """The first missing file of chip-axis chunk ``chunk``, or None."""
+        return next((f for f in self.files(chunk) if not os.path.exists(f)), None)
 
 
 META_FILE = "earthembed.json"
@@ -88,6 +132,10 @@ ARRAYS = "arrays.zarr"
 INDEX_FILE = "index.parquet"
 PARTS_DIR = "_parts"
 REPORT_FILE = "ingest_report.json"
+LOCK_FILE = ".earthembed.lock"
+STORE_FORMAT = "earthembed-chip-store"
+STORE_ENTRIES = frozenset({META_FILE, ARRAYS, INDEX_FILE, PARTS_DIR, REPORT_FILE, LOCK_FILE})
+"""What a store directory holds; ``--overwrite`` removes these (and their ``.tmp``) and nothing else."""
 SPLITS = ("train", "val", "test")
 LABEL_KINDS = ("class", "multilabel", "fraction", "mask", "value")
 
@@ -108,20 +156,58 @@ class ChipRecord:
     source: str = ""
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     f = path / META_FILE
     if not f.exists():
         raise StoreError(f"{path}: not an earthembed chip store (no {META_FILE})")
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{f}: corrupt store metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise StoreError(f"{f}: corrupt store metadata (not a JSON object)")
+    return meta
+
+
+def is_store_dir(path: str | Path) -> bool:
+    """True when ``path`` is provably a chip store: its ``earthembed.json`` marker parses and says so.
+
+    The only kind of directory ``--overwrite`` may replace."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
+
+
+def find_store_above(path: str | Path) -> Path | None:
+    """The chip store that ``path`` is (or lies inside), if any: outputs must never be written into one."""
+    p = Path(os.path.abspath(path))
+    for d in (p, *p.parents):
+        if d.is_dir() and is_store_dir(d):
+            return d
+    return None
+
+
+def _entries(path: Path) -> list[str]:
+    """Entries of a directory, ignoring our own lock file."""
+    return sorted(e.name for e in path.iterdir() if e.name != LOCK_FILE)
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Entries of a store directory that a store does not make (a user's files): never deleted."""
+    return [
+        n for n in _entries(path)
+        if n not in STORE_ENTRIES and not (n.endswith(".tmp") and n[: -len(".tmp")] in STORE_ENTRIES)
+    ]
+
+
+def valid_pixels(a: np.ndarray, nodata: Any) -> np.ndarray:
+    """Boolean mask of ``a``: finite (not NaN/Inf) and not the modality's ``nodata`` value."""
+    valid = np.isfinite(a) if np.issubdtype(a.dtype, np.floating) else np.ones(a.shape, dtype=bool)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        valid &= a != nodata
+    return valid
 
 
 def _compressor() -> Any:
@@ -138,23 +224,19 @@ def _fill_value(m: Modality) -> Any:
     return m.nodata
 
 
-def _validity(a: np.ndarray, m: Modality) -> np.ndarray:
-    """Boolean [C, H, W]: pixel is neither NaN nor the modality's nodata value."""
-    valid = np.ones(a.shape, dtype=bool)
-    if np.issubdtype(a.dtype, np.floating):
-        valid &= ~np.isnan(a)
-    if m.nodata is not None and not (isinstance(m.nodata, float) and np.isnan(m.nodata)):
-        valid &= a != m.nodata
-    return valid
-
-
 class StoreWriter:
     """Writes chips into a new store, or resumes an interrupted one at ``path``.
 
-    Use as a context manager; :meth:`close` finalises (index, statistics, ``complete`` flag).
+    Use as a context manager; :meth:`close` finalises (index, statistics, ``complete`` flag). The writer holds
+    the store's lock from construction to close, so a second writer fails at once naming this one.
     ``chunk_chips`` chips share a Zarr chunk: 16 streams ~8x faster and uses ~3x less disk than 1 while random
     reads cost the same (benchmarks/README.md). Chunk files are replaced atomically by Zarr, so a batch that
     shares a chunk with committed chips cannot corrupt them.
+
+    ``inputs``: the paths being ingested; ``path`` may be none of them, contain none and lie inside none.
+    ``overwrite`` replaces an existing store (only a directory whose marker proves it is one, and only if it
+    holds nothing but store files). Non-finite pixels become the modality's nodata; a modality that is
+    entirely nodata in a chip is stored as absent, and a chip with no valid modality is skipped with a reason.
     """
 
     def __init__(
@@ -167,6 +249,7 @@ class StoreWriter:
         batch_size: int = 64,
         chunk_chips: int = 16,
         overwrite: bool = False,
+        inputs: Sequence[str | Path] = (),
     ) -> None:
         self.path = Path(path)
         self.modalities = {m.name: m for m in modalities}
@@ -178,10 +261,11 @@ class StoreWriter:
         self.source = dict(source or {})
         self.batch_size = int(batch_size)
         self.chunk_chips = int(chunk_chips)
-        self._buffer: list[ChipRecord] = []
+        self._buffer: list[tuple[ChipRecord, dict[str, list[float]]]] = []
         self._skipped: list[dict[str, str]] = []
         self._closed = False
-        self._prepare(overwrite)
+        self._lock: OutputLock | None = None
+        self._prepare(overwrite, inputs)
 
     # -- setup / resume ---------------------------------------------------------------------------
     def _definition(self) -> dict[str, Any]:
@@ -191,25 +275,82 @@ class StoreWriter:
             "labels": self.label_schema,
         }
 
-    def _prepare(self, overwrite: bool) -> None:
+    def _array_names(self) -> list[str]:
+        return list(self.modalities) + [f"labels/{n}" for n, s in self.label_schema.items() if s["kind"] == "mask"]
+
+    def _prepare(self, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+        """Check where we write (before touching anything), take the lock, then create, resume or replace."""
         p = self.path
-        if p.exists() and any(p.iterdir()):
-            if (p / META_FILE).exists():
-                meta = _read_meta(p)
-                if meta.get("complete") and not overwrite:
-                    raise StoreError(f"{p}: a complete store already exists here (pass --overwrite / overwrite=True to replace it)")
-                if not overwrite:
-                    self._check_same_ingest(meta)
-                    self._resume()
-                    return
-                shutil.rmtree(p)
-            elif overwrite:
-                shutil.rmtree(p)
-            else:
-                raise StoreError(f"{p}: directory exists and is not an earthembed store; refusing to write into it")
+        check_output_location(p, inputs)
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{p}: exists and is not a directory; a chip store is a directory")
+        if p.exists() and _entries(p) and not is_store_dir(p):
+            raise StoreError(self._not_a_store(overwrite))
         p.mkdir(parents=True, exist_ok=True)
-        (p / PARTS_DIR).mkdir()
-        root = zarr.open_group(p / ARRAYS, mode="w")
+        self._lock = OutputLock(p, p / LOCK_FILE).acquire()
+        try:
+            self._prepare_locked(overwrite)
+        except BaseException:
+            self._release()
+            raise
+
+    def _not_a_store(self, overwrite: bool) -> str:
+        why = " (--overwrite only ever replaces an earthembed store)" if overwrite else ""
+        return (
+            f"{self.path}: directory exists and is not an earthembed store (no valid {META_FILE} marker); "
+            f"refusing to write into it{why}. Choose an empty or new directory"
+        )
+
+    def _prepare_locked(self, overwrite: bool) -> None:
+        p = self.path
+        if _entries(p):
+            if not is_store_dir(p):  # checked again under the lock
+                raise StoreError(self._not_a_store(overwrite))
+            meta = _read_meta(p)
+            if meta.get("complete") and not overwrite:
+                raise StoreError(f"{p}: a complete store already exists here (pass --overwrite / overwrite=True to replace it)")
+            if not overwrite:
+                self._check_same_ingest(meta)
+                self._resume()
+                return
+            foreign = _foreign_entries(p)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise StoreError(
+                    f"{p}: --overwrite would replace this store, but it also holds {shown}, which are not part of "
+                    "a store; move them out first (they are never deleted)"
+                )
+            self._clear()
+        (p / PARTS_DIR).mkdir(exist_ok=True)
+        meta = {
+            "format": STORE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "source": self.source,
+            **self._definition(),
+        }
+        write_json(p / META_FILE, meta)  # first: from here on the directory is provably a store
+        self._create_arrays()
+        self._n = 0
+        self._done: set[str] = set()
+
+    def _clear(self) -> None:
+        """Remove a store's own entries (the marker last: an interrupted clear is still a store to overwrite)."""
+        meta = _read_meta(self.path)
+        write_json(self.path / META_FILE, {**meta, "complete": False})  # readers refuse it from now on
+        for name in _entries(self.path):
+            if name == META_FILE:
+                continue
+            f = self.path / name
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+        (self.path / META_FILE).unlink()
+
+    def _create_arrays(self) -> None:
+        root = zarr.open_group(self.path / ARRAYS, mode="w")
         for name, m in self.modalities.items():
             root.create_array(
                 name,
@@ -231,17 +372,6 @@ class StoreWriter:
                     compressors=_compressor(),
                     dimension_names=("chip", "band", "y", "x"),
                 )
-        meta = {
-            "format": "earthembed-chip-store",
-            "format_version": FORMAT_VERSION,
-            "complete": False,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "source": self.source,
-            **self._definition(),
-        }
-        _atomic_write_text(p / META_FILE, json.dumps(meta, indent=2))
-        self._n = 0
-        self._done: set[str] = set()
 
     def _check_same_ingest(self, meta: dict[str, Any]) -> None:
         """Refuse to resume an interrupted ingest of another definition or source (it would mix datasets)."""
@@ -267,17 +397,26 @@ class StoreWriter:
             )
 
     def _resume(self) -> None:
+        (self.path / PARTS_DIR).mkdir(exist_ok=True)
         parts = sorted((self.path / PARTS_DIR).glob("part-*.parquet"))
         ids: list[str] = []
         for f in parts:
-            ids.extend(pq.read_table(f, columns=["chip_id"]).column("chip_id").to_pylist())
+            try:
+                ids.extend(pq.read_table(f, columns=["chip_id"]).column("chip_id").to_pylist())
+            except (OSError, pa.ArrowException) as e:
+                raise StoreError(
+                    f"{f}: committed batch of the interrupted ingest is unreadable ({e}); start again with --overwrite"
+                ) from e
         self._n = len(ids)
         self._done = set(ids)
         for f in (self.path / PARTS_DIR).glob("*.tmp"):
             f.unlink()
+        if self._n == 0:  # nothing committed: the arrays may not even exist yet (interrupted at creation)
+            self._create_arrays()
         rep = self.path / REPORT_FILE
         if rep.exists():
-            self._skipped = json.loads(rep.read_text()).get("skipped", [])
+            with contextlib.suppress(ValueError, OSError):
+                self._skipped = json.loads(rep.read_text()).get("skipped", [])
 
     @property
     def resumed_count(self) -> int:
@@ -294,12 +433,27 @@ class StoreWriter:
             self._skipped.append({"item": str(item), "reason": reason})
 
     def add(self, rec: ChipRecord) -> None:
-        if rec.chip_id in self._done or any(r.chip_id == rec.chip_id for r in self._buffer):
-            if rec.chip_id in self._done:
-                return
+        """Validate and buffer a chip (committed by :meth:`flush`). Pixels are cast to the modality's dtype
+        here, non-finite ones becoming nodata; an entirely-nodata modality is dropped (stored as absent)."""
+        if rec.chip_id in self._done:
+            return
+        if any(r.chip_id == rec.chip_id for r, _ in self._buffer):
             raise StoreError(f"duplicate chip_id {rec.chip_id!r}")
         self._validate(rec)
-        self._buffer.append(rec)
+        where = rec.source or rec.chip_id
+        arrays: dict[str, np.ndarray] = {}
+        valid: dict[str, list[float]] = {}
+        for name, a in rec.arrays.items():
+            m = self.modalities[name]
+            a = self._cast(a, m, where)
+            ok = valid_pixels(a, m.nodata)
+            if ok.any():
+                arrays[name] = a
+                valid[name] = ok.mean(axis=(1, 2)).astype(np.float32).tolist()
+        if not arrays:
+            self.skip(where, f"{where}: entirely nodata (or non-finite) in every modality; nothing to store")
+            return
+        self._buffer.append((dataclasses.replace(rec, arrays=arrays), valid))
         if len(self._buffer) >= self.batch_size:
             self.flush()
 
@@ -327,26 +481,33 @@ class StoreWriter:
             raise StoreError(f"{where}: split {rec.split!r} is not one of {SPLITS}")
 
     def _cast(self, a: np.ndarray, m: Modality, where: str) -> np.ndarray:
+        """``a`` as ``m.dtype``: NaN/Inf (also float overflow of the cast) become nodata, out-of-range integers
+        are an error naming ``where``."""
         target = np.dtype(m.dtype)
-        if np.issubdtype(target, np.integer):
-            a = np.asarray(a)
-            if np.issubdtype(a.dtype, np.floating):
-                bad = np.isnan(a)
-                if bad.any():
-                    if m.nodata is None:
-                        raise StoreError(f"{where}: {m.name} has NaN pixels and no nodata value to mark them")
-                    a = np.where(bad, m.nodata, a)
-            info = np.iinfo(target)
-            if a.size and (a.min() < info.min or a.max() > info.max):
-                raise StoreError(
-                    f"{where}: {m.name} values [{a.min()}, {a.max()}] do not fit {m.dtype}"
-                )
-        return np.asarray(a).astype(target, copy=False)
+        a = np.asarray(a)
+        if np.issubdtype(target, np.floating):
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = a.astype(target, copy=False)
+            bad = ~np.isfinite(out)
+            if bad.any():
+                out = np.where(bad, np.nan if m.nodata is None else m.nodata, out).astype(target)
+            return out
+        if np.issubdtype(a.dtype, np.floating):
+            bad = ~np.isfinite(a)
+            if bad.any():
+                if m.nodata is None:
+                    raise StoreError(f"{where}: {m.name} has non-finite pixels (NaN/Inf) and no nodata value to mark them")
+                a = np.where(bad, m.nodata, a)
+        info = np.iinfo(target)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise StoreError(f"{where}: {m.name} values [{a.min()}, {a.max()}] do not fit {m.dtype}")
+        return a.astype(target, copy=False)
 
     def flush(self) -> None:
         if not self._buffer:
             return
-        batch, self._buffer = self._buffer, []
+        pending, self._buffer = self._buffer, []
+        batch = [r for r, _ in pending]
         b = len(batch)
         start, end = self._n, self._n + b
         root = zarr.open_group(self.path / ARRAYS, mode="r+")
@@ -360,35 +521,22 @@ class StoreWriter:
             "source": [r.source for r in batch],
         }
         for name, m in self.modalities.items():
-            arr = open_array(root, name)
             data = np.full((b, m.num_bands, self.chip_size, self.chip_size), _fill_value(m), dtype=m.dtype)
-            has, valid = [], []
             for i, r in enumerate(batch):
                 if name in r.arrays:
-                    a = self._cast(r.arrays[name], m, r.source or r.chip_id)
-                    data[i] = a
-                    has.append(True)
-                    valid.append(_validity(a, m).mean(axis=(1, 2)).astype(np.float32).tolist())
-                else:
-                    has.append(False)
-                    valid.append([0.0] * m.num_bands)
-            if arr.shape[0] < end:
-                arr.resize((end, *arr.shape[1:]))
-            arr[start:end] = data
-            rows[f"has_{name}"] = has
-            rows[f"valid_{name}"] = valid
+                    data[i] = r.arrays[name]
+            self._write_rows(root, name, start, data)
+            rows[f"has_{name}"] = [name in r.arrays for r in batch]
+            rows[f"valid_{name}"] = [v.get(name, [0.0] * m.num_bands) for _, v in pending]
             rows[f"date_{name}"] = [r.dates.get(name) for r in batch]
         for name, spec in self.label_schema.items():
             if spec["kind"] == "mask":
-                arr = open_array(root, f"labels/{name}")
                 nod = spec.get("nodata", -1)
-                data = np.full((b, 1, self.chip_size, self.chip_size), nod, dtype=arr.dtype)
+                data = np.full((b, 1, self.chip_size, self.chip_size), nod, dtype=spec.get("dtype", "int16"))
                 for i, r in enumerate(batch):
                     if name in r.masks:
                         data[i, 0] = r.masks[name]
-                if arr.shape[0] < end:
-                    arr.resize((end, *arr.shape[1:]))
-                arr[start:end] = data
+                self._write_rows(root, f"labels/{name}", start, data)
                 rows[f"has_mask_{name}"] = [name in r.masks for r in batch]
             else:
                 rows[name] = [r.labels.get(name) for r in batch]
@@ -401,15 +549,40 @@ class StoreWriter:
         self._done.update(rows["chip_id"])
         self._write_report()
 
+    def _write_rows(self, root: zarr.Group, name: str, start: int, data: np.ndarray) -> None:
+        """Write ``data`` at chips ``start:`` and make sure every chunk it touches has a file.
+
+        zarrs skips chunks that are all fill value; writing those few through zarr's pipeline (which honours
+        ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage."""
+        arr = open_array(root, name)
+        end = start + len(data)
+        if arr.shape[0] < end:
+            arr.resize((end, *arr.shape[1:]))
+        arr[start:end] = data
+        layout = ChunkLayout.of(self.path, name, arr)
+        cc = layout.chunk_chips
+        missing = [i for i in range(start // cc, (end - 1) // cc + 1) if layout.missing(i)]
+        if missing:
+            full = open_array(root, name, write_empty_chunks=True)
+            for i in missing:
+                s, e = i * cc, min((i + 1) * cc, end)
+                full[s:e] = full[s:e]
+
     def _write_report(self) -> None:
-        _atomic_write_text(
-            self.path / REPORT_FILE, json.dumps({"skipped": self._skipped, "n_skipped": len(self._skipped)}, indent=2)
-        )
+        write_json(self.path / REPORT_FILE, {"skipped": self._skipped, "n_skipped": len(self._skipped)})
 
     def close(self, compute_stats: bool = True, stats_max_chips: int = 2000) -> ChipStore:
-        """Flush, write the GeoParquet index, set ``complete`` and (by default) compute band statistics."""
+        """Flush, write the GeoParquet index, set ``complete``, (by default) compute band statistics, unlock."""
         if self._closed:
             return ChipStore(self.path)
+        try:
+            self._finish(compute_stats, stats_max_chips)
+        finally:
+            self._release()
+        self._closed = True
+        return ChipStore(self.path)
+
+    def _finish(self, compute_stats: bool, stats_max_chips: int) -> None:
         self.flush()
         if self._n == 0:
             self._write_report()
@@ -422,24 +595,27 @@ class StoreWriter:
         _write_index(df, self.path / INDEX_FILE)
         # arrays may be longer than the committed rows after an interrupted batch: trim them
         root = zarr.open_group(self.path / ARRAYS, mode="r+")
-        for name in list(self.modalities) + [f"labels/{n}" for n, s in self.label_schema.items() if s["kind"] == "mask"]:
+        for name in self._array_names():
             arr = root[name]
             if arr.shape[0] != self._n:
                 arr.resize((self._n, *arr.shape[1:]))
         self._write_report()
         meta = _read_meta(self.path)
         meta.update({"n_chips": self._n, "n_skipped": len(self._skipped)})
-        _atomic_write_text(self.path / META_FILE, json.dumps(meta, indent=2))
+        write_json(self.path / META_FILE, meta)
         if compute_stats:
             from earthembed.data.stats import compute_stats
 
             meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips, _allow_incomplete=True)
         meta["complete"] = True
         meta["completed"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        _atomic_write_text(self.path / META_FILE, json.dumps(meta, indent=2))
+        write_json(self.path / META_FILE, meta)
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
-        self._closed = True
-        return ChipStore(self.path)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -449,8 +625,15 @@ class StoreWriter:
             self.close()
         else:
             # keep what is committed; buffered (validated) chips are committed too so a resume has less to do
-            with contextlib.suppress(Exception):
-                self.flush()
+            try:
+                with contextlib.suppress(Exception):
+                    self.flush()
+            finally:
+                self._release()
+
+    def __del__(self) -> None:  # a writer dropped without close must not keep the store locked
+        with contextlib.suppress(Exception):
+            self._release()
 
 
 def _write_index(df: pd.DataFrame, path: Path) -> None:
@@ -464,17 +647,27 @@ def _write_index(df: pd.DataFrame, path: Path) -> None:
 
 
 class ChipStore:
-    """Read access to a complete store: random access by index, streaming batches, labels and stats."""
+    """Read access to a complete store: random access by index, streaming batches, labels and stats.
 
-    def __init__(self, path: str | Path) -> None:
+    Opening runs the cheap integrity checks (:func:`earthembed.data.verify.open_problems`: metadata, index and
+    array row counts, chunk files of present chips, finite statistics) and raises :class:`StoreError` naming
+    what is wrong. ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
+    """
+
+    def __init__(self, path: str | Path, check: bool = True, check_stats: bool = True) -> None:
+        from earthembed.data.verify import check_meta, open_problems
+
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: store not found")
+        if not self.path.is_dir():
+            raise StoreError(f"{self.path}: not a chip store (a store is a directory)")
         self.meta = _read_meta(self.path)
         if not self.meta.get("complete"):
             raise StoreError(
                 f"{self.path}: store is incomplete (an ingest was interrupted); re-run the same ingest command to finish it"
             )
+        check_meta(self.path, self.meta)
         self.modalities: dict[str, Modality] = {
             k: Modality.from_dict(v) for k, v in self.meta["modalities"].items()
         }
@@ -484,6 +677,13 @@ class ChipStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._pid = os.getpid()
         self._index: Any = None
+        self._presence: dict[str, np.ndarray] | None = None
+        self._layouts: dict[str, ChunkLayout] = {}
+        if check:
+            problems = open_problems(self, check_stats=check_stats)
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                raise StoreError("; ".join(problems[:3]) + more + f". Run `earthembed verify {self.path}` for a full check")
 
     def __len__(self) -> int:
         return int(self.meta["n_chips"])
@@ -495,6 +695,7 @@ class ChipStore:
         s = self.__dict__.copy()
         s["_root"] = None
         s["_arrays"] = {}
+        s["_layouts"] = {}
         return s
 
     @property
@@ -514,13 +715,63 @@ class ChipStore:
             arr = self._arrays[name] = open_array(self.root, name)
         return arr
 
+    def layout(self, name: str) -> ChunkLayout:
+        """Chunk-file layout of array ``name`` (cached with the array)."""
+        lay = self._layouts.get(name)
+        if lay is None:
+            lay = self._layouts[name] = ChunkLayout.of(self.path, name, self.array(name))
+        return lay
+
     @property
     def index(self):  # geopandas.GeoDataFrame
         if self._index is None:
             import geopandas as gpd
 
-            self._index = gpd.read_parquet(self.path / INDEX_FILE)
+            try:
+                self._index = gpd.read_parquet(self.path / INDEX_FILE)
+            except Exception as e:  # any reader failure means a damaged file
+                raise StoreError(f"{self.path / INDEX_FILE}: cannot read the store index ({e})") from e
         return self._index
+
+    def presence(self) -> dict[str, np.ndarray]:
+        """Per array (modality, or ``labels/<mask>``): which chips hold data, as bool [N].
+
+        A modality is present where the index says so and not every band is entirely nodata (stores written
+        before all-nodata images were stored as absent could mark them present)."""
+        if self._presence is None:
+            names = [f"has_{k}" for k in self.modalities] + [f"valid_{k}" for k in self.modalities]
+            masks = [n for n, sp in self.labels.items() if sp.get("kind") == "mask"]
+            names += [f"has_mask_{n}" for n in masks]
+            try:
+                schema = pq.read_schema(self.path / INDEX_FILE)
+                cols = [c for c in names if c in schema.names]
+                t = pq.read_table(self.path / INDEX_FILE, columns=cols)
+            except (OSError, pa.ArrowException) as e:
+                raise StoreError(f"{self.path / INDEX_FILE}: cannot read the store index ({e})") from e
+            out: dict[str, np.ndarray] = {}
+            for k in self.modalities:
+                if f"has_{k}" not in t.column_names:
+                    raise StoreError(f"{self.path / INDEX_FILE}: no column has_{k} for modality {k!r}")
+                has = t.column(f"has_{k}").to_numpy(zero_copy_only=False).astype(bool)
+                v = t.column(f"valid_{k}").combine_chunks() if f"valid_{k}" in t.column_names else None
+                if v is not None and len(v) and v.null_count == 0:
+                    lens = pc.list_value_length(v).to_numpy(zero_copy_only=False)
+                    if lens[0] > 0 and (lens == lens[0]).all():  # one valid fraction per band
+                        flat = np.asarray(pc.list_flatten(v).to_numpy(zero_copy_only=False), dtype=float)
+                        has &= (flat.reshape(len(v), -1) > 0).any(axis=1)
+                out[k] = has
+            for n in masks:
+                col = f"has_mask_{n}"
+                if col not in t.column_names:
+                    raise StoreError(f"{self.path / INDEX_FILE}: no column {col} for mask label {n!r}")
+                out[f"labels/{n}"] = t.column(col).to_numpy(zero_copy_only=False).astype(bool)
+            self._presence = out
+        return self._presence
+
+    def present(self, modality: str) -> np.ndarray:
+        """Bool [N]: chips that hold ``modality`` (see :meth:`presence`)."""
+        self.modality(modality)
+        return self.presence()[modality]
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -536,23 +787,25 @@ class ChipStore:
             raise StoreError(f"{self.path}: no modality {name!r} (it has {list(self.modalities)})") from None
 
     def read(self, modality: str, idx: int | slice | Sequence[int] | np.ndarray, bands: Sequence[str] | None = None) -> np.ndarray:
-        """Pixels of ``modality`` for chips ``idx`` as [N, C, H, W] (or [C, H, W] for an int), bands by name."""
+        """Pixels of ``modality`` for chips ``idx`` as [N, C, H, W] (or [C, H, W] for an int), bands by name.
+
+        A missing or undecodable chunk of a chip the index says holds data is a :class:`StoreError` naming the
+        store, array, chunk file and chip range, never fill values or a bare codec traceback."""
         m = self.modality(modality)
         sel = band_indices(m.band_names, bands, what=f"{self.path} modality {modality!r}")
-        arr = self.array(modality)
         if isinstance(idx, (int, np.integer)):
-            out = arr[int(idx)]
+            out = self._read_rows(modality, int(idx))
             return out if bands is None or sel == list(range(m.num_bands)) else np.take(out, sel, axis=0)
         if isinstance(idx, slice):
-            out = arr[idx]
+            out = self._read_rows(modality, idx)
         else:
             ii = np.asarray(idx, dtype=np.int64)
             if ii.size == 0:
                 out = np.empty((0, m.num_bands, self.chip_size, self.chip_size), dtype=m.dtype)
             elif ii.size > 1 and np.all(np.diff(ii) == 1):
-                out = arr[int(ii[0]) : int(ii[-1]) + 1]
+                out = self._read_rows(modality, slice(int(ii[0]), int(ii[-1]) + 1))
             else:
-                out = arr.get_orthogonal_selection((ii, slice(None), slice(None), slice(None)))
+                out = self._read_rows(modality, ii)
         # np.take keeps C order (fancy indexing on axis 1 does not, costing a copy later)
         return out if bands is None or sel == list(range(m.num_bands)) else np.take(out, sel, axis=1)
 
@@ -560,12 +813,58 @@ class ChipStore:
         spec = self.labels.get(name)
         if spec is None or spec.get("kind") != "mask":
             raise StoreError(f"{self.path}: no mask label {name!r}")
-        arr = self.array(f"labels/{name}")
         if isinstance(idx, (int, np.integer)):
-            return arr[int(idx), 0]
+            return self._read_rows(f"labels/{name}", int(idx))[0]
         if isinstance(idx, slice):
-            return arr[idx][:, 0]
-        return arr.get_orthogonal_selection((np.asarray(idx, dtype=np.int64), slice(None), slice(None), slice(None)))[:, 0]
+            return self._read_rows(f"labels/{name}", idx)[:, 0]
+        return self._read_rows(f"labels/{name}", np.asarray(idx, dtype=np.int64))[:, 0]
+
+    def _read_rows(self, name: str, rows: int | slice | np.ndarray) -> np.ndarray:
+        """Rows of array ``name``, after checking the chunk files of present chips exist (one stat per
+        chunk), with decode failures turned into a StoreError naming the chunk."""
+        arr = self.array(name)
+        n = arr.shape[0]
+        if isinstance(rows, int):
+            chips = np.array([rows % n if n else rows])
+        elif isinstance(rows, slice):
+            chips = np.arange(*rows.indices(n))
+        else:
+            chips = np.where(rows < 0, rows + n, rows)
+        if chips.size and (chips.min() < 0 or chips.max() >= n):
+            raise IndexError(f"{self.path}: chip index out of range for {n} chips")
+        layout = self.layout(name)
+        cc = layout.chunk_chips
+        chunks = np.unique(chips // cc)
+        pres = self.presence().get(name)
+        for c in chunks:
+            if pres is None or pres[c * cc : (c + 1) * cc].any():
+                lost = layout.missing(int(c))
+                if lost:
+                    raise StoreError(self._chunk_message(name, int(c), cc, n, f"chunk file {lost} is missing"))
+        try:
+            if isinstance(rows, (int, slice)):
+                return arr[rows]
+            return arr.get_orthogonal_selection((rows, slice(None), slice(None), slice(None)))
+        except (IndexError, StoreError):
+            raise
+        except Exception as e:  # codec errors have many types (Blosc, zarrs, OSError)
+            for c in chunks:  # find the chunk that fails, to name it
+                try:
+                    arr[int(c) * cc : min((int(c) + 1) * cc, n)]
+                except Exception as ce:
+                    f = layout.files(int(c))[0]
+                    raise StoreError(
+                        self._chunk_message(name, int(c), cc, n, f"chunk file {f} cannot be decoded ({type(ce).__name__}: {ce})")
+                    ) from e
+            raise StoreError(f"{self.path}: arrays.zarr/{name}: cannot read chips ({type(e).__name__}: {e})") from e
+
+    def _chunk_message(self, name: str, chunk: int, cc: int, n: int, what: str) -> str:
+        from earthembed.data.verify import chunk_problem
+
+        return chunk_problem(self.path, name, chunk, cc, n, what) + (
+            f"; the store is damaged (re-ingest it, or restore the file; `earthembed verify {self.path}` lists "
+            "every damaged chunk)"
+        )
 
     def iter_batches(
         self, modalities: Sequence[str] | None = None, batch_size: int = 256, bands: dict[str, Sequence[str]] | None = None,
@@ -580,8 +879,13 @@ class ChipStore:
             yield np.arange(s, e), {m: self.read(m, slice(s, e), bands.get(m)) for m in mods}
 
     def set_stats(self, stats: dict[str, Any]) -> None:
+        """Save statistics into ``earthembed.json`` (atomically; the caller holds the store's lock)."""
         self.meta["stats"] = stats
-        _atomic_write_text(self.path / META_FILE, json.dumps(self.meta, indent=2))
+        write_json(self.path / META_FILE, self.meta)
+
+    def lock(self) -> OutputLock:
+        """The store's exclusive writer lock (``with store.lock(): ...``), as held by ingest and ``stats``."""
+        return OutputLock(self.path, self.path / LOCK_FILE)
 
     def report(self) -> dict[str, Any]:
         f = self.path / REPORT_FILE
@@ -600,7 +904,7 @@ class ChipStore:
                 "chip_shape": [m.num_bands, self.chip_size, self.chip_size],
                 "dtype": m.dtype,
                 "units": m.units,
-                "present": int(idx[f"has_{k}"].sum()),
+                "present": int(self.present(k).sum()),
             }
         labels: dict[str, Any] = {}
         for name, spec in self.labels.items():

@@ -20,6 +20,7 @@ def embed(
     random_init: bool = typer.Option(False, help="use a randomly initialised encoder of the same architecture"),
     seed: int = typer.Option(0, help="seed of the random-init encoder"),
     restart: bool = typer.Option(False, help="ignore the parts of an interrupted run and start again"),
+    overwrite: bool = typer.Option(False, help="replace an existing embedding table at --out (never any other file)"),
     device: str = typer.Option("cpu", help="torch device, e.g. cuda"),
     prefetch: bool = typer.Option(None, "--prefetch/--no-prefetch",
                                   help="read the next batch in a thread (default: on for accelerators, off on CPU)"),
@@ -38,6 +39,7 @@ def embed(
             progress=not quiet,
             device=device,
             prefetch=prefetch,
+            overwrite=overwrite,
         )
         if random_init:
             path = embed_random_init(checkpoint, store, out, seed=seed, **kw)

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from earthembed.outputs import dumps
+
 META_KEY = b"earthembed"
 
 
@@ -26,11 +28,22 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     return {"use_dictionary": [n for n in schema.names if not n.startswith("emb_")]}
 
 
-def fixed_size_list(x: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """[N, D] float32 -> FixedSizeList<float32>[D]; rows where ``valid`` is False (or not finite) are null."""
+def fixed_size_list(x: np.ndarray, valid: np.ndarray | None = None, name: str = "embedding") -> pa.Array:
+    """[N, D] float32 -> FixedSizeList<float32>[D]; rows where ``valid`` is False are null (missing).
+
+    Without ``valid``, an all-NaN row means missing. A row that should hold data but has a NaN/Inf is a
+    ValueError naming the rows: it is never written as zeros (which would look like a real embedding)."""
     x = np.asarray(x, dtype=np.float32)
-    ok = np.isfinite(x).all(axis=1) if valid is None else np.asarray(valid, dtype=bool)
-    flat = pa.array(np.nan_to_num(x).reshape(-1), type=pa.float32())
+    finite = np.isfinite(x).all(axis=1)
+    ok = ~np.isnan(x).all(axis=1) if valid is None else np.asarray(valid, dtype=bool)
+    bad = np.flatnonzero(ok & ~finite)
+    if bad.size:
+        raise ValueError(
+            f"{name}: rows {bad[:5].tolist()}{' ...' if bad.size > 5 else ''} ({bad.size} in all) hold NaN/Inf values; "
+            "a missing embedding must be a whole row of NaN (or null), never partly"
+        )
+    x = np.where(ok[:, None], x, np.float32(0.0)) if not ok.all() else x  # null rows: the values are not read
+    flat = pa.array(x.reshape(-1), type=pa.float32())
     if ok.all():
         return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
     return pa.FixedSizeListArray.from_arrays(flat, x.shape[1], mask=pa.array(~ok))
@@ -59,12 +72,12 @@ def write_embedding_table(
             raise ValueError(f"embedding column {name!r} must be named emb_<something>")
         if len(x) != n:
             raise ValueError(f"{name}: {len(x)} rows for {n} chip ids")
-        arr = fixed_size_list(x)
+        arr = fixed_size_list(x, name=name)
         cols[name] = arr
         if name != "emb_fused":
             cols[f"present_{name[4:]}"] = pa.array(~np.asarray(arr.is_null().to_numpy(zero_copy_only=False)))
     meta = {"model_id": model_id, "dims": {k: int(np.shape(v)[1]) for k, v in embeddings.items()}, **(metadata or {})}
-    table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    table = pa.table(cols).replace_schema_metadata({META_KEY: dumps(meta, indent=None, where=path).encode()})
     path = Path(path)
     pq.write_table(table, path, **parquet_options(table.schema))
     return path
@@ -73,6 +86,14 @@ def write_embedding_table(
 def embedding_columns(path_or_table: str | Path | pa.Table) -> list[str]:
     schema = path_or_table.schema if isinstance(path_or_table, pa.Table) else pq.read_schema(path_or_table)
     return [n for n in schema.names if n.startswith("emb_")]
+
+
+def is_embedding_table(path: str | Path) -> bool:
+    """True when ``path`` is a Parquet file with earthembed's metadata: the only file ``--overwrite`` replaces."""
+    try:
+        return META_KEY in (pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

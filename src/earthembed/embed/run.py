@@ -2,14 +2,19 @@
 
 Batches are written as Arrow IPC part files next to the output (``<out>.parts/``), each renamed into place
 only when complete, so a killed run restarts where it stopped and never writes a chip twice. The final
-GeoParquet table is assembled at the end and the parts are removed.
+GeoParquet table is assembled at the end, renamed into place (readers see the old table or the new one) and
+the parts are removed.
+
+The output is protected before anything is computed: an existing ``--out`` is refused unless ``overwrite``,
+and even then only an earthembed embedding table is replaced; a directory, a path inside a chip store and a
+``<out>.parts/`` that earthembed did not make are refused; ``<out>.lock`` keeps a second process off the same
+output. A present modality whose embedding is not finite (e.g. NaN weights) is an error naming the chips.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,13 @@ import torch
 from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
-from earthembed.data.store import ChipStore
-from earthembed.embed.io import META_KEY, fixed_size_list, parquet_options
+from earthembed.data.store import ChipStore, find_store_above
+from earthembed.embed.io import META_KEY, fixed_size_list, is_embedding_table, parquet_options
+from earthembed.errors import OutputError
+from earthembed.outputs import OutputLock, dumps, write_json
 
 PART_FORMAT = "arrow-ipc-1"  # in the resume manifest: parts of another format are never mixed in
+TABLE_TMP = "table.parquet.tmp"  # the final table while it is assembled, inside <out>.parts/
 
 
 class _BatchReader(torch.utils.data.Dataset):
@@ -118,8 +126,12 @@ def embed_store(
     progress: bool = True,
     device: str = "cpu",
     prefetch: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write one GeoParquet row per chip with the fused and per-modality embeddings.
+
+    ``overwrite`` allows replacing an existing embedding table at ``out`` (never any other file); see the
+    module docstring for what else is refused.
 
     ``prefetch``: read the next batch in a background thread while the model runs. ``None`` (default) turns
     it on for accelerators and off on CPU, where the model already keeps every core busy and a reader
@@ -153,6 +165,60 @@ def embed_store(
         "batch_size": batch_size,
         "part_format": PART_FORMAT,
     }
+    check_output(out, overwrite)
+    with OutputLock(out, out.with_name(out.name + ".lock")):
+        check_output(out, overwrite)  # again under the lock: another process may have just finished
+        _embed(model, model_path, meta, store, out, request, dataset, manifest, batch_size, num_workers, resume,
+               progress, device, prefetch)
+    return out
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse what ``embed`` must never replace or remove: see the module docstring."""
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory; --out names the table to write, e.g. {out / 'embeddings.parquet'}")
+    store = find_store_above(out.parent)
+    if store is not None:
+        raise OutputError(f"{out}: is inside the chip store {store}; write embedding tables outside stores")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+        if not is_embedding_table(out):
+            raise OutputError(
+                f"{out}: exists and is not an earthembed embedding table; refusing to replace it, even with --overwrite"
+            )
+    parts = out.with_name(out.name + ".parts")
+    if parts.exists() and not _own_parts(parts):
+        raise OutputError(
+            f"{parts}: exists and holds files earthembed embed did not write; refusing to remove it - move it away"
+        )
+
+
+def _own_parts(parts: Path) -> bool:
+    """True when ``parts`` is a directory holding only what :func:`_write_part` and the manifest write."""
+    if not parts.is_dir() or parts.is_symlink():
+        return False
+    return all(
+        f.is_file() and (f.name in ("manifest.json", "manifest.json.tmp", TABLE_TMP)
+                         or (f.name.startswith("part-") and f.suffix in (".arrow", ".tmp")))
+        for f in parts.iterdir()
+    )
+
+
+def _clear_parts(parts: Path, remove_dir: bool = False) -> None:
+    """Delete the part files of an earlier run (only ours: checked by :func:`_own_parts`)."""
+    if parts.exists():
+        for f in parts.iterdir():
+            f.unlink()
+        if remove_dir:
+            parts.rmdir()
+
+
+def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
+           request: dict[str, list[str]], dataset: ChipDataset, manifest: dict[str, Any], batch_size: int,
+           num_workers: int, resume: bool, progress: bool, device: str, prefetch: bool | None) -> None:
+    """The embedding loop of :func:`embed_store`, run while holding the output's lock."""
+    model_id = manifest["model_id"]
     parts = out.with_name(out.name + ".parts")
     done = _prepare_parts(parts, manifest, resume)
     starts = [s for s in range(0, len(dataset), batch_size) if s not in done]
@@ -188,6 +254,7 @@ def embed_store(
             res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
             emb = {"fused": res.fused.float().cpu().numpy(),
                    **{k: res.modality[k].float().cpu().numpy() for k in request}}
+            _check_finite(emb, present, batch["idx"].numpy(), chips, f"{model_id} ({model_path})")
             committed(pending)
             pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
                                     model_id)
@@ -198,7 +265,23 @@ def embed_store(
                            "modalities": list(request), "architecture": meta.get("architecture"),
                            "store_products": {m: store.modality(m).product for m in request},
                            "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}})
-    return out
+
+
+def _check_finite(emb: dict[str, np.ndarray], present: dict[str, torch.Tensor], idx: np.ndarray, chips: pa.Table,
+                  model: str) -> None:
+    """Raise naming the chips when a present modality's (or the fused) embedding is NaN/Inf: written as zeros
+    or nulls it would only show up later as chance-level few-shot scores."""
+    pres = {k: v.numpy().astype(bool) for k, v in present.items()}
+    for name, x in emb.items():
+        rows = np.logical_or.reduce(list(pres.values())) if name == "fused" else pres[name]
+        bad = rows & ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            ids = chips.column("chip_id").take(pa.array(idx[bad])).to_pylist()
+            raise ValueError(
+                f"model {model} gave non-finite (NaN/Inf) emb_{name} for {int(bad.sum())} chips "
+                f"({', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}) that have the modality; are the "
+                "model's weights finite? Nothing was written for this batch"
+            )
 
 
 def _prefetch(reader: _BatchReader, depth: int = 2) -> Iterator[dict[str, Any]]:
@@ -228,12 +311,9 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
             for t in parts.glob("*.tmp"):
                 t.unlink()
             return {int(f.stem.split("-")[1]) for f in parts.glob("part-*.arrow")}
-    if parts.exists():
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True)
-    tmp = mf.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, mf)
+    _clear_parts(parts)  # ours (checked by check_output): from another model, store or batch size
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(mf, manifest)
     return set()
 
 
@@ -303,11 +383,10 @@ def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
         "columns": {"geometry": {"encoding": "WKB", "geometry_types": [], "crs": _crs_4326()}},
     }
     md = dict(schema.metadata or {})
-    md[b"geo"] = json.dumps(geo).encode()
-    md[META_KEY] = json.dumps(meta).encode()
+    md[b"geo"] = dumps(geo, indent=None).encode()
+    md[META_KEY] = dumps(meta, indent=None, where=out).encode()
     schema = schema.with_metadata(md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = parts / TABLE_TMP  # in our own directory: a user's "<out>.tmp" is never touched
     last = -1
     with pq.ParquetWriter(tmp, schema, **parquet_options(schema)) as writer:
         for f in files:
@@ -318,7 +397,7 @@ def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
             last = int(idx[-1]) if idx.size else last
             writer.write_table(table.cast(schema))
     os.replace(tmp, out)
-    shutil.rmtree(parts)
+    _clear_parts(parts, remove_dir=True)
 
 
 def _crs_4326() -> dict[str, Any]:

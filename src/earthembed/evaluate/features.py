@@ -100,7 +100,7 @@ def band_statistics_features(
         m = st.modality(k)
         sel[k] = list(bands.get(k) or m.band_names)
         names += [f"{k}:{b}:{s}" for b in sel[k] for s in STATS]
-    has = {k: st.index[f"has_{k}"].to_numpy(dtype=bool) for k in mods}
+    has = {k: st.present(k) for k in mods}
     X = np.full((len(st), len(names)), np.nan, dtype=np.float32)
     for rows, data in st.iter_batches(mods, batch_size=batch_size, bands=sel):
         col = 0

@@ -25,6 +25,7 @@ import pandas as pd
 from earthembed.data.store import ChipStore
 from earthembed.embed.io import read_metadata
 from earthembed.evaluate.budgets import (
+    ALL,
     default_budgets,
     parse_budgets,
     resolve_mode,
@@ -36,6 +37,7 @@ from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set
 from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
 from earthembed.evaluate.tasks import Task, load_task
+from earthembed.outputs import write_json
 
 BASELINES = ("band_stats", "random_init")
 DEFAULT_BASELINES = ("band_stats", "random_init")
@@ -104,7 +106,9 @@ def random_init_table(
     from earthembed.embed.run import embed_random_init
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    return embed_random_init(model_path, store, out, seed=seed, modalities=modalities, bands=bands, progress=False)
+    # a stale table of ours is replaced; any other file there is refused by embed_store
+    return embed_random_init(model_path, store, out, seed=seed, modalities=modalities, bands=bands, progress=False,
+                             overwrite=True)
 
 
 def load_all_feature_sets(
@@ -160,6 +164,47 @@ def _common(task: Task, sets: Sequence[FeatureSet]) -> tuple[Task, list[np.ndarr
     return t, mats
 
 
+def coverage_warnings(t: Task, pool: np.ndarray, test: np.ndarray, budgets: Sequence[int | str], mode: str) -> list[str]:
+    """What the scores of task ``t`` cannot tell: classes with no test chip (a macro score over the classes
+    that are tested can be perfect while they are never recognised), classes or pools smaller than a budget
+    (those budgets are clipped, so neighbouring budgets are the same experiment). Written to summary.md."""
+    out: list[str] = []
+    numeric = sorted(int(b) for b in budgets if b != ALL)
+    if t.kind in ("classification", "multilabel"):
+        k = len(t.classes)
+        if t.kind == "classification":
+            n_pool = np.bincount(t.y[pool], minlength=k)
+            n_test = np.bincount(t.y[test], minlength=k)
+        else:
+            n_pool = np.asarray(t.y[pool]).sum(axis=0)
+            n_test = np.asarray(t.y[test]).sum(axis=0)
+        counts = {c: (int(a), int(b)) for c, a, b in zip(t.classes, n_pool, n_test, strict=True)}
+        unused = [c for c, (a, b) in counts.items() if a + b == 0]
+        untested = {c: a for c, (a, b) in counts.items() if b == 0 and a > 0}
+        untrained = {c: b for c, (a, b) in counts.items() if a == 0 and b > 0}
+        if untested:
+            out.append(
+                f"{t.name}: classes absent from the test split (training chips): {untested}; no score measures "
+                "them, so a high macro score does not mean they are recognised"
+            )
+        if untrained:
+            out.append(f"{t.name}: classes only in the test split (test chips), never trained: {untrained}")
+        if unused:
+            out.append(f"{t.name}: declared classes with no labelled chip (never trained or tested): {unused}")
+        if mode == "per_class" and numeric:
+            few = {c: a for c, (a, _) in counts.items() if 0 < a < numeric[-1]}
+            if few:
+                out.append(
+                    f"{t.name}: classes with fewer training chips than the largest budget ({numeric[-1]} per class): "
+                    f"{few}; a budget above a class's count uses all of its chips"
+                )
+    if mode == "total":
+        clipped = [b for b in numeric if b > len(pool)]
+        if clipped:
+            out.append(f"{t.name}: budgets {clipped} exceed the {len(pool)} training chips; they are not evaluated")
+    return out
+
+
 def evaluate_task(
     task: Task,
     sets: Sequence[FeatureSet],
@@ -183,6 +228,7 @@ def evaluate_task(
         raise ValueError(f"task {t.name!r}: no training chips (all labelled chips are in the test split)")
     notes = {
         "task": t.name, "kind": t.kind, "classes": t.classes, "budget_mode": mode, "budgets": [str(b) for b in budgets],
+        "warnings": coverage_warnings(t, pool, test, budgets, mode),
         "split": note, "n_labelled": len(task) + task.n_dropped, "n_dropped_unlabelled": task.n_dropped,
         "n_common": len(t), "n_pool": len(pool), "n_test": len(test),
         "feature_sets": {fs.name: {"dim": fs.dim, "n_chips": len(fs.chip_ids), "n_excluded_null": fs.n_excluded,
@@ -298,8 +344,8 @@ def run_fewshot(
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
     pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
-    (out_dir / "run.json").write_text(json.dumps({"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot,
-                                                  "tasks": notes}, indent=2, default=str))
-    write_summary(df, out_dir)
+    write_json(out_dir / "run.json", json.loads(json.dumps(
+        {"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot, "tasks": notes}, default=str)))
+    write_summary(df, out_dir, warnings=[w for n in notes for w in n["warnings"]])
     plot_label_efficiency(df, out_dir / "label_efficiency.png")
     return df

@@ -93,12 +93,19 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     return "\n\n".join(parts) + "\n"
 
 
-def write_summary(results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION) -> str:
-    """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown."""
+def write_summary(
+    results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION, warnings: list[str] | None = None
+) -> str:
+    """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown.
+
+    ``warnings`` (e.g. classes absent from the test split, see ``fewshot.coverage_warnings``) open the markdown,
+    before any number, so a reader sees what the scores cannot say."""
     out_dir = Path(out_dir)
     summary = summarize(results, fraction)
     summary.to_csv(out_dir / "summary.csv", index=False)
     md = summary_markdown(summary, results, fraction)
+    if warnings:
+        md = "## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n" + md
     (out_dir / "summary.md").write_text(md)
     return md
 

@@ -29,6 +29,7 @@ from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
 from earthembed.models.base import Encoder
 from earthembed.models.registry import MODELS, build_model
+from earthembed.outputs import write_json
 
 FORMAT = "earthembed-model"
 FORMAT_VERSION = 1
@@ -104,9 +105,7 @@ def export_model(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / META_FILE)
+    write_json(out / META_FILE, meta)  # standard JSON: NaN/Infinity (e.g. broken statistics) are refused
     return out
 
 
@@ -132,9 +131,27 @@ def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this earthembed supports")
     if meta.get("architecture") not in MODELS:
         raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r} (registered: {MODELS.names()})")
-    if not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{meta_path}: no model config (expected a 'config' mapping)")
+    _check_meta(meta, meta_path)
     return meta, meta_path.parent
+
+
+def _check_meta(meta: dict[str, Any], meta_path: Path) -> None:
+    """The keys ``embed`` and ``load_model`` use, with their types: an edited file fails here, naming the key."""
+    for key in ("config", "modalities", "normalization"):
+        if not isinstance(meta.get(key), dict):
+            what = "missing" if key not in meta else f"must be a JSON object, got {meta[key]!r:.80}"
+            raise ValueError(f"{meta_path}: key {key!r} {what}")
+    for k, bands in meta["modalities"].items():
+        if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
+            raise ValueError(f"{meta_path}: modalities.{k} must be a non-empty list of band names, got {bands!r:.80}")
+    try:
+        norm = Normalizer.from_dict(meta["normalization"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{meta_path}: 'normalization' is malformed ({type(e).__name__}: {e})") from e
+    missing = [k for k in meta["modalities"] if k not in norm.stats]
+    if missing:
+        raise ValueError(f"{meta_path}: 'normalization' has no statistics for modalities {missing}")
+
 
 
 def _build(meta: dict[str, Any], where: str | Path) -> Encoder:
@@ -142,7 +159,7 @@ def _build(meta: dict[str, Any], where: str | Path) -> Encoder:
     try:
         return build_model(meta["architecture"], **meta["config"])
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{where}: the model config does not build a {meta['architecture']!r}: {e}") from e
+        raise ValueError(f"{where}: 'config' does not build a {meta['architecture']} ({e})") from e
 
 
 def random_init_like(meta: dict[str, Any], seed: int = 0) -> Encoder:
@@ -167,8 +184,49 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[En
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the config in {META_FILE}: {e}") from e
+        first = str(e).strip().splitlines()
+        raise ValueError(f"{weights}: weights do not match the config in {META_FILE}: {' '.join(first)[:400]}") from e
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ValueError(
+            f"{weights}: tensors {nonfinite[:3]}{' ...' if len(nonfinite) > 3 else ''} hold NaN/Inf values; "
+            "embeddings from it would be meaningless (a diverged training run?)"
+        )
     return model.to(device).eval(), meta
+
+
+def read_checkpoint(ckpt: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a checkpoint, with one-line errors naming the file: one that would
+    need to run code (a malicious or foreign pickle) is refused, a corrupt or truncated one says so.
+
+    ``mmap=True`` maps the tensors instead of reading them (a cheap validity check of a large checkpoint)."""
+    import pickle
+    import warnings
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    try:
+        with warnings.catch_warnings():  # e.g. "unexpected pickle protocol" on garbage: our error says it all
+            warnings.simplefilter("ignore")
+            data = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        code = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if code:
+            raise ValueError(
+                f"{ckpt}: refused: loading it would run code ({code[0]}); earthembed loads checkpoints with "
+                "torch.load(weights_only=True) and never executes code from a file"
+            ) from e
+        detail = [line.strip() for line in str(e).splitlines() if "Unpickler error" in line or "Unsupported" in line]
+        raise ValueError(f"{ckpt}: not a readable checkpoint (corrupt or not a PyTorch file): {' '.join(detail)[:200]}") from e
+    except Exception as e:  # garbage makes the unpickler fail in many ways (IndexError, KeyError, EOFError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{ckpt}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {first[:200]}"
+        ) from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{ckpt}: not a Lightning checkpoint (holds a {type(data).__name__}, not a dict)")
+    return data
 
 
 def export_checkpoint(
@@ -183,14 +241,16 @@ def export_checkpoint(
     ``products``: as for :func:`export_model` (e.g. ``modality_products(ChipStore(store).modalities)``).
     """
     ckpt = Path(ckpt)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    data = read_checkpoint(ckpt)
     hp = data.get("hyper_parameters", {})
-    if "model_name" not in hp or "model_args" not in hp:
-        raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args)")
-    model = build_model(hp["model_name"], **hp["model_args"])
-    state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
+    if not isinstance(hp, dict) or "model_name" not in hp or not isinstance(hp.get("model_args"), dict) \
+            or not isinstance(data.get("state_dict"), dict):
+        raise ValueError(f"{ckpt}: not an earthembed pretraining checkpoint (no model_name/model_args/state_dict)")
+    try:
+        model = build_model(hp["model_name"], **hp["model_args"])
+        state = {k[len("model.") :]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state, strict=True)
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{ckpt}: its model does not rebuild from its own hyper-parameters ({str(e)[:300]})") from e
     info = {"checkpoint": str(ckpt), "global_step": int(data.get("global_step", 0))}
     return export_model(model, out_dir, normalizer, extra={"pretrain": info, **(extra or {})}, products=products)

@@ -63,6 +63,32 @@ DEFAULTS: dict[str, Any] = {
     "augment": {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(AugmentConfig)},
 }
 _FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
+_NUMERIC: dict[str, tuple[type, bool]] = {
+    "train.max_steps": (int, True), "train.max_epochs": (int, True), "train.lr": (float, False),
+    "train.weight_decay": (float, False), "train.warmup_steps": (int, False), "train.num_nodes": (int, False),
+    "train.seed": (int, False), "train.log_every_n_steps": (int, False), "train.accumulate_grad_batches": (int, False),
+    "train.checkpoint_every_n_steps": (int, False), "train.gradient_clip_val": (float, True),
+    "data.batch_size": (int, False), "data.num_workers": (int, False), "data.crop_size": (int, True),
+}
+"""Numeric config keys: (type, may be null). Checked up front so a bad value names its key, not int()'s text."""
+
+
+def _check_numbers(cfg: dict[str, Any], where: str) -> None:
+    for dotted, (typ, nullable) in _NUMERIC.items():
+        section, key = dotted.split(".")
+        v = cfg[section][key]
+        if v is None and nullable:
+            continue
+        if typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:  # YAML reads 1e-3 (no dot) as a string: accept what float() accepts
+            try:
+                ok = not isinstance(v, bool) and v is not None and float(v) == float(v)
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            kind = "an integer" if typ is int else "a number"
+            raise ValueError(f"{where}: {dotted} must be {kind}{' or null' if nullable else ''}, got {v!r}")
 
 
 def register_objective(name: str, target: str | type) -> None:
@@ -169,6 +195,7 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     for k in cfg["objective_args"]:
         if k not in allowed_obj:
             raise ValueError(f"{where}: unknown config key 'objective_args.{k}' (known: {sorted(allowed_obj)})")
+    _check_numbers(cfg, where)
     betas = cfg["train"].get("betas")
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)):
         raise ValueError(f"{where}: train.betas must be two numbers, e.g. [0.9, 0.999], got {betas!r}")
@@ -246,6 +273,10 @@ def pretrain(
         **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
     }
     last = out / "checkpoints" / "last.ckpt"
+    if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
+        from earthembed.models.export import read_checkpoint
+
+        read_checkpoint(last, mmap=True)
     if resume and last.exists() and (out / "config.yaml").exists():
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
         changed = [k for k in ("model", "objective", "objective_args") if before.get(k) != resolved[k]]

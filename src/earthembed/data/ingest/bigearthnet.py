@@ -150,7 +150,9 @@ def ingest_bigearthnet(
         "s2_resampling": "20 m and 60 m bands bilinear to the 120x120 10 m grid (GDAL, on read)",
     }
     classes = set(BEN19_CLASSES)
-    with StoreWriter(out, [s2m, s1m], CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite) as w:
+    with StoreWriter(
+        out, [s2m, s1m], CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
+    ) as w:
         for row in meta.itertuples(index=False):
             patch_id, s1_name = str(row.patch_id), str(row.s1_name)
             if w.is_done(patch_id):

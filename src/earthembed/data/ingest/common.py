@@ -13,6 +13,12 @@ import numpy as np
 
 from earthembed.errors import IngestError
 
+MAX_IMAGE_BYTES = 1 << 30
+"""Largest decoded size (width x height x bands x bytes per sample) of one raster read whole. A compressed
+file can declare far more than it holds (a 197 KB TIFF declaring 40000 x 40000 x 13 px decodes to 39 GiB), so
+the header is checked before reading; whole-image ingesters (folder, EuroSAT, Sen1Floods11) read chip-sized
+images, far below this."""
+
 
 @dataclasses.dataclass
 class Raster:
@@ -49,10 +55,24 @@ def open_raster(path: str | Path) -> Iterator[Any]:
         raise IngestError(f"{path}: cannot read raster (corrupt or truncated?): {e.__cause__ or e}") from e
 
 
-def read_raster(path: str | Path, expect_bands: int | None = None, masked_nan: bool = False) -> Raster:
-    """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files."""
+def check_declared_size(path: Path, src: Any, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    """Refuse a raster whose header declares more than ``max_bytes`` decoded, before anything is decoded."""
+    declared = src.width * src.height * sum(np.dtype(d).itemsize for d in src.dtypes)
+    if declared > max_bytes:
+        raise IngestError(
+            f"{path}: declares {src.width}x{src.height} px x {src.count} bands ({declared / 2**30:.1f} GiB decoded), "
+            f"more than the {max_bytes / 2**30:g} GiB allowed for one image (a decompression bomb?); not read"
+        )
+
+
+def read_raster(
+    path: str | Path, expect_bands: int | None = None, masked_nan: bool = False, max_bytes: int = MAX_IMAGE_BYTES
+) -> Raster:
+    """Read a whole raster; raise :class:`IngestError` naming ``path`` for missing, corrupt or truncated files
+    and for files declaring more than ``max_bytes`` of pixels (checked from the header, before reading)."""
     path = Path(path)
     with open_raster(path) as src:
+        check_declared_size(path, src, max_bytes)
         data = src.read()
         crs = src.crs
         transform = src.transform if crs is not None else None

@@ -93,7 +93,10 @@ def ingest_eurosat(src: str | Path, out: str | Path, overwrite: bool = False, ba
         "file_band_order": list(EUROSAT_FILE_BANDS),
         "split": "per class, ranked by sha256(chip_id): 60% train, 20% val, 20% test",
     }
-    with StoreWriter(out, [s2], EUROSAT_CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite) as w:
+    with StoreWriter(
+        out, [s2], EUROSAT_CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite,
+        inputs=[src, root],
+    ) as w:
         for d in unknown:
             w.skip(str(d), f"folder is not a EuroSAT class ({', '.join(EUROSAT_CLASSES)})")
         for cls, paths in files.items():

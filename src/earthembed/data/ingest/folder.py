@@ -165,10 +165,10 @@ def _unfit_reason(a: np.ndarray, m: Modality) -> str | None:
     if not np.issubdtype(target, np.integer):
         return None
     if np.issubdtype(a.dtype, np.floating):
-        nan = np.isnan(a)
-        if nan.any() and m.nodata is None:
-            return f"has NaN pixels but {m.name} ({m.dtype}) has no nodata value"
-        a = a[~nan]
+        bad = ~np.isfinite(a)  # NaN/Inf are stored as nodata, if the modality has one
+        if bad.any() and m.nodata is None:
+            return f"has non-finite (NaN/Inf) pixels but {m.name} ({m.dtype}) has no nodata value"
+        a = a[~bad]
     info = np.iinfo(target)
     if a.size and (a.min() < info.min or a.max() > info.max):
         return f"values [{a.min()}, {a.max()}] do not fit {m.name} dtype {m.dtype}"
@@ -232,7 +232,9 @@ def ingest_folder(
         "product": mod.product,
         "bands": mod.band_names,
     }
-    with StoreWriter(out, [mod], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite) as w:
+    with StoreWriter(
+        out, [mod], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
+    ) as w:
         for f in stray:
             w.skip(str(f), "not inside a class folder")
         for f, cls, split in items:

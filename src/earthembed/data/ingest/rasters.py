@@ -48,7 +48,7 @@ import typer
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
-from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter, valid_pixels
 
 DEFAULT_PRODUCTS = {"s1": "s1_grd_db", "coh": "insar_coherence", "dem": "elevation", "lc": "worldcover"}
 S2_PRODUCTS_BY_COUNT = {12: "s2_l2a", 13: "s2_l1c"}
@@ -216,12 +216,7 @@ def _read(vrt: Any, path: Path, window: Any, indexes: Any, note: str = "") -> np
 
 
 def _any_valid(a: np.ndarray, nodata: Any) -> bool:
-    valid = np.ones(a.shape, dtype=bool)
-    if np.issubdtype(a.dtype, np.floating):
-        valid &= ~np.isnan(a)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid &= a != nodata
-    return bool(valid.any())
+    return bool(valid_pixels(a, nodata).any())
 
 
 def _check_fits(a: np.ndarray, m: Modality, path: Path) -> None:
@@ -230,7 +225,7 @@ def _check_fits(a: np.ndarray, m: Modality, path: Path) -> None:
         return
     v = a
     if np.issubdtype(a.dtype, np.floating):
-        v = a[~np.isnan(a)]
+        v = a[np.isfinite(a)]  # NaN/Inf become nodata in the store
         if v.size and not np.array_equal(v, np.round(v)):
             raise IngestError(
                 f"{path}: has fractional values but product {m.product!r} stores {m.dtype} "
@@ -409,6 +404,7 @@ def ingest_rasters(
         writer = StoreWriter(
             out, [s.modality for s in sources], chip_size, lab.schema() if lab else None,
             source=source, batch_size=batch_size, overwrite=overwrite,
+            inputs=[s.path for s in sources] + ([Path(labels)] if labels is not None else []),
         )
         note = (
             f"; chips committed so far stay in the incomplete store {out}: fix or replace the file and re-run "

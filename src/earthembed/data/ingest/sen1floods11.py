@@ -207,7 +207,9 @@ def ingest_sen1floods11(
             else "per scene by sha256(scene id): 60% train, 20% val, 20% test"
         ),
     }
-    with StoreWriter(out, [s2m, s1m], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite) as w:
+    with StoreWriter(
+        out, [s2m, s1m], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
+    ) as w:
         for scene, paths in scenes.items():
             if "label" not in paths:
                 w.skip(scene, f"{src / LAYERS['label']}: no {scene}_LabelHand.tif for this scene")
