@@ -1,4 +1,4 @@
-"""CLI of the explore stage: ``plot-embeddings``."""
+"""CLI of the explore stage: ``plot-embeddings``, ``map``, ``index``, ``search`` and ``report``."""
 
 from __future__ import annotations
 
@@ -29,5 +29,23 @@ def plot_embeddings(
     typer.echo(f"wrote {path}")
 
 
+def map_(
+    table: Path = typer.Option(..., "--table", help="per-chip table: predictions, embeddings, or a store directory"),
+    column: str = typer.Option(..., "--column", help="class, probability, fraction or embedding (emb_*) column"),
+    out: Path = typer.Option(..., "--out", help="Cloud-Optimised GeoTIFF to write (a .png preview goes beside it)"),
+    store: Path = typer.Option(None, "--store", help="store with the chips' CRS/transform (default: recorded in the table)"),
+    crs: str = typer.Option(None, "--crs", help="reproject every chip into this CRS (default: one map per CRS)"),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="map pixel size in CRS units (default: see docs)"),
+) -> None:
+    """Rasterise per-chip values back onto the AOI grid as a COG, with a PNG preview."""
+    from earthembed.explore.maps import write_map
+
+    with fail_on():
+        paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size)
+    for p in paths:
+        typer.echo(f"wrote {p} (preview {p.with_suffix('.png')})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("plot-embeddings")(plot_embeddings)
+    app.command("map")(map_)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import math
 import re
 from collections.abc import Sequence
@@ -342,11 +343,14 @@ def ingest_rasters(
     label_classes: dict[int, str] | None = None,
     overwrite: bool = False,
     batch_size: int = 64,
+    dates: dict[str, str] | None = None,
 ) -> ChipStore:
     """Tile AOI rasters ``{key: path}`` (keys become store modality names) into a chip store at ``out``.
 
     ``products`` maps keys to registered product ids (defaults by key: s2 by band count, s1, coh, dem, lc);
-    re-running after an interruption resumes. See the module docstring for grid, label and split rules.
+    ``dates`` maps keys to acquisition dates (ISO ``YYYY-MM-DD``), recorded as ``date_<key>`` of every chip.
+    Every chip keeps its CRS and pixel ``transform`` so per-chip results can be written back as maps.
+    Re-running after an interruption resumes. See the module docstring for grid, label and split rules.
     """
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -356,6 +360,7 @@ def ingest_rasters(
     if chip_size <= 0 or (stride is not None and stride <= 0):
         raise ValueError(f"chip size and stride must be positive, got {chip_size} and {stride}")
     stride = stride or chip_size
+    dates = _check_dates(dates or {}, modalities)
     with contextlib.ExitStack() as stack:
         sources: list[_Source] = []
         for key, p in modalities.items():
@@ -405,6 +410,7 @@ def ingest_rasters(
             "stride": stride,
             "tiles": [n_rows, n_cols],
             "split_block_cells": block,
+            **({"dates": dates} if dates else {}),
         }
         writer = StoreWriter(
             out, [s.modality for s in sources], chip_size, lab.schema() if lab else None,
@@ -437,7 +443,9 @@ def ingest_rasters(
                             arrays,
                             geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
                             crs=crs_s,
+                            transform=tuple(window_transform(win, transform))[:6],
                             aoi=aoi,
+                            dates={k: d for k, d in dates.items() if k in arrays},
                             split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
                             labels=cols,
                             masks=masks,
@@ -446,6 +454,19 @@ def ingest_rasters(
                         )
                     )
     return ChipStore(out)
+
+
+def _check_dates(dates: dict[str, str], modalities: dict[str, Any]) -> dict[str, str]:
+    """Dates by modality key, normalised to ``YYYY-MM-DD``; unknown keys or unparsable dates raise ValueError."""
+    out = {}
+    for k, d in dates.items():
+        if k not in modalities:
+            raise ValueError(f"--date {k}={d}: {k!r} is not one of the modality keys {list(modalities)}")
+        try:
+            out[k] = _dt.date.fromisoformat(str(d)[:10]).isoformat()
+        except ValueError:
+            raise ValueError(f"--date {k}={d}: not an ISO date (YYYY-MM-DD)") from None
+    return out
 
 
 def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
@@ -473,6 +494,7 @@ def command(
     modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
     overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, help="chips per committed batch"),
+    date: list[str] = typer.Option([], "--date", help="KEY=YYYY-MM-DD acquisition date of a modality (repeat)"),
 ) -> None:
     """Tile AOI rasters (GeoTIFF/COG, any CRS/resolution) and an optional label raster into a chip store."""
     from earthembed.cli_utils import fail_on
@@ -489,7 +511,7 @@ def command(
         store = ingest_rasters(
             _pairs(modality, "--modality"), out, chip_size, labels=labels, products=_pairs(product, "--product"),
             stride=stride, aoi=aoi, resolution=resolution, label_classes=label_classes, overwrite=overwrite,
-            batch_size=batch_size,
+            batch_size=batch_size, dates=_pairs(date, "--date"),
         )
     info = store.info()
     typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
