@@ -46,6 +46,68 @@ def map_(
         typer.echo(f"wrote {p} (preview {p.with_suffix('.png')})")
 
 
+def _ids(values: list[str]) -> list[str]:
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
+def _point(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lon, lat = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"--point {value!r}: expected LON,LAT in degrees (EPSG:4326)") from None
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValueError(f"--point {value!r}: LON,LAT out of range (is it LAT,LON or not in degrees?)")
+    return lon, lat
+
+
+def index(
+    embeddings: Path = typer.Option(..., "--embeddings", help="embedding table (GeoParquet)"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    kind: str = typer.Option("ivf", "--kind", help="ivf (IVF-Flat) | hnsw"),
+    nlist: int = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))"),
+    nprobe: int = typer.Option(32, "--nprobe", help="IVF lists visited per query (default for searches)"),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW links per node"),
+) -> None:
+    """Build an approximate faiss index of an embedding column, stored beside the table (used by search)."""
+    from earthembed.explore.search import build_index
+
+    with fail_on(ImportError):
+        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m)
+    typer.echo(f"wrote {path} (+ {path.name}.json)")
+
+
+def search(
+    embeddings: Path = typer.Option(..., "--embeddings", help="embedding table (GeoParquet)"),
+    positive: list[str] = typer.Option([], "--positive", help="chip id(s) to look like (comma-separated, repeatable)"),
+    negative: list[str] = typer.Option([], "--negative", help="chip id(s) not to look like"),
+    point: str = typer.Option(None, "--point", help="LON,LAT: the chip containing it is a positive"),
+    k: int = typer.Option(50, "--k", help="number of hits"),
+    out: Path = typer.Option(..., "--out", help="hits GeoParquet (a .png grid of thumbnails goes beside it)"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    store: Path = typer.Option(None, "--store", help="store for thumbnails/footprints (default: recorded in the table)"),
+    exact: bool = typer.Option(False, "--exact", help="exact search even if an index exists"),
+    nprobe: int = typer.Option(None, "--nprobe", help="IVF lists to visit (default: the index's)"),
+    include_query: bool = typer.Option(False, "--include-query", help="keep the query chips among the hits"),
+) -> None:
+    """Chips most similar (cosine) to normalised mean(positives) - mean(negatives), with thumbnails."""
+    from earthembed.explore.search import search as _search
+    from earthembed.explore.search import write_hits
+
+    with fail_on(ImportError):
+        hits = _search(embeddings, _ids(positive), _ids(negative), _point(point), k=k, column=column,
+                       store=store, exact=exact, nprobe=nprobe, include_query=include_query)
+        paths = write_hits(hits, out, store=store)
+    m = hits.meta
+    typer.echo(f"{len(hits.table)} hits ({m['method']}) for {len(m['positives'])} positive(s), "
+               f"{len(m['negatives'])} negative(s): " + ", ".join(map(str, paths)))
+    for r in hits.table.head(5).itertuples():
+        typer.echo(f"  #{r.rank} {r.chip_id} {r.score:.4f}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("plot-embeddings")(plot_embeddings)
     app.command("map")(map_)
+    app.command("index")(index)
+    app.command("search")(search)
