@@ -151,7 +151,7 @@ def predict_chips(
         "estimator_extra": fitted.extra, "n_train": int(len(fit)), "n_labelled": int(usable.sum()),
         "n_predicted": int(len(pred_rows)), "n_no_embedding": int((~has_emb).sum()), "column": column,
         "embeddings": str(Path(embeddings).resolve()), "store": str(st.path.resolve()), "chip_size": chip_size,
-        "labels": str(Path(labels).resolve()) if labels is not None else f"store:{task}", "seed": seed,
+        "label_source": str(Path(labels).resolve()) if labels is not None else f"store:{task}", "seed": seed,
         "label_report": label_report,
     }
     write_chip_table(res, out, meta)

@@ -106,8 +106,31 @@ def search(
         typer.echo(f"  #{r.rank} {r.chip_id} {r.score:.4f}")
 
 
+def report(
+    out: Path = typer.Option(..., "--out", help="HTML page to write (self-contained)"),
+    store: Path = typer.Option(None, "--store", help="chip store to summarise"),
+    fewshot: Path = typer.Option(None, "--fewshot", help="`earthembed fewshot` output directory"),
+    embeddings: Path = typer.Option(None, "--embeddings", help="embedding table to project (PCA)"),
+    color_by: str = typer.Option(None, "--color-by", help="label colouring the projection (default: split)"),
+    predictions: list[Path] = typer.Option([], "--predictions", help="predictions GeoParquet (repeatable)"),
+    map_: list[Path] = typer.Option([], "--map", help="map COG (repeatable)"),
+    image: list[str] = typer.Option([], "--image", help="PNG[=CAPTION] to include with the maps (repeatable)"),
+    hits: list[Path] = typer.Option([], "--hits", help="search hits GeoParquet (repeatable; its .png is shown)"),
+    title: str = typer.Option("earthembed report", "--title"),
+) -> None:
+    """One self-contained HTML page: store summary, label efficiency, embedding space, maps and search hits."""
+    from earthembed.explore.report import write_report
+
+    imgs = [(Path(p), c or Path(p).stem) for p, _, c in (i.partition("=") for i in image)]
+    with fail_on(ImportError):
+        path = write_report(out, store=store, fewshot=fewshot, embeddings=embeddings, color_by=color_by,
+                            predictions=predictions, maps=map_, images=imgs, hits=hits, title=title)
+    typer.echo(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("plot-embeddings")(plot_embeddings)
     app.command("map")(map_)
     app.command("index")(index)
     app.command("search")(search)
+    app.command("report")(report)

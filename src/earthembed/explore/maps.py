@@ -107,10 +107,11 @@ def map_values(df: pd.DataFrame, column: str, meta: dict[str, Any], what: str) -
         present = sorted(pd.unique(sample.astype(str)))
         classes = _recorded_classes(meta, column) or present
         classes = classes + [c for c in present if c not in classes]
-        if len(classes) > MAX_CLASSES:
+        if len(classes) > MAX_CLASSES or (len(present) == len(sample) > 50):
             raise ValueError(
-                f"{what}: column {column!r} is not numeric and has {len(classes)} distinct values, too many for "
-                f"a class map (at most {MAX_CLASSES}); is it an identifier?"
+                f"{what}: column {column!r} is not numeric and has {len(present)} distinct values"
+                + (", one per chip" if len(present) == len(sample) else "")
+                + f"; a class map takes at most {MAX_CLASSES} classes (is it an identifier?)"
             )
         code = {c: i for i, c in enumerate(classes)}
         v = s.map(lambda x: np.nan if x is None or (isinstance(x, float) and np.isnan(x)) else code[str(x)])
