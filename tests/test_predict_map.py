@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import rasterio
 import shapely
-from aoi_helpers import band_stat_embeddings
 
+from aoi_helpers import band_stat_embeddings
 from earthembed.data.chipgeo import chip_frames, read_chip_table
 from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.evaluate.label_join import join_labels

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-from aoi_helpers import band_stat_embeddings
 
+from aoi_helpers import band_stat_embeddings
 from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.evaluate.fewshot import run_fewshot
 from earthembed.evaluate.predict import predict_chips

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from aoi_helpers import band_stat_embeddings
 
+from aoi_helpers import band_stat_embeddings
 from earthembed.data.chipgeo import read_chip_table
 from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.embed.io import write_embedding_table
