@@ -206,3 +206,44 @@ def test_unreadable_cog_is_named(catalog, tmp_path):
     with pytest.raises(StoreError, match="incomplete"):
         ChipStore(out)  # nothing partially written looks complete
     assert json.loads((out / "earthembed.json").read_text())["complete"] is False
+
+
+def test_static_catalog_over_http(catalog, tmp_path):
+    """A static catalog served over HTTP: pystac-client opens it (no item-search API, so it is walked) and the
+    COG assets are read remotely through GDAL. The server is another process: GDAL holds the GIL while it
+    fetches, so a server thread in this process would never answer."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import pystac
+
+    made, root = catalog, catalog["catalog"].parent.parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                               str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        cat = pystac.read_file(str(made["catalog"]))  # asset hrefs as URLs (the saved ones are local paths)
+        for it in cat.get_items(recursive=True):
+            for a in it.assets.values():
+                a.href = f"{base}/{Path(a.get_absolute_href()).name}"
+        cat.normalize_hrefs(str(root / "web"))
+        cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        store = ingest_stac(f"{base}/web/catalog.json", ["s1-grd"], tmp_path / "store", {"s1-grd": "s1_grd_db"},
+                            chip_size=16, bbox=made["bbox"])
+        assert len(store) >= 4 and store.index["date_s1"].eq("2023-07-03").all()
+        assert store.meta["source"]["catalog"].startswith("http://")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

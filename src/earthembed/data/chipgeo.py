@@ -55,7 +55,7 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
     return df, meta
 
 
-def store_of(meta: dict[str, Any], store: str | Path | None, what: str) -> Any:
+def store_of(meta: dict[str, Any], store: str | Path | None) -> Any:
     """The ChipStore given, else the one recorded in a table's metadata (if it still exists), else None."""
     from earthembed.data.store import ChipStore
 
@@ -136,7 +136,7 @@ def locate(df: pd.DataFrame, meta: dict[str, Any], store: str | Path | None, wha
     """(``df`` with ``crs``/``transform``/``geometry`` filled in from the store if it lacks them, chip size)."""
     st = None
     if not {"crs", "transform"} <= set(df.columns) or "chip_size" not in meta:
-        st = store_of(meta, store, what)
+        st = store_of(meta, store)
         if st is None:
             raise StoreError(
                 f"{what}: the table has no chip CRS/transform and no store is given or recorded in it; "
@@ -163,11 +163,13 @@ def write_chip_table(df: pd.DataFrame, path: str | Path, meta: dict[str, Any]) -
     if "geometry" in df.columns:
         table = table.append_column("geometry", pa.array(shapely.to_wkb(df["geometry"].to_numpy()), pa.binary()))
     md = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
-    md[b"geo"] = json.dumps({
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": [], "crs": CRS.from_epsg(4326).to_json_dict()}},
-    }).encode()
+    if "geometry" in df.columns:
+        md[b"geo"] = json.dumps({
+            "version": "1.1.0",
+            "primary_column": "geometry",
+            "columns": {"geometry": {"encoding": "WKB", "geometry_types": [],
+                                     "crs": CRS.from_epsg(4326).to_json_dict()}},
+        }).encode()
     md[META_KEY] = json.dumps(meta, default=str).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

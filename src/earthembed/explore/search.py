@@ -33,6 +33,9 @@ from earthembed.embed.io import read_embeddings
 
 INDEX_KINDS = ("ivf", "hnsw")
 DEFAULT_NPROBE = 32
+# k-means training vectors per IVF list: faiss wants >= 39; 256 per list made the 1M build take 44 min on 2
+# busy cores (benchmarks/README.md), 64 keeps the lists balanced at a quarter of the cost
+TRAIN_PER_LIST = 64
 DEFAULT_EF_SEARCH = 128
 
 
@@ -100,8 +103,8 @@ def build_index(
 ) -> Path:
     """Build an IVF-Flat or HNSW index of ``column`` and store it beside ``table``; returns its path.
 
-    IVF: ``nlist`` lists (default ``4 * sqrt(n)``, at most n / 39), k-means trained on at most 256 vectors per
-    list. ``nprobe`` (lists visited per query) is recorded as the default for searches.
+    IVF: ``nlist`` lists (default ``4 * sqrt(n)``, at most n / 39), k-means trained on at most
+    :data:`TRAIN_PER_LIST` vectors per list. ``nprobe`` (lists visited per query) is recorded as the default for searches.
     """
     faiss = _faiss()
     if kind not in INDEX_KINDS:
@@ -119,7 +122,7 @@ def build_index(
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = v.X if n <= 256 * nlist else v.X[np.sort(rng.choice(n, 256 * nlist, replace=False))]
+        sample = v.X if n <= TRAIN_PER_LIST * nlist else v.X[np.sort(rng.choice(n, TRAIN_PER_LIST * nlist, replace=False))]
         index.cp.seed = seed
         index.train(sample)
         index.add_with_ids(v.X, v.rows.astype(np.int64))
@@ -241,7 +244,7 @@ def search(
 
         if "geometry" not in df.columns or df["geometry"].isna().all():
             _, meta = read_chip_table(embeddings, columns=["chip_id"])
-            st = store_of(meta, store, what)
+            st = store_of(meta, store)
             if st is None:
                 raise ValueError(f"{what}: the table has no footprints; pass --store to search by --point")
             df = with_store_geometry(df, st, what)
@@ -294,7 +297,7 @@ def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thu
 
     out = Path(out)
     _, meta = read_chip_table(hits.meta["embeddings"], columns=["chip_id"])
-    st = store_of(meta, store, str(out))
+    st = store_of(meta, store)
     df = hits.table
     if st is not None:
         df = with_store_geometry(df, st, hits.meta["embeddings"])

@@ -39,7 +39,7 @@ import dataclasses
 import datetime as _dt
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -421,39 +421,46 @@ def ingest_rasters(
             "the same command to resume"
         )
         with writer as w:
-            for i in range(n_rows):
-                for j in range(n_cols):
-                    chip_id = f"{aoi}_{i}_{j}"
-                    if w.is_done(chip_id):
-                        continue
-                    win = Window(j * stride, i * stride, chip_size, chip_size)
-                    arrays = {}
-                    for s in sources:
-                        a = _read(s.vrt, s.path, win, s.indexes, note)
-                        if _any_valid(a, s.modality.nodata):
-                            _check_fits(a, s.modality, s.path)
-                            arrays[s.key] = a
-                    if not arrays:
-                        w.skip(chip_id, "entirely nodata in every modality")
-                        continue
-                    cols, masks = lab.chip(win, note) if lab else ({}, {})
-                    w.add(
-                        ChipRecord(
-                            chip_id,
-                            arrays,
-                            geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
-                            crs=crs_s,
-                            transform=tuple(window_transform(win, transform))[:6],
-                            aoi=aoi,
-                            dates={k: d for k, d in dates.items() if k in arrays},
-                            split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
-                            labels=cols,
-                            masks=masks,
-                            source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"
-                            f"{j * stride}:{j * stride + chip_size}]",
-                        )
+            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, stride, chip_size):
+                arrays = {}
+                for s in sources:
+                    a = _read(s.vrt, s.path, win, s.indexes, note)
+                    if _any_valid(a, s.modality.nodata):
+                        _check_fits(a, s.modality, s.path)
+                        arrays[s.key] = a
+                if not arrays:
+                    w.skip(chip_id, "entirely nodata in every modality")
+                    continue
+                cols, masks = lab.chip(win, note) if lab else ({}, {})
+                w.add(
+                    ChipRecord(
+                        chip_id,
+                        arrays,
+                        geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
+                        crs=crs_s,
+                        transform=tuple(window_transform(win, transform))[:6],
+                        aoi=aoi,
+                        dates={k: d for k, d in dates.items() if k in arrays},
+                        split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
+                        labels=cols,
+                        masks=masks,
+                        source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"
+                        f"{j * stride}:{j * stride + chip_size}]",
                     )
+                )
     return ChipStore(out)
+
+
+def pending_tiles(writer: StoreWriter, aoi: str, n_rows: int, n_cols: int, stride: int,
+                  chip_size: int) -> Iterator[tuple[int, int, str, Any]]:
+    """(row, col, chip id ``<aoi>_<row>_<col>``, grid Window) of every tile not committed yet (resume)."""
+    from rasterio.windows import Window
+
+    for i in range(n_rows):
+        for j in range(n_cols):
+            chip_id = f"{aoi}_{i}_{j}"
+            if not writer.is_done(chip_id):
+                yield i, j, chip_id, Window(j * stride, i * stride, chip_size, chip_size)
 
 
 def _check_dates(dates: dict[str, str], modalities: dict[str, Any]) -> dict[str, str]:

@@ -54,6 +54,7 @@ from earthembed.data.ingest.rasters import (
     _read,
     _warped,
     normalize_band_name,
+    pending_tiles,
 )
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import Modality, get_modality
@@ -134,10 +135,15 @@ def _open_catalog(catalog: str | Path) -> Any:
     """A pystac_client Client for a URL, a pystac Catalog/Collection for a local path."""
     s = str(catalog)
     if s.startswith(("http://", "https://")):
+        import warnings
+
         from pystac_client import Client
+        from pystac_client.warnings import NoConformsTo
 
         try:
-            return Client.open(s)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoConformsTo)  # a static catalog: it is walked, not searched
+                return Client.open(s)
         except Exception as e:  # network errors, non-STAC responses
             raise IngestError(f"{s}: cannot open the STAC catalog ({e})") from e
     import pystac
@@ -162,8 +168,11 @@ def find_items(
 ) -> dict[str, list[Any]]:
     """Items per collection intersecting ``bbox`` (lon/lat) within ``datetime`` (not applied to the collections
     in ``timeless``); IngestError naming the collection when one has none."""
+    import warnings
+
     import pystac
     from pystac_client import Client
+    from pystac_client.warnings import PystacClientWarning
 
     start, end = parse_datetime(datetime)
     cat = _open_catalog(catalog)
@@ -186,7 +195,9 @@ def find_items(
             extents[own_id] = cat.extent.spatial
         known = set(children) | ({own_id} if own_id else set())
         missing = [c for c in collections if c not in known]
-        items_all = list(cat.get_items(recursive=True)) if hasattr(cat, "get_items") else []
+        with warnings.catch_warnings():  # pystac-client says a static catalog is walked: that is the plan
+            warnings.simplefilter("ignore", PystacClientWarning)
+            items_all = list(cat.get_items(recursive=True)) if hasattr(cat, "get_items") else []
         found_ids = {it.collection_id for it in items_all}
         missing = [c for c in missing if c not in found_ids]
         if missing:
@@ -429,7 +440,6 @@ def ingest_stac(
     ``assets`` maps ``{collection: {band: asset key}}`` where the automatic band -> asset rules fail.
     """
     from rasterio.warp import transform_bounds
-    from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
     collections = [c for c in collections if c]
@@ -507,28 +517,23 @@ def ingest_stac(
         readers = [_CollectionReader(mods[c].name, c, mods[c], per[c], grid, stack) for c in collections]
         with StoreWriter(out, list(mods.values()), chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
-            for i in range(n_rows):
-                for j in range(n_cols):
-                    chip_id = f"{aoi}_{i}_{j}"
-                    if w.is_done(chip_id):
-                        continue
-                    win = Window(j * chip_size, i * chip_size, chip_size, chip_size)
-                    arrays, dates, used = {}, {}, []
-                    for r in readers:
-                        a, date, ids = r.chip(win, note)
-                        if a is not None:
-                            _check_fits(a, r.modality, Path(r.items[0].bands[0].href))
-                            arrays[r.key], dates[r.key] = a, date
-                            used.append(f"{r.key}=" + "+".join(ids))
-                    if not arrays:
-                        w.skip(chip_id, "no valid pixel in any collection")
-                        continue
-                    wt = window_transform(win, transform)
-                    w.add(ChipRecord(
-                        chip_id, arrays, geometry=footprint_wgs84(gcrs, wt, chip_size, chip_size), crs=crs_s,
-                        transform=tuple(wt)[:6], aoi=aoi, split=split_of[(i // block, j // block)], dates=dates,
-                        source=";".join(used),
-                    ))
+            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size):
+                arrays, dates, used = {}, {}, []
+                for r in readers:
+                    a, date, ids = r.chip(win, note)
+                    if a is not None:
+                        _check_fits(a, r.modality, Path(r.items[0].bands[0].href))
+                        arrays[r.key], dates[r.key] = a, date
+                        used.append(f"{r.key}=" + "+".join(ids))
+                if not arrays:
+                    w.skip(chip_id, "no valid pixel in any collection")
+                    continue
+                wt = window_transform(win, transform)
+                w.add(ChipRecord(
+                    chip_id, arrays, geometry=footprint_wgs84(gcrs, wt, chip_size, chip_size), crs=crs_s,
+                    transform=tuple(wt)[:6], aoi=aoi, split=split_of[(i // block, j // block)], dates=dates,
+                    source=";".join(used),
+                ))
     return ChipStore(out)
 
 
