@@ -61,7 +61,7 @@ def test_predict_from_points_in_another_crs(aoi, tmp_path):
     acc = (df["landcover"].to_numpy() == truth.loc[df["chip_id"]].to_numpy()).mean()
     assert acc > 0.6, acc
     assert df["labelled"].sum() == 60 and (df.loc[df["labelled"], "label"] == truth.loc[df.loc[df["labelled"], "chip_id"]].to_numpy()).all()
-    assert {"crs", "transform", "geometry"} <= set(df.columns) and df.crs is None or True
+    assert {"crs", "transform", "geometry"} <= set(df.columns)
 
 
 def test_label_join_edges_polygons_and_conflicts(aoi):

@@ -67,7 +67,7 @@ def index(
     column: str = typer.Option("emb_fused", "--column", help="embedding column"),
     kind: str = typer.Option("ivf", "--kind", help="ivf (IVF-Flat) | hnsw"),
     nlist: int = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))"),
-    nprobe: int = typer.Option(32, "--nprobe", help="IVF lists visited per query (default for searches)"),
+    nprobe: int = typer.Option(64, "--nprobe", help="IVF lists visited per query (default for searches)"),
     hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW links per node"),
 ) -> None:
     """Build an approximate faiss index of an embedding column, stored beside the table (used by search)."""

@@ -32,7 +32,7 @@ import pandas as pd
 from earthembed.embed.io import read_embeddings
 
 INDEX_KINDS = ("ivf", "hnsw")
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 64
 # k-means training vectors per IVF list: faiss wants >= 39; 256 per list made the 1M build take 44 min on 2
 # busy cores (benchmarks/README.md), 64 keeps the lists balanced at a quarter of the cost
 TRAIN_PER_LIST = 64
