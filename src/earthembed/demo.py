@@ -167,7 +167,7 @@ def sample_points(store: Any, n: int, path: Path, seed: int = 0) -> Path:
     idx = store.index
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(idx["split"].isin(["train", "val"]).to_numpy())
-    chips = np.sort(rng.choice(pool, n, replace=False))
+    chips = np.sort(rng.choice(pool, n, replace=len(pool) < n))  # a small AOI: several points per chip
     masks = store.read_mask("landcover_mask", chips)
     rc = rng.integers(0, store.chip_size, (n, 2))
     xs, ys, labels = [], [], []

@@ -142,11 +142,12 @@ def _prediction_section(pred: Path) -> str:
 def _map_section(maps: Sequence[Path], images: Sequence[tuple[Path, str]], tmp: Path) -> str:
     from earthembed.explore.maps import write_preview
 
-    figs = [_figure(p, c) for p, c in images]
-    for m in maps:
-        png = write_preview(m, tmp / f"{m.stem}_{len(figs)}.png")
+    wide = [_figure(p, c) for p, c in images]  # e.g. prediction next to the truth: full width
+    figs = []
+    for k, m in enumerate(maps):
+        png = write_preview(m, tmp / f"{m.stem}_{k}.png")
         figs.append(_figure(png, f"{m.name} (Cloud-Optimised GeoTIFF)"))
-    return "<h2>Maps</h2><div class='grid'>" + "".join(figs) + "</div>"
+    return "<h2>Maps</h2>" + "".join(wide) + "<div class='grid'>" + "".join(figs) + "</div>"
 
 
 def _hits_section(hits: Path) -> str:
