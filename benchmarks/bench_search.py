@@ -39,7 +39,8 @@ def make_vectors(n: int, dim: int, clusters: int, noise: float, seed: int) -> tu
 def queries(X: np.ndarray, label: np.ndarray, n_q: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     qs = []
-    for c in rng.choice(np.unique(label), n_q):
+    ids, counts = np.unique(label, return_counts=True)
+    for c in rng.choice(ids[counts >= 3], n_q):  # clusters that have 3 members to average
         members = np.flatnonzero(label == c)
         q = X[rng.choice(members, 3, replace=False)].mean(axis=0)
         qs.append(q / np.linalg.norm(q))
