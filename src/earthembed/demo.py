@@ -114,6 +114,8 @@ def run_demo(
     report = write_report(out, store, export, results, few_dir, png, log, time.perf_counter() - t_start)
     print((few_dir / "summary.md").read_text())
     print(f"[demo] report: {report}")
+    html = map_and_search(out, store, emb["pretrained"], few_dir, log, seed=seed)
+    print(f"[demo] HTML report (store, label efficiency, maps, search): {html}")
     return report
 
 
@@ -150,3 +152,91 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+DEMO_POINTS = 200
+
+
+def sample_points(store: Any, n: int, path: Path, seed: int = 0) -> Path:
+    """``n`` labelled points as a user would bring them: random spots of the train/val chips, each with the
+    land cover of the pixel under it (from the store's mask), in lon/lat (EPSG:4326, not the store's CRS)."""
+    import geopandas as gpd
+    import numpy as np
+    import shapely
+    from rasterio.transform import Affine
+    from rasterio.warp import transform as warp
+
+    from earthembed.data.synth import CLASSES
+
+    idx = store.index
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(idx["split"].isin(["train", "val"]).to_numpy())
+    chips = np.sort(rng.choice(pool, n, replace=len(pool) < n))  # a small AOI: several points per chip
+    masks = store.read_mask("landcover_mask", chips)
+    rc = rng.integers(0, store.chip_size, (n, 2))
+    xs, ys, labels = [], [], []
+    for k, i in enumerate(chips):
+        x, y = Affine(*idx["transform"].iloc[i][:6]) * (rc[k, 1] + 0.5, rc[k, 0] + 0.5)
+        xs.append(x)
+        ys.append(y)
+        labels.append(CLASSES[int(masks[k, rc[k, 0], rc[k, 1]])])
+    lon, lat = warp(idx["crs"].iloc[0], "EPSG:4326", xs, ys)
+    gdf = gpd.GeoDataFrame({"landcover": labels}, geometry=shapely.points(lon, lat), crs="EPSG:4326")
+    gdf.to_file(path, layer="labels")
+    return path
+
+
+def map_and_search(out: Path, store: Any, emb: Path, few_dir: Path, log: list[dict[str, Any]], seed: int = 0) -> Path:
+    """The end of the demo: 200 point labels -> predict every chip -> land-cover map next to the truth; a
+    similarity search for water; one HTML page with all of it. Returns the page's path."""
+    from earthembed.evaluate.predict import predict_chips
+    from earthembed.explore.maps import side_by_side, write_map
+    from earthembed.explore.report import write_report as write_html
+    from earthembed.explore.search import search, write_hits
+
+    points = out / "labels_points.gpkg"
+    _step(log, "labels", f"(sample {DEMO_POINTS} labelled points in lon/lat -> {points})", sample_points, store,
+          DEMO_POINTS, points, seed)
+    pred = out / "predictions.parquet"
+    res = _step(log, "predict", f"earthembed predict --embeddings {emb} --store {store.path} --task landcover "
+                f"--labels {points} --estimator logreg --out {pred}",
+                predict_chips, emb, store, "landcover", pred, labels=points, estimator="logreg", seed=seed)
+    maps = out / "maps"
+    maps.mkdir(exist_ok=True)
+    [m_pred] = _step(log, "map (predicted)", f"earthembed map --table {pred} --column landcover --out "
+                     f"{maps / 'predicted_landcover.tif'}", write_map, pred, "landcover", maps / "predicted_landcover.tif")
+    [m_true] = _step(log, "map (truth)", f"earthembed map --table {store.path} --column landcover --out "
+                     f"{maps / 'true_landcover.tif'}", write_map, store.path, "landcover", maps / "true_landcover.tif")
+    [m_water] = _step(log, "map (P(water))", f"earthembed map --table {pred} --column prob_water --out "
+                      f"{maps / 'prob_water.tif'}", write_map, pred, "prob_water", maps / "prob_water.tif")
+    [m_pca] = _step(log, "map (embedding PCA)", f"earthembed map --table {emb} --column emb_fused --out "
+                    f"{maps / 'embedding_pca.tif'}", write_map, emb, "emb_fused", maps / "embedding_pca.tif",
+                    store=store.path)
+    df = pd.read_parquet(pred, columns=["chip_id", "split", "labelled", "landcover"])
+    truth = store.index.set_index("chip_id")["landcover"]
+    test = df[df["split"] == "test"]
+    acc = float((test["landcover"].to_numpy() == truth.loc[test["chip_id"]].to_numpy()).mean())
+    title = (f"predicted from {DEMO_POINTS} point labels on {res.meta['n_train']} chips (test-chip accuracy "
+             f"{acc:.1%}, {len(test)} chips)")
+    sbs = side_by_side([m_pred, m_true], [title, "truth (majority class of each chip)"], maps / "landcover_vs_truth.png")
+    idx = store.index
+    water = idx[(idx["split"] == "train")].sort_values("frac_water", ascending=False)["chip_id"].head(3).tolist()
+    hits_f = out / "search" / "water_hits.parquet"
+    hits_f.parent.mkdir(exist_ok=True)
+    hits = _step(log, "search", f"earthembed search --embeddings {emb} --positive {','.join(water)} --k 50 "
+                 f"--out {hits_f}", search, emb, water, k=50, store=store.path)
+    write_hits(hits, hits_f, store=store.path)
+    prec = float((truth.loc[hits.table["chip_id"]].to_numpy() == "water").mean())
+    print(f"[demo] map: {m_pred} vs {m_true} -> {sbs}; test-chip accuracy {acc:.1%} from "
+          f"{res.meta['n_train']} point labels ({res.label_report['n_multi_chip']} on chip edges, "
+          f"{res.label_report['n_outside']} outside)")
+    print(f"[demo] search: {len(hits.table)} chips like {water}: {prec:.0%} of them are mostly water -> {hits_f}")
+    html = out / "report.html"
+    _step(log, "report", f"earthembed report --out {html} --store {store.path} --fewshot {few_dir} --embeddings "
+          f"{emb} --color-by landcover --predictions {pred} --map {m_pred} --map {m_water} --map {m_pca} "
+          f"--image {sbs} --hits {hits_f}",
+          write_html, html, store=store.path, fewshot=few_dir, embeddings=emb, color_by="landcover",
+          predictions=[pred], maps=[m_pred, m_water, m_pca], images=[(sbs, "predicted land cover vs the truth")],
+          hits=[hits_f], title="earthembed demo: synthetic AOI",
+          notes=[f"Search for water: {prec:.0%} of the {len(hits.table)} hits are chips whose majority class is water."])
+    return html

@@ -82,7 +82,7 @@ def verify(
 
 def register(app: typer.Typer) -> None:
     from earthembed.data import synth
-    from earthembed.data.ingest import bigearthnet, eurosat, folder, rasters, sen1floods11
+    from earthembed.data.ingest import bigearthnet, eurosat, folder, rasters, sen1floods11, stac
 
     for name, mod in (
         ("eurosat", eurosat),
@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         ("sen1floods11", sen1floods11),
         ("folder", folder),
         ("rasters", rasters),
+        ("stac", stac),
     ):
         ingest_app.command(name)(mod.command)
     app.command("info")(info)

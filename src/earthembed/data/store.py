@@ -148,6 +148,7 @@ class ChipRecord:
     arrays: dict[str, np.ndarray]
     geometry: Any = None  # shapely geometry in EPSG:4326, or None when the source is not georeferenced
     crs: str | None = None
+    transform: Sequence[float] | None = None  # affine (a, b, c, d, e, f) of the chip's pixels in ``crs``
     aoi: str = ""
     split: str = ""
     dates: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -516,6 +517,8 @@ class StoreWriter:
             "chip_id": [r.chip_id for r in batch],
             "geometry": [shapely.to_wkb(r.geometry) if r.geometry is not None else None for r in batch],
             "crs": [r.crs for r in batch],
+            # native pixel grid of each chip, so per-chip results can be written back as rasters (maps)
+            "transform": [[float(v) for v in list(r.transform)[:6]] if r.transform is not None else None for r in batch],
             "aoi": [r.aoi for r in batch],
             "split": [r.split for r in batch],
             "source": [r.source for r in batch],

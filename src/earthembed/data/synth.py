@@ -224,6 +224,11 @@ class SyntheticAOI:
         coords = np.stack([np.asarray(lon), np.asarray(lat)], axis=-1).reshape(len(rows), 5, 2)
         return shapely.polygons(coords)
 
+    def chip_transform(self, row: int, col: int) -> tuple[float, ...]:
+        """Affine (a, b, c, d, e, f) of a chip's pixels in :data:`CRS` (north-up, :data:`PIXEL_M` metres)."""
+        size = self.chip_size * PIXEL_M
+        return (PIXEL_M, 0.0, self.origin[0] + col * size, 0.0, -PIXEL_M, self.origin[1] - row * size)
+
     # -- content --------------------------------------------------------------------------------------
     def batch(self, start: int, stop: int) -> SynthBatch:
         """Generate chips ``start..stop`` (vectorised over the batch)."""
@@ -366,6 +371,7 @@ class SyntheticAOI:
                 arrays=arrays,
                 geometry=bt.geometry[j],
                 crs=CRS,
+                transform=self.chip_transform(int(bt.rows[j]), int(bt.cols[j])),
                 aoi=AOI_NAME,
                 split=str(bt.splits[j]),
                 dates={k: d for k, d in DATES.items() if k in arrays},

@@ -1,4 +1,4 @@
-"""CLI of the evaluate stage: ``fewshot`` label-efficiency curves of embeddings against store labels."""
+"""CLI of the evaluate stage: ``fewshot`` label-efficiency curves, ``predict`` every chip from a few labels."""
 
 from __future__ import annotations
 
@@ -75,5 +75,35 @@ def fewshot(
     typer.echo(f"results: {out / 'results.csv'}  plot: {out / 'label_efficiency.png'}")
 
 
+def predict(
+    embeddings: Path = typer.Option(..., "--embeddings", help="embedding table (GeoParquet)"),
+    store: Path = typer.Option(..., "--store", help="chip store the table was embedded from"),
+    task: str = typer.Option(..., "--task", help="label column: of the store, or of --labels"),
+    out: Path = typer.Option(..., "--out", help="predictions GeoParquet to write"),
+    labels: Path = typer.Option(None, "--labels", help="points/polygons (GeoPackage or GeoParquet, any CRS) with a --task column"),
+    layer: str = typer.Option(None, "--layer", help="layer of a multi-layer GeoPackage"),
+    estimator: str = typer.Option("linear", "--estimator", help="logreg (classes) / ridge (numbers) / linear (either), rf, knn"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    max_labels: int = typer.Option(None, "--max-labels", help="fit on a random subset of this many labelled chips"),
+    min_cover: float = typer.Option(0.5, "--min-cover", help="share of a chip a polygon must cover to label it"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit on the labelled chips, predict every chip: class + probabilities, or the value/fraction."""
+    from earthembed.evaluate.label_join import summarise
+    from earthembed.evaluate.predict import predict_chips
+
+    with fail_on():
+        res = predict_chips(embeddings, store, task, out, labels=labels, estimator=estimator, column=column,
+                            seed=seed, max_labels=max_labels, min_cover=min_cover, layer=layer)
+    if res.label_report:
+        for line in summarise(res.label_report):
+            typer.echo(line)
+    m = res.meta
+    typer.echo(f"{m['estimator']} fitted on {m['n_train']} labelled chips ({m['kind']}); predicted "
+               f"{m['n_predicted']} chips -> {res.path}"
+               + (f" ({m['n_no_embedding']} chips without an embedding left out)" if m["n_no_embedding"] else ""))
+
+
 def register(app: typer.Typer) -> None:
     app.command("fewshot")(fewshot)
+    app.command("predict")(predict)

@@ -1,4 +1,4 @@
-"""CLI of the explore stage: ``plot-embeddings``."""
+"""CLI of the explore stage: ``plot-embeddings``, ``map``, ``index``, ``search`` and ``report``."""
 
 from __future__ import annotations
 
@@ -29,5 +29,108 @@ def plot_embeddings(
     typer.echo(f"wrote {path}")
 
 
+def map_(
+    table: Path = typer.Option(..., "--table", help="per-chip table: predictions, embeddings, or a store directory"),
+    column: str = typer.Option(..., "--column", help="class, probability, fraction or embedding (emb_*) column"),
+    out: Path = typer.Option(..., "--out", help="Cloud-Optimised GeoTIFF to write (a .png preview goes beside it)"),
+    store: Path = typer.Option(None, "--store", help="store with the chips' CRS/transform (default: recorded in the table)"),
+    crs: str = typer.Option(None, "--crs", help="reproject every chip into this CRS (default: one map per CRS)"),
+    pixel_size: float = typer.Option(None, "--pixel-size", help="map pixel size in CRS units (default: see docs)"),
+) -> None:
+    """Rasterise per-chip values back onto the AOI grid as a COG, with a PNG preview."""
+    from earthembed.explore.maps import write_map
+
+    with fail_on():
+        paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size)
+    for p in paths:
+        typer.echo(f"wrote {p} (preview {p.with_suffix('.png')})")
+
+
+def _ids(values: list[str]) -> list[str]:
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
+def _point(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lon, lat = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"--point {value!r}: expected LON,LAT in degrees (EPSG:4326)") from None
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValueError(f"--point {value!r}: LON,LAT out of range (is it LAT,LON or not in degrees?)")
+    return lon, lat
+
+
+def index(
+    embeddings: Path = typer.Option(..., "--embeddings", help="embedding table (GeoParquet)"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    kind: str = typer.Option("ivf", "--kind", help="ivf (IVF-Flat) | hnsw"),
+    nlist: int = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))"),
+    nprobe: int = typer.Option(64, "--nprobe", help="IVF lists visited per query (default for searches)"),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW links per node"),
+) -> None:
+    """Build an approximate faiss index of an embedding column, stored beside the table (used by search)."""
+    from earthembed.explore.search import build_index
+
+    with fail_on(ImportError):
+        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m)
+    typer.echo(f"wrote {path} (+ {path.name}.json)")
+
+
+def search(
+    embeddings: Path = typer.Option(..., "--embeddings", help="embedding table (GeoParquet)"),
+    positive: list[str] = typer.Option([], "--positive", help="chip id(s) to look like (comma-separated, repeatable)"),
+    negative: list[str] = typer.Option([], "--negative", help="chip id(s) not to look like"),
+    point: str = typer.Option(None, "--point", help="LON,LAT: the chip containing it is a positive"),
+    k: int = typer.Option(50, "--k", help="number of hits"),
+    out: Path = typer.Option(..., "--out", help="hits GeoParquet (a .png grid of thumbnails goes beside it)"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    store: Path = typer.Option(None, "--store", help="store for thumbnails/footprints (default: recorded in the table)"),
+    exact: bool = typer.Option(False, "--exact", help="exact search even if an index exists"),
+    nprobe: int = typer.Option(None, "--nprobe", help="IVF lists to visit (default: the index's)"),
+    include_query: bool = typer.Option(False, "--include-query", help="keep the query chips among the hits"),
+) -> None:
+    """Chips most similar (cosine) to normalised mean(positives) - mean(negatives), with thumbnails."""
+    from earthembed.explore.search import search as _search
+    from earthembed.explore.search import write_hits
+
+    with fail_on(ImportError):
+        hits = _search(embeddings, _ids(positive), _ids(negative), _point(point), k=k, column=column,
+                       store=store, exact=exact, nprobe=nprobe, include_query=include_query)
+        paths = write_hits(hits, out, store=store)
+    m = hits.meta
+    typer.echo(f"{len(hits.table)} hits ({m['method']}) for {len(m['positives'])} positive(s), "
+               f"{len(m['negatives'])} negative(s): " + ", ".join(map(str, paths)))
+    for r in hits.table.head(5).itertuples():
+        typer.echo(f"  #{r.rank} {r.chip_id} {r.score:.4f}")
+
+
+def report(
+    out: Path = typer.Option(..., "--out", help="HTML page to write (self-contained)"),
+    store: Path = typer.Option(None, "--store", help="chip store to summarise"),
+    fewshot: Path = typer.Option(None, "--fewshot", help="`earthembed fewshot` output directory"),
+    embeddings: Path = typer.Option(None, "--embeddings", help="embedding table to project (PCA)"),
+    color_by: str = typer.Option(None, "--color-by", help="label colouring the projection (default: split)"),
+    predictions: list[Path] = typer.Option([], "--predictions", help="predictions GeoParquet (repeatable)"),
+    map_: list[Path] = typer.Option([], "--map", help="map COG (repeatable)"),
+    image: list[str] = typer.Option([], "--image", help="PNG[=CAPTION] to include with the maps (repeatable)"),
+    hits: list[Path] = typer.Option([], "--hits", help="search hits GeoParquet (repeatable; its .png is shown)"),
+    title: str = typer.Option("earthembed report", "--title"),
+) -> None:
+    """One self-contained HTML page: store summary, label efficiency, embedding space, maps and search hits."""
+    from earthembed.explore.report import write_report
+
+    imgs = [(Path(p), c or Path(p).stem) for p, _, c in (i.partition("=") for i in image)]
+    with fail_on(ImportError):
+        path = write_report(out, store=store, fewshot=fewshot, embeddings=embeddings, color_by=color_by,
+                            predictions=predictions, maps=map_, images=imgs, hits=hits, title=title)
+    typer.echo(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("plot-embeddings")(plot_embeddings)
+    app.command("map")(map_)
+    app.command("index")(index)
+    app.command("search")(search)
+    app.command("report")(report)

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -337,11 +338,14 @@ def ingest_rasters(
     label_classes: dict[int, str] | None = None,
     overwrite: bool = False,
     batch_size: int = 64,
+    dates: dict[str, str] | None = None,
 ) -> ChipStore:
     """Tile AOI rasters ``{key: path}`` (keys become store modality names) into a chip store at ``out``.
 
     ``products`` maps keys to registered product ids (defaults by key: s2 by band count, s1, coh, dem, lc);
-    re-running after an interruption resumes. See the module docstring for grid, label and split rules.
+    ``dates`` maps keys to acquisition dates (ISO ``YYYY-MM-DD``), recorded as ``date_<key>`` of every chip.
+    Every chip keeps its CRS and pixel ``transform`` so per-chip results can be written back as maps.
+    Re-running after an interruption resumes. See the module docstring for grid, label and split rules.
     """
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -351,6 +355,7 @@ def ingest_rasters(
     if chip_size <= 0 or (stride is not None and stride <= 0):
         raise ValueError(f"chip size and stride must be positive, got {chip_size} and {stride}")
     stride = stride or chip_size
+    dates = _check_dates(dates or {}, modalities)
     with contextlib.ExitStack() as stack:
         sources: list[_Source] = []
         for key, p in modalities.items():
@@ -400,6 +405,7 @@ def ingest_rasters(
             "stride": stride,
             "tiles": [n_rows, n_cols],
             "split_block_cells": block,
+            **({"dates": dates} if dates else {}),
         }
         writer = StoreWriter(
             out, [s.modality for s in sources], chip_size, lab.schema() if lab else None,
@@ -411,37 +417,59 @@ def ingest_rasters(
             "the same command to resume"
         )
         with writer as w:
-            for i in range(n_rows):
-                for j in range(n_cols):
-                    chip_id = f"{aoi}_{i}_{j}"
-                    if w.is_done(chip_id):
-                        continue
-                    win = Window(j * stride, i * stride, chip_size, chip_size)
-                    arrays = {}
-                    for s in sources:
-                        a = _read(s.vrt, s.path, win, s.indexes, note)
-                        if _any_valid(a, s.modality.nodata):
-                            _check_fits(a, s.modality, s.path)
-                            arrays[s.key] = a
-                    if not arrays:
-                        w.skip(chip_id, "entirely nodata in every modality")
-                        continue
-                    cols, masks = lab.chip(win, note) if lab else ({}, {})
-                    w.add(
-                        ChipRecord(
-                            chip_id,
-                            arrays,
-                            geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
-                            crs=crs_s,
-                            aoi=aoi,
-                            split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
-                            labels=cols,
-                            masks=masks,
-                            source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"
-                            f"{j * stride}:{j * stride + chip_size}]",
-                        )
+            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, stride, chip_size):
+                arrays = {}
+                for s in sources:
+                    a = _read(s.vrt, s.path, win, s.indexes, note)
+                    if _any_valid(a, s.modality.nodata):
+                        _check_fits(a, s.modality, s.path)
+                        arrays[s.key] = a
+                if not arrays:
+                    w.skip(chip_id, "entirely nodata in every modality")
+                    continue
+                cols, masks = lab.chip(win, note) if lab else ({}, {})
+                w.add(
+                    ChipRecord(
+                        chip_id,
+                        arrays,
+                        geometry=footprint_wgs84(crs, window_transform(win, transform), chip_size, chip_size),
+                        crs=crs_s,
+                        transform=tuple(window_transform(win, transform))[:6],
+                        aoi=aoi,
+                        dates={k: d for k, d in dates.items() if k in arrays},
+                        split=split_of[(cell_rows[i] // block, cell_cols[j] // block)],
+                        labels=cols,
+                        masks=masks,
+                        source=f"{sources[0].path.name}[{i * stride}:{i * stride + chip_size},"
+                        f"{j * stride}:{j * stride + chip_size}]",
                     )
+                )
     return ChipStore(out)
+
+
+def pending_tiles(writer: StoreWriter, aoi: str, n_rows: int, n_cols: int, stride: int,
+                  chip_size: int) -> Iterator[tuple[int, int, str, Any]]:
+    """(row, col, chip id ``<aoi>_<row>_<col>``, grid Window) of every tile not committed yet (resume)."""
+    from rasterio.windows import Window
+
+    for i in range(n_rows):
+        for j in range(n_cols):
+            chip_id = f"{aoi}_{i}_{j}"
+            if not writer.is_done(chip_id):
+                yield i, j, chip_id, Window(j * stride, i * stride, chip_size, chip_size)
+
+
+def _check_dates(dates: dict[str, str], modalities: dict[str, Any]) -> dict[str, str]:
+    """Dates by modality key, normalised to ``YYYY-MM-DD``; unknown keys or unparsable dates raise ValueError."""
+    out = {}
+    for k, d in dates.items():
+        if k not in modalities:
+            raise ValueError(f"--date {k}={d}: {k!r} is not one of the modality keys {list(modalities)}")
+        try:
+            out[k] = _dt.date.fromisoformat(str(d)[:10]).isoformat()
+        except ValueError:
+            raise ValueError(f"--date {k}={d}: not an ISO date (YYYY-MM-DD)") from None
+    return out
 
 
 def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
@@ -469,6 +497,7 @@ def command(
     modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
     overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, help="chips per committed batch"),
+    date: list[str] = typer.Option([], "--date", help="KEY=YYYY-MM-DD acquisition date of a modality (repeat)"),
 ) -> None:
     """Tile AOI rasters (GeoTIFF/COG, any CRS/resolution) and an optional label raster into a chip store."""
     from earthembed.cli_utils import fail_on
@@ -485,7 +514,7 @@ def command(
         store = ingest_rasters(
             _pairs(modality, "--modality"), out, chip_size, labels=labels, products=_pairs(product, "--product"),
             stride=stride, aoi=aoi, resolution=resolution, label_classes=label_classes, overwrite=overwrite,
-            batch_size=batch_size,
+            batch_size=batch_size, dates=_pairs(date, "--date"),
         )
     info = store.info()
     typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")

@@ -1,0 +1,597 @@
+"""Ingest imagery from a STAC catalog (a STAC API or a static catalog) into chips on one grid.
+
+Items are found with pystac-client (STAC API item search) or, for a static catalog (a local path or a URL of a
+catalog.json without the item-search API), by walking it with pystac and filtering by collection, bbox and
+datetime. Each collection becomes one store modality (``--modality``: its registered product, e.g. S2 L2A,
+S1 dB, elevation; the store key is the product's name: ``s2``, ``s1``, ``dem``).
+
+Grid: one for all collections, so an S2, an S1 and a DEM chip are the same ground. CRS: ``crs``, else the
+``proj:code``/``proj:epsg`` of the first collection's first item (the native UTM zone of S2), else the UTM
+zone of the bbox centre; pixel size: ``resolution``, else the first product's resolution. The bbox (lon/lat)
+is transformed into it and snapped outwards to multiples of the pixel size, so S2 10 m pixels are read without
+resampling. Tiles as in ``ingest rasters`` (full chips, edge remainders dropped; chip id ``<aoi>_<row>_<col>``;
+spatial-block splits); every chip keeps its CRS and pixel transform.
+
+Reading: every band asset is read as a (Cloud-Optimised) GeoTIFF through a :class:`rasterio.vrt.WarpedVRT`
+aligned to the grid, chip window by chip window (bilinear, nearest for categorical products), with the same
+machinery as ``ingest rasters``. Where several items of a collection cover a chip, each pixel takes the first
+valid value in the order: least cloud cover (``eo:cloud_cover``), then newest. ``datetime`` selects the
+items of every collection except elevation products (a DEM's date says nothing about the scene). The chip's ``date_<key>`` is
+the date of the item that gave it the most pixels; the item ids per chip are in the index ``source`` column.
+Rejected: odc-stac/stackstac, which build the same aligned cube but bring xarray + dask + odc-geo for what a
+few WarpedVRT windows already do here, and load by time slice rather than by chip.
+
+Band -> asset: an explicit ``assets`` mapping, else the asset named like the band (``B04``, ``B4``, ``vv``),
+else the asset whose ``eo:bands`` / ``bands`` entry has that name, else the Earth Search name of an S2 band
+(``red``, ``nir08``, ``swir16`` ...), else, for a one-band product, the item's only data asset. An item lacking
+a band is an error naming the item, the band and the assets it has, raised before anything is written.
+
+Bad input: an unknown collection, no item in the bbox/datetime, a band without an asset, and an asset that
+cannot be read (named, with the item) raise :class:`IngestError`. Nothing is written before the items and
+their band assets are resolved; a read failure mid-way leaves an incomplete store (readers refuse it) that
+the same command resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
+from earthembed.data.ingest.rasters import (
+    MIN_SPLIT_BLOCKS,
+    SPLIT_BLOCK,
+    _check_fits,
+    _pairs,
+    _read,
+    _warped,
+    normalize_band_name,
+    pending_tiles,
+)
+from earthembed.data.ingest.splits import block_size_for, block_splits
+from earthembed.data.modalities import Modality, get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+
+# Earth Search (element84) asset keys of Sentinel-2 bands
+S2_ASSET_ALIASES: dict[str, tuple[str, ...]] = {
+    "B01": ("coastal",), "B02": ("blue",), "B03": ("green",), "B04": ("red",), "B05": ("rededge1",),
+    "B06": ("rededge2",), "B07": ("rededge3",), "B08": ("nir",), "B8A": ("nir08",), "B09": ("nir09",),
+    "B10": ("cirrus",), "B11": ("swir16",), "B12": ("swir22",),
+}
+_DATA_MEDIA = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff")
+
+
+@dataclasses.dataclass
+class BandSource:
+    """Where one band of an item is: asset key, absolute href and 1-based band index in that file."""
+
+    asset: str
+    href: str
+    bidx: int
+
+
+@dataclasses.dataclass
+class ItemBands:
+    """One item of a collection with its band sources (in the product's band order), date and footprint."""
+
+    item: Any  # pystac.Item
+    bands: list[BandSource]
+    date: str
+    cloud: float | None
+    window: tuple[int, int, int, int] | None = None  # (col0, row0, col1, row1) on the grid
+
+
+# -- finding items ----------------------------------------------------------------------------------------
+def parse_datetime(value: str | None) -> tuple[_dt.datetime | None, _dt.datetime | None]:
+    """``A/B``, ``A/..``, ``../B`` or a single instant/date (a date means that whole day), as UTC datetimes."""
+    if value is None or not str(value).strip():
+        return None, None
+
+    def one(s: str, end: bool) -> _dt.datetime | None:
+        s = s.strip()
+        if s in ("", ".."):
+            return None
+        try:
+            if len(s) == 10:  # a date: the whole day
+                d = _dt.datetime.fromisoformat(s).replace(tzinfo=_dt.UTC)
+                return d + _dt.timedelta(days=1) - _dt.timedelta(microseconds=1) if end else d
+            d = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--datetime {value!r}: {s!r} is not an ISO date or datetime") from None
+        return d if d.tzinfo else d.replace(tzinfo=_dt.UTC)
+
+    parts = str(value).split("/")
+    if len(parts) == 1:
+        return one(parts[0], False), one(parts[0], True)
+    if len(parts) != 2:
+        raise ValueError(f"--datetime {value!r}: expected START/END, START/.., ../END or one date")
+    start, end = one(parts[0], False), one(parts[1], True)
+    if start and end and start > end:
+        raise ValueError(f"--datetime {value!r}: start is after end")
+    return start, end
+
+
+def _item_interval(item: Any) -> tuple[_dt.datetime, _dt.datetime]:
+    p = item.properties
+    if item.datetime is not None:
+        return item.datetime, item.datetime
+    parse = _dt.datetime.fromisoformat
+    return parse(p["start_datetime"].replace("Z", "+00:00")), parse(p["end_datetime"].replace("Z", "+00:00"))
+
+
+def _bbox_overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _open_catalog(catalog: str | Path) -> Any:
+    """A pystac_client Client for a URL, a pystac Catalog/Collection for a local path."""
+    s = str(catalog)
+    if s.startswith(("http://", "https://")):
+        import warnings
+
+        from pystac_client import Client
+        from pystac_client.warnings import NoConformsTo
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoConformsTo)  # a static catalog: it is walked, not searched
+                return Client.open(s)
+        except Exception as e:  # network errors, non-STAC responses
+            raise IngestError(f"{s}: cannot open the STAC catalog ({e})") from e
+    import pystac
+
+    path = Path(s)
+    if path.is_dir():
+        for name in ("catalog.json", "collection.json"):
+            if (path / name).exists():
+                path = path / name
+                break
+    if not path.exists():
+        raise IngestError(f"{path}: STAC catalog not found")
+    try:
+        return pystac.read_file(str(path))
+    except Exception as e:
+        raise IngestError(f"{path}: not a readable STAC catalog ({e})") from e
+
+
+def find_items(
+    catalog: str | Path, collections: Sequence[str], bbox: Sequence[float] | None, datetime: str | None,
+    timeless: Sequence[str] = (),
+) -> dict[str, list[Any]]:
+    """Items per collection intersecting ``bbox`` (lon/lat) within ``datetime`` (not applied to the collections
+    in ``timeless``); IngestError naming the collection when one has none."""
+    import warnings
+
+    import pystac
+    from pystac_client import Client
+    from pystac_client.warnings import PystacClientWarning
+
+    start, end = parse_datetime(datetime)
+    cat = _open_catalog(catalog)
+
+    out: dict[str, list[Any]] = {}
+    if isinstance(cat, Client) and cat.conforms_to("ITEM_SEARCH"):
+        for c in collections:
+            try:
+                search = cat.search(collections=[c], bbox=list(bbox) if bbox else None,
+                                    datetime=None if c in timeless else datetime)
+                out[c] = list(search.items())
+            except Exception as e:
+                raise IngestError(f"{catalog}: item search in collection {c!r} failed ({e})") from e
+        extents: dict[str, Any] = {}
+    else:
+        children = {ch.id: ch for ch in cat.get_children()} if hasattr(cat, "get_children") else {}
+        own_id = getattr(cat, "id", None)
+        extents = {k: getattr(getattr(v, "extent", None), "spatial", None) for k, v in children.items()}
+        if own_id is not None and hasattr(cat, "extent"):
+            extents[own_id] = cat.extent.spatial
+        known = set(children) | ({own_id} if own_id else set())
+        missing = [c for c in collections if c not in known]
+        with warnings.catch_warnings():  # pystac-client says a static catalog is walked: that is the plan
+            warnings.simplefilter("ignore", PystacClientWarning)
+            items_all = list(cat.get_items(recursive=True)) if hasattr(cat, "get_items") else []
+        found_ids = {it.collection_id for it in items_all}
+        missing = [c for c in missing if c not in found_ids]
+        if missing:
+            raise IngestError(f"{catalog}: no collection {missing} (it has {sorted(known | found_ids - {None})})")
+        for c in collections:
+            keep = []
+            for it in items_all:
+                coll = it.collection_id or (own_id if isinstance(cat, pystac.Collection) else None)
+                if coll != c:
+                    continue
+                if bbox and it.bbox and not _bbox_overlaps(it.bbox, bbox):
+                    continue
+                t0, t1 = _item_interval(it)
+                if c not in timeless and ((start and t1 < start) or (end and t0 > end)):
+                    continue
+                keep.append(it)
+            out[c] = keep
+    for c, items in out.items():
+        if not items:
+            ext = extents.get(c)
+            ext_s = f"; the collection's extent is {ext.bboxes[0]}" if ext is not None and ext.bboxes else ""
+            raise IngestError(
+                f"{catalog}: no item of collection {c!r} intersects bbox {list(bbox) if bbox else 'any'} "
+                f"within datetime {datetime or 'any'}{ext_s}"
+            )
+    return out
+
+
+# -- band -> asset ------------------------------------------------------------------------------------------
+def _asset_bands(asset: Any) -> list[dict[str, Any]]:
+    d = asset.to_dict() if hasattr(asset, "to_dict") else dict(asset)
+    return list(d.get("eo:bands") or d.get("bands") or [])
+
+
+def _is_data(asset: Any) -> bool:
+    roles = asset.roles or []
+    media = asset.media_type or ""
+    return "data" in roles or any(media.startswith(m) for m in _DATA_MEDIA)
+
+
+def item_band_sources(item: Any, collection: str, modality: Modality, explicit: dict[str, str] | None = None) -> list[BandSource]:
+    """Where each band of ``modality`` is in ``item`` (see the module docstring for the rules)."""
+    assets = item.assets
+    by_norm = {normalize_band_name(k): k for k in assets}
+    out = []
+    for band in modality.band_names:
+        nb = normalize_band_name(band)
+        key, bidx = None, 1
+        if explicit and band in explicit:
+            key = explicit[band]
+            if key not in assets:
+                raise IngestError(
+                    f"item {item.id} of collection {collection!r}: asset {key!r} given for band {band} does not "
+                    f"exist (assets: {sorted(assets)})"
+                )
+        elif nb in by_norm:
+            key = by_norm[nb]
+        else:
+            for k, a in assets.items():
+                names = [normalize_band_name(str(b.get("name", ""))) for b in _asset_bands(a)]
+                if nb in names:
+                    key, bidx = k, names.index(nb) + 1
+                    break
+            if key is None:
+                for alias in S2_ASSET_ALIASES.get(nb, ()) if modality.kind == "optical" else ():
+                    if alias in assets:
+                        key = alias
+                        break
+            if key is None and modality.num_bands == 1:
+                data = [k for k, a in assets.items() if _is_data(a)]
+                if len(data) == 1:
+                    key = data[0]
+        if key is None:
+            raise IngestError(
+                f"item {item.id} of collection {collection!r}: no asset for band {band} of {modality.product!r} "
+                f"(assets: {sorted(assets)}); map it with --asset {collection}:{band}=ASSET"
+            )
+        if len(_asset_bands(assets[key])) > 1 and (not explicit or band not in explicit) and bidx == 1:
+            names = [normalize_band_name(str(b.get("name", ""))) for b in _asset_bands(assets[key])]
+            bidx = names.index(nb) + 1 if nb in names else 1
+        out.append(BandSource(key, assets[key].get_absolute_href() or assets[key].href, bidx))
+    return out
+
+
+def _item_date(item: Any) -> str:
+    return _item_interval(item)[0].date().isoformat()
+
+
+def _item_crs(item: Any) -> str | None:
+    p = item.properties
+    if p.get("proj:code"):
+        return str(p["proj:code"])
+    if p.get("proj:epsg"):
+        return f"EPSG:{int(p['proj:epsg'])}"
+    return None
+
+
+# -- grid ---------------------------------------------------------------------------------------------------------
+def utm_crs(lon: float, lat: float) -> str:
+    """The WGS 84 / UTM zone of a point (EPSG:326xx north, 327xx south)."""
+    zone = min(60, int(math.floor((lon + 180) / 6)) + 1)
+    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+
+
+def stac_grid(bbox: Sequence[float], crs: str, resolution: float) -> tuple[Any, Any, int, int]:
+    """(crs, transform, width, height): ``bbox`` (lon/lat) in ``crs``, snapped outwards to the pixel size."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform_bounds
+
+    if resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    c = CRS.from_user_input(crs)
+    left, bottom, right, top = transform_bounds("EPSG:4326", c, *bbox, densify_pts=21)
+    left = math.floor(left / resolution) * resolution
+    top = math.ceil(top / resolution) * resolution
+    width = math.ceil((right - left) / resolution - 1e-9)
+    height = math.ceil((top - bottom) / resolution - 1e-9)
+    return c, from_origin(left, top, resolution, resolution), width, height
+
+
+def _parse_bbox(value: str | Sequence[float] | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        b = [float(x) for x in (value.split(",") if isinstance(value, str) else value)]
+    except ValueError:
+        raise ValueError(f"--bbox {value!r}: expected MINLON,MINLAT,MAXLON,MAXLAT") from None
+    if len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]) or not (b[0] >= -180 and b[2] <= 180 and b[1] >= -90 and b[3] <= 90):
+        raise ValueError(f"--bbox {value!r}: expected MINLON,MINLAT,MAXLON,MAXLAT in degrees, min < max")
+    return b
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+class _CollectionReader:
+    """Mosaics the items of one collection onto chip windows of the grid (first valid pixel wins)."""
+
+    def __init__(self, key: str, collection: str, modality: Modality, items: list[ItemBands], grid: Any,
+                 stack: contextlib.ExitStack) -> None:
+        self.key, self.collection, self.modality, self.items = key, collection, modality, items
+        self.grid, self.stack = grid, stack
+        self._vrts: dict[str, Any] = {}
+        self.floating = np.issubdtype(np.dtype(modality.dtype), np.floating)
+        self.nodata = modality.nodata if modality.nodata is not None else 0
+
+    def _vrt(self, item: ItemBands, src: BandSource) -> Any:
+        v = self._vrts.get(src.href)
+        if v is None:
+            try:
+                ds = self.stack.enter_context(open_raster(src.href) if "://" not in src.href else _open_remote(src.href))
+            except IngestError as e:
+                raise IngestError(f"item {item.item.id} of collection {self.collection!r}, asset {src.asset!r}: {e}") from e
+            if ds.crs is None:
+                raise IngestError(f"{src.href}: asset {src.asset!r} of item {item.item.id} has no CRS")
+            if src.bidx > ds.count:
+                raise IngestError(f"{src.href}: asset {src.asset!r} has {ds.count} band(s), band {src.bidx} wanted")
+            src_nodata = ds.nodata if ds.nodata is not None else self.modality.nodata
+            v = self.stack.enter_context(_warped(
+                ds, self.grid, self.modality.kind == "categorical", self.nodata,
+                "float32" if self.floating else None, src_nodata,
+            ))
+            self._vrts[src.href] = v
+        return v
+
+    def _valid(self, a: np.ndarray) -> np.ndarray:
+        ok = np.ones(a.shape, dtype=bool)
+        if np.issubdtype(a.dtype, np.floating):
+            ok &= ~np.isnan(a)
+        nd = self.modality.nodata
+        if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+            ok &= a != nd
+        return ok
+
+    def chip(self, window: Any, note: str) -> tuple[np.ndarray | None, str | None, list[str]]:
+        """(array [C, H, W] or None when no valid pixel, date of the main item, item ids used)."""
+        c0, r0 = int(window.col_off), int(window.row_off)
+        c1, r1 = c0 + int(window.width), r0 + int(window.height)
+        out: np.ndarray | None = None
+        valid: np.ndarray | None = None
+        gained: dict[int, int] = {}
+        for n, it in enumerate(self.items):
+            w = it.window
+            if w is not None and not (w[0] < c1 and c0 < w[2] and w[1] < r1 and r0 < w[3]):
+                continue
+            bands = []
+            for src in it.bands:
+                a = _read(self._vrt(it, src), Path(src.href), window, src.bidx, note)
+                bands.append(a)
+            a = np.stack(bands)
+            ok = self._valid(a)
+            if out is None:
+                out, valid = a.copy(), ok
+                gained[n] = int(ok.sum())
+            else:
+                take = ok & ~valid
+                if take.any():
+                    out[take] = a[take]
+                    valid |= take
+                    gained[n] = int(take.sum())
+            if valid.all():
+                break
+        if out is None or not valid.any():
+            return None, None, []
+        used = [n for n, g in gained.items() if g > 0]
+        main = max(used, key=lambda n: gained[n])
+        return out, self.items[main].date, [self.items[n].item.id for n in used]
+
+
+@contextlib.contextmanager
+def _open_remote(href: str):
+    """``rasterio.open`` of a URL (GDAL /vsicurl/, /vsis3/ ...) with errors naming the URL."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(href) as src:
+            yield src
+    except RasterioError as e:
+        raise IngestError(f"{href}: cannot read raster ({e.__cause__ or e})") from e
+
+
+def ingest_stac(
+    catalog: str | Path,
+    collections: Sequence[str],
+    out: str | Path,
+    products: dict[str, str],
+    chip_size: int = 64,
+    bbox: Sequence[float] | str | None = None,
+    datetime: str | None = None,
+    crs: str | None = None,
+    resolution: float | None = None,
+    assets: dict[str, dict[str, str]] | None = None,
+    aoi: str = "stac",
+    overwrite: bool = False,
+    batch_size: int = 64,
+) -> ChipStore:
+    """Chips of ``collections`` of a STAC ``catalog`` over ``bbox`` (lon/lat) and ``datetime`` into a store.
+
+    ``products`` maps each collection to a registered product (its store key is the product's name);
+    ``assets`` maps ``{collection: {band: asset key}}`` where the automatic band -> asset rules fail.
+    """
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import transform as window_transform
+
+    collections = [c for c in collections if c]
+    if not collections:
+        raise ValueError("no collection given (--collections)")
+    if len(set(collections)) != len(collections):
+        raise ValueError(f"--collections {collections}: a collection is given twice")
+    missing = [c for c in collections if c not in products]
+    if missing:
+        raise ValueError(f"no product (--modality) for collection(s) {missing}")
+    if chip_size <= 0:
+        raise ValueError(f"chip size must be positive, got {chip_size}")
+    bbox = _parse_bbox(bbox)
+    mods = {c: get_modality(products[c]) for c in collections}
+    keys = [m.name for m in mods.values()]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two collections map to the same store modality: {dict(zip(collections, keys, strict=True))}")
+    # a DEM's acquisition date says nothing about the scene: --datetime is not applied to elevation products
+    timeless = [c for c in collections if mods[c].kind == "elevation"]
+    found = find_items(catalog, collections, bbox, datetime, timeless)
+    per: dict[str, list[ItemBands]] = {}
+    for c in collections:
+        lst = []
+        for it in found[c]:
+            cloud = it.properties.get("eo:cloud_cover")
+            lst.append(ItemBands(it, item_band_sources(it, c, mods[c], (assets or {}).get(c)), _item_date(it),
+                                 float(cloud) if cloud is not None else None))
+        # least cloudy first, then newest; ids break ties so the order never depends on the catalog's
+        lst.sort(key=lambda x: (x.cloud is None, x.cloud or 0.0, -_item_interval(x.item)[0].timestamp(), x.item.id))
+        per[c] = lst
+    if bbox is None:
+        bbs = [x.item.bbox for x in per[collections[0]] if x.item.bbox]
+        if not bbs:
+            raise ValueError("no --bbox given and the items have no bbox")
+        bbox = [min(b[0] for b in bbs), min(b[1] for b in bbs), max(b[2] for b in bbs), max(b[3] for b in bbs)]
+    first = mods[collections[0]]
+    crs = crs or _item_crs(per[collections[0]][0].item) or utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    res = resolution or first.resolution_m
+    if res is None:
+        raise ValueError(f"product {first.product!r} has no resolution; pass --resolution")
+    grid = stac_grid(bbox, crs, float(res))
+    gcrs, transform, width, height = grid
+    if gcrs.is_geographic and resolution is None:
+        raise ValueError(f"{crs} is geographic: pass --resolution in degrees")
+    if width < chip_size or height < chip_size:
+        raise IngestError(f"bbox {bbox} is {width}x{height} px at {res} in {crs}, smaller than one chip ({chip_size} px)")
+    inv = ~transform
+    for c in collections:
+        for x in per[c]:
+            if x.item.bbox:
+                left, bottom, right, top = transform_bounds("EPSG:4326", gcrs, *x.item.bbox, densify_pts=21)
+                cols, rows = zip(*(inv @ p for p in ((left, top), (right, bottom))), strict=True)
+                x.window = (math.floor(min(cols)), math.floor(min(rows)), math.ceil(max(cols)), math.ceil(max(rows)))
+    n_rows, n_cols = height // chip_size, width // chip_size
+    block = block_size_for(((r, c) for r in range(n_rows) for c in range(n_cols)), SPLIT_BLOCK, MIN_SPLIT_BLOCKS)
+    split_of = block_splits(aoi, ((r // block, c // block) for r in range(n_rows) for c in range(n_cols)))
+    crs_s = crs_string(gcrs)
+    source = {
+        "ingester": "stac",
+        "catalog": str(catalog),
+        "collections": collections,
+        "products": {c: mods[c].product for c in collections},
+        "bbox": bbox,
+        "datetime": datetime,
+        "crs": crs_s,
+        "transform": list(transform)[:6],
+        "width": width,
+        "height": height,
+        "tiles": [n_rows, n_cols],
+        "items": {c: [{"id": x.item.id, "date": x.date, "cloud_cover": x.cloud} for x in per[c]] for c in collections},
+        "split_block_cells": block,
+    }
+    note = f"; chips committed so far stay in the incomplete store {out}: re-run the same command to resume"
+    with contextlib.ExitStack() as stack:
+        readers = [_CollectionReader(mods[c].name, c, mods[c], per[c], grid, stack) for c in collections]
+        with StoreWriter(out, list(mods.values()), chip_size, None, source=source, batch_size=batch_size,
+                         overwrite=overwrite) as w:
+            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size):
+                arrays, dates, used = {}, {}, []
+                for r in readers:
+                    a, date, ids = r.chip(win, note)
+                    if a is not None:
+                        _check_fits(a, r.modality, Path(r.items[0].bands[0].href))
+                        arrays[r.key], dates[r.key] = a, date
+                        used.append(f"{r.key}=" + "+".join(ids))
+                if not arrays:
+                    w.skip(chip_id, "no valid pixel in any collection")
+                    continue
+                wt = window_transform(win, transform)
+                w.add(ChipRecord(
+                    chip_id, arrays, geometry=footprint_wgs84(gcrs, wt, chip_size, chip_size), crs=crs_s,
+                    transform=tuple(wt)[:6], aoi=aoi, split=split_of[(i // block, j // block)], dates=dates,
+                    source=";".join(used),
+                ))
+    return ChipStore(out)
+
+
+def _products(modality: list[str], collections: list[str]) -> dict[str, str]:
+    """``--modality``: ``COLLECTION=PRODUCT`` pairs, or products in the order of ``--collections``."""
+    if all("=" in m for m in modality):
+        return _pairs(modality, "--modality")
+    plain = [p.strip() for m in modality for p in m.split(",") if p.strip()]
+    if any("=" in p for p in plain):
+        raise ValueError("--modality: use either COLLECTION=PRODUCT pairs or products in --collections order")
+    if len(plain) != len(collections):
+        raise ValueError(
+            f"--modality: {len(plain)} product(s) {plain} for {len(collections)} collection(s) {collections}; "
+            "give one per collection (in order) or COLLECTION=PRODUCT"
+        )
+    return dict(zip(collections, plain, strict=True))
+
+
+def _assets(values: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for v in values:
+        head, sep, asset = v.partition("=")
+        coll, sep2, band = head.partition(":")
+        if not sep or not sep2 or not coll or not band or not asset:
+            raise ValueError(f"--asset {v!r}: expected COLLECTION:BAND=ASSET")
+        out.setdefault(coll.strip(), {})[band.strip()] = asset.strip()
+    return out
+
+
+def command(
+    catalog: str = typer.Option(..., "--catalog", help="STAC API URL, or a static catalog (catalog.json path/URL)"),
+    collections: str = typer.Option(..., "--collections", help="collection ids, comma-separated (first = grid)"),
+    modality: list[str] = typer.Option(..., "--modality", "-m", help="product per collection: s2_l2a,s1_grd_db or COLLECTION=PRODUCT"),
+    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
+    bbox: str = typer.Option(None, "--bbox", help="MINLON,MINLAT,MAXLON,MAXLAT (default: the items' extent)"),
+    datetime: str = typer.Option(None, "--datetime", help="START/END (ISO), START/.., ../END or one date"),
+    chip_size: int = typer.Option(64, "--chip-size", help="chip size in px"),
+    crs: str = typer.Option(None, "--crs", help="grid CRS (default: the first collection's native CRS)"),
+    resolution: float = typer.Option(None, "--resolution", help="pixel size in CRS units (default: the first product's)"),
+    asset: list[str] = typer.Option([], "--asset", help="COLLECTION:BAND=ASSET where the band's asset is not found by name"),
+    aoi: str = typer.Option("stac", "--aoi", help="AOI name, prefix of chip ids"),
+    modalities_file: Path = typer.Option(None, "--modalities-file", help="YAML with user-defined modalities"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
+) -> None:
+    """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
+    from earthembed.cli_utils import fail_on
+    from earthembed.data.ingest.common import echo_summary
+    from earthembed.data.modalities import load_modalities_file
+
+    with fail_on():
+        if modalities_file is not None:
+            load_modalities_file(modalities_file)
+        colls = [c.strip() for c in collections.split(",") if c.strip()]
+        store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
+                            datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
+                            overwrite=overwrite)
+    echo_summary(store, f"STAC {catalog}")
+    idx = store.index
+    for k in store.modalities:
+        dates = sorted(idx[f"date_{k}"].dropna().unique())
+        typer.echo(f"  {k} dates: {', '.join(dates[:5])}{' ...' if len(dates) > 5 else ''}")

@@ -1,0 +1,218 @@
+"""One self-contained HTML page for a run: store summary, label efficiency, embedding space, maps, search hits.
+
+Everything is inline (CSS, images as base64 PNG data URIs), so the page can be mailed or archived as one
+file and opened offline. Every part is optional: the page shows what it is given. A few lines of script at
+the end check that every image decoded and report any that did not to the browser console (the test opens
+the page in headless Chromium and fails on any console message); the page reads fine without script.
+Rejected: a Jinja template (one more dependency for one page) and linking the PNGs (the page would break
+when moved without them).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;
+color:#1d2329;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:2em}
+.meta{color:#57606a;font-size:.9em}figure{margin:12px 0}figcaption{color:#57606a;font-size:.85em}
+img{max-width:100%;height:auto;border:1px solid #eaeef2}
+table{border-collapse:collapse;font-size:.82em;margin:8px 0}th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.err{color:#b00020;font-weight:bold}
+"""
+
+# Marks undecodable images in the page and logs them: headless tests fail on console messages.
+_CHECK = """
+window.addEventListener('load', function () {
+  var bad = Array.prototype.filter.call(document.images, function (i) { return !(i.complete && i.naturalWidth > 0); });
+  bad.forEach(function (i) { i.insertAdjacentHTML('afterend', '<p class="err">image failed to load: ' + i.alt + '</p>');
+    console.error('earthembed report: image failed to load: ' + i.alt); });
+  document.body.setAttribute('data-images', document.images.length + ' images, ' + bad.length + ' broken');
+});
+"""
+
+
+def _img(png: str | Path | bytes, alt: str) -> str:
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _figure(png: str | Path | bytes, caption: str) -> str:
+    return f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
+    """An HTML table (numbers right-aligned, 3 significant decimals), at most ``max_rows`` rows."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for r in df.head(max_rows).itertuples(index=False):
+        cells = []
+        for v in r:
+            if isinstance(v, float | np.floating):
+                cells.append(f'<td class="num">{"" if np.isnan(v) else f"{v:.3f}"}</td>')
+            elif isinstance(v, int | np.integer):
+                cells.append(f'<td class="num">{v}</td>')
+            else:
+                cells.append(f"<td>{html.escape('' if v is None else str(v))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    more = f'<p class="meta">... {len(df) - max_rows} more rows</p>' if len(df) > max_rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+
+
+def _store_section(store: Any) -> str:
+    info = store.info()
+    mods = pd.DataFrame([
+        {"modality": k, "product": m["product"], "bands": ", ".join(m["bands"]), "dtype": m["dtype"],
+         "units": m["units"], "present in": m["present"]} for k, m in info["modalities"].items()
+    ])
+    labels = pd.DataFrame([
+        {"label": k, "kind": v["kind"],
+         "summary": json.dumps(v.get("class_counts") or {x: round(v[x], 4) for x in ("min", "mean", "max") if x in v}
+                               or {x: v[x] for x in ("classes", "present") if x in v})}
+        for k, v in info["labels"].items()
+    ])
+    crs = sorted(store.index["crs"].dropna().astype(str).unique()) if "crs" in store.index else []
+    return (
+        f"<h2>Chip store</h2><p>{html.escape(str(store.path))}: <b>{info['chips']}</b> chips of "
+        f"{info['chip_size']}x{info['chip_size']} px, splits {html.escape(json.dumps(info['splits']))}, "
+        f"{info['georeferenced']} georeferenced ({html.escape(', '.join(crs) or 'no CRS')}), "
+        f"{info['skipped']} inputs skipped.</p>" + _table(mods) + (_table(labels) if len(labels) else "")
+    )
+
+
+def _fewshot_section(few_dir: Path) -> str:
+    from earthembed.evaluate.summary import budget_table, summarize
+
+    res_f = few_dir / "results.csv"
+    if not res_f.exists():
+        raise FileNotFoundError(f"{few_dir}: no results.csv (is it an `earthembed fewshot` output directory?)")
+    results = pd.read_csv(res_f)
+    parts = ["<h2>Label efficiency</h2>"]
+    png = few_dir / "label_efficiency.png"
+    if png.exists():
+        parts.append(_figure(png, "primary metric vs training chips, mean ± std over seeds"))
+    s = summarize(results)
+    parts.append("<h3>Full-label score and labels needed for 95% of it</h3>" + _table(s))
+    for task in dict.fromkeys(results["task"]):
+        parts.append(f"<h3>{html.escape(str(task))}: mean ± std by budget</h3>"
+                     + _table(budget_table(results[results["task"] == task]).drop(columns="task")))
+    return "".join(parts)
+
+
+def _projection_section(embeddings: Path, color_by: str | None, store: Any, tmp: Path) -> str:
+    from earthembed.explore.projection import plot_embeddings
+
+    png = plot_embeddings(embeddings, color_by or "split", tmp / "projection.png", store=store)
+    return "<h2>Embedding space</h2>" + _figure(png, f"PCA of emb_fused of {embeddings.name}, coloured by "
+                                                      f"{color_by or 'split'}")
+
+
+def _prediction_section(pred: Path) -> str:
+    from earthembed.data.chipgeo import read_chip_table
+    from earthembed.evaluate.label_join import summarise
+
+    df, meta = read_chip_table(pred)
+    lines = [f"<h2>Predictions: {html.escape(str(meta.get('task')))}</h2><p>{html.escape(pred.name)}: "
+             f"{meta.get('estimator')} ({html.escape(json.dumps(meta.get('estimator_extra', {}), default=str))}) "
+             f"fitted on {meta.get('n_train')} labelled chips from {html.escape(str(meta.get('label_source')))}, "
+             f"{meta.get('n_predicted')} chips predicted.</p>"]
+    task = meta.get("task")
+    if task in df.columns and meta.get("kind") == "classification":
+        counts = df[task].value_counts().rename_axis("class").reset_index(name="chips")
+        lines.append(_table(counts))
+    if meta.get("label_report"):
+        lines.append("<pre>" + html.escape("\n".join(summarise(meta["label_report"]))) + "</pre>")
+    return "".join(lines)
+
+
+def _map_section(maps: Sequence[Path], images: Sequence[tuple[Path, str]], tmp: Path) -> str:
+    from earthembed.explore.maps import write_preview
+
+    wide = [_figure(p, c) for p, c in images]  # e.g. prediction next to the truth: full width
+    figs = []
+    for k, m in enumerate(maps):
+        png = write_preview(m, tmp / f"{m.stem}_{k}.png")
+        figs.append(_figure(png, f"{m.name} (Cloud-Optimised GeoTIFF)"))
+    return "<h2>Maps</h2>" + "".join(wide) + "<div class='grid'>" + "".join(figs) + "</div>"
+
+
+def _hits_section(hits: Path) -> str:
+    from earthembed.data.chipgeo import read_chip_table
+
+    df, meta = read_chip_table(hits)
+    q = (f"positives {', '.join(meta.get('positives') or [])}"
+         + (f"; negatives {', '.join(meta['negatives'])}" if meta.get("negatives") else "")
+         + (f"; point {meta['point']}" if meta.get("point") else ""))
+    parts = [f"<h3>{html.escape(hits.name)}: {html.escape(q)} ({html.escape(str(meta.get('method')))})</h3>"]
+    png = hits.with_suffix(".png")
+    if png.exists():
+        parts.append(_figure(png, "query chips and hits by rank (true colour)"))
+    cols = [c for c in ("rank", "score", "chip_id", "split") if c in df.columns]
+    extra = [c for c in df.columns if c not in cols and c not in ("geometry", "transform", "idx", "crs", "aoi",
+                                                                   "model_id") and not c.startswith("present_")]
+    parts.append(_table(df[cols + extra[:3]], max_rows=20))
+    return "".join(parts)
+
+
+def write_report(
+    out: str | Path,
+    store: str | Path | None = None,
+    fewshot: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    color_by: str | None = None,
+    predictions: Sequence[str | Path] = (),
+    maps: Sequence[str | Path] = (),
+    images: Sequence[tuple[str | Path, str]] = (),
+    hits: Sequence[str | Path] = (),
+    title: str = "earthembed report",
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write one self-contained HTML page with the parts given; returns its path (written atomically)."""
+    from earthembed.data.store import ChipStore
+
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"{out}: the report is an HTML page; give a .html path")
+    for p in [*predictions, *maps, *hits, *(i for i, _ in images), *(x for x in (fewshot, embeddings) if x)]:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: not found (report input)")
+    st = ChipStore(store) if store is not None else None
+    body = [f"<h1>{html.escape(title)}</h1><p class='meta'>written "
+            f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} by earthembed</p>"]
+    body += [f"<p>{html.escape(n)}</p>" for n in notes]
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        if st is not None:
+            body.append(_store_section(st))
+        if fewshot is not None:
+            body.append(_fewshot_section(Path(fewshot)))
+        if embeddings is not None:
+            body.append(_projection_section(Path(embeddings), color_by, st, tmp))
+        for p in predictions:
+            body.append(_prediction_section(Path(p)))
+        if maps or images:
+            body.append(_map_section([Path(m) for m in maps], [(Path(p), c) for p, c in images], tmp))
+        if hits:
+            body.append("<h2>Similarity search</h2>" + "".join(_hits_section(Path(h)) for h in hits))
+        page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{_CSS}</style></head>"
+                f"<body>{''.join(body)}<script>{_CHECK}</script></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(page, encoding="utf-8")
+    os.replace(tmp_out, out)
+    return out
