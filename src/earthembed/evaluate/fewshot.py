@@ -300,6 +300,6 @@ def run_fewshot(
     pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
     (out_dir / "run.json").write_text(json.dumps({"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot,
                                                   "tasks": notes}, indent=2, default=str))
-    write_summary(df, out_dir)
+    write_summary(df, out_dir, models={fs.name: {"model_id": fs.model_id, "source": fs.source} for fs in sets})
     plot_label_efficiency(df, out_dir / "label_efficiency.png")
     return df

@@ -93,12 +93,24 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     return "\n\n".join(parts) + "\n"
 
 
-def write_summary(results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION) -> str:
-    """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown."""
+def models_markdown(models: dict[str, dict[str, str]]) -> str:
+    """Which model made each feature set: ``{features: {"model_id", "source"}}`` as a markdown table, so a
+    published encoder (``torchgeo:...@<sha>``) and earthembed's own runs are told apart in the same tables."""
+    rows = pd.DataFrame([{"features": f, "model": m.get("model_id", ""), "source": m.get("source", "")}
+                         for f, m in models.items()])
+    return "## Feature sets\n\n" + _markdown(rows)
+
+
+def write_summary(results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION,
+                  models: dict[str, dict[str, str]] | None = None) -> str:
+    """Write ``summary.csv`` and ``summary.md`` (both tables, then ``models``: see :func:`models_markdown`)
+    into ``out_dir``; returns the markdown."""
     out_dir = Path(out_dir)
     summary = summarize(results, fraction)
     summary.to_csv(out_dir / "summary.csv", index=False)
     md = summary_markdown(summary, results, fraction)
+    if models:
+        md += "\n" + models_markdown(models) + "\n"
     (out_dir / "summary.md").write_text(md)
     return md
 
