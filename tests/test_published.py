@@ -304,3 +304,13 @@ def test_fewshot_tables_name_published_and_own_models(stores, rn18_file, tmp_pat
     assert "## Feature sets" in md and f"| torchgeo_rn18:emb_s2 | {RN18}@" in md
     run = json.loads((tmp_path / "fs" / "run.json").read_text())
     assert run["tasks"][0]["feature_sets"]["random_init:emb_fused"]["model_id"].startswith(f"random-init-seed0-{RN18}@")
+
+
+def test_cli_shows_publisher_warnings_once_and_passes_others_on(capsys):
+    from earthembed.cli_utils import echo_warnings
+
+    with pytest.warns(DeprecationWarning, match="other"), echo_warnings(PublishedWeightsWarning):
+        for _ in range(3):
+            warnings.warn("bands ignored", PublishedWeightsWarning, stacklevel=1)
+        warnings.warn("other", DeprecationWarning, stacklevel=1)
+    assert capsys.readouterr().err.count("warning: bands ignored") == 1

@@ -58,7 +58,15 @@ def test_continued_pretraining_starts_from_the_published_weights_and_resumes(set
                                  "--init", spec, *FAST, "train.max_steps=2", "train.lr=0"])
     assert r.exit_code == 0, r.output
     assert list(pd.read_csv(out / "logs" / "metrics.csv")["step"]) == [1]
-    assert load_model(exp)[1]["pretrain"]["global_step"] == 2
+    model, meta = load_model(exp)
+    assert meta["pretrain"]["global_step"] == 2
+    # an earthembed export is a SPEC too: its architecture, weights and normalisation carry over
+    again = pretrain("contrastive_tiny", store, tmp_path / "again", [*FAST, "train.max_steps=1", "train.lr=0"],
+                     init=str(exp))
+    model2, meta2 = load_model(again)
+    assert meta2["init"]["spec"] == str(exp) and meta2["config"] == meta["config"]
+    assert meta2["normalization"] == meta["normalization"]
+    assert all(torch.equal(v, model2.state_dict()[k]) for k, v in model.state_dict().items())
     f = tmp_path / "rn18.pth"
     torch.save(random_timm("resnet18", 13).state_dict(), f)
     with pytest.raises(ValueError, match="different model, init config"):

@@ -28,14 +28,15 @@ def fail_on(*extra: type[BaseException]) -> Iterator[None]:
 @contextlib.contextmanager
 def echo_warnings(category: type[Warning]) -> Iterator[None]:
     """Show warnings of ``category`` raised inside as ``warning: <message>`` lines on stderr (each once),
-    instead of Python's ``file:line: Category: message`` format."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", category)
-        try:
+    instead of Python's ``file:line: Category: message`` format; other warnings go on as usual."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)
             yield
-        finally:
-            for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, category)):
-                typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
-            for w in caught:
-                if not issubclass(w.category, category):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:  # outside the recording context: re-emitted inside it, warnings would be recorded again
+        for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, category)):
+            typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
+        for w in caught:
+            if not issubclass(w.category, category):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
