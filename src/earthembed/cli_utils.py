@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import typer
@@ -45,3 +46,20 @@ def fail_on(*extra: type[BaseException]) -> Iterator[None]:
         msg = str(e) if isinstance(e, extra) else error_message(e)
         typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from e
+
+
+@contextlib.contextmanager
+def echo_warnings(category: type[Warning]) -> Iterator[None]:
+    """Show warnings of ``category`` raised inside as ``warning: <message>`` lines on stderr (each once),
+    instead of Python's ``file:line: Category: message`` format; other warnings go on as usual."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)
+            yield
+    finally:  # outside the recording context: re-emitted inside it, warnings would be recorded again
+        for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, category)):
+            typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
+        for w in caught:
+            if not issubclass(w.category, category):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

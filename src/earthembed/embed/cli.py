@@ -6,14 +6,24 @@ from pathlib import Path
 
 import typer
 
-from earthembed.cli_utils import fail_on
+from earthembed.cli_utils import echo_warnings, fail_on
 
 
 def embed(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="exported model directory (or its model.json)"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="exported model directory (or its model.json)"),
+    encoder: str = typer.Option(
+        None, "--encoder",
+        help="published model instead of --checkpoint: timm:<model name>, torchgeo:<weights name>, "
+        "mmearth:<checkpoint file> or an earthembed export (docs/published_weights.md)"),
+    weights: Path = typer.Option(None, "--weights", help="weights file of --encoder (default: the usual caches)"),
+    extra_bands: str = typer.Option("ignore", help="store bands --encoder never saw: ignore | add (zero-initialised channels)"),
+    input_size: int = typer.Option(None, help="--encoder: resize chips to this size first (default: native size)"),
+    download: bool = typer.Option(False, help="--encoder: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
+    export_dir: Path = typer.Option(None, help="--encoder: where its earthembed export goes (default: OUT with suffix .model)"),
     store: Path = typer.Option(..., "--store", help="chip store to embed"),
     out: Path = typer.Option(..., "--out", help="output GeoParquet table"),
-    modalities: str = typer.Option(None, help="comma-separated subset, e.g. s2,s1 (default: all the model knows)"),
+    modalities: str = typer.Option(None, help="comma-separated subset, e.g. s2,s1 (default: all the model knows; "
+                                   "with a published --encoder: the one store modality to feed)"),
     bands: str = typer.Option(None, help="band subset per modality, e.g. 's2:B04,B03,B02;s1:VV'"),
     batch_size: int = typer.Option(64, help="chips per forward pass"),
     num_workers: int = typer.Option(0, help="DataLoader workers reading the store"),
@@ -30,8 +40,16 @@ def embed(
     from earthembed.embed.run import embed_random_init, embed_store, parse_bands
 
     with fail_on():
+        mods = [m.strip() for m in modalities.split(",")] if modalities else None
+        if (checkpoint is None) == (encoder is None):
+            raise ValueError("give exactly one of --checkpoint (an earthembed export) and --encoder SPEC")
+        if encoder is not None:
+            checkpoint, mods = _published_export(encoder, store, out, weights, mods, extra_bands, input_size,
+                                                 download, export_dir)
+        elif weights is not None:
+            raise ValueError("--weights goes with --encoder; an export (--checkpoint) carries its weights")
         kw = dict(
-            modalities=[m.strip() for m in modalities.split(",")] if modalities else None,
+            modalities=mods,
             bands=parse_bands(bands),
             batch_size=batch_size,
             num_workers=num_workers,
@@ -46,6 +64,29 @@ def embed(
         else:
             path = embed_store(checkpoint, store, out, **kw)
     typer.echo(f"wrote {path}")
+
+
+def _published_export(
+    encoder: str, store: Path, out: Path, weights: Path | None, mods: list[str] | None, extra_bands: str,
+    input_size: int | None, download: bool, export_dir: Path | None,
+) -> tuple[Path, list[str] | None]:
+    """(export to embed with, modalities to request) for ``--encoder``: an export as it is, or a published
+    model fitted to the store and exported beside the output (``fewshot`` finds it there for its baselines)."""
+    from earthembed.models.published import PublishedWeightsWarning, export_encoder, parse_spec
+
+    spec = parse_spec(encoder)
+    if spec.family == "export":
+        if weights is not None:
+            raise ValueError(f"{encoder}: an earthembed export carries its weights; drop --weights")
+        return Path(spec.name), mods
+    if mods is not None and len(mods) != 1:
+        raise ValueError(f"--modalities {','.join(mods)}: published weights read one store modality; name one")
+    target = export_dir or out.with_name(out.stem + ".model")
+    with echo_warnings(PublishedWeightsWarning):
+        path = export_encoder(spec, store, target, weights=weights, modality=mods[0] if mods else None,
+                              extra_bands=extra_bands, input_size=input_size, download=download)
+    typer.echo(f"{encoder}: fitted to {store} and exported to {path}")
+    return path, mods
 
 
 def register(app: typer.Typer) -> None:

@@ -93,10 +93,20 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     return "\n\n".join(parts) + "\n"
 
 
+def models_markdown(models: dict[str, dict[str, str]]) -> str:
+    """Which model made each feature set: ``{features: {"model_id", "source"}}`` as a markdown table, so a
+    published encoder (``torchgeo:...@<sha>``) and earthembed's own runs are told apart in the same tables."""
+    rows = pd.DataFrame([{"features": f, "model": m.get("model_id", ""), "source": m.get("source", "")}
+                         for f, m in models.items()])
+    return "## Feature sets\n\n" + _markdown(rows)
+
+
 def write_summary(
-    results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION, warnings: list[str] | None = None
+    results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION, warnings: list[str] | None = None,
+    models: dict[str, dict[str, str]] | None = None,
 ) -> str:
-    """Write ``summary.csv`` and ``summary.md`` (both tables) into ``out_dir``; returns the markdown.
+    """Write ``summary.csv`` and ``summary.md`` (both tables, then ``models``: see :func:`models_markdown`)
+    into ``out_dir``; returns the markdown.
 
     ``warnings`` (e.g. classes absent from the test split, see ``fewshot.coverage_warnings``) open the markdown,
     before any number, so a reader sees what the scores cannot say."""
@@ -106,6 +116,8 @@ def write_summary(
     md = summary_markdown(summary, results, fraction)
     if warnings:
         md = "## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n" + md
+    if models:
+        md += "\n" + models_markdown(models) + "\n"
     (out_dir / "summary.md").write_text(md)
     return md
 

@@ -12,6 +12,7 @@ from earthembed.models.export import (
 from earthembed.models.multimodal_vit import MultiModalViT
 from earthembed.models.registry import MODELS, build_model, list_models, register_model
 from earthembed.models.timm_cnn import TimmEncoder
+from earthembed.models.timm_vit import TimmViTEncoder
 
 __all__ = [
     "MODELS",
@@ -19,6 +20,7 @@ __all__ = [
     "EncoderOutput",
     "MultiModalViT",
     "TimmEncoder",
+    "TimmViTEncoder",
     "build_model",
     "default_band_groups",
     "export_checkpoint",

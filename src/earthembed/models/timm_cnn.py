@@ -15,6 +15,11 @@
   ('same'). ``input_size`` instead resizes inputs (e.g. to 224 for ImageNet weights), at 16-50x the compute.
   We default the registered small-chip variants to ``stem_stride=2``: a 32 px chip ends at 2x2 (ResNet) or
   2x2 (ConvNeXt), 64 px at 4x4, at ~4x the compute of timm's stem.
+* **MMEarth stem** (``stem="mmearth"``). MMEarth's ConvNeXt V2 (Nedungadi et al. 2024) replaces the 4x4
+  patchify conv by a 3x3 conv (stride 1) + LayerNorm + GELU and a depthwise ``s x s`` conv (stride ``s`` =
+  patch size / 8) + LayerNorm, so its published 56 px / patch-8 checkpoints work at stride 1-8 instead of
+  4-32. ``stem_stride`` is then that ``s`` (1, 2 or 4); every other weight is timm's ``convnextv2_*``, so
+  MMEarth checkpoints load into this class (:mod:`earthembed.models.published.mmearth`).
 * **Embedding.** timm's own head without the classifier (``forward_head(pre_logits=True)``): global average
   pool (+ LayerNorm for ConvNeXt). :meth:`TimmEncoder.forward_features` gives timm's intermediate maps
   (``forward_intermediates``), so U-Net decoders work unchanged.
@@ -32,12 +37,14 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from earthembed.models.base import Encoder, EncoderOutput, ModalityInput, check_band_groups, fuse_embeddings
 from earthembed.models.registry import register_model, variant
 
 STEM_STRIDES = (1, 2, 4)
+STEMS = ("timm", "mmearth")
 # stride-1 ConvNeXt stems pad 'same' around an even kernel; torch warns on every call that it copies the input
 warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
 
@@ -63,6 +70,36 @@ def set_stem_stride(model: nn.Module, stride: int) -> None:
     raise ValueError(f"stem_stride={stride}: {type(model).__name__} has no ResNet or ConvNeXt stem to change")
 
 
+def mmearth_stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
+    """MMEarth's ConvNeXt V2 stem: 3x3 conv + LayerNorm + GELU, then a depthwise ``stride`` x ``stride`` conv
+    (stride ``stride``) + LayerNorm. Padding follows MMEarth's sparse pretraining (a 3x3 sparse conv keeps every
+    pixel: ``padding=1``; the depthwise conv has none), not its dense fine-tuning model, whose unpadded 3x3 conv
+    drops a 1-px border and would misalign feature maps with the chip's pixels."""
+    if stride not in STEM_STRIDES:
+        raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stride}")
+    return nn.Sequential(
+        nn.Conv2d(in_chans, dim, kernel_size=3, padding=1),
+        LayerNorm2d(dim, eps=1e-6),
+        nn.GELU(),
+        nn.Conv2d(dim, dim, kernel_size=stride, stride=stride, groups=dim),
+        LayerNorm2d(dim, eps=1e-6),
+    )
+
+
+def _set_stem(net: nn.Module, stem: str, stride: int, in_chans: int) -> None:
+    """Give ``net`` the stem named ``stem`` at total reduction ``stride`` (see :data:`STEMS`)."""
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if stem == "timm":
+        set_stem_stride(net, stride)
+        return
+    old = getattr(net, "stem", None)
+    conv = old[0] if isinstance(old, nn.Sequential) and len(old) else None
+    if not (isinstance(conv, nn.Conv2d) and type(net).__name__ == "ConvNeXt"):
+        raise ValueError(f"stem='mmearth' needs a ConvNeXt backbone, got {type(net).__name__}")
+    net.stem = mmearth_stem(in_chans, conv.out_channels, stride)
+
+
 class TimmEncoder(Encoder):
     """A timm CNN per modality; see the module docstring.
 
@@ -71,7 +108,8 @@ class TimmEncoder(Encoder):
         backbone: timm model name (``resnet18``, ``convnextv2_atto``, ...).
         band_groups: modality key -> band-name groups (default :func:`~earthembed.models.base.default_band_groups`);
             used by band-group dropout and ``group_present``.
-        stem_stride: 4 (timm's stem), 2 or 1 for small chips.
+        stem_stride: 4 (timm's stem), 2 or 1 for small chips; with ``stem="mmearth"`` MMEarth's patch size / 8.
+        stem: ``"timm"`` (the backbone's own) or ``"mmearth"`` (MMEarth's ConvNeXt V2 stem, see the module doc).
         input_size: resize inputs to this side length first (None: keep the chip size).
         drop_path_rate: stochastic depth of the backbone.
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
@@ -88,6 +126,7 @@ class TimmEncoder(Encoder):
         input_size: int | None = None,
         drop_path_rate: float = 0.0,
         timm_kwargs: Mapping[str, Any] | None = None,
+        stem: str = "timm",
     ) -> None:
         super().__init__()
         self.modalities, self.band_groups = check_band_groups(modalities, band_groups)
@@ -95,6 +134,7 @@ class TimmEncoder(Encoder):
             raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
         self.backbone = str(backbone)
         self.stem_stride = int(stem_stride)
+        self.stem = str(stem)
         self.input_size = None if input_size is None else int(input_size)
         self.drop_path_rate = float(drop_path_rate)
         self.timm_kwargs = dict(timm_kwargs or {})
@@ -102,7 +142,7 @@ class TimmEncoder(Encoder):
         nets = {}
         for k, bands in self.modalities.items():
             net = timm.create_model(self.backbone, pretrained=False, in_chans=len(bands), num_classes=0, **kw)
-            set_stem_stride(net, self.stem_stride)
+            _set_stem(net, self.stem, self.stem_stride, len(bands))
             nets[k] = net
         self.backbones = nn.ModuleDict(nets)
         ref = next(iter(nets.values()))
@@ -121,6 +161,7 @@ class TimmEncoder(Encoder):
             "input_size": self.input_size,
             "drop_path_rate": self.drop_path_rate,
             "timm_kwargs": dict(self.timm_kwargs),
+            "stem": self.stem,
         }
 
     def _prepare(self, k: str, inp: ModalityInput) -> tuple[Tensor | None, Tensor]:
@@ -176,13 +217,17 @@ class TimmEncoder(Encoder):
             rows, x = self._prepare(k, inp)
             if rows is not None and not len(rows):
                 x = inp.x.new_zeros(1, len(self.modalities[k]), *x.shape[-2:])  # shapes only
-                maps = [m.new_zeros(n, *m.shape[1:]) for m in self.backbones[k].forward_intermediates(x, intermediates_only=True)]
+                maps = [m.new_zeros(n, *m.shape[1:]) for m in self.intermediates(self.backbones[k], x)]
             else:
-                maps = self.backbones[k].forward_intermediates(x, intermediates_only=True)
+                maps = self.intermediates(self.backbones[k], x)
                 if rows is not None:
                     maps = [m.new_zeros(n, *m.shape[1:]).index_copy(0, rows, m) for m in maps]
             out[k] = list(maps)
         return out
+
+    def intermediates(self, net: nn.Module, x: Tensor) -> list[Tensor]:
+        """The maps of :meth:`forward_features` for one backbone (timm's ``forward_intermediates``)."""
+        return list(net.forward_intermediates(x, intermediates_only=True))
 
     def no_weight_decay(self) -> set[str]:
         """1-D parameters plus what each timm backbone itself exempts (position embeddings and the like)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from earthembed.cli_utils import fail_on
+from earthembed.cli_utils import echo_warnings, fail_on
 
 
 def pretrain(
@@ -14,12 +14,21 @@ def pretrain(
     store: Path = typer.Option(..., "--store", help="chip store to pretrain on"),
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, metrics.csv, export/)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=20 model.embed_dim=32"),
+    init: str = typer.Option(
+        None, "--init",
+        help="start from published weights: timm:<model name>, torchgeo:<weights name>, mmearth:<checkpoint file> "
+        "or an earthembed export (the model is then its architecture; docs/published_weights.md)"),
+    weights: Path = typer.Option(None, "--weights", help="weights file of --init (default: the usual caches)"),
+    extra_bands: str = typer.Option("add", help="store bands --init never saw: add (zero-initialised channels) | ignore"),
+    download: bool = typer.Option(False, help="--init: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
 ) -> None:
     """Pretrain an encoder on a chip store and export it; re-running the same command resumes."""
+    from earthembed.models.published import PublishedWeightsWarning
     from earthembed.pretrain.run import pretrain as run_pretrain
 
-    with fail_on():
-        export = run_pretrain(config, store, out, overrides=list(overrides or []))
+    with fail_on(), echo_warnings(PublishedWeightsWarning):
+        export = run_pretrain(config, store, out, overrides=list(overrides or []), init=init, weights=weights,
+                              extra_bands=extra_bands, download=download)
     typer.echo(f"exported model to {export}")
 
 

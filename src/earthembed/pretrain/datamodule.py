@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from earthembed.data.dataset import ChipDataset
+from earthembed.data.normalize import Normalizer
 from earthembed.data.store import SPLITS, ChipStore
 
 
@@ -114,7 +115,8 @@ class ChipDataModule(L.LightningDataModule):
     """Training batches of a chip store: ``{"idx", "<mod>": [B, C, h, w], "<mod>_present": [B]}``, normalised.
 
     Pretraining is unlabelled, so ``splits="all"`` is allowed; the default uses train + unassigned chips and
-    leaves val/test chips unseen for the few-shot evaluation.
+    leaves val/test chips unseen for the few-shot evaluation. ``normalizer`` defaults to the store's statistics;
+    a model started from published weights brings the normalisation it was trained with.
     """
 
     def __init__(
@@ -126,9 +128,11 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int = 0,
         splits: str | Sequence[str] = "train",
         seed: int = 0,
+        normalizer: Normalizer | None = None,
     ) -> None:
         super().__init__()
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
+        self.normalizer = normalizer
         self.modalities = modalities
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size) if crop_size else None
@@ -149,7 +153,7 @@ class ChipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             idx = select_indices(self.store, self.splits)
-            self.dataset = ChipDataset(self.store, self.modalities, indices=idx)
+            self.dataset = ChipDataset(self.store, self.modalities, indices=idx, normalizer=self.normalizer)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -12,6 +12,14 @@ Config (TerraTorch-style; every section optional, unknown keys are errors naming
 Outputs under ``out``: ``config.yaml`` (resolved, with the store's path and modalities), ``checkpoints/last.ckpt``
 (re-running the same command resumes from it; a different config or store is refused), ``metrics.csv`` and
 ``export/`` (safetensors + model.json with the store's normaliser and modality products/units).
+
+``init`` (``--init SPEC``) starts from published weights or an earthembed export instead of random ones
+(:func:`earthembed.models.published.load_encoder`): the model is the init's architecture and config
+(``model.name`` of the config file is replaced; other ``model.*`` keys override the init's config where they
+keep its weight shapes, e.g. ``model.drop_path_rate``), fitted to the store's bands (``extra_bands="add"`` by
+default, so bands the publisher never saw get zero-initialised channels this run can learn), and the data are
+normalised as the init expects; the export records that normalisation and the init's provenance. Resuming
+works as for any run; a different init in the same ``out`` is refused.
 """
 
 from __future__ import annotations
@@ -233,14 +241,57 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _open_init(init: str, weights: str | Path | None, download: bool) -> tuple[Any, str]:
+    """(published weights or export path, its architecture) of ``--init``, read before the config is checked."""
+    from earthembed.models.export import read_model_meta
+    from earthembed.models.published import open_published, parse_spec
+
+    spec = parse_spec(init)
+    if spec.family == "export":
+        if weights is not None:
+            raise ValueError(f"--init {init}: an earthembed export carries its weights; drop --weights")
+        meta, _ = read_model_meta(spec.name)
+        return spec, str(meta["architecture"])
+    pub = open_published(spec, weights, download)
+    return pub, pub.architecture
+
+
+def _fit_init(opened: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, where: str) -> tuple[Any, dict[str, Any]]:
+    """(initial encoder, its model.json-style meta) of an opened ``--init`` for this store and config."""
+    from earthembed.models.export import load_model
+    from earthembed.models.published import Spec, adapt_to_store
+
+    mods = cfg["model"]["modalities"]
+    mods = [mods] if isinstance(mods, str) else mods
+    if not isinstance(opened, Spec):  # published weights
+        if mods is not None and len(mods) != 1:
+            raise ValueError(f"{where}: model.modalities {mods}: published weights read one store modality")
+        return adapt_to_store(opened, chips, mods[0] if mods else None, extra_bands,
+                              cfg["model"].get("input_size"))
+    model, meta = load_model(opened.name)
+    if mods is not None and sorted(mods) != sorted(meta["modalities"]):
+        raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta['modalities'])}")
+    from earthembed.embed.run import check_products
+
+    check_products(meta.get("products") or {}, chips, meta["modalities"])
+    return model, {**meta, "path": str(opened.name)}
+
+
 def pretrain(
     config: str | Path | dict[str, Any],
     store: str | Path,
     out: str | Path,
     overrides: list[str] | None = None,
     resume: bool = True,
+    init: str | None = None,
+    weights: str | Path | None = None,
+    extra_bands: str = "add",
+    download: bool = False,
 ) -> Path:
-    """Pretrain an encoder on ``store`` and export it; returns the export directory ``out/export``."""
+    """Pretrain an encoder on ``store`` and export it; returns the export directory ``out/export``.
+
+    ``init``: start from this SPEC (``timm:``, ``torchgeo:``, ``mmearth:`` or an export; see the module doc),
+    with ``weights`` / ``download`` / ``extra_bands`` as for :func:`earthembed.models.published.load_encoder`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -251,6 +302,12 @@ def pretrain(
     from earthembed.models.export import export_model, modality_products
     from earthembed.pretrain.datamodule import ChipDataModule
 
+    opened = None
+    if init is not None:
+        opened, arch = _open_init(init, weights, download)
+        overrides = [*(overrides or []), f"model.name={arch}"]  # the init decides the architecture
+    elif weights is not None:
+        raise ValueError("--weights goes with --init")
     cfg, where = load_config(config, overrides)
     out = Path(out)
     chips = ChipStore(store)
@@ -260,10 +317,18 @@ def pretrain(
     for k in mods or []:
         if k in chips.modalities and chips.modalities[k].kind == "categorical":
             raise ValueError(f"{where}: model.modalities: {k!r} is categorical (a label map), not an input")
-    bands = resolve_bands(chips, mods)
-    normalizer = Normalizer.from_store(chips)
-    t, d = cfg["train"], cfg["data"]
     model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
+    init_model, init_meta = None, None
+    if opened is not None:
+        init_model, init_meta = _fit_init(opened, chips, cfg, extra_bands, where)
+        bands = resolve_bands(chips, init_meta["modalities"])
+        normalizer = Normalizer.from_dict(init_meta["normalization"])
+        model_args = {**{k: v for k, v in init_meta["config"].items() if k != "modalities"}, **model_args}
+        cfg["model"] = {"name": cfg["model"]["name"], **model_args, "modalities": list(bands)}
+    else:
+        bands = resolve_bands(chips, mods)
+        normalizer = Normalizer.from_store(chips)
+    t, d = cfg["train"], cfg["data"]
     model_args["modalities"] = bands
 
     out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +337,10 @@ def pretrain(
     resolved = {
         **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
     }
+    if init_meta is not None:
+        pub = init_meta.get("published") or {}
+        resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
+                            "weights_sha256": pub.get("weights_sha256")}
     last = out / "checkpoints" / "last.ckpt"
     if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
         from earthembed.models.export import read_checkpoint
@@ -279,7 +348,7 @@ def pretrain(
         read_checkpoint(last, mmap=True)
     if resume and last.exists() and (out / "config.yaml").exists():
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        changed = [k for k in ("model", "objective", "objective_args") if before.get(k) != resolved[k]]
+        changed = [k for k in ("model", "objective", "objective_args", "init") if before.get(k) != resolved.get(k)]
         if changed:
             raise ValueError(
                 f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
@@ -313,9 +382,16 @@ def pretrain(
         gather_distributed=bool(t["gather_distributed"]),
         **cfg["objective_args"],
     )
+    if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
+        try:
+            module.model.load_state_dict(init_model.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        del init_model
     dm = ChipDataModule(
         chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
-        splits=d["splits"], seed=int(t["seed"]),
+        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer,
     )
     ckpt_dir = out / "checkpoints"
     max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
@@ -351,7 +427,11 @@ def pretrain(
             "n_chips": len(dm.dataset) if dm.dataset is not None else None,
             "config": resolved,
         }
-        export_model(module.model, export, normalizer, extra={"pretrain": info},
+        extra: dict[str, Any] = {"pretrain": info}
+        if init_meta is not None:
+            extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
+                             "published": init_meta.get("published")}
+        export_model(module.model, export, normalizer, extra=extra,
                      products=modality_products(chips.modalities, bands))
         _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
     del trainer, module, dm
