@@ -16,7 +16,7 @@ from earthembed.registry import Registry
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 MODELS: Registry[nn.Module] = Registry(
-    "model", builtins=("earthembed.models.multimodal_vit", "earthembed.models.timm_cnn")
+    "model", builtins=("earthembed.models.multimodal_vit", "earthembed.models.timm_cnn", "earthembed.models.rcf")
 )
 
 
