@@ -41,7 +41,7 @@ def test_every_registered_model_builds_on_meta_and_is_an_encoder():
         assert sorted(m.feature_strides) == m.feature_strides, name
 
 
-CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit"]
+CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit", "rcf"]
 
 
 @pytest.mark.parametrize("name", CONTRACT)

@@ -224,7 +224,7 @@ def test_random_init_baseline_run_by_fewshot(tiny_store, tmp_path):
     out = tmp_path / "o"
     kw = dict(budgets="1,all", seeds=(0,), estimators="knn", feature_columns="emb_fused", n_boot=10)
     df = run_fewshot({"pre": emb}, tiny_store, "label", out, **kw)  # default baselines
-    assert set(df["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats"}
+    assert set(df["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats", "rcf"}
     rand = out / "random_init.parquet"
     meta = read_metadata(rand)
     assert meta["model_id"].startswith("random-init-seed0-") and meta["modalities"] == ["s2"]  # as the table
@@ -239,7 +239,7 @@ def test_random_init_baseline_run_by_fewshot(tiny_store, tmp_path):
     # an explicit random-init table takes precedence; without a model the baseline says what to do
     hand = tiny_tables(tiny_store, tmp_path)
     df3 = run_fewshot({"pre": emb, "random_init": hand}, tiny_store, "label", tmp_path / "o3", **kw)
-    assert set(df3["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats"}
+    assert set(df3["features"]) == {"pre:emb_fused", "random_init:emb_fused", "band_stats", "rcf"}
     assert not (tmp_path / "o3" / "random_init.parquet").exists()
     with pytest.raises(ValueError, match="--random-init"):
         run_fewshot({"pre": hand}, tiny_store, "label", tmp_path / "o4", **kw)
@@ -322,3 +322,65 @@ def test_parallel_jobs_give_identical_results(small_store, tmp_path):
     b = run_fewshot({"m": emb}, small_store, "cls", tmp_path / "b", n_jobs=2, **kw)
     cols = ["task", "features", "estimator", "budget", "seed", "metric", "value", "ci_low", "ci_high"]
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
+
+
+def _scored(task, budget, n, features, est, values, half_width):
+    return [dict(task=task, task_kind="classification", features=features, estimator=est, budget=budget,
+                 budget_n=n, seed=s, metric="macro_f1", value=v, ci_low=v - half_width, ci_high=v + half_width)
+            for s, v in enumerate(values)]
+
+
+def test_best_feature_set_win_and_tie():
+    from earthembed.evaluate.summary import best_by_budget
+
+    rows = []
+    # budget 1: A 0.80 [0.75, 0.85] vs B 0.60 [0.55, 0.65] (B's rf: 0.62 is its best) -> a clear win for A
+    rows += _scored("t", "1", 10, "A", "logreg", [0.79, 0.81], 0.05)
+    rows += _scored("t", "1", 10, "B", "logreg", [0.59, 0.61], 0.05)
+    rows += _scored("t", "1", 10, "B", "rf", [0.61, 0.63], 0.05)
+    rows += _scored("t", "1", 10, "A", "rf", [0.10, 0.12], 0.05)  # a bad estimator does not hide A's best
+    # budget all: B 0.82 [0.72, 0.92] vs A 0.80 [0.70, 0.90] -> B is best, but a tie
+    rows += _scored("t", "all", 100, "A", "logreg", [0.80, 0.80], 0.10)
+    rows += _scored("t", "all", 100, "B", "rf", [0.82, 0.82], 0.10)
+    results = pd.DataFrame(rows).assign(budget_mode="per_class")
+    best = best_by_budget(results).set_index("budget")
+    assert best.loc["1", ["best", "best_estimator", "runner_up", "runner_up_estimator", "verdict"]].tolist() == [
+        "A", "logreg", "B", "rf", "win"]
+    assert best.loc["1", "best_mean"] == pytest.approx(0.80) and best.loc["1", "runner_up_ci_high"] == pytest.approx(0.67)
+    assert best.loc["all", ["best", "runner_up", "verdict", "tied_with"]].tolist() == ["B", "A", "tie", "A"]
+    assert best.index.tolist() == ["1", "all"]  # by budget size
+    one = best_by_budget(results[results["features"] == "A"])
+    assert set(one["verdict"]) == {"only set"}
+    nan = best_by_budget(results.assign(ci_low=np.nan, ci_high=np.nan))
+    assert set(nan["verdict"]) == {"no CI"}
+
+
+def test_best_feature_set_in_summary_files(tmp_path):
+    from earthembed.evaluate.summary import write_summary
+
+    rows = _scored("t", "1", 10, "A", "logreg", [0.79, 0.81], 0.05) + _scored("t", "1", 10, "B", "logreg", [0.5, 0.5], 0.05)
+    rows += _scored("t", "all", 99, "A", "logreg", [0.9, 0.9], 0.1) + _scored("t", "all", 99, "B", "logreg", [0.85, 0.85], 0.1)
+    md = write_summary(pd.DataFrame(rows).assign(budget_mode="per_class"), tmp_path)
+    assert "## Best feature set per budget" in md
+    assert "| t | 1 | 10 | A (logreg) | 0.800 [0.750, 0.850] | B (logreg) | 0.500 [0.450, 0.550] | win |" in md
+    assert "| t | all | 99 | A (logreg) |" in md and "| tie |" in md
+    s = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False).set_index("features")
+    assert str(s.loc["A", "best_at"]) == "1" and s.loc["A", "tied_best_at"] == "all" and s.loc["B", "tied_best_at"] == "all"
+    assert len(pd.read_csv(tmp_path / "best.csv")) == 2
+
+
+def test_newton_solver_picks_the_same_C_as_lbfgs():
+    """The speed-up (Newton-Cholesky for binary problems) solves the same objective: same C, same model."""
+    from earthembed.evaluate.estimators import _fit_logreg, logreg_solver
+
+    assert logreg_solver(64, 2) == "newton-cholesky" and logreg_solver(64, 6) == "lbfgs"
+    assert logreg_solver(2048, 2) == "lbfgs"
+    rng = np.random.default_rng(0)
+    for n, d, scale in ((12, 8, 1.0), (80, 16, 0.5), (200, 32, 3.0)):
+        X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * scale  # correlated, ill-conditioned features
+        y = (X[:, 0] - X[:, 1] + rng.normal(0, 1, n) > 0).astype(int)
+        Xt = rng.normal(size=(50, d)) @ rng.normal(size=(d, d)) * scale
+        fast, e_fast = _fit_logreg(X, y, seed=0)
+        slow, e_slow = _fit_logreg(X, y, seed=0, solver="lbfgs")
+        assert e_fast["C"] == e_slow["C"] and e_fast["C_selection"] == e_slow["C_selection"]
+        np.testing.assert_allclose(fast.predict_proba(Xt), slow.predict_proba(Xt), atol=2e-3)

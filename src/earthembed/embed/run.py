@@ -419,3 +419,26 @@ def embed_random_init(
     model = random_init_like(meta, seed=seed)
     meta = {**meta, "model_id": f"random-init-seed{seed}-{meta.get('model_id', '')}"}
     return embed_store(model, store, out, meta=meta, **kwargs)
+
+
+def embed_rcf(
+    store: str | Path | ChipStore, out: str | Path, export_dir: str | Path | None = None,
+    modalities: Sequence[str] | None = None, bands: dict[str, Sequence[str]] | None = None,
+    rcf: dict[str, Any] | None = None, **kwargs: Any,
+) -> Path:
+    """Embeddings from random convolutional features (:mod:`earthembed.models.rcf`) built from ``store``.
+
+    The featurizer is exported to ``export_dir`` (default ``<out stem>_featurizer/`` beside ``out``) before
+    embedding, so ``embed_store(export_dir, other_store, ...)`` maps another store with the same filters.
+    ``rcf``: keyword arguments of :func:`earthembed.models.rcf.rcf_from_store` (mode, features, seed, ...).
+    """
+    from earthembed.models.rcf import export_rcf
+
+    store = store if isinstance(store, ChipStore) else ChipStore(store)
+    out = Path(out)
+    export = Path(export_dir) if export_dir is not None else out.with_name(f"{out.stem}_featurizer")
+    if export.exists() and not (export / "model.json").is_file():
+        raise FileExistsError(f"{export}: exists and is not an earthembed export; the rcf featurizer would be "
+                              "written into it (choose another --out)")
+    export_rcf(store, export, modalities=modalities, bands=bands, **(rcf or {}))
+    return embed_store(export, store, out, modalities=modalities, bands=bands, **kwargs)

@@ -39,16 +39,20 @@ def fewshot(
     seeds: int = typer.Option(3, help="number of seeds (budget draws): 0..N-1"),
     estimators: str = typer.Option(None, help="comma list: logreg/ridge (or linear), rf, knn (default: all)"),
     baselines: str = typer.Option(
-        "band_stats,random_init",
-        help="comma list of baselines, or 'none': band_stats (per-band statistics of the chip), random_init "
+        "band_stats,rcf,random_init",
+        help="comma list of baselines, or 'none': band_stats (per-band statistics of the chip), rcf (random "
+        "convolutional features of every modality, MOSAIKS/TorchGeo, embedded into --out), random_init "
         "(a randomly initialised encoder of the first table's model, embedded into --out unless --random-init is given)",
     ),
+    rcf_mode: str = typer.Option("empirical", help="rcf baseline filters: empirical (whitened train-split patches) | gaussian"),
+    rcf_features: int = typer.Option(512, help="rcf baseline features per modality"),
     random_init: Path = typer.Option(
         None, help="embedding table of a random-init encoder of the same architecture (used instead of embedding one)"
     ),
     feature_columns: str = typer.Option(None, help="embedding columns, plain (emb_fused: every table) or NAME:COLUMN (one table); default all"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="parallel processes over feature set x estimator (-1: all cores)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (a bar on a terminal, a line every 10% otherwise)"),
 ) -> None:
     """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""
     from earthembed.evaluate.fewshot import run_fewshot
@@ -68,8 +72,9 @@ def fewshot(
             baselines=baselines,
             n_boot=n_boot,
             feature_columns=feature_columns,
-            progress=True,
+            progress=not quiet,
             n_jobs=jobs,
+            rcf={"mode": rcf_mode, "features": rcf_features},
         )
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"results: {out / 'results.csv'}  plot: {out / 'label_efficiency.png'}")

@@ -6,13 +6,15 @@ differences in what they were trained or tested on. Test chips are the intersect
 that have every feature set: a feature set with missing chips (e.g. ``emb_s1`` where S1 is absent)
 narrows the evaluation for all of them; restrict ``feature_columns`` to avoid that.
 
-Baselines run by the same call on the same splits: ``band_stats`` (per-band statistics of the chip) and
-``random_init`` (embeddings of a randomly initialised encoder of the first table's architecture, computed
-into the output directory unless a ``random_init`` table is given).
+Baselines run by the same call on the same splits (:mod:`earthembed.evaluate.baselines`): ``band_stats``
+(per-band statistics of the chip), ``rcf`` (random convolutional features, MOSAIKS / TorchGeo; empirical
+filters from the store's train split) and ``random_init`` (embeddings of a randomly initialised encoder of the
+first table's architecture, computed into the output directory unless a ``random_init`` table is given).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import read_metadata
+from earthembed.evaluate.baselines import (
+    RANDOM_INIT,
+    RANDOM_INIT_SEED,
+    RCF,
+    random_init_table,
+    rcf_feature_set,
+)
 from earthembed.evaluate.budgets import (
     ALL,
     default_budgets,
@@ -38,11 +46,13 @@ from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
 from earthembed.evaluate.tasks import Task, load_task
 from earthembed.outputs import write_json
+from earthembed.progress import Progress
+from earthembed.progress import progress as make_progress
 
-BASELINES = ("band_stats", "random_init")
-DEFAULT_BASELINES = ("band_stats", "random_init")
-RANDOM_INIT = "random_init"
-RANDOM_INIT_SEED = 0
+BASELINES = ("band_stats", RCF, RANDOM_INIT)
+DEFAULT_BASELINES = ("band_stats", RCF, RANDOM_INIT)
+__all__ = ["BASELINES", "DEFAULT_BASELINES", "RANDOM_INIT", "RANDOM_INIT_SEED", "RESULT_COLUMNS", "evaluate_task",
+           "load_all_feature_sets", "random_init_table", "run_fewshot"]
 RESULT_COLUMNS = [
     "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
     "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
@@ -57,66 +67,13 @@ def _split_names(v: str | Sequence[str] | None) -> list[str]:
     return [s for x in v for s in _split_names(x)]
 
 
-def _model_path(meta: Mapping[str, Any], table: Path) -> Path | None:
-    """The exported model a table was embedded with, if it still exists (as recorded, or beside the table)."""
-    mp = meta.get("model_path")
-    if not mp:
-        return None
-    for cand in (Path(mp), table.parent / mp):
-        if cand.exists():
-            return cand
-    return None
-
-
-def random_init_table(
-    embeddings: Mapping[str, str | Path], store: ChipStore, out_dir: str | Path, seed: int = RANDOM_INIT_SEED
-) -> Path:
-    """``out_dir/random_init.parquet``: a randomly initialised encoder of the FIRST table's model, same
-    modalities and bands, embedding ``store``. An existing file from the same model, store and bands is reused.
-    """
-    if not embeddings:
-        raise ValueError(
-            "the random_init baseline needs an embedding table to copy the architecture from; "
-            "give --embeddings, pass --random-init PATH, or drop random_init from --baselines"
-        )
-    name, first = next(iter(embeddings.items()))
-    first = Path(first)
-    if not first.exists():
-        raise FileNotFoundError(f"{first}: embedding table not found")
-    meta = read_metadata(first)
-    model_path = _model_path(meta, first)
-    if model_path is None:
-        raise ValueError(
-            f"random_init baseline: the model of embedding table {name!r} ({first}) is not available "
-            f"(model_path={meta.get('model_path')!r}); pass --random-init PATH (a table embedded with a "
-            "randomly initialised encoder) or drop random_init from --baselines"
-        )
-    modalities = list(meta["modalities"]) if meta.get("modalities") else None
-    bands = {k: list(v) for k, v in meta["bands"].items()} if meta.get("bands") else None
-    out = Path(out_dir) / f"{RANDOM_INIT}.parquet"
-    want = f"random-init-seed{seed}-{meta.get('model_id', '')}"
-    if out.exists():
-        try:
-            old = read_metadata(out)
-        except ValueError:
-            old = {}
-        if (old.get("model_id") == want and old.get("store") == str(store.path.resolve())
-                and old.get("n_chips") == len(store) and (bands is None or old.get("bands") == bands)):
-            return out
-    from earthembed.embed.run import embed_random_init
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a stale table of ours is replaced; any other file there is refused by embed_store
-    return embed_random_init(model_path, store, out, seed=seed, modalities=modalities, bands=bands, progress=False,
-                             overwrite=True)
-
-
 def load_all_feature_sets(
     embeddings: Mapping[str, str | Path],
     store: ChipStore,
     baselines: Sequence[str] = ("band_stats",),
     feature_columns: Sequence[str] | None = None,
     work_dir: str | Path | None = None,
+    rcf_options: Mapping[str, Any] | None = None,
 ) -> list[FeatureSet]:
     """Feature sets of every table (``<name>:<column>``) followed by the requested baselines.
 
@@ -124,6 +81,8 @@ def load_all_feature_sets(
     that table only); a table with no entry that applies keeps all its ``emb_*`` columns. Baseline
     ``random_init`` uses the table named ``random_init`` in ``embeddings`` if there is one, otherwise it is
     embedded into ``work_dir`` (see :func:`random_init_table`) and gives sets ``random_init:<column>``.
+    ``band_stats`` and ``rcf`` are one set each over every non-categorical modality of the store; ``rcf`` is
+    embedded into ``work_dir`` (options: :data:`earthembed.evaluate.baselines.RCF_DEFAULTS`).
     """
     for b in baselines:
         if b not in BASELINES:
@@ -140,6 +99,10 @@ def load_all_feature_sets(
         sets += load_feature_sets(name, path, cols or None)
     if "band_stats" in baselines:
         sets.append(band_statistics_feature_set(store))
+    if RCF in baselines:
+        if work_dir is None:
+            raise ValueError("the rcf baseline needs a work_dir to write its featurizer and embedding table to")
+        sets.append(rcf_feature_set(store, work_dir, **dict(rcf_options or {})))
     if not sets:
         raise ValueError("nothing to evaluate: give at least one embedding table or baseline")
     for fs in sets:
@@ -162,6 +125,24 @@ def _common(task: Task, sets: Sequence[FeatureSet]) -> tuple[Task, list[np.ndarr
     t = task.subset(keep)
     mats = [fs.X[pd.Index(fs.chip_ids).get_indexer(t.chip_ids)] for fs in sets]
     return t, mats
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One task ready to fit: the common chips, each set's matrix, estimators, budget samples per seed."""
+
+    t: Task
+    mats: list[np.ndarray]
+    ests: list[str]
+    mode: str
+    samples: dict[int, dict[str, np.ndarray]]
+    pool: np.ndarray
+    test: np.ndarray
+    notes: dict[str, Any]
+    members: pd.DataFrame
+
+    def n_fits(self) -> int:
+        return len(self.mats) * len(self.ests) * sum(len(b) for b in self.samples.values())
 
 
 def coverage_warnings(t: Task, pool: np.ndarray, test: np.ndarray, budgets: Sequence[int | str], mode: str) -> list[str]:
@@ -205,20 +186,10 @@ def coverage_warnings(t: Task, pool: np.ndarray, test: np.ndarray, budgets: Sequ
     return out
 
 
-def evaluate_task(
-    task: Task,
-    sets: Sequence[FeatureSet],
-    budgets: Sequence[int | str] | None = None,
-    budget_mode: str = "auto",
-    seeds: Sequence[int] = (0, 1, 2),
-    estimators: Sequence[str] | str | None = None,
-    n_boot: int = 200,
-    progress: bool = False,
-    n_jobs: int = 1,
-) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
-    """(tidy results, run notes, budget membership) of one task over all feature sets."""
-    from tqdm.auto import tqdm
-
+def _plan_task(
+    task: Task, sets: Sequence[FeatureSet], budgets: Sequence[int | str] | None, budget_mode: str,
+    seeds: Sequence[int], estimators: Sequence[str] | str | None,
+) -> _Plan:
     t, mats = _common(task, sets)
     mode = resolve_mode(t.kind, budget_mode)
     budgets = list(budgets) if budgets else default_budgets(mode)
@@ -234,65 +205,111 @@ def evaluate_task(
         "feature_sets": {fs.name: {"dim": fs.dim, "n_chips": len(fs.chip_ids), "n_excluded_null": fs.n_excluded,
                                    "source": fs.source, "model_id": fs.model_id} for fs in sets},
     }
-    membership: list[pd.DataFrame] = []
     samples = {s: sample_budgets(t.y[pool], t.kind, budgets, mode, s) for s in seeds}
-    for s, bud in samples.items():
-        for b, p in bud.items():
-            membership.append(pd.DataFrame({"task": t.name, "seed": s, "budget": b, "chip_id": t.chip_ids[pool[p]]}))
-    total = len(sets) * len(ests) * sum(len(b) for b in samples.values())
-    bar = tqdm(total=total, desc=f"few-shot {t.name}", disable=not progress)
-    rows = _fit_all(t, sets, mats, ests, samples, pool, test, n_boot, mode, bar, n_jobs)
-    bar.close()
+    membership = [pd.DataFrame({"task": t.name, "seed": s, "budget": b, "chip_id": t.chip_ids[pool[p]]})
+                  for s, bud in samples.items() for b, p in bud.items()]
     members = pd.concat(membership, ignore_index=True) if membership else pd.DataFrame()
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS), notes, members
+    return _Plan(t, mats, ests, mode, samples, pool, test, notes, members)
 
 
-def _fit_all(
-    t: Task, sets: Sequence[FeatureSet], mats: Sequence[np.ndarray], ests: Sequence[str],
-    samples: dict[int, dict[str, np.ndarray]], pool: np.ndarray, test: np.ndarray, n_boot: int, mode: str,
-    bar: Any, n_jobs: int = 1,
-) -> list[dict[str, Any]]:
-    """Tidy rows of every feature set x estimator x seed x budget (each fitted once, scored on ``test``).
+def evaluate_task(
+    task: Task,
+    sets: Sequence[FeatureSet],
+    budgets: Sequence[int | str] | None = None,
+    budget_mode: str = "auto",
+    seeds: Sequence[int] = (0, 1, 2),
+    estimators: Sequence[str] | str | None = None,
+    n_boot: int = 200,
+    progress: bool = False,
+    n_jobs: int = 1,
+    bar: Progress | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """(tidy results, run notes, budget membership) of one task over all feature sets.
 
-    Cells (feature set x estimator) run in ``n_jobs`` processes (joblib); results do not depend on it."""
+    ``bar``: advance this :class:`~earthembed.progress.Progress` by one per fit (``progress`` is then
+    ignored); otherwise ``progress`` shows one of its own for this task."""
+    plan = _plan_task(task, sets, budgets, budget_mode, seeds, estimators)
+    own = bar is None
+    if own:
+        bar = make_progress(total=plan.n_fits(), desc=f"few-shot {plan.t.name}", unit="fits", quiet=not progress)
+    try:
+        (rows,) = _fit_plans([plan], [fs.name for fs in sets], n_boot, bar, n_jobs)
+    finally:
+        if own:
+            bar.close()
+    return rows, plan.notes, plan.members
+
+
+def _unit_cost(kind: str, est: str, dim: int, sizes: Sequence[int], n_outputs: int) -> float:
+    """Rough relative cost of fitting ``est`` on budgets of ``sizes`` chips (for scheduling only: the most
+    expensive units start first so that no core idles at the end; from the demo grid's profile)."""
+    n = float(sum(sizes))
+    if est == "logreg":  # C by CV: one path per fold (per class for multilabel)
+        return 4.0 * n * (n_outputs if kind == "multilabel" else 2) * (1.0 + dim / 256)
+    if est == "rf":  # features tried per split: p/3 (regression) or sqrt(p)
+        return 0.25 * n * np.log2(n + 2) * (dim / 3 if kind == "regression" else np.sqrt(dim))
+    return 0.05 * n
+
+
+def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: Progress | None, n_jobs: int = 1
+               ) -> list[pd.DataFrame]:
+    """Tidy results of every plan: each feature set x estimator x seed x budget fitted once, scored on the test split.
+
+    Units of work are (task, feature set, estimator, seed), all tasks in one pool of ``n_jobs`` processes
+    (joblib), the most expensive first; a pool per task would leave a core idle at every task's tail. Rows come
+    back in the order (task, feature set, estimator, seed, budget) whatever ``n_jobs`` and the schedule."""
     from joblib import Parallel, delayed
 
-    cells = [(fs.name, X, est) for fs, X in zip(sets, mats, strict=True) for est in ests]
-    per_cell = sum(len(b) for b in samples.values())
-    rows: list[dict[str, Any]] = []
+    units = []
+    for i, p in enumerate(plans):
+        n_out = p.t.y.shape[1] if p.t.kind == "multilabel" else 1
+        for j, X in enumerate(p.mats):
+            for k, est in enumerate(p.ests):
+                for s, bud in p.samples.items():
+                    cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in bud.values()], n_out)
+                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, bud))
+    order = sorted(range(len(units)), key=lambda u: -units[u][1])
+    done: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
     run = Parallel(n_jobs=n_jobs, return_as="generator")
-    for cell_rows in run(delayed(_fit_cell)(t, name, X, est, samples, pool, test, n_boot, mode) for name, X, est in cells):
-        rows.extend(cell_rows)
-        bar.update(per_cell)
-    return rows
+    jobs = (delayed(_fit_unit)(u[2].t, u[3], u[4], u[5], u[6], u[7], u[2].pool, u[2].test, n_boot, u[2].mode)
+            for u in (units[o] for o in order))
+    for o, rows in zip(order, run(jobs), strict=True):
+        done[units[o][0]] = rows
+        if bar is not None:
+            bar.update(len(units[o][7]))
+    out = []
+    for i in range(len(plans)):
+        rows = [r for key in sorted(k for k in done if k[0] == i) for r in done[key]]
+        out.append(pd.DataFrame(rows, columns=RESULT_COLUMNS))
+    return out
 
 
-def _fit_cell(
-    t: Task, features: str, X: np.ndarray, est: str, samples: dict[int, dict[str, np.ndarray]],
+def _fit_unit(
+    t: Task, features: str, X: np.ndarray, est: str, seed: int, budgets: dict[str, np.ndarray],
     pool: np.ndarray, test: np.ndarray, n_boot: int, mode: str,
 ) -> list[dict[str, Any]]:
+    """Rows of one feature set x estimator x seed over the seed's budgets."""
     from threadpoolctl import threadpool_limits
 
     y_test = t.y[test]
     rows: list[dict[str, Any]] = []
     # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
     with threadpool_limits(limits=1):
-        for s, bud in samples.items():
-            for b, p in bud.items():
-                tr = pool[p]
-                t0 = time.perf_counter()
-                fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=s, classes=t.classes)
-                fit_s = time.perf_counter() - t0
-                pred, score = fitted.predict(X[test])
-                metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=s)
-                extra = json.dumps(fitted.extra, default=float)
-                for m, (v, lo, hi) in metrics.items():
-                    rows.append({
-                        "task": t.name, "task_kind": t.kind, "features": features, "estimator": est,
-                        "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": s, "metric": m,
-                        "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
-                        "fit_s": fit_s, "extra": extra,
-                    })
+        for b, p in budgets.items():
+            tr = pool[p]
+            t0 = time.perf_counter()
+            fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes)
+            fit_s = time.perf_counter() - t0
+            pred, score = fitted.predict(X[test])
+            metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=seed)
+            extra = json.dumps(fitted.extra, default=float)
+            for m, (v, lo, hi) in metrics.items():
+                rows.append({
+                    "task": t.name, "task_kind": t.kind, "features": features, "estimator": est,
+                    "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": seed, "metric": m,
+                    "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
+                    "fit_s": fit_s, "extra": extra,
+                })
     return rows
 
 
@@ -310,16 +327,22 @@ def run_fewshot(
     feature_columns: str | Sequence[str] | None = None,
     progress: bool = False,
     n_jobs: int = 1,
+    rcf: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
 
     ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
     ``feature_columns``) becomes feature set ``<name>:<column>``. ``baselines`` (``"none"`` for none) adds
-    ``band_stats`` from the store and ``random_init``: the table named ``random_init`` in ``embeddings`` if
-    given, else ``out_dir/random_init.parquet`` embedded with a randomly initialised (seed 0) encoder of the
-    first table's model, modalities and bands (a ValueError if that model's export is gone). ``n_jobs`` processes fit (feature set x estimator) cells in parallel (-1: all cores). Writes ``results.csv``/``.parquet`` (tidy), ``summary.csv``/``.md``, ``label_efficiency.png``,
-    ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split, exclusions) to ``out_dir``
-    and returns the tidy results.
+    ``band_stats`` from the store; ``rcf``: random convolutional features of the store (``out_dir/rcf.parquet``,
+    featurizer in ``out_dir/rcf_featurizer/``; ``rcf`` overrides its options, e.g. ``{"mode": "gaussian"}``);
+    and ``random_init``: the table named ``random_init`` in ``embeddings`` if given, else
+    ``out_dir/random_init.parquet`` embedded with a randomly initialised (seed 0) encoder of the first table's
+    model, modalities and bands (a ValueError if that model's export is gone). ``n_jobs`` processes fit
+    (feature set x estimator) cells in parallel (-1: all cores). ``progress``: a bar with ETA on a terminal, a
+    line every 10% otherwise (:mod:`earthembed.progress`). Writes ``results.csv``/``.parquet`` (tidy),
+    ``summary.csv``/``.md``, ``best.csv`` (best feature set per task and budget, tie or not),
+    ``label_efficiency.png``, ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split,
+    exclusions) to ``out_dir`` and returns the tidy results.
     """
     st = store if isinstance(store, ChipStore) else ChipStore(store)
     tasks = _split_names(task)
@@ -332,14 +355,15 @@ def run_fewshot(
     parsed = parse_budgets(budgets)
     loaded = [load_task(st, name) for name in tasks]  # fail on a bad column before any fitting
     out_dir = Path(out_dir)
-    sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir)
+    sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir,
+                                 rcf_options=rcf)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, notes, members = [], [], []
-    for tk in loaded:
-        r, n, m = evaluate_task(tk, sets, parsed, budget_mode, list(seeds), estimators, n_boot, progress, n_jobs)
-        results.append(r)
-        notes.append(n)
-        members.append(m)
+    plans = [_plan_task(tk, sets, parsed, budget_mode, list(seeds), estimators) for tk in loaded]
+    desc = f"few-shot ({len(plans)} task{'s' * (len(plans) > 1)} x {len(sets)} feature sets)"
+    with make_progress(total=sum(p.n_fits() for p in plans), desc=desc, unit="fits", quiet=not progress) as bar:
+        results = _fit_plans(plans, [fs.name for fs in sets], n_boot, bar, n_jobs)
+    notes = [p.notes for p in plans]
+    members = [p.members for p in plans]
     df = pd.concat(results, ignore_index=True)
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)

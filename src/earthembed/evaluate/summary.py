@@ -1,7 +1,8 @@
-"""From the tidy results table to the two answers people ask for, plus the label-efficiency plot.
+"""From the tidy results table to the answers people ask for, plus the label-efficiency plot.
 
 1. How good is each feature set with all labels, and how many labels does it need to get 95% of that
    ("label reduction" = 1 - budget_n / n_full)?  2. The primary metric per budget, mean ± std over seeds.
+3. Per task and budget, which feature set is best, and is that a win or a tie (:func:`best_by_budget`)?
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from earthembed.evaluate.metrics import LOWER_IS_BETTER
 from earthembed.evaluate.tasks import PRIMARY_METRIC
 
 FRACTION = 0.95
@@ -55,6 +57,99 @@ def summarize(results: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame
     return out.sort_values(["task", "full_score"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
+BEST_COLUMNS = [
+    "task", "metric", "budget", "budget_n", "best", "best_estimator", "best_mean", "best_std", "best_ci_low",
+    "best_ci_high", "runner_up", "runner_up_estimator", "runner_up_mean", "runner_up_ci_low", "runner_up_ci_high",
+    "verdict", "tied_with",
+]
+
+
+def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
+    """Per task and budget: the best feature set, the runner-up, and whether their 95% CIs overlap.
+
+    Each feature set enters with its best estimator at that budget (mean over seeds of the primary metric),
+    so a set is not judged by an estimator that suits it badly. Its interval is the seed mean of the per-seed
+    bootstrap CIs (test-chip resampling at the seed's budget draw). ``verdict`` is ``tie`` when the best set's
+    interval overlaps the runner-up's (or any other set's, should a wider one reach it), ``win`` when it overlaps
+    none, ``no CI`` without bootstrap intervals and
+    ``only set`` with a single feature set; ``tied_with`` lists every set whose interval overlaps the best's.
+    Rejected: a paired test on the per-seed differences (three seeds give no power, and the intervals are what
+    the tables already show).
+    """
+    prim = primary_rows(results)
+    if not len(prim):
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    keys = ["task", "budget", "features", "estimator"]
+    cell = prim.groupby(keys, sort=False).agg(
+        metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"), ci_low=("ci_low", "mean"),
+        ci_high=("ci_high", "mean"), budget_n=("budget_n", "mean")).reset_index()
+    rows = []
+    for (task, budget), d in cell.groupby(["task", "budget"], sort=False):
+        sign = -1.0 if d["metric"].iloc[0] in LOWER_IS_BETTER else 1.0
+        d = d.assign(score=sign * d["mean"].fillna(-np.inf * sign))
+        per_set = d.sort_values("score", ascending=False, kind="stable").drop_duplicates("features")
+        best = per_set.iloc[0]
+        row = {"task": task, "metric": best["metric"], "budget": budget, "budget_n": float(d["budget_n"].mean()),
+               "best": best["features"], "best_estimator": best["estimator"], "best_mean": best["mean"],
+               "best_std": best["std"], "best_ci_low": best["ci_low"], "best_ci_high": best["ci_high"],
+               "runner_up": None, "runner_up_estimator": None, "runner_up_mean": np.nan, "runner_up_ci_low": np.nan,
+               "runner_up_ci_high": np.nan, "verdict": "only set", "tied_with": ""}
+        if len(per_set) > 1:
+            ru = per_set.iloc[1]
+            row.update(runner_up=ru["features"], runner_up_estimator=ru["estimator"], runner_up_mean=ru["mean"],
+                       runner_up_ci_low=ru["ci_low"], runner_up_ci_high=ru["ci_high"])
+            others = per_set.iloc[1:]
+            if not (np.isfinite(best[["ci_low", "ci_high"]].astype(float)).all()
+                    and np.isfinite(ru[["ci_low", "ci_high"]].astype(float)).all()):
+                row["verdict"] = "no CI"
+            else:
+                tied = others[(others["ci_low"] <= best["ci_high"]) & (others["ci_high"] >= best["ci_low"])]
+                row["verdict"] = "tie" if len(tied) else "win"
+                row["tied_with"] = ", ".join(tied["features"])
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=BEST_COLUMNS)
+    order = {t: i for i, t in enumerate(dict.fromkeys(out["task"]))}
+    return out.sort_values(["task", "budget_n"], key=lambda c: c.map(order) if c.name == "task" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def _mark_best(summary: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` plus, per (task, features, estimator), the budgets where it is the best set with a win
+    (``best_at``) and where it is the best or overlaps the best (``tied_best_at``), ';'-joined."""
+    win: dict[tuple[str, str, str], list[str]] = {}
+    tie: dict[tuple[str, str, str], list[str]] = {}
+    for r in best.itertuples(index=False):
+        if r.verdict == "win":
+            win.setdefault((r.task, r.best, r.best_estimator), []).append(str(r.budget))
+        elif r.verdict == "tie":
+            tie.setdefault((r.task, r.best, r.best_estimator), []).append(str(r.budget))
+            if r.runner_up is not None:
+                tie.setdefault((r.task, r.runner_up, r.runner_up_estimator), []).append(str(r.budget))
+    key = list(zip(summary["task"], summary["features"], summary["estimator"], strict=True))
+    return summary.assign(best_at=[";".join(win.get(k, [])) for k in key],
+                          tied_best_at=[";".join(tie.get(k, [])) for k in key])
+
+
+def best_markdown(best: pd.DataFrame) -> str:
+    """The :func:`best_by_budget` table as markdown (scores with their 95% CI)."""
+    def score(m: float, lo: float, hi: float) -> str:
+        if not np.isfinite(m):
+            return ""
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else f"{m:.3f}"
+
+    t = pd.DataFrame({
+        "task": best["task"], "budget": best["budget"], "chips": best["budget_n"].round().astype("Int64"),
+        "best (estimator)": [f"{f} ({e})" for f, e in zip(best["best"], best["best_estimator"], strict=True)],
+        "score [95% CI]": [score(*v) for v in best[["best_mean", "best_ci_low", "best_ci_high"]].to_numpy(float)],
+        "runner-up (estimator)": [f"{f} ({e})" if f is not None else "" for f, e in
+                                  zip(best["runner_up"], best["runner_up_estimator"], strict=True)],
+        "runner-up score [95% CI]": [score(*v) for v in
+                                     best[["runner_up_mean", "runner_up_ci_low", "runner_up_ci_high"]].to_numpy(float)],
+        "verdict": best["verdict"],
+    })
+    return _markdown(t)
+
+
 def budget_table(results: pd.DataFrame) -> pd.DataFrame:
     """Primary metric as "mean ± std" per (task, features, estimator) x budget (columns by budget size)."""
     d = _per_budget(results)
@@ -81,7 +176,14 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     s = summary.copy()
     s["n_full"] = s["n_full"].round().astype("Int64")
     s["budget_n_95"] = s["budget_n_95"].round().astype("Int64")
+    s = s.drop(columns=[c for c in ("best_at", "tied_best_at") if c in s.columns])
     parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + _markdown(s)]
+    best = best_by_budget(results)
+    if len(best):
+        parts.append(
+            "## Best feature set per budget\n\nEach feature set with its best estimator; mean over seeds of the "
+            "primary metric with its 95% CI (bootstrap over test chips, averaged over seeds). **win**: the "
+            "intervals of the best and the runner-up do not overlap; **tie**: they do.\n\n" + best_markdown(best))
     for task in dict.fromkeys(results["task"]):
         r = results[results["task"] == task]
         kind = r["task_kind"].iloc[0]
@@ -105,14 +207,17 @@ def write_summary(
     results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION, warnings: list[str] | None = None,
     models: dict[str, dict[str, str]] | None = None,
 ) -> str:
-    """Write ``summary.csv`` and ``summary.md`` (both tables, then ``models``: see :func:`models_markdown`)
-    into ``out_dir``; returns the markdown.
+    """Write ``summary.csv`` (with ``best_at`` / ``tied_best_at`` budgets), ``best.csv``
+    (:func:`best_by_budget`) and ``summary.md`` (all tables, then ``models``: see :func:`models_markdown`) into
+    ``out_dir``; returns the markdown.
 
     ``warnings`` (e.g. classes absent from the test split, see ``fewshot.coverage_warnings``) open the markdown,
     before any number, so a reader sees what the scores cannot say."""
     out_dir = Path(out_dir)
-    summary = summarize(results, fraction)
+    best = best_by_budget(results)
+    summary = _mark_best(summarize(results, fraction), best)
     summary.to_csv(out_dir / "summary.csv", index=False)
+    best.to_csv(out_dir / "best.csv", index=False)
     md = summary_markdown(summary, results, fraction)
     if warnings:
         md = "## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n" + md
