@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # MP-MAE vs optical-only MAE vs the contrastive ViT vs band statistics vs random init, on the synthetic AOI and
 # on the BigEarthNet S1+S2 real samples: pretrain -> embed -> few-shot. Results are reported in docs/mpmae.md.
-# Usage: bash scripts/mpmae_experiments.sh [DATA_DIR] [OUT_DIR]     (wall times land in OUT_DIR/timings.tsv)
+# Usage: bash scripts/mpmae_experiments.sh [DATA_DIR] [OUT_DIR] [synth|bigearthnet|all]
+# (wall times land in OUT_DIR/timings.tsv; the two datasets are independent and can run side by side)
 # Every pretraining run uses its packaged config; the overrides below are the only changes (and are listed
 # in docs/mpmae.md). Runs already finished are reused (pretrain resumes / is a no-op at max_steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
 OUT=${2:-runs/mpmae}
+WHAT=${3:-all}
 EE=".venv/bin/earthembed"
 NP="train.progress_bar=false"  # plain logs
 export HF_HUB_OFFLINE=1
@@ -22,6 +24,7 @@ timed() {  # timed NAME COMMAND...: run it and append "NAME<TAB>seconds" to $T
 }
 
 # --- synthetic AOI: 1024 chips of 32 px, S2 L2A + S1 + coherence + DEM + WorldCover --------------------------
+if [ "$WHAT" = synth ] || [ "$WHAT" = all ]; then
 S=$OUT/synth
 [ -f $S/store/earthembed.json ] || timed synth $EE synth --out $S/store --chips 1024 --chip-size 32 --seed 0
 # pretraining uses the train split (720 chips); few-shot labels come from train/val, scores from test (144)
@@ -41,15 +44,18 @@ timed synth_fewshot $EE fewshot --embeddings mpmae=$S/emb_mpmae.parquet --embedd
   --baselines band_stats --store $S/store --task landcover,classes_present,frac_water,frac_built_up \
   --out $S/fewshot --budgets 1,2,5,10,20,all --seeds 5 --feature-columns emb_fused
 
+fi
+
 # --- BigEarthNet v2 layout: S2 L2A (12 bands) + S1, 54 chips of 120 px, 19-class multi-labels ----------------
+if [ "$WHAT" = bigearthnet ] || [ "$WHAT" = all ]; then
 B=$OUT/bigearthnet
 [ -f $B/store/earthembed.json ] || timed ben_ingest $EE ingest bigearthnet "$DATA/bigearthnet" --out $B/store
 # 54 chips: pretraining (unlabelled) uses all of them, as docs/real_samples.md does; 56 px crops = MMEarth's
 # 56-8 setting (patch 8, 7x7 grid); the contrastive ViT keeps real_samples.sh's settings
 timed ben_pretrain_mpmae $EE pretrain --config mpmae_atto --store $B/store --out $B/mpmae \
-  data.splits=all data.crop_size=56 data.batch_size=8 train.max_steps=200 $NP
+  data.splits=all data.crop_size=56 data.batch_size=8 train.max_steps=150 $NP
 timed ben_pretrain_mae $EE pretrain --config mae_atto --store $B/store --out $B/mae \
-  data.splits=all data.crop_size=56 data.batch_size=8 train.max_steps=200 $NP
+  data.splits=all data.crop_size=56 data.batch_size=8 train.max_steps=150 $NP
 timed ben_pretrain_contrastive $EE pretrain --config contrastive_tiny --store $B/store --out $B/contrastive \
   data.splits=all data.batch_size=16 data.crop_size=64 train.max_steps=300 train.warmup_steps=20 $NP
 for run in mpmae mae contrastive; do
@@ -62,3 +68,4 @@ timed ben_fewshot $EE fewshot --embeddings mpmae=$B/emb_mpmae.parquet --embeddin
   --embeddings random_convnext=$B/emb_random_convnext.parquet --embeddings random_vit=$B/emb_random_vit.parquet \
   --baselines band_stats --store $B/store --task labels --out $B/fewshot --budgets 5,10,20,all --seeds 5 \
   --feature-columns emb_fused
+fi

@@ -162,6 +162,7 @@ def test_optical_only_store_runs_as_mae_and_says_so(optical_store):
     assert [t["name"] for t in plan.summary["tasks"]] == ["s2", "lat", "lon", "month"]
     plan, _ = _plan_and_module(optical_store, "objective_args.tasks=[input]")
     assert [t["name"] for t in plan.summary["tasks"]] == ["s2"] and plan.reads.modalities == {}
+    assert [t["name"] for t in plan.summary["found_not_used"]] == ["lat", "lon", "month"]
     assert any("optical-only MAE" in n for n in plan.notes)
 
 

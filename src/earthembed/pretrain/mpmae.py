@@ -212,8 +212,10 @@ class MPMAEPretrainModule(PretrainModule):
                                cls._arg(cfg, "chip_classification") or (), bool(cls._arg(cfg, "norm_pix_loss")), where)
         chosen = select_tasks(found, cls._arg(cfg, "tasks"), key, store, where)
         listing = [{"name": t.name, "loss": t.loss, "source": t.source, "channels": t.channels} for t in chosen.tasks]
+        unused = [{"name": t.name, "loss": t.loss, "source": t.source} for t in found.tasks if t not in chosen.tasks]
         summary = {"input": key, "patch_size": patch, "mask_ratio": ratio, "grid": size // patch,
-                   "loss_weighting": cls._arg(cfg, "loss_weighting"), "tasks": listing}
+                   "loss_weighting": cls._arg(cfg, "loss_weighting"), "tasks": listing,
+                   "found_not_used": unused, "notes": list(chosen.notes)}
         notes = [*chosen.notes, f"mpmae: input {key}, patch {patch} px ({size // patch}x{size // patch} grid), "
                  f"{len(chosen.tasks)} pretext task(s): " + "; ".join(f"{t['name']} [{t['loss']}] <- {t['source']}"
                                                                    for t in listing)]
@@ -249,9 +251,9 @@ class MPMAEPretrainModule(PretrainModule):
         batch.update(random_dihedral({key: batch[key] for key in self._pixel_keys if key in batch}, self.aug))
         x = torch.nan_to_num(batch[k].float(), nan=0.0, posinf=0.0, neginf=0.0)  # the target keeps its NaNs
         x, _ = channel_augment(x, self._groups[k], self.aug)
-        grid = mask_grid(x.shape[-1], p, self.mask_ratio) if x.shape[-1] == x.shape[-2] else None
-        if grid is None:
+        if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"mpmae needs square chips, got {tuple(x.shape[-2:])}")
+        grid = mask_grid(x.shape[-1], p, self.mask_ratio)
         mask = random_patch_mask(x.shape[0], grid, self.mask_ratio, p, x.device)
         z = self.proj(masked_convnext_features(self.model.backbones[k], x, mask))
         hidden = mask.hidden_at(z.shape[-2:]).to(z.dtype)
