@@ -151,6 +151,8 @@ def test_tasks_discovered_by_kind(mm_store):
     r = plan.reads
     assert set(r.modalities) == {"s1", "dem"} and r.categorical == ["lc"] and set(r.keep_nodata) == {"s2", "s1", "dem"}
     assert set(r.values) == {"lat", "lon", "month", "climate", "biome"}
+    lat = r.values["lat"].values  # z-scored over the pretraining chips: within an AOI sin/cos barely move
+    assert np.allclose(lat.mean(0), 0, atol=1e-4) and np.allclose(lat.std(0), 1, atol=1e-3)
     b = _batch(mm_store, plan)
     assert b["lc"].dtype == torch.int64 and b["lc"].shape == (6, 1, 16, 16) and set(b["lc"].unique().tolist()) <= {10, 30, 80}
     assert b["value_biome"].dtype == torch.int64 and b["value_climate"].shape == (6, 1)

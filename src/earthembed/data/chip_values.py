@@ -102,18 +102,29 @@ def _as_matrix(col: pd.Series, where: str) -> np.ndarray:
     return np.stack(rows)
 
 
+def standardised(v: ChipValues, rows: Sequence[int] | np.ndarray | None = None) -> ChipValues:
+    """Regression values z-scored per component with the mean / std over ``rows`` (default: all chips), so a
+    loss on them is on the scale of the others and measures what varies: within one AOI the sin / cos of the
+    latitude differ in the fourth decimal, and a raw target would be a constant that an uncertainty weight
+    then inflates without bound. Constant components stay centred (std taken as 1)."""
+    if v.categorical:
+        raise ValueError("class ids are not standardised")
+    x = v.values.astype(np.float64)
+    ref = x if rows is None else x[np.asarray(rows, dtype=np.int64)]
+    finite = np.isfinite(ref).any(axis=0)
+    mean = np.array([np.nanmean(ref[:, j]) if finite[j] else 0.0 for j in range(x.shape[1])])
+    std = np.array([np.nanstd(ref[:, j]) if finite[j] else 1.0 for j in range(x.shape[1])])
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    return ChipValues(((x - mean) / std).astype(np.float32), list(v.names))
+
+
 def numeric_column(store: ChipStore, name: str, rows: Sequence[int] | np.ndarray | None = None) -> ChipValues:
-    """A numeric index column (scalar or fixed-length list, e.g. monthly climate) z-scored per component
-    with the mean / std over ``rows`` (default: all chips), so its loss is on the scale of the others."""
+    """A numeric index column (scalar or fixed-length list, e.g. monthly climate), :func:`standardised`
+    over ``rows``."""
     col = _column(store, name)
     x = _as_matrix(col.reset_index(drop=True), str(store.path))
-    ref = x if rows is None else x[np.asarray(rows, dtype=np.int64)]
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(ref, axis=0) if np.isfinite(ref).any() else np.zeros(x.shape[1])
-        std = np.nanstd(ref, axis=0) if np.isfinite(ref).any() else np.ones(x.shape[1])
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     names = [name] if x.shape[1] == 1 else [f"{name}[{i}]" for i in range(x.shape[1])]
-    return ChipValues(((x - mean) / std).astype(np.float32), names)
+    return standardised(ChipValues(x.astype(np.float32), names), rows)
 
 
 def category_column(store: ChipStore, name: str) -> ChipValues:

@@ -12,7 +12,7 @@ loss kind                target (each only if the pretraining chips have it)    
 ``pixel_classification`` categorical raster modalities (WorldCover-style maps)        1x1 conv to p*p*K
 ``image_regression``     chip centre latitude / longitude (sin, cos), month of the     pool + LayerNorm +
                          input's acquisition (sin, cos), numeric index columns        Linear
-                         named in the config (z-scored)
+                         named in the config; all z-scored over the chips
 ``image_classification`` categorical index columns named in the config                pool + LayerNorm +
                                                                                       Linear to K
 =======================  ==========================================================  =======================
@@ -42,6 +42,7 @@ from earthembed.data.chip_values import (
     category_column,
     centre_coordinate,
     numeric_column,
+    standardised,
 )
 from earthembed.data.dataset import ReadRequest
 from earthembed.data.store import ChipStore
@@ -187,8 +188,9 @@ def discover_tasks(
     values: dict[str, ChipValues] = {}
     derived = {"lat": centre_coordinate(store, "lat"), "lon": centre_coordinate(store, "lon"),
                "month": acquisition_month(store, input_key)}
-    sources = {"lat": "latitude of the chip centre (sin, cos)", "lon": "longitude of the chip centre (sin, cos)",
-               "month": f"month of date_{input_key} (sin, cos)"}
+    sources = {"lat": "latitude of the chip centre (sin, cos, z-scored)",
+               "lon": "longitude of the chip centre (sin, cos, z-scored)",
+               "month": f"month of date_{input_key} (sin, cos, z-scored)"}
     for name, v in derived.items():
         have = v.values[rows][v.present[rows]]
         if not len(have):
@@ -196,7 +198,7 @@ def discover_tasks(
         if np.ptp(have, axis=0).max() == 0:  # e.g. one acquisition date: nothing to learn
             notes.append(f"{name}: the same value on every pretraining chip ({sources[name]}); task skipped")
             continue
-        values[name] = v
+        values[name] = standardised(v, rows)
         tasks.append(PretextTask(name, "image_regression", f"value_{name}", sources[name], v.dim))
     prefix = f"{where}: " if where else ""
     for kind, names in (("image_regression", chip_regression), ("image_classification", chip_classification)):
