@@ -16,7 +16,7 @@ from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.models import build_model, load_model
 from earthembed.pretrain.augment import AugmentConfig, random_dihedral
-from earthembed.pretrain.masking import mask_grid, masked_convnext_features, random_patch_mask
+from earthembed.pretrain.masking import PatchMask, mask_grid, masked_convnext_features, random_patch_mask
 from earthembed.pretrain.pretext import PretextTask
 from earthembed.pretrain.pretext_losses import LOSSES
 from earthembed.pretrain.run import load_config, pretrain
@@ -116,8 +116,29 @@ def test_masked_encoder_sees_nothing_of_hidden_patches():
     assert not (a * ~visible).any()
     # the same change does reach visible positions through a plain forward pass (the test can fail)
     assert not torch.allclose(net.forward_features(x) * visible, net.forward_features(other) * visible)
-    # GRN statistics cover visible positions only: hidden positions' features do not matter either
-    assert not any(h for m in net.modules() for h in m._forward_pre_hooks.values())  # hooks removed
+    assert not any(h for m in net.modules() for h in m._forward_pre_hooks.values())  # GRN hooks removed
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_masked_encoder_equals_a_sparse_convolution(stem_stride):
+    """With the right half of the patches hidden, the visible features must equal the network run on the left
+    half alone (zero padding at its edge = an absent neighbour of a sparse convolution), GRN statistics
+    included: masking only the input, or not masking GRN's input, fails this."""
+    torch.manual_seed(0)
+    net = build_model("timm_cnn", modalities={"s2": S2}, backbone="convnextv2_atto", stem_stride=stem_stride,
+                      timm_kwargs=SMALL).backbones["s2"].eval()
+    with torch.no_grad():  # timm initialises GRN as the identity; make it count
+        for m in net.modules():
+            if hasattr(m, "spatial_dim"):
+                m.weight.normal_()
+                m.bias.normal_()
+    p = 8 * stem_stride
+    x = torch.randn(2, 12, 4 * p, 4 * p)
+    hidden = torch.zeros(2, 4, 4, dtype=torch.bool)
+    hidden[:, :, 2:] = True
+    visible = masked_convnext_features(net, x, PatchMask(hidden, p))[..., :2]
+    torch.testing.assert_close(visible, net.forward_features(x[..., : 2 * p]), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(net.forward_features(x)[..., :2], visible, atol=1e-3)
 
 
 def test_mask_grid_names_what_the_chip_needs():
