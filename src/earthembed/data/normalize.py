@@ -70,12 +70,14 @@ class Normalizer:
         std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant band: centre it, do not divide by 0
         return mean, std
 
-    def __call__(self, x: np.ndarray, modality: str, bands: Sequence[str], nodata: Any = None) -> torch.Tensor:
+    def __call__(self, x: np.ndarray, modality: str, bands: Sequence[str], nodata: Any = None,
+                 fill: float = 0.0) -> torch.Tensor:
         """Normalise [..., C, H, W] ``x`` whose channels are ``bands`` (in that order) into a new float32 tensor.
 
         Runs as two fused torch ops (cast+subtract, multiply) on torch's intra-op threads: ~2x faster than the
         NumPy equivalent, which matters when reading competes with the model for a few CPU cores. NaN, inf and
-        ``nodata`` pixels become 0 (the band mean)."""
+        ``nodata`` pixels become ``fill``: 0 (the band mean) for model inputs, NaN for targets whose loss must
+        skip them."""
         mean, std = self.mean_std(modality, bands)
         nod = self.nodata.get(modality) if nodata is None else nodata
         shape = (-1, 1, 1)
@@ -87,9 +89,12 @@ class Normalizer:
         out = torch.sub(src, torch.from_numpy(mean).view(shape))  # integer/float32 - float32 -> new float32
         out.mul_(torch.from_numpy(1.0 / std).view(shape))
         if src.is_floating_point():
-            out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            if fill == 0.0:
+                out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            else:
+                out.masked_fill_(~torch.isfinite(out), fill)
         if nod is not None and not (isinstance(nod, float) and np.isnan(nod)):
             bad = x == nod  # NumPy: torch's uint16 comparisons are ~5x slower
             if bad.any():
-                out.masked_fill_(torch.from_numpy(bad), 0.0)
+                out.masked_fill_(torch.from_numpy(bad), fill)
         return out

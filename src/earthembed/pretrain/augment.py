@@ -157,20 +157,52 @@ def augment_batch(
     theta = random_affine(ref.shape[0], cfg, ref.device, generator) if theta is None else theta.to(ref.device)
     out = {AFFINE_KEY: theta}
     for k in keys:
-        x = apply_affine(batch[k], theta)
-        if cfg.noise_std > 0:
-            if generator is None:
-                noise = torch.randn_like(x)
-            else:
-                noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-            x = x + cfg.noise_std * noise
-        x = band_dropout(x, groups[k], cfg.band_dropout, generator)
-        if cfg.group_dropout > 0 and len(groups[k]) > 1:
-            gmask = group_dropout(x.shape[0], len(groups[k]), cfg.group_dropout, generator)
-            chan = torch.ones(x.shape[:2], dtype=torch.bool)
-            for g, idx in enumerate(groups[k]):
-                chan[:, list(idx)] = gmask[:, g : g + 1]
-            x = x * chan.to(x.device, x.dtype)[:, :, None, None]
-            out[f"{k}_group_present"] = gmask.to(x.device)
+        x, gmask = channel_augment(apply_affine(batch[k], theta), groups[k], cfg, generator)
+        if gmask is not None:
+            out[f"{k}_group_present"] = gmask
         out[k] = x
+    return out
+
+
+def channel_augment(x: Tensor, groups: Sequence[Sequence[int]], cfg: AugmentConfig,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    """Noise, band dropout and band-group dropout of one modality ``[B, C, H, W]`` (no geometry): returns the
+    new tensor and the ``[B, G]`` group-presence mask (None when groups are not dropped)."""
+    if cfg.noise_std > 0:
+        if generator is None:
+            noise = torch.randn_like(x)
+        else:
+            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        x = x + cfg.noise_std * noise
+    x = band_dropout(x, groups, cfg.band_dropout, generator)
+    if not (cfg.group_dropout > 0 and len(groups) > 1):
+        return x, None
+    gmask = group_dropout(x.shape[0], len(groups), cfg.group_dropout, generator)
+    chan = torch.ones(x.shape[:2], dtype=torch.bool)
+    for g, idx in enumerate(groups):
+        chan[:, list(idx)] = gmask[:, g : g + 1]
+    return x * chan.to(x.device, x.dtype)[:, :, None, None], gmask.to(x.device)
+
+
+def random_dihedral(tensors: Mapping[str, Tensor], cfg: AugmentConfig, generator: torch.Generator | None = None
+                    ) -> dict[str, Tensor]:
+    """The same random flip / 90-degree rotation per chip applied to every ``[B, ..., H, W]`` tensor (square
+    chips): exact pixel permutations, so integer class maps and NaN-marked targets stay intact, which a
+    resampling affine would blend (this is the geometry of objectives with pixel targets)."""
+    if not tensors or not (cfg.flip or cfg.rot90):
+        return dict(tensors)
+    n = next(iter(tensors.values())).shape[0]
+    k = torch.randint(0, 4, (n,), generator=generator) if cfg.rot90 else torch.zeros(n, dtype=torch.long)
+    f = torch.rand(n, generator=generator) < 0.5 if cfg.flip else torch.zeros(n, dtype=torch.bool)
+    out = {}
+    for name, x in tensors.items():
+        y = x.clone()
+        for rot in range(4):
+            for flip in (False, True):
+                rows = ((k == rot) & (f == flip)).nonzero().flatten().to(x.device)
+                if (rot == 0 and not flip) or not len(rows):
+                    continue
+                z = x[rows].flip(-1) if flip else x[rows]
+                y[rows] = z.rot90(rot, dims=(-2, -1))
+        out[name] = y
     return out

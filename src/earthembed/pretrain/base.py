@@ -7,18 +7,23 @@ encoder's ``no_weight_decay()`` names), the warmup + cosine schedule, logging of
 objective returns, and the DDP detail that every parameter must take part in each step's graph.
 
 An objective implements :meth:`PretrainModule.step` (``batch -> (loss, stats)``) and its heads, and may
-override :meth:`PretrainModule.validate_config` for rules of its own (checked before any work starts).
+override :meth:`PretrainModule.validate_config` for rules of its own (checked before any work starts) and
+:meth:`PretrainModule.plan` to decide from the store what the model reads and what else the data
+pipeline must deliver (e.g. MP-MAE's targets), instead of the runner knowing every objective.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from earthembed.data.dataset import ReadRequest, resolve_bands
+from earthembed.data.store import ChipStore
 from earthembed.models.base import Encoder
 from earthembed.models.registry import build_model
 from earthembed.optim import adamw_warmup_cosine, param_groups
@@ -28,6 +33,32 @@ RUNNER_ARGS = ("model_name", "model_args", "lr", "weight_decay", "warmup_steps",
                "gather_distributed")
 """Constructor arguments the runner fills from the config's ``model`` / ``train`` / ``augment`` sections;
 the rest of an objective's arguments come from ``objective_args``."""
+
+
+@dataclasses.dataclass
+class ObjectivePlan:
+    """What an objective decides from the store before training (:meth:`PretrainModule.plan`).
+
+    Attributes:
+        inputs: model modality -> band names (the encoder's ``modalities``).
+        args: constructor arguments derived from the store (names in ``planned_args``; saved in the checkpoint).
+        reads: what the data pipeline must read beyond the inputs (None: nothing).
+        summary: JSON-able record of the decisions, written to ``RUN/config.yaml`` (``plan``) and to the
+            export's ``model.json`` (``pretrain.plan``).
+        notes: sentences for the user, printed when training starts.
+    """
+
+    inputs: dict[str, list[str]]
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reads: ReadRequest | None = None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def config_modalities(cfg: Mapping[str, Any]) -> list[str] | dict[str, Any] | None:
+    """``model.modalities`` of a resolved config as None, a list of keys or a key -> bands mapping."""
+    mods = cfg["model"].get("modalities")
+    return [mods] if isinstance(mods, str) else mods
 
 
 class PretrainModule(L.LightningModule):
@@ -61,7 +92,20 @@ class PretrainModule(L.LightningModule):
         self.aug = AugmentConfig.from_dict(augment)
         self._groups = {k: self.model.group_channel_indices(k) for k in self.model.modalities}
 
+    planned_args: ClassVar[tuple[str, ...]] = ()
+    """Constructor arguments that :meth:`plan` fills from the store (not config keys)."""
+
     # -- what an objective implements ----------------------------------------------------------------
+    @classmethod
+    def plan(cls, store: ChipStore, cfg: Mapping[str, Any], where: str) -> ObjectivePlan:
+        """Decide from ``store`` and the resolved config what the model reads (default: ``model.modalities``,
+        or every non-categorical modality) and what else to read; raise ValueError naming ``where``."""
+        mods = config_modalities(cfg)
+        for k in mods or []:
+            if k in store.modalities and store.modalities[k].kind == "categorical":
+                raise ValueError(f"{where}: model.modalities: {k!r} is categorical (a label map), not an input")
+        return ObjectivePlan(resolve_bands(store, mods))
+
     def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, statistics to log) of one batch; also used by bare-loop benchmarks."""
         raise NotImplementedError

@@ -3,7 +3,9 @@
 Batches are read whole (one vectorised, normalised read per batch through
 :meth:`earthembed.data.dataset.ChipDataset.read_batch`) rather than chip by chip, and randomly cropped to
 ``crop_size`` in the loader, so workers ship small tensors. The crop window is drawn per chip and shared
-by its modalities (they stay co-registered).
+by its modalities and every other raster of the batch (targets, categorical maps, masks: they stay
+co-registered). An objective that needs more than its inputs passes a
+:class:`~earthembed.data.dataset.ReadRequest` (``reads``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from earthembed.data.dataset import ChipDataset
+from earthembed.data.dataset import ChipDataset, ReadRequest, resolve_bands
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import SPLITS, ChipStore
 
@@ -40,7 +42,7 @@ def select_indices(store: ChipStore, splits: str | Sequence[str] = "train") -> n
 
 
 def random_crop(batch: dict[str, Any], keys: Sequence[str], size: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Crop every ``[B, C, H, W]`` tensor in ``keys`` to ``size`` with one random window per chip."""
+    """Crop every ``[B, ..., H, W]`` tensor in ``keys`` to ``size`` with one random window per chip."""
     ref = batch[keys[0]]
     h, w = ref.shape[-2:]
     if size > min(h, w):
@@ -52,7 +54,7 @@ def random_crop(batch: dict[str, Any], keys: Sequence[str], size: int, rng: np.r
     out = dict(batch)
     for k in keys:
         x = batch[k]
-        out[k] = torch.stack([x[i, :, y : y + size, xx : xx + size] for i, (y, xx) in enumerate(zip(ys, xs, strict=True))])
+        out[k] = torch.stack([x[i, ..., y : y + size, xx : xx + size] for i, (y, xx) in enumerate(zip(ys, xs, strict=True))])
     return out
 
 
@@ -107,12 +109,13 @@ class _BatchReader(Dataset):
             wid = info.id if info is not None else 0
             self._calls += 1
             rng = np.random.default_rng([self.seed, wid, self._calls, int(pos[0])])
-            batch = random_crop(batch, list(self.dataset.bands), self.crop_size, rng)
+            batch = random_crop(batch, self.dataset.pixel_keys, self.crop_size, rng)
         return batch
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Training batches of a chip store: ``{"idx", "<mod>": [B, C, h, w], "<mod>_present": [B]}``, normalised.
+    """Training batches of a chip store: ``{"idx", "<mod>": [B, C, h, w], "<mod>_present": [B]}``, normalised,
+    plus what ``reads`` asks for (see :class:`~earthembed.data.dataset.ChipDataset`).
 
     Pretraining is unlabelled, so ``splits="all"`` is allowed; the default uses train + unassigned chips and
     leaves val/test chips unseen for the few-shot evaluation. ``normalizer`` defaults to the store's statistics;
@@ -129,11 +132,13 @@ class ChipDataModule(L.LightningDataModule):
         splits: str | Sequence[str] = "train",
         seed: int = 0,
         normalizer: Normalizer | None = None,
+        reads: ReadRequest | None = None,
     ) -> None:
         super().__init__()
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
         self.normalizer = normalizer
         self.modalities = modalities
+        self.reads = reads
         self.batch_size = int(batch_size)
         self.crop_size = int(crop_size) if crop_size else None
         self.num_workers = int(num_workers)
@@ -145,7 +150,8 @@ class ChipDataModule(L.LightningDataModule):
 
     @property
     def bands(self) -> dict[str, list[str]]:
-        """Band names per modality, in the order of the batch tensors' channels."""
+        """Band names per normalised modality (inputs and requested targets), in the order of the batch
+        tensors' channels."""
         self.setup()
         assert self.dataset is not None
         return self.dataset.bands
@@ -153,7 +159,9 @@ class ChipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             idx = select_indices(self.store, self.splits)
-            self.dataset = ChipDataset(self.store, self.modalities, indices=idx, normalizer=self.normalizer)
+            inputs = resolve_bands(self.store, self.modalities)
+            self.dataset = ChipDataset.from_request(self.store, inputs, self.reads, indices=idx,
+                                                    normalizer=self.normalizer)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

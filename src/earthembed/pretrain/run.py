@@ -6,10 +6,15 @@ Config (TerraTorch-style; every section optional, unknown keys are errors naming
     objective: contrastive
     objective_args: {proj_dim: 128, proj_hidden_dim: null, init_temperature: 0.07, max_logit_scale: 100}
     data: {batch_size: 64, crop_size: 32, num_workers: 2, splits: train}
-    train: {max_steps: 300, lr: 1e-3, weight_decay: 0.05, warmup_steps: 20, precision: 32-true, ...}
+    train: {max_steps: 300, lr: 1e-3, base_lr: null, weight_decay: 0.05, warmup_steps: 20, precision: 32-true, ...}
     augment: {crop_scale: [0.5, 1.0], flip: true, rot90: true, band_dropout: 0.1, group_dropout: 0.25, noise_std: 0.02, ...}
 
-Outputs under ``out``: ``config.yaml`` (resolved, with the store's path and modalities), ``checkpoints/last.ckpt``
+The learning rate is ``train.lr``, or, when ``train.base_lr`` is set, ``base_lr * effective batch / 256`` with
+effective batch = ``data.batch_size`` x processes (devices x nodes) x ``accumulate_grad_batches`` (the linear
+scaling rule of MAE / ConvNeXt-V2 / MMEarth, so one config serves a laptop and a cluster).
+
+Outputs under ``out``: ``config.yaml`` (resolved, with the store's path and modalities, and the objective's
+``plan``: e.g. MP-MAE's pretext tasks with loss kind and target source), ``checkpoints/last.ckpt``
 (re-running the same command resumes from it; a different config or store is refused), ``metrics.csv`` and
 ``export/`` (safetensors + model.json with the store's normaliser and modality products/units).
 
@@ -41,11 +46,13 @@ from earthembed.registry import Registry
 OBJECTIVES: Registry[Any] = Registry("objective")
 """Objective name -> :class:`~earthembed.pretrain.base.PretrainModule` subclass (lazy ``module:Class``)."""
 OBJECTIVES.register("contrastive", "earthembed.pretrain.contrastive:ContrastivePretrainModule")
+OBJECTIVES.register("mpmae", "earthembed.pretrain.mpmae:MPMAEPretrainModule")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
     "max_epochs": None,
     "lr": 1e-3,
+    "base_lr": None,  # if set: lr = base_lr * batch_size * world_size * accumulate_grad_batches / 256
     "weight_decay": 0.05,
     "warmup_steps": 0,
     "betas": [0.9, 0.999],
@@ -199,7 +206,7 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
         if k not in allowed and not anything:
             raise ValueError(f"{where}: unknown config key 'model.{k}' for model {name!r} (known: {sorted(allowed)})")
     cls = _objective_class(cfg["objective"], where)
-    allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS}
+    allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS, *cls.planned_args}
     for k in cfg["objective_args"]:
         if k not in allowed_obj:
             raise ValueError(f"{where}: unknown config key 'objective_args.{k}' (known: {sorted(allowed_obj)})")
@@ -208,6 +215,8 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)):
         raise ValueError(f"{where}: train.betas must be two numbers, e.g. [0.9, 0.999], got {betas!r}")
     t = cfg["train"]
+    if t["base_lr"] is not None and not (isinstance(t["base_lr"], (int, float)) and t["base_lr"] > 0):
+        raise ValueError(f"{where}: train.base_lr must be a positive number or null, got {t['base_lr']!r}")
     if (t["max_steps"] in (None, -1)) and t["max_epochs"] is None:
         raise ValueError(f"{where}: set train.max_steps or train.max_epochs")
     try:
@@ -295,8 +304,8 @@ def pretrain(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_info
 
-    from earthembed.data.dataset import resolve_bands
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_model, modality_products
@@ -311,23 +320,20 @@ def pretrain(
     cfg, where = load_config(config, overrides)
     out = Path(out)
     chips = ChipStore(store)
-    mods = cfg["model"]["modalities"]
-    if isinstance(mods, str):
-        mods = [mods]
-    for k in mods or []:
-        if k in chips.modalities and chips.modalities[k].kind == "categorical":
-            raise ValueError(f"{where}: model.modalities: {k!r} is categorical (a label map), not an input")
+    cls = _objective_class(cfg["objective"], where)
     model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
     init_model, init_meta = None, None
     if opened is not None:
         init_model, init_meta = _fit_init(opened, chips, cfg, extra_bands, where)
-        bands = resolve_bands(chips, init_meta["modalities"])
         normalizer = Normalizer.from_dict(init_meta["normalization"])
         model_args = {**{k: v for k, v in init_meta["config"].items() if k != "modalities"}, **model_args}
-        cfg["model"] = {"name": cfg["model"]["name"], **model_args, "modalities": list(bands)}
+        # the init decides the inputs (its modalities and bands); the objective plans the rest from the store
+        cfg["model"] = {"name": cfg["model"]["name"], **model_args,
+                        "modalities": {k: list(v) for k, v in init_meta["modalities"].items()}}
     else:
-        bands = resolve_bands(chips, mods)
         normalizer = Normalizer.from_store(chips)
+    plan = cls.plan(chips, cfg, where)
+    bands = plan.inputs
     t, d = cfg["train"], cfg["data"]
     model_args["modalities"] = bands
 
@@ -336,6 +342,7 @@ def pretrain(
     store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
     resolved = {
         **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
+        **({"plan": plan.summary} if plan.summary else {}),
     }
     if init_meta is not None:
         pub = init_meta.get("published") or {}
@@ -348,7 +355,9 @@ def pretrain(
         read_checkpoint(last, mmap=True)
     if resume and last.exists() and (out / "config.yaml").exists():
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        changed = [k for k in ("model", "objective", "objective_args", "init") if before.get(k) != resolved.get(k)]
+        keys = ("model", "objective", "objective_args", "init",
+                *(("plan",) if "plan" in before or "plan" in resolved else ()))
+        changed = [k for k in keys if before.get(k) != resolved.get(k)]
         if changed:
             raise ValueError(
                 f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
@@ -369,30 +378,6 @@ def pretrain(
             )
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
-    cls = _objective_class(cfg["objective"], where)
-    module = cls(
-        model_name=cfg["model"]["name"],
-        model_args=model_args,
-        lr=float(t["lr"]),
-        weight_decay=float(t["weight_decay"]),
-        warmup_steps=int(t["warmup_steps"]),
-        betas=[float(b) for b in t["betas"]],
-        augment=cfg["augment"],
-        gather_distributed=bool(t["gather_distributed"]),
-        **cfg["objective_args"],
-    )
-    if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
-        try:
-            module.model.load_state_dict(init_model.state_dict(), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
-                             f"{' '.join(str(e).split())[:300]}") from None
-        del init_model
-    dm = ChipDataModule(
-        chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
-        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer,
-    )
     ckpt_dir = out / "checkpoints"
     max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
     log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
@@ -415,6 +400,37 @@ def pretrain(
         enable_progress_bar=bool(t["progress_bar"]),
         enable_model_summary=False,
     )
+    lr = float(t["lr"])
+    if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
+        lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
+    for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
+                                                           if t["base_lr"] is not None else "")]:
+        rank_zero_info(note)
+
+    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
+    module = cls(
+        model_name=cfg["model"]["name"],
+        model_args=model_args,
+        lr=lr,
+        weight_decay=float(t["weight_decay"]),
+        warmup_steps=int(t["warmup_steps"]),
+        betas=[float(b) for b in t["betas"]],
+        augment=cfg["augment"],
+        gather_distributed=bool(t["gather_distributed"]),
+        **cfg["objective_args"],
+        **plan.args,
+    )
+    if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
+        try:
+            module.model.load_state_dict(init_model.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        del init_model
+    dm = ChipDataModule(
+        chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
+        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads,
+    )
     # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
     trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
@@ -425,6 +441,8 @@ def pretrain(
             "global_step": int(trainer.global_step),
             "store": str(Path(store).resolve()),
             "n_chips": len(dm.dataset) if dm.dataset is not None else None,
+            "lr": lr,
+            **({"plan": plan.summary} if plan.summary else {}),
             "config": resolved,
         }
         extra: dict[str, Any] = {"pretrain": info}
