@@ -70,6 +70,12 @@ class PretrainModule(L.LightningModule):
     def validate_config(cls, cfg: Mapping[str, Any], where: str) -> None:
         """Raise ValueError naming ``where`` if the resolved config breaks a rule of this objective."""
 
+    @classmethod
+    def extra_modalities(cls, objective_args: Mapping[str, Any]) -> dict[str, str]:
+        """Store modalities the objective reads besides the model's, ``{store modality: model modality}`` (e.g.
+        a second acquisition date used as a view); the runner loads them with the model modality's bands."""
+        return {}
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names (of this module) without weight decay; objectives add heads' extras by name."""
         return {f"model.{n}" for n in self.model.no_weight_decay()}
