@@ -52,7 +52,7 @@ def stats(
 
 def register(app: typer.Typer) -> None:
     from earthembed.data import synth
-    from earthembed.data.ingest import bigearthnet, eurosat, folder, rasters, sen1floods11
+    from earthembed.data.ingest import bigearthnet, eurosat, folder, pairs, rasters, sen1floods11
 
     for name, mod in (
         ("eurosat", eurosat),
@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
         ("sen1floods11", sen1floods11),
         ("folder", folder),
         ("rasters", rasters),
+        ("pairs", pairs),
     ):
         ingest_app.command(name)(mod.command)
     app.command("info")(info)
