@@ -35,16 +35,12 @@ from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
 from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set, load_feature_sets
 from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
-from earthembed.evaluate.tasks import Task, load_task
+from earthembed.evaluate.tasks import RESULT_COLUMNS, Task, load_task
 
 BASELINES = ("band_stats", "random_init")
 DEFAULT_BASELINES = ("band_stats", "random_init")
 RANDOM_INIT = "random_init"
 RANDOM_INIT_SEED = 0
-RESULT_COLUMNS = [
-    "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
-    "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
-]
 
 
 def _split_names(v: str | Sequence[str] | None) -> list[str]:
