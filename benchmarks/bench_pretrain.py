@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bare_rate, lightning_rate, print_rows  # noqa: E402
 
 
 def _module(bands: dict[str, list[str]], seed: int = 0):
@@ -47,6 +50,10 @@ def _batches(bands: dict[str, list[str]], n: int, batch: int, size: int) -> list
     return out
 
 
+def _chips(batch, module=None) -> int:
+    return int(batch["s2"].shape[0])
+
+
 def bare_loop(bands, batches, steps: int, warmup: int) -> float:
     from earthembed.optim import warmup_cosine
 
@@ -54,58 +61,12 @@ def bare_loop(bands, batches, steps: int, warmup: int) -> float:
     mod.train()
     opt = torch.optim.AdamW(mod.param_groups(), lr=cfg["train"]["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg["train"]["warmup_steps"], steps + warmup))
-    n = 0
-    for i in range(steps + warmup):
-        if i == warmup:
-            t0 = time.perf_counter()
-        b = batches[i % len(batches)]
-        loss, _ = mod.contrastive_step(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if i >= warmup:
-            n += b["s2"].shape[0]
-    return n / (time.perf_counter() - t0)
-
-
-class _Timer:
-    """Lightning callback timing the steps after ``warmup``."""
-
-    def __init__(self, warmup: int) -> None:
-        import lightning as L
-
-        outer = self
-
-        class CB(L.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    outer.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step > warmup:
-                    outer.chips += next(v for k, v in batch.items() if k in pl_module.model.modalities).shape[0]
-                outer.t1 = time.perf_counter()
-
-        self.cb, self.chips, self.t0, self.t1 = CB(), 0, 0.0, 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.chips / (self.t1 - self.t0)
+    return bare_rate(lambda b: mod.step(b)[0], opt, sched, batches, steps, warmup, _chips)
 
 
 def lightning_fit(bands, loader, steps: int, warmup: int) -> float:
-    import lightning as L
-
     mod, _ = _module(bands)
-    timer = _Timer(warmup)
-    trainer = L.Trainer(
-        max_steps=steps + warmup, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer.cb], log_every_n_steps=10,
-        use_distributed_sampler=False,
-    )
-    trainer.fit(mod, train_dataloaders=loader)
-    return timer.rate
+    return lightning_rate(mod, loader, steps, warmup, _chips)
 
 
 def _synthetic_store(path: Path, n: int, size: int) -> Path:
@@ -154,11 +115,9 @@ def main() -> None:
             n = sum(b["s2"].shape[0] for b in dm.train_dataloader())
             rows.append(("ChipDataModule alone (read + normalise)", [n / (time.perf_counter() - t)]))
             rows.append(("Lightning Trainer + ChipDataModule (disk)", [lightning_fit(bands, dm.train_dataloader(), a.steps, a.warmup)]))
-    print(f"\ntiny contrastive config, batch {a.batch_size}, {a.crop}x{a.crop} chips, s2 (13) + s1 (2), "
-          f"{a.steps} timed steps after {a.warmup} warm-up, {a.repeats} rounds, torch threads {torch.get_num_threads()}")
-    print(f"{'path':<44}{'best':>9}{'median':>9}  chips/s")
-    for name, rates in rows:
-        print(f"{name:<44}{max(rates):>9.1f}{float(np.median(rates)):>9.1f}")
+    print_rows(f"tiny contrastive config, batch {a.batch_size}, {a.crop}x{a.crop} chips, s2 (13) + s1 (2), "
+               f"{a.steps} timed steps after {a.warmup} warm-up, {a.repeats} rounds, torch threads {torch.get_num_threads()}",
+               [(name, rates, None) for name, rates in rows])
     print(f"Lightning throughput relative to bare loop (best rounds): {100 * (max(light) / max(bare) - 1):+.1f}%")
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -65,7 +66,7 @@ SEGMENT_DEFAULTS: dict[str, Any] = {
     },
     "augment": {"crop_scale": [0.75, 1.0], "flip": True, "rot90": True, "band_dropout": 0.0, "group_dropout": 0.0,
                 "noise_std": 0.0, "modality_dropout": 0.0},
-    "eval": {"n_boot": 200, "n_show": 6},
+    "eval": {"n_boot": 200, "n_show": 6, "max_val_chips": 512},
 }
 #: settings that do not change a cell's result (left out of its fingerprint)
 _RUNTIME_KEYS = {"progress_bar", "accelerator", "devices", "strategy", "num_nodes", "num_workers", "eval_batch_size"}
@@ -232,11 +233,21 @@ class _Plan:
     split_note: str
 
 
-def _plan(store: ChipStore, task: MaskTask, fractions: Sequence[float], seeds: Sequence[int], n_show: int) -> _Plan:
+def _plan(store: ChipStore, task: MaskTask, fractions: Sequence[float], seeds: Sequence[int], n_show: int,
+          max_val: int) -> _Plan:
+    from earthembed.data.ingest.splits import hash_unit
+
     pool_all, test, note = split_pool_test(task.split)
     is_val = task.split[pool_all] == "val"
     val = pool_all[is_val] if is_val.any() and (~is_val).any() else np.zeros(0, dtype=np.int64)
     pool = pool_all[~is_val] if len(val) else pool_all
+    if max_val and len(val) > max_val:  # checkpoint choice on a fixed subset (hash of chip ids): val runs often
+        keep = np.argsort([hash_unit(c) for c in task.chip_ids[val]], kind="stable")[:max_val]
+        val = np.sort(val[keep])
+    if (task.split == "test").any():
+        note = "store splits: label fractions of train (+unassigned) chips, val chooses the checkpoint, test = test"
+    if not len(val):
+        note += "; no val chips: the last weights are scored"
     if not len(pool):
         raise ValueError(f"{store.path}: mask {task.name!r}: no labelled training chips (all are in val/test)")
     strata = composition_strata(class_fractions(store, task, task.positions[pool]))
@@ -261,7 +272,6 @@ def run_segment(
     docstring to ``out`` and return the tidy results. Re-running resumes (finished cells are reused)."""
     from tqdm.auto import tqdm
 
-    from earthembed.data.normalize import Normalizer
     from earthembed.embed.run import check_products, resolve_request
     from earthembed.models.dense import check_chip_size
 
@@ -285,12 +295,33 @@ def run_segment(
         check_chip_size(src.build(0), st.chip_size, st.chip_size, where=f"--init {src.spec} on {st.path}")
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    plan = _plan(st, mask_task, fr, seeds, int(cfg["eval"]["n_show"]))
+    plan = _plan(st, mask_task, fr, seeds, int(cfg["eval"]["n_show"]), int(cfg["eval"]["max_val_chips"]))
     estimator = cfg["decoder"]["name"] + ("_frozen" if cfg["train"]["freeze_encoder"] else "")
     cells = [(src, s, label) for src in sources for s in seeds for label in plan.samples[s]]
     bar = tqdm(total=len(cells), desc=f"segment {task}", disable=not progress)
     results: list[pd.DataFrame] = []
     runner = _CellRunner(st, mask_task, plan, cfg, estimator, out)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # one trainer per cell: its start-up banner would drown the progress
+    try:
+        _run_cells(runner, sources, requests, seeds, plan, st, out, results, bar)
+    finally:
+        lightning_log.setLevel(level)
+        bar.close()
+    if not runner.is_global_zero:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    df = pd.concat(results, ignore_index=True)[RESULT_COLUMNS]
+    _write_outputs(df, st, mask_task, sources, plan, cfg, out, where, estimator, seeds)
+    return df
+
+
+def _run_cells(runner: _CellRunner, sources: Sequence[InitSource], requests: Mapping[str, dict[str, list[str]]],
+               seeds: Sequence[int], plan: _Plan, st: ChipStore, out: Path, results: list[pd.DataFrame],
+               bar: Any) -> None:
+    """Every (init, seed, fraction) cell: reused when committed under the same fingerprint, else trained."""
+    from earthembed.data.normalize import Normalizer
+
     for src in sources:
         norm = Normalizer.from_dict(src.normalization) if src.normalization else Normalizer.from_store(st)
         for s in seeds:
@@ -303,12 +334,6 @@ def run_segment(
                 if rows is not None:
                     results.append(rows)
                 bar.update(1)
-    bar.close()
-    if not runner.is_global_zero:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    df = pd.concat(results, ignore_index=True)[RESULT_COLUMNS]
-    _write_outputs(df, st, mask_task, sources, plan, cfg, out, where, estimator, seeds)
-    return df
 
 
 class _CellRunner:
@@ -366,6 +391,7 @@ class _CellRunner:
             enable_progress_bar=bool(t["progress_bar"]), enable_model_summary=False, limit_val_batches=0,
             num_sanity_val_steps=0, gradient_clip_val=t["gradient_clip_val"], log_every_n_steps=max(1, min(50, steps)),
         )
+        module.train()  # exports load in eval mode and Lightning keeps a module's mode (BatchNorm would stay frozen)
         t0 = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         fit_s = time.perf_counter() - t0
