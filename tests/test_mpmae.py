@@ -12,10 +12,10 @@ import pytest
 import shapely
 import torch
 
+from earthembed.augment import AugmentConfig, random_dihedral
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.models import build_model, load_model
-from earthembed.pretrain.augment import AugmentConfig, random_dihedral
 from earthembed.pretrain.masking import PatchMask, mask_grid, masked_convnext_features, random_patch_mask
 from earthembed.pretrain.pretext import PretextTask
 from earthembed.pretrain.pretext_losses import LOSSES

@@ -82,7 +82,7 @@ def verify(
 
 def register(app: typer.Typer) -> None:
     from earthembed.data import synth
-    from earthembed.data.ingest import bigearthnet, eurosat, folder, rasters, sen1floods11, stac
+    from earthembed.data.ingest import bigearthnet, eurosat, folder, pairs, rasters, sen1floods11, stac
 
     for name, mod in (
         ("eurosat", eurosat),
@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         ("folder", folder),
         ("rasters", rasters),
         ("stac", stac),
+        ("pairs", pairs),
     ):
         ingest_app.command(name)(mod.command)
     app.command("info")(info)

@@ -1,4 +1,5 @@
-"""Few-shot label-efficiency evaluation of embeddings (and baselines) against store labels.
+"""Few-shot label-efficiency evaluation of embeddings (and baselines) against store labels, and segmentation
+with few labels (fine-tuned encoders at label fractions).
 
 Attributes are imported lazily so ``earthembed.evaluate.cli`` loads without scikit-learn (fast CLI start).
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Task", "load_task", "run_fewshot"]
+__all__ = ["Task", "load_task", "run_fewshot", "run_segment"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,6 +16,10 @@ def __getattr__(name: str) -> Any:
         from earthembed.evaluate.fewshot import run_fewshot
 
         return run_fewshot
+    if name == "run_segment":
+        from earthembed.evaluate.segment import run_segment
+
+        return run_segment
     if name in ("Task", "load_task"):
         from earthembed.evaluate import tasks
 

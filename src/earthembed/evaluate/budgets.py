@@ -1,4 +1,4 @@
-"""Label budgets: which training chips a few-shot estimator may see.
+"""Label budgets: which training chips a few-shot estimator (or a fine-tuned segmentation model) may see.
 
 Protocol (Jungbluth et al. 2023, torchgeo-bench partitions): the test split is fixed and never sampled
 from; budgets are drawn from the *pool* = every non-test chip (``train`` + ``val`` + unassigned), since
@@ -89,7 +89,7 @@ def split_pool_test(
     )
 
 
-def _stratified_order(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def stratified_order(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An ordering of positions whose every prefix is close to proportional per stratum.
 
     Each stratum is shuffled; item ``r`` of a stratum of size ``n`` gets key ``(r + u) / n``; the first item
@@ -151,12 +151,12 @@ def sample_budgets(
         picks = {b: np.sort(np.concatenate([o[:b] for o in orders.values()])) for b in numeric}
     else:
         if kind == "classification":
-            order = _stratified_order(np.asarray(y), rng)
+            order = stratified_order(np.asarray(y), rng)
         elif kind == "multilabel":
             order = _multilabel_order(np.asarray(y), rng)
         else:
             edges = np.unique(np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1]))
-            order = _stratified_order(np.searchsorted(edges, y, side="right"), rng)
+            order = stratified_order(np.searchsorted(edges, y, side="right"), rng)
         picks = {b: np.sort(order[: min(b, n)]) for b in numeric}
     sizes: set[int] = set()
     for b in numeric:
@@ -167,4 +167,62 @@ def sample_budgets(
         out[str(b)] = p
     if want_all:
         out[ALL] = np.arange(n)
+    return out
+
+
+def parse_fractions(spec: str | Sequence[float | str]) -> list[float]:
+    """``"0.01,0.05,0.1,0.25,1"`` (or a list) -> sorted unique fractions in (0, 1]."""
+    items = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else list(spec)
+    out: set[float] = set()
+    for x in items:
+        if x == "" or x is None:
+            continue
+        try:
+            f = float(x)
+        except (TypeError, ValueError):
+            raise ValueError(f"label fraction {x!r} is not a number in (0, 1]") from None
+        if not 0 < f <= 1:
+            raise ValueError(f"label fraction {f} must be in (0, 1]")
+        out.add(f)
+    if not out:
+        raise ValueError(f"no label fraction in {spec!r}")
+    return sorted(out)
+
+
+def fraction_label(f: float) -> str:
+    """``0.05`` -> ``"0.05"``, ``1.0`` -> ``"1"`` (the ``budget`` value of a fraction in result tables)."""
+    return f"{f:g}"
+
+
+def composition_strata(fractions: np.ndarray, n_bins: int = 3) -> np.ndarray:
+    """Stratum code per chip from its class composition [N, K] (fractions of its labelled pixels per class).
+
+    PANGAEA's limited-label protocol (Marsocci et al. 2024): each class fraction falls into a bin (absent, or one
+    of ``n_bins`` equal bins of (0, 1]) and chips with the same bins in every class form a stratum.
+    """
+    f = np.asarray(fractions, dtype=np.float64)
+    bins = np.where(f > 0, np.ceil(np.clip(f, 0, 1) * n_bins), 0).astype(np.int64)
+    return np.unique(bins, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def sample_fractions(strata: np.ndarray, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Nested label fractions of a pool with stratum codes ``strata``: ``{fraction label: sorted positions}``.
+
+    One stratified ordering per seed (:func:`stratified_order`); fraction ``f`` takes its first
+    ``max(1, round(f * N))`` chips, so every fraction contains the smaller ones and covers every stratum once it
+    has as many chips as there are strata. A fraction that rounds to the same chips as a smaller one is dropped
+    (it would repeat that run).
+    """
+    n = len(strata)
+    if n == 0:
+        raise ValueError("no labelled training chips to sample label fractions from")
+    order = stratified_order(np.asarray(strata), np.random.default_rng(seed))
+    out: dict[str, np.ndarray] = {}
+    sizes: set[int] = set()
+    for f in sorted(fractions):
+        k = n if f >= 1 else min(n, max(1, int(round(f * n))))
+        if k in sizes:
+            continue
+        sizes.add(k)
+        out[fraction_label(f)] = np.sort(order[:k])
     return out

@@ -1,4 +1,6 @@
-"""CLI of the evaluate stage: ``fewshot`` label-efficiency curves, ``predict`` every chip from a few labels."""
+"""CLI of the evaluate stage: ``fewshot`` label-efficiency curves of embeddings against store labels,
+``predict`` every chip from a few labels, and ``segment`` (fine-tuned segmentation from several inits at
+several label fractions)."""
 
 from __future__ import annotations
 
@@ -109,6 +111,33 @@ def predict(
                + (f" ({m['n_no_embedding']} chips without an embedding left out)" if m["n_no_embedding"] else ""))
 
 
+def segment(
+    init: str = typer.Option(..., "--init", help="export dir, 'random' (or random:MODEL / random:EXPORT), or NAME=SPEC"),
+    store: Path = typer.Option(..., "--store", help="chip store with a pixel-mask label"),
+    task: str = typer.Option(..., "--task", help="mask label column, e.g. water_mask"),
+    out: Path = typer.Option(..., "--out", help="output directory (re-running resumes)"),
+    compare: list[str] = typer.Option([], "--compare", help="more inits, same forms as --init (repeatable)"),
+    fractions: str = typer.Option("0.01,0.05,0.1,0.25,1", "--fractions", help="label fractions of the training chips"),
+    seeds: int = typer.Option(3, "--seeds", help="number of seeds: 0..N-1 (fraction draws and training)"),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="train the decoder only (encoder frozen)"),
+    model: str = typer.Option(None, "--model", help="architecture of a 'random' init (registered model name)"),
+    config: str = typer.Option("segment", "--config", help="YAML config or packaged name (earthembed/configs/segment.yaml)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=200 decoder.name=hypercolumn"),
+) -> None:
+    """Segmentation with few labels: fine-tune a U-Net from each init at each label fraction, score on test."""
+    from earthembed.evaluate.segment import run_segment
+
+    with fail_on():
+        if seeds < 1:
+            raise ValueError("--seeds must be >= 1")
+        ov = list(overrides or []) + ([f"model.name={model}"] if model else [])
+        run_segment(store, task, [init, *compare], out, fractions=fractions, seeds=tuple(range(seeds)), config=config,
+                    overrides=ov, freeze_encoder=True if freeze_encoder else None, progress=True)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"results: {out / 'results.csv'}  plots: {out / 'label_fraction.png'}, {out / 'predictions.png'}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("fewshot")(fewshot)
     app.command("predict")(predict)
+    app.command("segment")(segment)

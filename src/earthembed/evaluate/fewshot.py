@@ -44,7 +44,7 @@ from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
 from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set, load_feature_sets
 from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
-from earthembed.evaluate.tasks import Task, load_task
+from earthembed.evaluate.tasks import RESULT_COLUMNS, Task, load_task
 from earthembed.outputs import write_json
 from earthembed.progress import Progress
 from earthembed.progress import progress as make_progress
@@ -53,10 +53,6 @@ BASELINES = ("band_stats", RCF, RANDOM_INIT)
 DEFAULT_BASELINES = ("band_stats", RCF, RANDOM_INIT)
 __all__ = ["BASELINES", "DEFAULT_BASELINES", "RANDOM_INIT", "RANDOM_INIT_SEED", "RESULT_COLUMNS", "evaluate_task",
            "load_all_feature_sets", "random_init_table", "run_fewshot"]
-RESULT_COLUMNS = [
-    "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
-    "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
-]
 
 
 def _split_names(v: str | Sequence[str] | None) -> list[str]:

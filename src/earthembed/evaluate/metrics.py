@@ -1,5 +1,8 @@
 """Test-set metrics with bootstrap 95% confidence intervals over test chips.
 
+Segmentation is scored from one confusion matrix per test chip: a resample of chips is a weighted sum of
+their matrices, so mIoU, per-class IoU, F1 and pixel accuracy of every resample come from one product too.
+
 Few-shot scores on a few hundred test chips move by points between draws of the test set; the interval
 says whether a gap between two feature sets means anything. Resamples are drawn as multinomial weights
 [n_boot, n_test], so confusion counts, F1 and R2 of every resample are a matrix product, not a loop.
@@ -18,6 +21,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "macro_f1"),
     "multilabel": ("micro_map", "macro_map", "micro_f1", "macro_f1"),
     "regression": ("r2", "mae", "pearson_r"),
+    "segmentation": ("miou", "pixel_accuracy", "macro_f1"),  # plus iou_<class> per class
 }
 #: metrics where lower is better (everything else: higher is better)
 LOWER_IS_BETTER = frozenset({"mae"})
@@ -201,3 +205,80 @@ def evaluate_predictions(
     else:
         raise ValueError(f"unknown task kind {kind!r}")
     return {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in out.items()}
+
+
+def confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, ignore_index: int | None = None
+                       ) -> np.ndarray:
+    """Per-chip confusion counts [N, K, K] (rows: true class, columns: predicted) of label maps [N, H, W].
+
+    Pixels whose true label is ``ignore_index`` (nodata / unlabelled) are not counted; any other true label
+    outside ``0..K-1`` is an error (a class the task does not know), as is a prediction outside it.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"labels {y_true.shape} and predictions {y_pred.shape} differ in shape")
+    n = y_true.shape[0]
+    t = y_true.reshape(n, -1)
+    p = y_pred.reshape(n, -1)
+    valid = np.ones_like(t, dtype=bool) if ignore_index is None else t != ignore_index
+    bad = valid & ((t < 0) | (t >= n_classes))
+    if bad.any():
+        raise ValueError(f"label values {np.unique(t[bad])[:10].tolist()} are neither classes 0..{n_classes - 1} "
+                         f"nor the ignore index {ignore_index}")
+    if ((p < 0) | (p >= n_classes))[valid].any():
+        raise ValueError(f"predictions outside classes 0..{n_classes - 1}")
+    rows = np.repeat(np.arange(n), t.shape[1])[valid.ravel()]
+    flat = rows * n_classes * n_classes + t[valid] * n_classes + p[valid]
+    return np.bincount(flat, minlength=n * n_classes * n_classes).reshape(n, n_classes, n_classes)
+
+
+def segmentation_scores(C: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of confusion matrices ``C`` [b, K, K]: per-class IoU / F1 (NaN where the class is neither in the
+    labels nor predicted), their means over the classes that are, and pixel accuracy."""
+    tp = np.diagonal(C, axis1=1, axis2=2).astype(np.float64)
+    n_true, n_pred = C.sum(2).astype(np.float64), C.sum(1).astype(np.float64)
+    union = n_true + n_pred - tp
+    seen = union > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(seen, tp / union, np.nan)
+        f1 = np.where(seen, 2 * tp / (n_true + n_pred), np.nan)
+        total = n_true.sum(1)
+        acc = np.where(total > 0, tp.sum(1) / total, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no labelled pixel: NaN
+        return {"miou": np.nanmean(iou, axis=1), "macro_f1": np.nanmean(f1, axis=1), "pixel_accuracy": acc, "iou": iou}
+
+
+def segmentation_metrics(conf: np.ndarray, classes: list[str], n_boot: int = 200, seed: int = 0
+                         ) -> dict[str, tuple[float, float, float]]:
+    """``{metric: (value, ci_low, ci_high)}`` from per-chip confusion matrices [N, K, K] (:func:`confusion_matrices`).
+
+    ``miou`` and ``macro_f1`` average the classes present in the labels or the predictions of the test set (a
+    class absent from both says nothing about the model; counting it as 0 or 1 would move the mean by chance);
+    ``iou_<class>`` per class (NaN when absent); ``pixel_accuracy`` over labelled pixels. The 95% CIs resample
+    test chips (a chip's pixels are not independent draws).
+    """
+    conf = np.asarray(conf)
+    n, k = conf.shape[0], conf.shape[1]
+    if n == 0:
+        raise ValueError("no test chips to evaluate on")
+    if len(classes) != k:
+        raise ValueError(f"{len(classes)} class names for {k}x{k} confusion matrices")
+    point = segmentation_scores(conf.sum(0, keepdims=True))
+    flat = conf.reshape(n, k * k).astype(np.float64)
+    boot: dict[str, list[np.ndarray]] = {m: [] for m in ("miou", "macro_f1", "pixel_accuracy", "iou")}
+    for W in bootstrap_weights(n, n_boot, seed, max_cells=4_000_000 // max(k * k, 1)):
+        for m, v in segmentation_scores((W @ flat).reshape(-1, k, k)).items():
+            boot[m].append(v)
+
+    def ci(m: str, j: int | None = None) -> tuple[float, float]:
+        if not boot[m]:
+            return float("nan"), float("nan")
+        v = np.concatenate(boot[m])
+        return _ci(v if j is None else v[:, j])
+
+    out = {m: (float(point[m][0]), *ci(m)) for m in ("miou", "pixel_accuracy", "macro_f1")}
+    for j, c in enumerate(classes):
+        out[f"iou_{c}"] = (float(point["iou"][0, j]), *ci("iou", j))
+    return out

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,11 @@ import pandas as pd
 from earthembed.evaluate.metrics import LOWER_IS_BETTER
 from earthembed.evaluate.tasks import PRIMARY_METRIC
 
+RGB_BANDS = (("R", "G", "B"), ("B04", "B03", "B02"), ("red", "green", "blue"))
+
 FRACTION = 0.95
+BUDGET_UNITS = {"per_class": "labelled chips per class", "total": "labelled chips",
+                "fraction": "fraction of the labelled training chips"}
 
 
 def primary_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -147,7 +152,7 @@ def best_markdown(best: pd.DataFrame) -> str:
                                      best[["runner_up_mean", "runner_up_ci_low", "runner_up_ci_high"]].to_numpy(float)],
         "verdict": best["verdict"],
     })
-    return _markdown(t)
+    return markdown_table(t)
 
 
 def budget_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +164,7 @@ def budget_table(results: pd.DataFrame) -> pd.DataFrame:
     return t[[b for b in order if b in t.columns]].reset_index()
 
 
-def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     def cell(v: object) -> str:
         if isinstance(v, float):
             return "" if np.isnan(v) else format(v, floatfmt)
@@ -177,7 +182,7 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     s["n_full"] = s["n_full"].round().astype("Int64")
     s["budget_n_95"] = s["budget_n_95"].round().astype("Int64")
     s = s.drop(columns=[c for c in ("best_at", "tied_best_at") if c in s.columns])
-    parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + _markdown(s)]
+    parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + markdown_table(s)]
     best = best_by_budget(results)
     if len(best):
         parts.append(
@@ -187,10 +192,10 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     for task in dict.fromkeys(results["task"]):
         r = results[results["task"] == task]
         kind = r["task_kind"].iloc[0]
-        unit = "labelled chips per class" if r["budget_mode"].iloc[0] == "per_class" else "labelled chips"
+        unit = BUDGET_UNITS.get(r["budget_mode"].iloc[0], "labelled chips")
         parts.append(
             f"## {task} ({kind}, {PRIMARY_METRIC[kind]}): mean ± std over seeds by budget ({unit})\n\n"
-            + _markdown(budget_table(r).drop(columns="task"))
+            + markdown_table(budget_table(r).drop(columns="task"))
         )
     return "\n\n".join(parts) + "\n"
 
@@ -200,7 +205,7 @@ def models_markdown(models: dict[str, dict[str, str]]) -> str:
     published encoder (``torchgeo:...@<sha>``) and earthembed's own runs are told apart in the same tables."""
     rows = pd.DataFrame([{"features": f, "model": m.get("model_id", ""), "source": m.get("source", "")}
                          for f, m in models.items()])
-    return "## Feature sets\n\n" + _markdown(rows)
+    return "## Feature sets\n\n" + markdown_table(rows)
 
 
 def write_summary(
@@ -227,9 +232,36 @@ def write_summary(
     return md
 
 
-def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path) -> Path:
-    """Primary metric vs training chips (log x): a row of panels per task (one per estimator), a line per
-    feature set, mean over seeds with a ± std band. R2 axes stop at -1: tiny budgets can score -1000."""
+def gain_table(results: pd.DataFrame, baselines: dict[str, str]) -> pd.DataFrame:
+    """Primary metric per (task, estimator, features) x budget as "mean ± std [CI]" and, for each feature set
+    with a baseline (``{features: baseline features}``, e.g. each init -> the random init of its architecture),
+    the gain "Δ +0.052" over it, starred where the mean 95% bootstrap intervals (over test chips, averaged over
+    seeds) of the two do not overlap."""
+    prim = primary_rows(results)
+    keys = ["task", "estimator", "features", "budget"]
+    g = prim.groupby(keys, sort=False).agg(mean=("value", "mean"), std=("value", "std"), lo=("ci_low", "mean"),
+                                           hi=("ci_high", "mean"), budget_n=("budget_n", "mean"))
+    g = g.reset_index()
+    order = g.groupby("budget")["budget_n"].mean().sort_values().index.tolist()
+    idx = g.set_index(keys)
+    cells = []
+    for r in g.itertuples(index=False):
+        std = f" ± {r.std:.3f}" if np.isfinite(r.std) else ""
+        cell = f"{r.mean:.3f}{std} [{r.lo:.2f}, {r.hi:.2f}]"
+        base = baselines.get(r.features)
+        if base and base != r.features and (r.task, r.estimator, base, r.budget) in idx.index:
+            b = idx.loc[(r.task, r.estimator, base, r.budget)]
+            clear = r.lo > b["hi"] or r.hi < b["lo"]
+            cell += f" Δ {r.mean - b['mean']:+.3f}{'*' if clear else ''}"
+        cells.append(cell)
+    t = g.assign(cell=cells).pivot(index=["task", "estimator", "features"], columns="budget", values="cell")
+    return t[[b for b in order if b in t.columns]].reset_index()
+
+
+def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path, x: str = "chips") -> Path:
+    """Primary metric vs training chips (``x="chips"``) or label fraction (``x="fraction"``), log x: a row of
+    panels per task (one per estimator), a line per feature set, mean over seeds with a ± std band. R2 axes
+    stop at -1: tiny budgets can score -1000."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,9 +288,11 @@ def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path) -> Path:
                 c = dt[(dt["estimator"] == est) & (dt["features"] == f)]
                 if not len(c):
                     continue
-                x, m, s = c["budget_n"].to_numpy(), c["mean"].to_numpy(), c["std"].fillna(0).to_numpy()
-                ax.plot(x, m, marker="o", ms=3, label=f, color=colors[f])
-                ax.fill_between(x, m - s, m + s, alpha=0.2, color=colors[f], lw=0)
+                xs = pd.to_numeric(c["budget"]) if x == "fraction" else c["budget_n"]
+                order = np.argsort(xs.to_numpy(), kind="stable")
+                xs, m, s = (v.to_numpy()[order] for v in (xs, c["mean"], c["std"].fillna(0)))
+                ax.plot(xs, m, marker="o", ms=3, label=f, color=colors[f])
+                ax.fill_between(xs, m - s, m + s, alpha=0.2, color=colors[f], lw=0)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -267,7 +301,7 @@ def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path) -> Path:
                 ax.set_ylim(max(lo, -1.0) - 0.05, max(hi, 0.0) + 0.05)
             ax.grid(alpha=0.3, which="both")
             ax.set_title(f"{task} · {est}", fontsize=9)
-            ax.set_xlabel("training chips")
+            ax.set_xlabel("label fraction" if x == "fraction" else "training chips")
             ax.set_ylabel(metric)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     rows = (len(feats) - 1) // 4 + 1
@@ -275,5 +309,64 @@ def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path) -> Path:
     fig.tight_layout(rect=(0, 0.05 * rows / len(tasks), 1, 1))
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def rgb_image(store: Any, positions: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] floats in [0, 1] for drawing chips: true colour when a modality has red/green/blue bands
+    (``R G B``, ``B04 B03 B02``), else the first modality's first band in grey; 2-98% stretch per chip."""
+    mods = [k for k, m in store.modalities.items() if m.kind != "categorical"]
+    for names in RGB_BANDS:
+        k = next((k for k in mods if all(b in store.band_names(k) for b in names)), None)
+        if k is not None:
+            x = store.read(k, positions, list(names)).astype(np.float32)
+            break
+    else:
+        x = np.repeat(store.read(mods[0], positions, [store.band_names(mods[0])[0]]).astype(np.float32), 3, axis=1)
+    lo = np.nanpercentile(x, 2, axis=(1, 2, 3), keepdims=True)
+    hi = np.nanpercentile(x, 98, axis=(1, 2, 3), keepdims=True)
+    return np.nan_to_num(np.clip((x - lo) / np.maximum(hi - lo, 1e-6), 0, 1)).transpose(0, 2, 3, 1)
+
+
+def plot_segmentation_examples(store: Any, positions: np.ndarray, labels: np.ndarray, predictions: dict[str, np.ndarray],
+                               classes: list[str], ignore_index: int, out_png: str | Path) -> Path:
+    """One row per chip: the image, its label and each prediction (``{column title: [N, H, W]}``); unlabelled
+    pixels white, one colour per class with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colours = [cmap(i % cmap.N) for i in range(len(classes))]
+    lut = ListedColormap([(1, 1, 1, 1), *colours])  # index 0 = unlabelled
+
+    def paint(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=np.int64)
+        return np.where((m == ignore_index) | (m < 0) | (m >= len(classes)), 0, m + 1)
+
+    images = rgb_image(store, positions)
+    cols = ["image", "label", *predictions]
+    fig, axes = plt.subplots(len(positions), len(cols), figsize=(1.6 * len(cols), 1.6 * len(positions) + 0.6),
+                             squeeze=False)
+    for i in range(len(positions)):
+        panels = [images[i], paint(labels[i]), *(paint(p[i]) for p in predictions.values())]
+        for j, (ax, img) in enumerate(zip(axes[i], panels, strict=True)):
+            if j == 0:
+                ax.imshow(img)
+            else:
+                ax.imshow(img, cmap=lut, vmin=0, vmax=len(classes), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+    handles = [Patch(color=c, label=n) for c, n in zip(colours, classes, strict=True)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(classes)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (1.6 * len(positions) + 0.6), 1, 1))
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png

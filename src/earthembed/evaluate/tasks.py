@@ -22,7 +22,17 @@ TaskKind = Literal["classification", "multilabel", "regression"]
 _KIND = {"class": "classification", "multilabel": "multilabel", "fraction": "regression", "value": "regression"}
 
 #: the metric label-efficiency curves and summaries are built on
-PRIMARY_METRIC: dict[str, str] = {"classification": "macro_f1", "multilabel": "macro_map", "regression": "r2"}
+PRIMARY_METRIC: dict[str, str] = {"classification": "macro_f1", "multilabel": "macro_map", "regression": "r2",
+                                  "segmentation": "miou"}
+
+
+#: columns of the tidy result tables of ``fewshot`` and ``segment`` (one row per fitted model x metric), so
+#: summaries and plots read either: ``features`` is the feature set (few-shot) or the init (segmentation),
+#: ``estimator`` the estimator or decoder, ``budget`` a budget or a label fraction (``budget_mode``)
+RESULT_COLUMNS = [
+    "task", "task_kind", "features", "estimator", "budget_mode", "budget", "budget_n", "seed", "metric",
+    "value", "ci_low", "ci_high", "n_train", "n_test", "fit_s", "extra",
+]
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ imported on the first lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -47,3 +47,16 @@ def variant(cls: type, **defaults: Any) -> Callable[..., nn.Module]:
     factory.__signature_of__ = cls  # type: ignore[attr-defined]
     factory.defaults = dict(defaults)  # type: ignore[attr-defined]
     return factory
+
+
+def check_model_config(section: Mapping[str, Any], where: str) -> None:
+    """A config's ``model:`` section (``name``, ``modalities`` + constructor arguments) checked against the
+    registered factory's signature, so a CNN's ``depths`` is refused for a ViT and vice versa."""
+    name = section.get("name")
+    if name not in MODELS:
+        raise ValueError(f"{where}: unknown model.name {name!r} (registered: {MODELS.names()})")
+    accepted, anything = MODELS.params(name)
+    allowed = (accepted - {"modalities"}) | {"name", "modalities"}
+    for k in section:
+        if k not in allowed and not anything:
+            raise ValueError(f"{where}: unknown config key 'model.{k}' for model {name!r} (known: {sorted(allowed)})")

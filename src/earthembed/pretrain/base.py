@@ -22,12 +22,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from earthembed.augment import AugmentConfig
 from earthembed.data.dataset import ReadRequest, resolve_bands
 from earthembed.data.store import ChipStore
 from earthembed.models.base import Encoder
 from earthembed.models.registry import build_model
 from earthembed.optim import adamw_warmup_cosine, param_groups
-from earthembed.pretrain.augment import AugmentConfig
 
 RUNNER_ARGS = ("model_name", "model_args", "lr", "weight_decay", "warmup_steps", "betas", "augment",
                "gather_distributed")
@@ -104,7 +104,19 @@ class PretrainModule(L.LightningModule):
         for k in mods or []:
             if k in store.modalities and store.modalities[k].kind == "categorical":
                 raise ValueError(f"{where}: model.modalities: {k!r} is categorical (a label map), not an input")
-        return ObjectivePlan(resolve_bands(store, mods))
+        # store modalities the objective reads besides the model's (e.g. a second acquisition date as a view)
+        extra = cls.extra_modalities(cfg.get("objective_args") or {})
+        if mods is None and extra:
+            mods = [k for k in resolve_bands(store, None) if k not in extra]
+        inputs = resolve_bands(store, mods)
+        for alt, k in extra.items():
+            if k not in inputs:
+                raise ValueError(f"{where}: objective_args.date_views: {k!r} is not a model modality ({list(inputs)})")
+            if alt not in store.modalities:
+                raise ValueError(f"{where}: objective_args.date_views: store {store.path} has no modality {alt!r} "
+                                 f"(it has {list(store.modalities)})")
+        reads = ReadRequest(modalities={alt: inputs[k] for alt, k in extra.items()}) if extra else None
+        return ObjectivePlan(inputs, reads=reads)
 
     def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, statistics to log) of one batch; also used by bare-loop benchmarks."""
@@ -113,6 +125,12 @@ class PretrainModule(L.LightningModule):
     @classmethod
     def validate_config(cls, cfg: Mapping[str, Any], where: str) -> None:
         """Raise ValueError naming ``where`` if the resolved config breaks a rule of this objective."""
+
+    @classmethod
+    def extra_modalities(cls, objective_args: Mapping[str, Any]) -> dict[str, str]:
+        """Store modalities the objective reads besides the model's, ``{store modality: model modality}`` (e.g.
+        a second acquisition date used as a view); the runner loads them with the model modality's bands."""
+        return {}
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (of this module) without weight decay; objectives add heads' extras by name."""

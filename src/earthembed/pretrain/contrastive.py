@@ -35,8 +35,8 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from earthembed.augment import augment_batch, modality_dropout
 from earthembed.optim import warmup_cosine
-from earthembed.pretrain.augment import augment_batch, modality_dropout
 from earthembed.pretrain.base import PretrainModule
 from earthembed.pretrain.losses import clip_accuracy, clip_loss, multimodal_clip_loss
 

@@ -56,3 +56,29 @@ def multimodal_clip_loss(
         return None, stats
     stats["acc"] = torch.stack(accs).mean()
     return torch.stack(losses).mean(), stats
+
+
+def dense_info_nce(
+    a: Tensor, b: Tensor, group: Tensor, xy: Tensor, temperature: float, radius: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE over sampled pixel pairs ``a[i] <-> b[i]`` ([N, D] each, any scale).
+
+    Every other sampled point of the batch is a negative, except points of the same chip (``group`` [N])
+    closer than ``radius`` to the anchor in chip coordinates (``xy`` [N, 2]): neighbours of the positive
+    are the same ground a pixel or two away, and pushing them apart would fight the spatial smoothness a
+    land-cover map needs. Returns ``(loss, top-1 retrieval accuracy)``.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"dense_info_nce needs two [N, D] tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    logits = a @ b.T / float(temperature)
+    n = a.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=a.device)
+    if radius > 0:
+        near = (group[:, None] == group[None, :]) & (torch.cdist(xy.float(), xy.float()) < radius) & ~eye
+        logits = logits.masked_fill(near, float("-inf"))
+    target = torch.arange(n, device=a.device)
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    with torch.no_grad():
+        acc = 0.5 * ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean())
+    return loss, acc

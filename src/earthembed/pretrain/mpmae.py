@@ -37,10 +37,10 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
 
+from earthembed.augment import channel_augment, random_dihedral
 from earthembed.data.dataset import resolve_bands
 from earthembed.data.store import ChipStore
 from earthembed.models.registry import build_model
-from earthembed.pretrain.augment import channel_augment, random_dihedral
 from earthembed.pretrain.base import ObjectivePlan, PretrainModule, config_modalities
 from earthembed.pretrain.masking import (
     convnext_parts,

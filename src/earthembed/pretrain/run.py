@@ -29,10 +29,8 @@ works as for any run; a different init in the same ``out`` is refused.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
-import importlib.resources
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,13 +38,18 @@ from typing import Any
 
 import yaml
 
-from earthembed.pretrain.augment import AugmentConfig
+from earthembed.augment import AugmentConfig
+from earthembed.config import packaged_config, packaged_configs, parse_overrides, resolve_config
 from earthembed.registry import Registry
+
+__all__ = ["OBJECTIVES", "load_config", "packaged_config", "packaged_configs", "parse_overrides", "pretrain",
+           "register_objective"]
 
 OBJECTIVES: Registry[Any] = Registry("objective")
 """Objective name -> :class:`~earthembed.pretrain.base.PretrainModule` subclass (lazy ``module:Class``)."""
 OBJECTIVES.register("contrastive", "earthembed.pretrain.contrastive:ContrastivePretrainModule")
 OBJECTIVES.register("mpmae", "earthembed.pretrain.mpmae:MPMAEPretrainModule")
+OBJECTIVES.register("dense_contrastive", "earthembed.pretrain.dense_contrastive:DenseContrastivePretrainModule")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
@@ -117,76 +120,9 @@ def _objective_class(name: str, where: str) -> type:
     return OBJECTIVES.get(name)  # type: ignore[return-value]
 
 
-def packaged_configs() -> list[str]:
-    """Names of the configs shipped with earthembed (``src/earthembed/configs/*.yaml``)."""
-    root = importlib.resources.files("earthembed") / "configs"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def packaged_config(name: str) -> Path:
-    """Path of a config shipped with earthembed (``contrastive_tiny``, ``contrastive_full``)."""
-    stem = name[:-5] if name.endswith(".yaml") else name
-    return Path(str(importlib.resources.files("earthembed") / "configs" / f"{stem}.yaml"))
-
-
-def _merge(base: dict[str, Any], new: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in new.items():
-        key = f"{prefix}{k}"
-        if prefix.rstrip(".") in _FREE_SECTIONS:
-            out[k] = v
-            continue
-        if k not in base:
-            raise ValueError(f"{where}: unknown config key {key!r} (known: {sorted(base)})")
-        if isinstance(base[k], dict):
-            if not isinstance(v, Mapping):
-                raise ValueError(f"{where}: config key {key!r} must be a mapping, got {v!r}")
-            out[k] = _merge(base[k], v, where, f"{key}.")
-        else:
-            out[k] = v
-    return out
-
-
-def parse_overrides(overrides: Sequence[str] | None, where: str = "overrides") -> dict[str, Any]:
-    """``["train.max_steps=20", "model.modalities=[s2]"]`` -> nested dict; values are parsed as YAML."""
-    nested: dict[str, Any] = {}
-    for o in overrides or []:
-        key, sep, raw = o.partition("=")
-        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
-            raise ValueError(f"{where}: bad override {o!r}; expected dotted.key=value, e.g. train.max_steps=20")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{where}: override {o!r}: value is not valid YAML ({e})") from e
-        d = nested
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-            if not isinstance(d, dict):
-                raise ValueError(f"{where}: override {o!r} conflicts with another override")
-        d[parts[-1]] = value
-    return nested
-
-
 def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
     """(resolved config, its name for messages): YAML file, packaged config name or dict, plus overrides."""
-    if isinstance(config, Mapping):
-        where, doc = "<config dict>", dict(config)
-    else:
-        path = Path(config)
-        if not path.exists() and packaged_config(str(config)).exists():
-            path = packaged_config(str(config))
-        where = str(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: config not found (packaged configs: {', '.join(packaged_configs())})")
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from e
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    cfg = _merge(DEFAULTS, doc, where)
-    cfg = _merge(cfg, parse_overrides(overrides, where), f"{where} (overrides)")
+    cfg, where = resolve_config(DEFAULTS, config, overrides, _FREE_SECTIONS)
     _validate(cfg, where)
     return cfg, where
 
@@ -194,17 +130,10 @@ def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str]
 def _validate(cfg: dict[str, Any], where: str) -> None:
     """Config rules owned by what is configured: ``model.*`` keys by the registered model factory,
     ``objective_args`` by the objective's constructor, objective-specific rules by the objective."""
-    from earthembed.models.registry import MODELS
+    from earthembed.models.registry import check_model_config
     from earthembed.pretrain.base import RUNNER_ARGS
 
-    name = cfg["model"].get("name")
-    if name not in MODELS:
-        raise ValueError(f"{where}: unknown model.name {name!r} (registered: {MODELS.names()})")
-    accepted, anything = MODELS.params(name)
-    allowed = (accepted - {"modalities"}) | {"name", "modalities"}
-    for k in cfg["model"]:
-        if k not in allowed and not anything:
-            raise ValueError(f"{where}: unknown config key 'model.{k}' for model {name!r} (known: {sorted(allowed)})")
+    check_model_config(cfg["model"], where)
     cls = _objective_class(cfg["objective"], where)
     allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS, *cls.planned_args}
     for k in cfg["objective_args"]:

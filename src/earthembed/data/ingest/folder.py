@@ -21,50 +21,27 @@ declaration RGB (the ``rgb`` product) is assumed for PNG/JPEG and 3-band TIFFs. 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import typer
 
-from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, read_raster
+from earthembed.data.ingest.common import (
+    IMAGE_SUFFIXES,
+    IngestError,
+    crs_string,
+    parse_band_list,
+    read_image,
+    resolve_modality,
+    store_key,
+    unfit_reason,
+    window_footprint,
+)
 from earthembed.data.ingest.splits import stratified_splits
-from earthembed.data.modalities import Modality, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LABEL = "label"
-
-
-def store_key(modality: Modality) -> str:
-    """Store key for a modality: ``s2``/``s1`` for Sentinel-2/-1 products, else the modality name."""
-    for k in ("s2", "s1"):
-        if modality.product.startswith(k):
-            return k
-    return modality.name
-
-
-def read_image(path: Path) -> tuple[np.ndarray, Any, Any]:
-    """Pixels [C, H, W], crs and transform (None for PNG/JPEG); :class:`IngestError` naming unreadable files."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        r = read_raster(path)
-        return r.data, r.crs, r.transform
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":  # a palette is an encoding, not a band
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            a = np.asarray(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise IngestError(f"{path}: cannot read image (corrupt or truncated?): {e}") from e
-    a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
-    return a, None, None
 
 
 def _split_layout(src: Path) -> dict[str, Path] | None:
@@ -159,38 +136,6 @@ def _centre_crop(a: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
     return a[:, top : top + size, left : left + size], top, left
 
 
-def _unfit_reason(a: np.ndarray, m: Modality) -> str | None:
-    """Why ``a`` cannot be stored as ``m.dtype`` (checked per file so one bad file cannot fail a batch)."""
-    target = np.dtype(m.dtype)
-    if not np.issubdtype(target, np.integer):
-        return None
-    if np.issubdtype(a.dtype, np.floating):
-        bad = ~np.isfinite(a)  # NaN/Inf are stored as nodata, if the modality has one
-        if bad.any() and m.nodata is None:
-            return f"has non-finite (NaN/Inf) pixels but {m.name} ({m.dtype}) has no nodata value"
-        a = a[~bad]
-    info = np.iinfo(target)
-    if a.size and (a.min() < info.min or a.max() > info.max):
-        return f"values [{a.min()}, {a.max()}] do not fit {m.name} dtype {m.dtype}"
-    return None
-
-
-def _resolve_modality(
-    modality: str | None, bands: Sequence[str] | None, first: Path | None, first_bands: int | None
-) -> Modality:
-    if modality is None:
-        if bands:
-            raise ValueError("--bands needs --modality (the product the bands belong to)")
-        if first is not None and first.suffix.lower() in TIFF_SUFFIXES and first_bands != 3:
-            raise IngestError(
-                f"{first}: has {first_bands} bands; say what they are with --modality PRODUCT "
-                "(e.g. s2_l1c) and, unless they are all of its bands in order, --bands B01,B02,..."
-            )
-        modality = "rgb"
-    m = get_modality(modality)
-    return m.select(list(bands)) if bands else m
-
-
 def ingest_folder(
     src: str | Path,
     out: str | Path,
@@ -218,7 +163,7 @@ def ingest_folder(
                 continue
     if probe is None:
         raise IngestError(f"{src}: no readable image ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
-    mod = _resolve_modality(modality, bands, probe[0], probe[1].shape[0])
+    mod = resolve_modality(modality, bands, probe[0], probe[1].shape[0])
     if chip_size is None:
         chip_size = int(min(probe[1].shape[1:]))
     if chip_size <= 0:
@@ -261,17 +206,11 @@ def ingest_folder(
                 w.skip(str(f), f"{f}: {h}x{wd} px is smaller than the chip size {chip_size}")
                 continue
             a, top, left = _centre_crop(a, chip_size)
-            reason = _unfit_reason(a, mod)
+            reason = unfit_reason(a, mod)
             if reason:
                 w.skip(str(f), f"{f}: {reason}")
                 continue
-            geom = None
-            if crs is not None and transform is not None:
-                from rasterio.windows import Window
-                from rasterio.windows import transform as window_transform
-
-                t = window_transform(Window(left, top, chip_size, chip_size), transform)
-                geom = footprint_wgs84(crs, t, chip_size, chip_size)
+            geom = window_footprint(crs, transform, top, left, chip_size)
             w.add(
                 ChipRecord(
                     chip_id,
@@ -285,15 +224,6 @@ def ingest_folder(
                 )
             )
     return ChipStore(out)
-
-
-def _parse_bands(bands: str | None) -> list[str] | None:
-    if not bands:
-        return None
-    out = [b.strip() for b in bands.split(",") if b.strip()]
-    if not out:
-        raise ValueError(f"--bands {bands!r}: no band names")
-    return out
 
 
 def command(
@@ -316,7 +246,7 @@ def command(
         if modalities_file is not None:
             load_modalities_file(modalities_file)
         store = ingest_folder(
-            src, out, modality=modality, bands=_parse_bands(bands), chip_size=chip_size,
+            src, out, modality=modality, bands=parse_band_list(bands), chip_size=chip_size,
             overwrite=overwrite, batch_size=batch_size,
         )
     info = store.info()

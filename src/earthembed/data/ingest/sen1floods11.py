@@ -11,11 +11,14 @@ chip ids are ``<scene>_<row>_<col>`` in tile units. The water label becomes the 
 column ``water_fraction`` = water pixels / valid label pixels; a chip without any valid label pixel keeps
 its imagery but has no mask and a null fraction.
 
-Splits are per scene, so chips of one scene never straddle train and test: from the official
+Splits (``split_by="scene"``, the default) are per scene, so chips of one scene never straddle train and test: from the official
 ``flood_{train,valid,test}_data.csv`` when found under a ``splits`` folder in SRC or up to three levels
 above it (the v1.1 tree keeps them in ``v1.1/splits/flood_handlabeled``), otherwise by the SHA-256 of the
 scene id (60/20/20). With split files, scenes they do not list (the held-out Bolivia event is in
 ``flood_bolivia_data.csv``) are kept with no split, usable for pretraining but not mixed into evaluation.
+``split_by="block"`` instead splits every scene into spatial blocks of tiles (the rule of ``ingest rasters``:
+:func:`~earthembed.data.ingest.splits.block_splits`), for segmentation on a single scene such as the sample in
+``../shared/data``; split files are then not used.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from earthembed.data.ingest.common import (
     open_raster,
     read_raster,
 )
-from earthembed.data.ingest.splits import hash_split
+from earthembed.data.ingest.splits import block_size_for, block_splits, hash_split
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -55,6 +58,10 @@ class LayoutError(IngestError):
     """Layers of a scene disagree in grid or band names: the input is not what this reader understands."""
 
 
+SPLIT_BY = ("scene", "block")
+# blocks of <= 4x4 tiles as in ingest rasters, but >= 40 per scene: one scene must give a test set of several
+# blocks (with 10, a 512 px scene in 32 px chips put one 128 px block = 16 chips in test)
+SPLIT_BLOCK, MIN_SPLIT_BLOCKS = 4, 40
 SPLIT_FILES = {"train": "flood_train_data.csv", "val": "flood_valid_data.csv", "test": "flood_test_data.csv"}
 
 
@@ -179,6 +186,7 @@ def ingest_sen1floods11(
     chip_size: int = 64,
     overwrite: bool = False,
     batch_size: int = 64,
+    split_by: str = "scene",
 ) -> ChipStore:
     """Ingest Sen1Floods11 hand-labelled scenes as ``chip_size`` chips with ``s1``, ``s2`` and water labels.
 
@@ -190,8 +198,10 @@ def ingest_sen1floods11(
     src = Path(src)
     if chip_size < 1:
         raise ValueError(f"chip_size must be positive, got {chip_size}")
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
     scenes = list_scenes(src)
-    split_files = find_split_files(src)
+    split_files = find_split_files(src) if split_by == "scene" else {}
     scene_split = read_scene_splits(split_files) if split_files else {}
     s2m, s1m = get_modality("s2_l1c"), get_modality("s1_grd_db")
     schema: dict[str, dict[str, Any]] = {
@@ -205,6 +215,8 @@ def ingest_sen1floods11(
             f"per scene from {', '.join(str(p.resolve()) for p in split_files.values())}"
             if split_files
             else "per scene by sha256(scene id): 60% train, 20% val, 20% test"
+            if split_by == "scene"
+            else f"spatial blocks of <= {SPLIT_BLOCK}x{SPLIT_BLOCK} tiles within each scene by sha256 (60/20/20)"
         ),
     }
     with StoreWriter(
@@ -233,9 +245,15 @@ def ingest_sen1floods11(
             for key in ("s1", "s2"):
                 if key not in paths:
                     w.skip(f"{scene} {LAYERS[key]}", f"no {scene}_{LAYERS[key]}.tif; chips kept without {key}")
-            # with official split files, unlisted scenes (e.g. the held-out Bolivia event) stay unassigned
-            split = scene_split.get(scene, "") if scene_split else hash_split(scene)
-            _add_chips(w, scene, rasters, tiles, chip_size, split)
+            if split_by == "block":
+                b = block_size_for(tiles, SPLIT_BLOCK, MIN_SPLIT_BLOCKS)
+                blocks = block_splits(scene, {(i // b, j // b) for i, j in tiles})
+                splits = {(i, j): blocks[(i // b, j // b)] for i, j in tiles}
+            else:
+                # with official split files, unlisted scenes (e.g. the held-out Bolivia event) stay unassigned
+                split = scene_split.get(scene, "") if scene_split else hash_split(scene)
+                splits = dict.fromkeys(tiles, split)
+            _add_chips(w, scene, rasters, tiles, chip_size, splits)
     return ChipStore(out)
 
 
@@ -246,7 +264,8 @@ def _scene_shape(path: Path) -> tuple[int, int]:
 
 
 def _add_chips(
-    w: StoreWriter, scene: str, rasters: dict[str, Raster], tiles: list[tuple[int, int]], cs: int, split: str
+    w: StoreWriter, scene: str, rasters: dict[str, Raster], tiles: list[tuple[int, int]], cs: int,
+    splits: dict[tuple[int, int], str],
 ) -> None:
     from affine import Affine
 
@@ -267,7 +286,7 @@ def _add_chips(
                 geometry=footprint_wgs84(label.crs, tr, cs, cs),
                 crs=crs_string(label.crs),
                 aoi=scene,
-                split=split,
+                split=splits[(i, j)],
                 labels={"water_fraction": float((mask == 1).sum() / n_valid) if n_valid else None},
                 masks={"water_mask": mask} if n_valid else {},
                 source=str(label.path),
@@ -281,8 +300,11 @@ def command(
     chip_size: int = typer.Option(64, "--chip-size", help="chip edge in pixels (non-overlapping tiles)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
+    split_by: str = typer.Option("scene", "--split-by", help="scene (official files or hash) | block (spatial blocks "
+                                 "within each scene, e.g. for segmentation on one scene)"),
 ) -> None:
     """Ingest Sen1Floods11 hand-labelled S1 + S2 scenes as chips with a water mask and water fraction."""
     with fail_on():
-        store = ingest_sen1floods11(src, out, chip_size=chip_size, overwrite=overwrite, batch_size=batch_size)
+        store = ingest_sen1floods11(src, out, chip_size=chip_size, overwrite=overwrite, batch_size=batch_size,
+                                    split_by=split_by)
     echo_summary(store, "sen1floods11")

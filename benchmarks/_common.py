@@ -1,0 +1,110 @@
+"""Helpers shared by the training benchmarks (``bench_pretrain.py``, ``bench_segment.py``): the same batches through
+a bare PyTorch loop and through the Lightning Trainer, timed after a warm-up, and each path's peak memory.
+
+Peak memory is measured in a child process per path (``measure_in_child``): on CPU the peak resident set size
+(``ru_maxrss``) of a process that ran only that path; on CUDA ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class StepTimer:
+    """Lightning callback timing the training steps after ``warmup`` (chips counted from ``batch[key]``)."""
+
+    def __init__(self, warmup: int, key: Callable[[Any, Any], int]) -> None:
+        import lightning as L
+
+        outer = self
+
+        class CB(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == warmup:
+                    outer.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step > warmup:
+                    outer.chips += key(batch, pl_module)
+                outer.t1 = time.perf_counter()
+
+        self.cb, self.chips, self.t0, self.t1 = CB(), 0, 0.0, 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.chips / (self.t1 - self.t0)
+
+
+def lightning_rate(module: Any, loader: Iterable, steps: int, warmup: int, key: Callable[[Any, Any], int],
+                   device: str = "cpu") -> float:
+    """Chips/s of ``Trainer.fit`` over ``loader`` for ``steps`` timed steps after ``warmup`` (no logger, no
+    checkpoints, no progress bar: the Trainer's own per-step cost)."""
+    import lightning as L
+
+    timer = StepTimer(warmup, key)
+    trainer = L.Trainer(
+        max_steps=steps + warmup, accelerator=device, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer.cb], log_every_n_steps=10,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.rate
+
+
+def bare_rate(step: Callable[[Any], torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, batches: list,
+              steps: int, warmup: int, count: Callable[[Any], int]) -> float:
+    """Chips/s of a plain loop: ``loss = step(batch)``, backward, optimizer and scheduler step."""
+    n = 0
+    t0 = time.perf_counter()
+    for i in range(steps + warmup):
+        if i == warmup:
+            t0 = time.perf_counter()
+        b = batches[i % len(batches)]
+        loss = step(b)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if i >= warmup:
+            n += count(b)
+    return n / (time.perf_counter() - t0)
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak memory of this process so far: CUDA allocator peak on a GPU, else peak RSS (Linux: KiB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(fn: Callable[..., float], args: tuple, device: str, q: Any) -> None:
+    rates = fn(*args)
+    q.put((rates, peak_memory_mb(device)))
+
+
+def measure_in_child(fn: Callable[..., list[float]], *args: Any, device: str = "cpu") -> tuple[list[float], float]:
+    """(``fn(*args)``, peak memory in MiB) with ``fn`` run in a fresh spawned process, so the peak is its own."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, args, device, q))
+    p.start()
+    rates, peak = q.get()
+    p.join()
+    return rates, peak
+
+
+def print_rows(title: str, rows: list[tuple[str, list[float], float | None]], unit: str = "chips/s") -> None:
+    """A table: path, best and median rate over rounds, peak memory (MiB) when measured."""
+    print(f"\n{title}")
+    print(f"{'path':<46}{'best':>9}{'median':>9}{'peak MiB':>10}  {unit}")
+    for name, rates, peak in rows:
+        mem = f"{peak:>10.0f}" if peak is not None else f"{'':>10}"
+        print(f"{name:<46}{max(rates):>9.1f}{float(np.median(rates)):>9.1f}{mem}")
