@@ -2,8 +2,11 @@
 
 Both paths use the same ``ContrastivePretrainModule`` (model, heads, augmentation, loss), the same AdamW
 param groups and warmup-cosine schedule, and the same pre-materialised batches; the difference is the
-Trainer's per-step overhead (hooks, logging, schedulers). A third row adds real data loading: Lightning
-over ``ChipDataModule`` reading a synthetic chip store on disk.
+Trainer's per-step overhead (hooks, logging, schedulers). Further rows add real data loading: Lightning
+over ``ChipDataModule`` reading a synthetic chip store on disk, once per sampler (``chunks``: the
+chunk-aware shuffle, the default; ``shuffle``: a uniform permutation), interleaved with the in-memory
+Lightning rounds so that machine drift hits both alike; the last lines give disk / in-memory per sampler
+(target >= 0.9).
 
     .venv/bin/python benchmarks/bench_pretrain.py --steps 30 --warmup 5
 """
@@ -80,18 +83,26 @@ class _Timer:
         class CB(L.Callback):
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
                 if trainer.global_step == warmup:
-                    outer.t0 = time.perf_counter()
+                    outer.t0, outer.c0 = time.perf_counter(), time.process_time()
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 if trainer.global_step > warmup:
                     outer.chips += next(v for k, v in batch.items() if k in pl_module.model.modalities).shape[0]
-                outer.t1 = time.perf_counter()
+                outer.t1, outer.c1 = time.perf_counter(), time.process_time()
 
-        self.cb, self.chips, self.t0, self.t1 = CB(), 0, 0.0, 0.0
+        self.cb, self.chips, self.t0, self.t1, self.c0, self.c1 = CB(), 0, 0.0, 0.0, 0.0, 0.0
 
     @property
     def rate(self) -> float:
         return self.chips / (self.t1 - self.t0)
+
+    @property
+    def cpu_rate(self) -> float:
+        """Chips per CPU-second of this process (all its threads): robust to other load on the machine."""
+        return self.chips / (self.c1 - self.c0)
+
+
+CPU_RATES: list[float] = []  # chips per CPU-second of every lightning_fit call, in call order
 
 
 def lightning_fit(bands, loader, steps: int, warmup: int) -> float:
@@ -105,6 +116,7 @@ def lightning_fit(bands, loader, steps: int, warmup: int) -> float:
         use_distributed_sampler=False,
     )
     trainer.fit(mod, train_dataloaders=loader)
+    CPU_RATES.append(timer.cpu_rate)
     return timer.rate
 
 
@@ -131,6 +143,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--store-chips", type=int, default=1024, help="0 skips the on-disk store row")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--samplers", default="chunks,shuffle", help="ChipDataModule samplers to time on disk")
+    ap.add_argument("--shuffle-window", type=int, default=16, help="chunks per shuffle window (chunks sampler)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -138,28 +152,53 @@ def main() -> None:
 
     bands = {"s2": get_modality("s2_l1c").band_names, "s1": ["VV", "VH"]}
     batches = _batches(bands, 8, a.batch_size, a.crop)
-    # alternate the two paths over several rounds: on a shared machine the best round is the fair number
-    bare, light = [], []
-    for _ in range(a.repeats):
-        bare.append(bare_loop(bands, batches, a.steps, a.warmup))
-        light.append(lightning_fit(bands, DataLoader(batches, batch_size=None), a.steps, a.warmup))
+    samplers = [x for x in a.samplers.split(",") if x] if a.store_chips else []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _synthetic_store(Path(tmp) / "store", a.store_chips, a.crop) if samplers else None
+        # alternate all paths over several rounds: on a shared machine the per-round ratios are the fair numbers
+        bare, light = [], []
+        read: dict[str, list[float]] = {s: [] for s in samplers}
+        disk: dict[str, list[float]] = {s: [] for s in samplers}
+        cpu: dict[str, list[float]] = {s: [] for s in ["memory", *samplers]}
+        for _ in range(a.repeats):
+            bare.append(bare_loop(bands, batches, a.steps, a.warmup))
+            light.append(lightning_fit(bands, DataLoader(batches, batch_size=None), a.steps, a.warmup))
+            cpu["memory"].append(CPU_RATES[-1])
+            for smp in samplers:
+                read[smp].append(_read_rate(store, bands, a, smp))
+                disk[smp].append(lightning_fit(bands, _datamodule(store, bands, a, smp).train_dataloader(), a.steps, a.warmup))
+                cpu[smp].append(CPU_RATES[-1])
     rows = [("bare PyTorch loop, in-memory batches", bare), ("Lightning Trainer, in-memory batches", light)]
-    if a.store_chips:
-        from earthembed.pretrain.datamodule import ChipDataModule
-
-        with tempfile.TemporaryDirectory() as tmp:
-            store = _synthetic_store(Path(tmp) / "store", a.store_chips, a.crop)
-            dm = ChipDataModule(store, bands, batch_size=a.batch_size, crop_size=a.crop, splits="all")
-            t = time.perf_counter()
-            n = sum(b["s2"].shape[0] for b in dm.train_dataloader())
-            rows.append(("ChipDataModule alone (read + normalise)", [n / (time.perf_counter() - t)]))
-            rows.append(("Lightning Trainer + ChipDataModule (disk)", [lightning_fit(bands, dm.train_dataloader(), a.steps, a.warmup)]))
+    for smp in samplers:
+        rows.append((f"ChipDataModule alone, sampler={smp}", read[smp]))
+        rows.append((f"Lightning + ChipDataModule (disk), {smp}", disk[smp]))
     print(f"\ntiny contrastive config, batch {a.batch_size}, {a.crop}x{a.crop} chips, s2 (13) + s1 (2), "
-          f"{a.steps} timed steps after {a.warmup} warm-up, {a.repeats} rounds, torch threads {torch.get_num_threads()}")
-    print(f"{'path':<44}{'best':>9}{'median':>9}  chips/s")
+          f"{a.steps} timed steps after {a.warmup} warm-up, {a.repeats} rounds, torch threads {torch.get_num_threads()}"
+          + (f", store {a.store_chips} chips, shuffle window {a.shuffle_window} chunks" if samplers else ""))
+    print(f"{'path':<46}{'best':>9}{'median':>9}  chips/s")
     for name, rates in rows:
-        print(f"{name:<44}{max(rates):>9.1f}{float(np.median(rates)):>9.1f}")
+        print(f"{name:<46}{max(rates):>9.1f}{float(np.median(rates)):>9.1f}")
     print(f"Lightning throughput relative to bare loop (best rounds): {100 * (max(light) / max(bare) - 1):+.1f}%")
+    for smp in samplers:
+        ratios = [d / m for d, m in zip(disk[smp], light, strict=True)]
+        cpu_ratios = [d / m for d, m in zip(cpu[smp], cpu["memory"], strict=True)]
+        print(f"disk / in-memory Lightning, sampler={smp}: wall chips/s median of rounds {np.median(ratios):.2f} "
+              f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}); chips per CPU-second {np.median(cpu_ratios):.2f} "
+              f"(rounds {', '.join(f'{r:.2f}' for r in cpu_ratios)})")
+
+
+def _datamodule(store: Path, bands, a: argparse.Namespace, sampler: str):
+    from earthembed.pretrain.datamodule import ChipDataModule
+
+    return ChipDataModule(store, bands, batch_size=a.batch_size, crop_size=a.crop, splits="all", sampler=sampler,
+                          shuffle_window=a.shuffle_window)
+
+
+def _read_rate(store: Path, bands, a: argparse.Namespace, sampler: str) -> float:
+    """Chips/s of one epoch of the data module alone (read + normalise + crop, no model)."""
+    t = time.perf_counter()
+    n = sum(b["s2"].shape[0] for b in _datamodule(store, bands, a, sampler).train_dataloader())
+    return n / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

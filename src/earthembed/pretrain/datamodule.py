@@ -12,15 +12,16 @@ Two samplers (``sampler``):
   so reading runs at a few hundred chips/s, slower than a small model trains.
 * ``chunks`` (:class:`ChunkShuffledBatches`, default): the order of the store's chunks is shuffled, then
   chips are shuffled within windows of ``shuffle_window`` consecutive (in that order) chunks and cut into
-  batches; each batch is read chunk by chunk as contiguous slices (the streaming path, ~17k chips/s). A
-  batch then mixes chips of ``shuffle_window`` random chunks instead of the whole store: with the default
-  16 chunks of 16 chips a batch of 64 draws from 256 chips at random places of the store. The price is
-  less mixing *within* an epoch; over epochs every chip still meets every other.
+  batches. Each batch carries its window (:class:`WindowBatch`); the reader reads a window once (one read
+  touching ``shuffle_window`` chunks) and serves the window's batches from memory, so every chunk is
+  decoded once per epoch. A batch then mixes chips of ``shuffle_window`` random chunks instead of the
+  whole store: with the default 16 chunks of 16 chips a batch of 64 draws from 256 chips at random places
+  of the store. The price is less mixing *within* an epoch; over epochs every chip still meets every other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,64 +135,74 @@ class ChunkShuffledBatches(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def order(self) -> np.ndarray:
-        """This epoch's order of all positions (before sharding across ranks)."""
+    def order(self, with_windows: bool = False):
+        """This epoch's order of all positions (before sharding across ranks); with ``with_windows`` also
+        the window index of each."""
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(len(self._members))
-        out = []
-        for w in range(0, len(perm), self.window):
-            block = np.concatenate([self._members[c] for c in perm[w : w + self.window]])
-            out.append(rng.permutation(block))
-        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+        out, wins = [], []
+        for j, w in enumerate(range(0, len(perm), self.window)):
+            block = rng.permutation(np.concatenate([self._members[c] for c in perm[w : w + self.window]]))
+            out.append(block)
+            wins.append(np.full(len(block), j))
+        order = np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+        return (order, np.concatenate(wins) if wins else order.copy()) if with_windows else order
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[WindowBatch]:
         per_rank = self.n // self.world_size
-        mine = self.order()[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+        order, window_of = self.order(with_windows=True)
+        lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
+        mine, win = order[lo:hi], window_of[lo:hi]
         for i in range(0, len(mine), self.batch_size):
             b = mine[i : i + self.batch_size]
             if len(b) == self.batch_size or not self.drop_last:
-                yield b
+                w = np.unique(win[i : i + self.batch_size])  # usually one window; two where a batch straddles
+                yield WindowBatch(b.tolist(), np.sort(mine[np.isin(win, w)]), (self.epoch, *w.tolist()))
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
-def chunk_runs(positions: np.ndarray, chunk_of: np.ndarray) -> list[np.ndarray]:
-    """Sorted ``positions`` split where the chunk changes: each run is read as one span."""
-    pos = np.sort(np.asarray(positions, dtype=np.int64))
-    cut = np.flatnonzero(np.diff(chunk_of[pos]) != 0) + 1
-    return np.split(pos, cut)
+class WindowBatch(list):
+    """A batch of positions (a list, usable wherever a batch is) plus the sorted positions of the shuffle
+    window(s) it was drawn from and a key naming them, so a reader can read each window once."""
+
+    def __init__(self, positions: Sequence[int], window: np.ndarray, key: tuple[int, ...]) -> None:
+        super().__init__(positions)
+        self.window, self.key = window, key
+
+    def __reduce__(self):  # pickled to DataLoader workers with its window
+        return (WindowBatch, (list(self), self.window, self.key))
 
 
 class _BatchReader(Dataset):
     """Dataset whose items are whole batches: ``reader[positions]`` -> a collated, cropped batch."""
 
-    def __init__(self, dataset: ChipDataset, crop_size: int | None, seed: int, chunk_of: np.ndarray | None = None) -> None:
+    def __init__(self, dataset: ChipDataset, crop_size: int | None, seed: int) -> None:
         self.dataset = dataset
         self.crop_size = crop_size
         self.seed = seed
-        self.chunk_of = chunk_of  # given: read chunk by chunk (contiguous spans) instead of one scattered read
         self._calls = 0
+        self._window: tuple[tuple[int, ...], np.ndarray, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def read(self, pos: np.ndarray) -> dict[str, Any]:
-        """Normalised batch of sorted positions ``pos``; by chunk runs when ``chunk_of`` is set: each run is
-        read as the span from its first to its last position (streaming path) and the rows picked in memory."""
-        if self.chunk_of is None:
+    def read(self, pos: np.ndarray, window: WindowBatch | None = None) -> dict[str, Any]:
+        """Normalised batch of sorted positions ``pos``: one read, or rows of its shuffle window (read once
+        and kept until the next window's first batch)."""
+        if window is None:
             return self.dataset.read_batch(pos)
-        parts = []
-        for run in chunk_runs(pos, self.chunk_of):
-            span = self.dataset.read_batch(np.arange(run[0], run[-1] + 1))
-            pick = torch.from_numpy(run - run[0])
-            parts.append({k: v.index_select(0, pick) for k, v in span.items()})
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        if self._window is None or self._window[0] != window.key:
+            self._window = (window.key, window.window, self.dataset.read_batch(window.window))
+        _, members, data = self._window
+        rows = torch.from_numpy(np.searchsorted(members, pos))
+        return {k: v.index_select(0, rows) for k, v in data.items()}
 
     def __getitem__(self, positions: Sequence[int]) -> dict[str, Any]:
         pos = np.sort(np.asarray(positions, dtype=np.int64))
-        batch = self.read(pos)
+        batch = self.read(pos, positions if isinstance(positions, WindowBatch) else None)
         if self.crop_size:
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
@@ -252,15 +263,14 @@ class ChipDataModule(L.LightningDataModule):
         assert self.dataset is not None
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        chunk_of = None
         if self.sampler == "chunks":
             chunk_of = self.dataset.indices // store_chunk_chips(self.store, list(self.dataset.bands))
-            sampler: Sampler[list[int]] = ChunkShuffledBatches(chunk_of, self.batch_size, self.shuffle_window, rank,
-                                                               world, self.seed)
+            sampler: Sampler[Any] = ChunkShuffledBatches(chunk_of, self.batch_size, self.shuffle_window, rank, world,
+                                                         self.seed)
         else:
             sampler = ShuffledBatches(len(self.dataset), self.batch_size, rank, world, self.seed)
         return DataLoader(
-            _BatchReader(self.dataset, self.crop_size, self.seed, chunk_of),
+            _BatchReader(self.dataset, self.crop_size, self.seed),
             sampler=sampler,
             batch_size=None,
             num_workers=self.num_workers,
