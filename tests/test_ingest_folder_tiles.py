@@ -98,3 +98,16 @@ def test_cli_options_and_errors(scenes, tmp_path):
     assert bad.exit_code == 1 and "--chip-size" in bad.output
     bad = runner.invoke(app, [str(src), "--out", str(tmp_path / "x"), "--glob", "*.png"])
     assert bad.exit_code == 1 and "--unlabelled" in bad.output
+
+
+@pytest.mark.realdata
+def test_dubai_tiles_as_an_unlabelled_pool(shared_data, tmp_path):
+    """The real aerial tiles (spaces in paths, JPEG images next to PNG masks) cut into 64 px chips."""
+    src = shared_data / "dubai-seg"
+    st = ingest_folder(src, tmp_path / "st", chip_size=64, tile=True, unlabelled=True, pattern="Tile 1/images/*")
+    images = sorted((src / "Tile 1" / "images").glob("*.jpg"))
+    sizes = [Image.open(p).size for p in images]  # (width, height)
+    assert len(st) == sum((h // 64) * (w // 64) for w, h in sizes) and set(st.index["source"]) == set(map(str, images))
+    first = np.asarray(Image.open(images[0]).convert("RGB")).transpose(2, 0, 1)
+    row = int(st.index.index[st.index["chip_id"] == "Tile 1/images/image_part_001.jpg#001_002"][0])
+    np.testing.assert_array_equal(st.read("rgb", row), first[:, 64:128, 128:192])
