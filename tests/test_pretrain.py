@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.models import load_model, random_init_like
-from earthembed.pretrain.augment import (
+from earthembed.augment import (
     AugmentConfig,
     apply_affine,
     augment_batch,

@@ -20,9 +20,16 @@
   patch size / 8) + LayerNorm, so its published 56 px / patch-8 checkpoints work at stride 1-8 instead of
   4-32. ``stem_stride`` is then that ``s`` (1, 2 or 4); every other weight is timm's ``convnextv2_*``, so
   MMEarth checkpoints load into this class (:mod:`earthembed.models.published.mmearth`).
-* **Embedding.** timm's own head without the classifier (``forward_head(pre_logits=True)``): global average
-  pool (+ LayerNorm for ConvNeXt). :meth:`TimmEncoder.forward_features` gives timm's intermediate maps
-  (``forward_intermediates``), so U-Net decoders work unchanged.
+* **Embedding.** ``pool="last"``: timm's own head without the classifier (``forward_head(pre_logits=True)``):
+  global average pool (+ LayerNorm for ConvNeXt). ``pool="multiscale"``: the global average of *every*
+  level of :meth:`TimmEncoder.forward_features` (stem and stages), concatenated (ResNet-18: 64+64+128+256+512
+  = 1024 dims). The last stage of a small CNN trained on a small pool keeps texture and layout but only a
+  lossy trace of the per-band radiometry, which is what separates many land-cover classes (water, bare
+  soil, vegetation types): raw band means alone are a strong baseline on multispectral chips. Pooling the
+  early levels keeps that signal in the embedding next to the deep one, as multi-layer probes of
+  self-supervised models do; we rejected concatenating raw band statistics to the embedding (that would be
+  the baseline inside the model, not a learned feature). :meth:`TimmEncoder.forward_features` gives timm's
+  intermediate maps (``forward_intermediates``), so U-Net decoders work unchanged.
 
 The state-dict keys of each backbone (``backbones.<modality>.<timm key>``) are timm's own, so timm / TorchGeo
 checkpoints map onto them by prefix.
@@ -45,6 +52,7 @@ from earthembed.models.registry import register_model, variant
 
 STEM_STRIDES = (1, 2, 4)
 STEMS = ("timm", "mmearth")
+POOLS = ("last", "multiscale")
 # stride-1 ConvNeXt stems pad 'same' around an even kernel; torch warns on every call that it copies the input
 warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
 
@@ -113,6 +121,7 @@ class TimmEncoder(Encoder):
         input_size: resize inputs to this side length first (None: keep the chip size).
         drop_path_rate: stochastic depth of the backbone.
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
+        pool: ``last`` (timm's head) or ``multiscale`` (every level's global average, concatenated).
     """
 
     architecture = "timm_cnn"
@@ -127,8 +136,12 @@ class TimmEncoder(Encoder):
         drop_path_rate: float = 0.0,
         timm_kwargs: Mapping[str, Any] | None = None,
         stem: str = "timm",
+        pool: str = "last",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.pool = str(pool)
         self.modalities, self.band_groups = check_band_groups(modalities, band_groups)
         if backbone not in timm.list_models():
             raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
@@ -146,9 +159,9 @@ class TimmEncoder(Encoder):
             nets[k] = net
         self.backbones = nn.ModuleDict(nets)
         ref = next(iter(nets.values()))
-        self.embed_dim = int(ref.num_features)
         factor = 4 // self.stem_stride
         self.feature_channels = [int(f["num_chs"]) for f in ref.feature_info]
+        self.embed_dim = int(ref.num_features) if self.pool == "last" else sum(self.feature_channels)
         self.feature_strides = [max(1, int(f["reduction"]) // factor) for f in ref.feature_info]
 
     @property
@@ -162,6 +175,7 @@ class TimmEncoder(Encoder):
             "drop_path_rate": self.drop_path_rate,
             "timm_kwargs": dict(self.timm_kwargs),
             "stem": self.stem,
+            "pool": self.pool,
         }
 
     def _prepare(self, k: str, inp: ModalityInput) -> tuple[Tensor | None, Tensor]:
@@ -198,11 +212,18 @@ class TimmEncoder(Encoder):
             if rows is not None and not len(rows):
                 embs[k], pres[k] = self.absent_output(n, ref.device)
                 continue
-            e = net.forward_head(net.forward_features(x), pre_logits=True).float()
+            e = self._pooled(net, x)
             if rows is not None:
                 e = torch.zeros(n, self.embed_dim, device=e.device, dtype=e.dtype).index_copy(0, rows, e)
             embs[k], pres[k] = e, inputs[k].present
         return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
+
+    def _pooled(self, net: nn.Module, x: Tensor) -> Tensor:
+        """[B, embed_dim] float32 embedding of one backbone (see ``pool``)."""
+        if self.pool == "last":
+            return net.forward_head(net.forward_features(x), pre_logits=True).float()
+        maps = net.forward_intermediates(x, intermediates_only=True)
+        return torch.cat([m.float().mean((2, 3)) for m in maps], 1)
 
     def forward_features(
         self,

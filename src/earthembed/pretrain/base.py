@@ -68,7 +68,7 @@ class PretrainModule(L.LightningModule):
         model_name, model_args: passed to :func:`earthembed.models.registry.build_model` (``model_args``
             must include ``modalities``); saved in the checkpoint.
         lr, weight_decay, warmup_steps, betas: AdamW with linear warmup + cosine decay over the run's steps.
-        augment: :class:`~earthembed.pretrain.augment.AugmentConfig` fields.
+        augment: :class:`~earthembed.augment.AugmentConfig` fields.
         gather_distributed: objectives that compare samples gather them across DDP ranks.
     """
 

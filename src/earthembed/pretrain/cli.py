@@ -10,7 +10,11 @@ from earthembed.cli_utils import echo_warnings, fail_on
 
 
 def pretrain(
-    config: Path = typer.Option(..., "--config", help="YAML config, or the name of a packaged one (earthembed/configs/*.yaml, e.g. contrastive_tiny)"),
+    config: Path = typer.Option(
+        None, "--config",
+        help="YAML config, or the name of a packaged one (earthembed/configs/*.yaml, e.g. contrastive_tiny); default: "
+        "the best CPU recipe for the store's kind (cpu_single_modality or cpu_multimodal), printed at start",
+    ),
     store: Path = typer.Option(..., "--store", help="chip store to pretrain on"),
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, metrics.csv, export/)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=20 model.embed_dim=32"),

@@ -9,7 +9,7 @@
   symmetric loss (SimCLR-style positives, CLIP-style symmetric cross-entropy, one shared head).
 * **Missing bands** are trained by ``augment.group_dropout`` (whole band groups, passed to the model as
   ``group_present`` so they contribute no tokens, as at inference) and ``augment.band_dropout`` (channels
-  inside kept groups); see :mod:`earthembed.pretrain.augment`.
+  inside kept groups); see :mod:`earthembed.augment`.
 * **Modality dropout** (``augment.modality_dropout``): per chip, each modality is marked absent with
   probability p, but at least two present modalities are always kept. Missing *modalities* need no
   training: the encoder towers are independent (tokens of a modality attend only to themselves), so a
@@ -35,18 +35,12 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from earthembed.augment import augment_batch, modality_dropout
+from earthembed.augment import augment_batch, group_masks, modality_dropout
 from earthembed.optim import warmup_cosine
 from earthembed.pretrain.base import PretrainModule
 from earthembed.pretrain.losses import clip_accuracy, clip_loss, multimodal_clip_loss
 
 __all__ = ["ContrastivePretrainModule", "warmup_cosine"]
-
-
-def _group_masks(augmented: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The ``<k>_group_present`` masks of :func:`augment_batch` output, keyed by modality."""
-    suffix = "_group_present"
-    return {k[: -len(suffix)]: v for k, v in augmented.items() if k.endswith(suffix)}
 
 
 class ContrastivePretrainModule(PretrainModule):
@@ -116,8 +110,8 @@ class ContrastivePretrainModule(PretrainModule):
             rows = present[k]
             v1 = augment_batch(batch, self._groups, self.aug)
             v2 = augment_batch(batch, self._groups, self.aug)
-            e1 = self.model(v1, present=present, group_present=_group_masks(v1)).modality[k]
-            e2 = self.model(v2, present=present, group_present=_group_masks(v2)).modality[k]
+            e1 = self.model(v1, present=present, group_present=group_masks(v1)).modality[k]
+            e2 = self.model(v2, present=present, group_present=group_masks(v2)).modality[k]
             z1, z2 = self.heads[k](e1), self.heads[k](e2)
             z, pres = self._gather({"a": z1, "b": z2}, {"a": rows, "b": rows})
             both = pres["a"] & pres["b"]
@@ -129,7 +123,7 @@ class ContrastivePretrainModule(PretrainModule):
         else:
             x = augment_batch(batch, self._groups, self.aug)
             present = modality_dropout(present, self.aug.modality_dropout)
-            out = self.model(x, present=present, group_present=_group_masks(x))
+            out = self.model(x, present=present, group_present=group_masks(x))
             z = {k: self.heads[k](e) for k, e in out.modality.items()}
             z, pres = self._gather(z, out.present)
             maybe, stats = multimodal_clip_loss(z, pres, self.scale)

@@ -6,11 +6,24 @@ Batches are read whole (one vectorised, normalised read per batch through
 by its modalities and every other raster of the batch (targets, categorical maps, masks: they stay
 co-registered). An objective that needs more than its inputs passes a
 :class:`~earthembed.data.dataset.ReadRequest` (``reads``).
+
+Two samplers (``sampler``):
+
+* ``shuffle`` (:class:`ShuffledBatches`): a uniform permutation per epoch. Every batch touches ~one Zarr
+  chunk per chip, and a scattered read costs ~1 ms per chunk and array (zarr's orthogonal-selection path),
+  so reading runs at a few hundred chips/s, slower than a small model trains.
+* ``chunks`` (:class:`ChunkShuffledBatches`, default): the order of the store's chunks is shuffled, then
+  chips are shuffled within windows of ``shuffle_window`` consecutive (in that order) chunks and cut into
+  batches. Each batch carries its window (:class:`WindowBatch`); the reader reads a window once (one read
+  touching ``shuffle_window`` chunks) and serves the window's batches from memory, so every chunk is
+  decoded once per epoch. A batch then mixes chips of ``shuffle_window`` random chunks instead of the
+  whole store: with the default 16 chunks of 16 chips a batch of 64 draws from 256 chips at random places
+  of the store. The price is less mixing *within* an epoch; over epochs every chip still meets every other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +35,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from earthembed.data.dataset import ChipDataset, ReadRequest, resolve_bands
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import SPLITS, ChipStore
+
+SAMPLERS = ("chunks", "shuffle")
+
+
+def store_chunk_chips(store: ChipStore, modalities: Sequence[str]) -> int:
+    """Chips per Zarr chunk along the chip axis (the largest over ``modalities``, so a run never splits a
+    chunk of any of them)."""
+    return max(int(store.array(k).chunks[0]) for k in modalities)
 
 
 def select_indices(store: ChipStore, splits: str | Sequence[str] = "train") -> np.ndarray:
@@ -89,6 +110,75 @@ class ShuffledBatches(Sampler[list[int]]):
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
+class ChunkShuffledBatches(Sampler[list[int]]):
+    """Shuffled batches that read few Zarr chunks each: chunk order shuffled per epoch, chips shuffled within
+    windows of ``window`` chunks, then cut into batches (see the module docstring).
+
+    Args:
+        chunk_of: the Zarr chunk of every dataset position ([n] ints; positions sharing a chunk are read together).
+        batch_size, rank, world_size, seed: as :class:`ShuffledBatches`; ranks get disjoint contiguous
+            slices of the epoch's order (equal length), so each rank's batches keep the chunk locality.
+        window: chunks whose chips are shuffled together.
+    """
+
+    def __init__(self, chunk_of: np.ndarray, batch_size: int, window: int = 16, rank: int = 0, world_size: int = 1,
+                 seed: int = 0) -> None:
+        if int(window) < 1:
+            raise ValueError(f"data.shuffle_window must be >= 1 chunk, got {window}")
+        self.chunk_of = np.asarray(chunk_of, dtype=np.int64)
+        self.n, self.batch_size, self.window = len(self.chunk_of), int(batch_size), int(window)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+        self.drop_last = self.n // world_size >= batch_size  # tiny stores still give one (short) batch per epoch
+        chunks, inverse = np.unique(self.chunk_of, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(chunks) + 1))
+        self._members = [order[bounds[i] : bounds[i + 1]] for i in range(len(chunks))]  # positions per chunk
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, with_windows: bool = False):
+        """This epoch's order of all positions (before sharding across ranks); with ``with_windows`` also
+        the window index of each."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self._members))
+        out, wins = [], []
+        for j, w in enumerate(range(0, len(perm), self.window)):
+            block = rng.permutation(np.concatenate([self._members[c] for c in perm[w : w + self.window]]))
+            out.append(block)
+            wins.append(np.full(len(block), j))
+        order = np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+        return (order, np.concatenate(wins) if wins else order.copy()) if with_windows else order
+
+    def __iter__(self) -> Iterator[WindowBatch]:
+        per_rank = self.n // self.world_size
+        order, window_of = self.order(with_windows=True)
+        lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
+        mine, win = order[lo:hi], window_of[lo:hi]
+        for i in range(0, len(mine), self.batch_size):
+            b = mine[i : i + self.batch_size]
+            if len(b) == self.batch_size or not self.drop_last:
+                w = np.unique(win[i : i + self.batch_size])  # usually one window; two where a batch straddles
+                yield WindowBatch(b.tolist(), np.sort(mine[np.isin(win, w)]), (self.epoch, *w.tolist()))
+
+    def __len__(self) -> int:
+        per_rank = self.n // self.world_size
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+
+class WindowBatch(list):
+    """A batch of positions (a list, usable wherever a batch is) plus the sorted positions of the shuffle
+    window(s) it was drawn from and a key naming them, so a reader can read each window once."""
+
+    def __init__(self, positions: Sequence[int], window: np.ndarray, key: tuple[int, ...]) -> None:
+        super().__init__(positions)
+        self.window, self.key = window, key
+
+    def __reduce__(self):  # pickled to DataLoader workers with its window
+        return (WindowBatch, (list(self), self.window, self.key))
+
+
 class _BatchReader(Dataset):
     """Dataset whose items are whole batches: ``reader[positions]`` -> a collated, cropped batch."""
 
@@ -97,13 +187,25 @@ class _BatchReader(Dataset):
         self.crop_size = crop_size
         self.seed = seed
         self._calls = 0
+        self._window: tuple[tuple[int, ...], np.ndarray, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def read(self, pos: np.ndarray, window: WindowBatch | None = None) -> dict[str, Any]:
+        """Normalised batch of sorted positions ``pos``: one read, or rows of its shuffle window (read once
+        and kept until the next window's first batch)."""
+        if window is None:
+            return self.dataset.read_batch(pos)
+        if self._window is None or self._window[0] != window.key:
+            self._window = (window.key, window.window, self.dataset.read_batch(window.window))
+        _, members, data = self._window
+        rows = torch.from_numpy(np.searchsorted(members, pos))
+        return {k: v.index_select(0, rows) for k, v in data.items()}
+
     def __getitem__(self, positions: Sequence[int]) -> dict[str, Any]:
         pos = np.sort(np.asarray(positions, dtype=np.int64))
-        batch = self.dataset.read_batch(pos)
+        batch = self.read(pos, positions if isinstance(positions, WindowBatch) else None)
         if self.crop_size:
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
@@ -133,8 +235,13 @@ class ChipDataModule(L.LightningDataModule):
         seed: int = 0,
         normalizer: Normalizer | None = None,
         reads: ReadRequest | None = None,
+        sampler: str = "chunks",
+        shuffle_window: int = 16,
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.sampler, self.shuffle_window = sampler, int(shuffle_window)
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
         self.normalizer = normalizer
         self.modalities = modalities
@@ -168,7 +275,12 @@ class ChipDataModule(L.LightningDataModule):
         assert self.dataset is not None
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = ShuffledBatches(len(self.dataset), self.batch_size, rank, world, self.seed)
+        if self.sampler == "chunks":
+            chunk_of = self.dataset.indices // store_chunk_chips(self.store, list(self.dataset.bands))
+            sampler: Sampler[Any] = ChunkShuffledBatches(chunk_of, self.batch_size, self.shuffle_window, rank, world,
+                                                         self.seed)
+        else:
+            sampler = ShuffledBatches(len(self.dataset), self.batch_size, rank, world, self.seed)
         return DataLoader(
             _BatchReader(self.dataset, self.crop_size, self.seed),
             sampler=sampler,

@@ -50,6 +50,7 @@ OBJECTIVES: Registry[Any] = Registry("objective")
 OBJECTIVES.register("contrastive", "earthembed.pretrain.contrastive:ContrastivePretrainModule")
 OBJECTIVES.register("mpmae", "earthembed.pretrain.mpmae:MPMAEPretrainModule")
 OBJECTIVES.register("dense_contrastive", "earthembed.pretrain.dense_contrastive:DenseContrastivePretrainModule")
+OBJECTIVES.register("byol", "earthembed.pretrain.byol:BYOLPretrainModule")
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": -1,
@@ -72,13 +73,23 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every_n_steps": 100,
     "progress_bar": True,
 }
+PROBE_DEFAULTS: dict[str, Any] = {
+    "every_n_steps": 0,  # 0: off; else probe frozen embeddings on the store's labels (train -> val) every N steps
+    "tasks": None,  # label columns; None: every chip-level label with chips in train and val
+    "estimators": ["knn", "linear"],
+    "max_chips": 2000,  # labelled train+val chips embedded per probe (a fixed random subset)
+    "batch_size": 128,
+}
+"""The ``probe`` section: :class:`earthembed.pretrain.callbacks.OnlineProbe` settings."""
 DEFAULTS: dict[str, Any] = {
     "model": {"name": "multimodal_vit_tiny", "modalities": None},
     "objective": "contrastive",
     "objective_args": {},
-    "data": {"batch_size": 64, "crop_size": None, "num_workers": 0, "splits": "train"},
+    "data": {"batch_size": 64, "crop_size": None, "num_workers": 0, "splits": "train", "sampler": "chunks",
+             "shuffle_window": 16},
     "train": TRAIN_DEFAULTS,
     "augment": {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(AugmentConfig)},
+    "probe": PROBE_DEFAULTS,
 }
 _FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
 _NUMERIC: dict[str, tuple[type, bool]] = {
@@ -118,6 +129,23 @@ def _objective_class(name: str, where: str) -> type:
     if name not in OBJECTIVES:
         raise ValueError(f"{where}: unknown objective {name!r} (known: {OBJECTIVES.names()})")
     return OBJECTIVES.get(name)  # type: ignore[return-value]
+
+
+DEFAULT_RECIPES: dict[str, str] = {"single": "cpu_single_modality", "multimodal": "cpu_multimodal"}
+"""Packaged config used when ``pretrain`` gets no config, by kind of store (see :func:`default_recipe`)."""
+
+
+def default_recipe(store: Any) -> tuple[str, str]:
+    """(packaged config name, one-line reason) of the best CPU recipe we measured for this kind of store:
+    one input modality (optical, or any single sensor) or several (cross-modal pairs); see
+    docs/label_efficiency.md for the measurements behind both."""
+    inputs = [k for k, m in store.modalities.items() if m.kind != "categorical"]
+    if not inputs:
+        raise ValueError(f"{store.path}: no input modality to pretrain on (only categorical layers)")
+    if len(inputs) > 1:
+        return DEFAULT_RECIPES["multimodal"], f"{len(inputs)} input modalities ({', '.join(inputs)}): cross-modal + two-view pairs"
+    m = store.modalities[inputs[0]]
+    return DEFAULT_RECIPES["single"], f"one input modality ({inputs[0]}: {m.product}, {m.kind}): two augmented views"
 
 
 def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -171,6 +199,23 @@ def _merge_metrics(run_csv: Path, target: Path) -> None:
     tmp.replace(target)
 
 
+def _probe(p: Mapping[str, Any], chips: Any, bands: dict[str, list[str]], seed: int) -> Any:
+    """The :class:`~earthembed.pretrain.callbacks.OnlineProbe` of the ``probe`` section, or None when it is
+    off or the store has no label with chips in both train and val (said once, so the user knows why)."""
+    from earthembed.pretrain.callbacks import OnlineProbe
+
+    if not int(p["every_n_steps"]):
+        return None
+    probe = OnlineProbe(chips, bands, p["tasks"], int(p["every_n_steps"]), p["estimators"], int(p["max_chips"]),
+                        int(p["batch_size"]), seed)
+    if not probe.active:
+        print(f"probe: off, {chips.path} has no chip label with chips in both the train and val splits")
+        return None
+    print(f"probe: every {probe.every_n_steps} steps on val, tasks {[t.name for t in probe.tasks]} "
+          f"(probe/* columns in metrics.csv; tuning only, never the test split)")
+    return probe
+
+
 def _destroy_process_group() -> None:
     """Close the process group after trainer and model are released (DDP/gloo clean-exit fix)."""
     import torch.distributed as dist
@@ -216,7 +261,7 @@ def _fit_init(opened: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, wh
 
 
 def pretrain(
-    config: str | Path | dict[str, Any],
+    config: str | Path | dict[str, Any] | None,
     store: str | Path,
     out: str | Path,
     overrides: list[str] | None = None,
@@ -228,6 +273,7 @@ def pretrain(
 ) -> Path:
     """Pretrain an encoder on ``store`` and export it; returns the export directory ``out/export``.
 
+    ``config`` None picks the default CPU recipe for the store (:func:`default_recipe`) and says which.
     ``init``: start from this SPEC (``timm:``, ``torchgeo:``, ``mmearth:`` or an export; see the module doc),
     with ``weights`` / ``download`` / ``extra_bands`` as for :func:`earthembed.models.published.load_encoder`."""
     import lightning as L
@@ -246,9 +292,13 @@ def pretrain(
         overrides = [*(overrides or []), f"model.name={arch}"]  # the init decides the architecture
     elif weights is not None:
         raise ValueError("--weights goes with --init")
+    chips = ChipStore(store)
+    if config is None:
+        config, why = default_recipe(chips)
+        print(f"pretrain: no --config given, using the default CPU recipe {config!r} for this store ({why}); "
+              f"its file: {packaged_config(config)}")
     cfg, where = load_config(config, overrides)
     out = Path(out)
-    chips = ChipStore(store)
     cls = _objective_class(cfg["objective"], where)
     model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
     init_model, init_meta = None, None
@@ -308,6 +358,11 @@ def pretrain(
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     ckpt_dir = out / "checkpoints"
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                            every_n_train_steps=int(t["checkpoint_every_n_steps"]))]
+    probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
+    if probe is not None:
+        callbacks.append(probe)
     max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
     log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
     trainer = L.Trainer(
@@ -319,8 +374,7 @@ def pretrain(
         num_nodes=int(t["num_nodes"]),
         precision=t["precision"],
         logger=CSVLogger(out / "logs", name="", version=""),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                   every_n_train_steps=int(t["checkpoint_every_n_steps"]))],
+        callbacks=callbacks,
         default_root_dir=out,
         log_every_n_steps=log_every,
         gradient_clip_val=t["gradient_clip_val"],
@@ -358,7 +412,8 @@ def pretrain(
         del init_model
     dm = ChipDataModule(
         chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
-        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads,
+        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
+        shuffle_window=int(d["shuffle_window"]),
     )
     # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)

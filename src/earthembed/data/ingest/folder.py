@@ -17,11 +17,30 @@ declaration RGB (the ``rgb`` product) is assumed for PNG/JPEG and 3-band TIFFs. 
 * chip_id = the file's path relative to SRC. Dot-files are ignored; other non-image files, images with the
   wrong band count, too small, unreadable or with values that do not fit the modality's dtype are skipped,
   each with a reason naming the file (``ingest_report.json``).
+
+Large images (aerial / satellite scenes) are handled by one of two options instead of the centre crop:
+
+* ``resize``: every image is resampled to ``chip_size`` x ``chip_size`` (area-averaging when shrinking,
+  bilinear when enlarging, per band in float, then rounded back to the modality's dtype); non-square images
+  are stretched, as a scene classifier's resize does, so no part of the scene is cut away. Smaller images are
+  enlarged, not skipped.
+* ``tile``: every image is cut into non-overlapping ``chip_size`` tiles from its top-left corner (the
+  remainders at the right and bottom edges are dropped), one store row per tile with chip_id
+  ``<file>#<row>_<col>`` (tile indices) and the image in the ``source`` column. A tile takes its image's
+  label and split, so tiles of one image never land in two splits. Georeferenced images give each tile its
+  own footprint.
+
+``unlabelled`` ingests an unlabelled pool instead of a class-folder dataset (e.g. scenes for pretraining):
+every image under SRC whose relative path matches ``pattern`` (a glob, default every image), no label
+column, splits by a hash of the file's path (60/20/20, deterministic). Usually combined with ``tile``.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -30,14 +49,14 @@ from earthembed.data.ingest.common import (
     IMAGE_SUFFIXES,
     IngestError,
     crs_string,
+    footprint_wgs84,
     parse_band_list,
     read_image,
     resolve_modality,
     store_key,
     unfit_reason,
-    window_footprint,
 )
-from earthembed.data.ingest.splits import stratified_splits
+from earthembed.data.ingest.splits import hash_split, stratified_splits
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -131,6 +150,77 @@ def _plan(src: Path) -> tuple[list[tuple[Path, str, str]], list[str], list[Path]
     return items, sorted(classes), stray
 
 
+def _plan_unlabelled(src: Path, pattern: str | None) -> list[tuple[Path, str, str]]:
+    """(file, "", split) for every image under ``src`` (recursively, dot-files excluded) whose path relative to
+    ``src`` matches ``pattern``; split by a hash of that path. A single image file is a pool of one."""
+    if not src.exists():
+        raise IngestError(f"{src}: folder not found")
+    if src.is_file():
+        root, files = src.parent, [src]
+    else:
+        root = src
+        files = sorted(f for f in src.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(src).parts))
+    images = [
+        f for f in files
+        if f.suffix.lower() in IMAGE_SUFFIXES and (pattern is None or fnmatch.fnmatch(f.relative_to(root).as_posix(), pattern))
+    ]
+    if not images:
+        what = f" matching {pattern!r}" if pattern else ""
+        raise IngestError(f"{src}: no image ({', '.join(IMAGE_SUFFIXES)}){what} found")
+    return [(f, "", hash_split(f.relative_to(root).as_posix())) for f in images]
+
+
+def resize_image(a: np.ndarray, size: int) -> np.ndarray:
+    """[C, H, W] resampled to [C, size, size] in float (pillow: box filter when shrinking, bilinear when
+    enlarging), rounded and clipped back to ``a``'s integer dtype."""
+    from PIL import Image
+
+    shrink = min(a.shape[1:]) >= size
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    out = np.stack([np.asarray(Image.fromarray(b.astype(np.float32), mode="F").resize((size, size), method)) for b in a])
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(a.dtype)
+
+
+def image_chips(a: np.ndarray, size: int, mode: str) -> Iterator[tuple[str, np.ndarray, tuple[int, int, int, int]]]:
+    """Chips of one image [C, H, W]: (chip-id suffix, [C, size, size], source window (top, left, height,
+    width)) for ``mode`` ``crop`` (the centre crop), ``resize`` (the whole image) or ``tile`` (every full
+    non-overlapping tile, row-major). Yields nothing when the image is smaller than one chip (crop, tile)."""
+    h, w = a.shape[1:]
+    if mode == "resize":
+        yield "", resize_image(a, size), (0, 0, h, w)
+        return
+    if h < size or w < size:
+        return
+    if mode == "crop":
+        chip, top, left = _centre_crop(a, size)
+        yield "", chip, (top, left, size, size)
+        return
+    if mode != "tile":
+        raise ValueError(f"unknown chip mode {mode!r} (crop, resize or tile)")
+    for r in range(h // size):
+        for c in range(w // size):
+            yield f"#{r:03d}_{c:03d}", a[:, r * size : (r + 1) * size, c * size : (c + 1) * size], (r * size, c * size, size, size)
+
+
+def _chip_geometry(crs: Any, transform: Any, window: tuple[int, int, int, int], size: int) -> Any:
+    """EPSG:4326 footprint of a chip cut (and possibly resampled) from ``window`` of a georeferenced image."""
+    if crs is None or transform is None:
+        return None
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    top, left, h, w = window
+    t = window_transform(Window(left, top, w, h), transform)
+    if (h, w) != (size, size):
+        from affine import Affine
+
+        t = t * Affine.scale(w / size, h / size)
+    return footprint_wgs84(crs, t, size, size)
+
+
 def _centre_crop(a: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
     top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
     return a[:, top : top + size, left : left + size], top, left
@@ -144,14 +234,31 @@ def ingest_folder(
     chip_size: int | None = None,
     overwrite: bool = False,
     batch_size: int = 64,
+    resize: bool = False,
+    tile: bool = False,
+    unlabelled: bool = False,
+    pattern: str | None = None,
 ) -> ChipStore:
-    """Ingest ``SRC/<class>/<image>`` (or ``SRC/<split>/<class>/<image>``) into a store at ``out``.
+    """Ingest ``SRC/<class>/<image>`` (or ``SRC/<split>/<class>/<image>``, or with ``unlabelled`` every image
+    under SRC matching ``pattern``) into a store at ``out``.
 
     ``modality`` is a registered product id; ``bands`` the bands each file holds, in file order (default: all
-    of the product's bands). Re-running after an interruption resumes; see the module docstring for the rules.
+    of the product's bands). ``resize`` / ``tile`` (exclusive, both need ``chip_size``) replace the centre crop.
+    Re-running after an interruption resumes; see the module docstring for the rules.
     """
     src, out = Path(src), Path(out)
-    items, classes, stray = _plan(src)
+    if resize and tile:
+        raise ValueError("--resize and --tile exclude each other: resample whole images or cut them into tiles")
+    if (resize or tile) and chip_size is None:
+        raise ValueError(f"--{'tile' if tile else 'resize'} needs --chip-size (the size of the chips to make)")
+    if pattern is not None and not unlabelled:
+        raise ValueError("--glob selects images of an --unlabelled pool; class-folder datasets take every image")
+    if unlabelled:
+        items, classes, stray = _plan_unlabelled(src, pattern), [], []
+        root = src.parent if src.is_file() else src
+    else:
+        (items, classes, stray), root = _plan(src), src
+    mode = "tile" if tile else "resize" if resize else "crop"
     # the first readable image fixes the modality (when not declared) and the chip size
     probe: tuple[Path, np.ndarray] | None = None
     for f, _, _ in items:
@@ -170,12 +277,14 @@ def ingest_folder(
         raise ValueError(f"chip size must be positive, got {chip_size}")
     key = store_key(mod)
     mod = mod.renamed(key)
-    schema = {LABEL: {"kind": "class", "classes": classes}}
+    schema = {} if unlabelled else {LABEL: {"kind": "class", "classes": classes}}
     source = {
         "ingester": "folder",
         "path": str(src.resolve()),
         "product": mod.product,
         "bands": mod.band_names,
+        **({"chips": mode} if mode != "crop" else {}),
+        **({"unlabelled": True, "glob": pattern} if unlabelled else {}),
     }
     with StoreWriter(
         out, [mod], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
@@ -183,8 +292,8 @@ def ingest_folder(
         for f in stray:
             w.skip(str(f), "not inside a class folder")
         for f, cls, split in items:
-            chip_id = f.relative_to(src).as_posix()
-            if w.is_done(chip_id):
+            rel = f.relative_to(root).as_posix()
+            if mode != "tile" and w.is_done(rel):
                 continue
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 w.skip(str(f), f"not an image (expected one of {', '.join(IMAGE_SUFFIXES)})")
@@ -201,28 +310,32 @@ def ingest_folder(
                     " declare the file's bands with --modality/--bands",
                 )
                 continue
-            h, wd = a.shape[1:]
-            if h < chip_size or wd < chip_size:
-                w.skip(str(f), f"{f}: {h}x{wd} px is smaller than the chip size {chip_size}")
-                continue
-            a, top, left = _centre_crop(a, chip_size)
-            reason = unfit_reason(a, mod)
-            if reason:
-                w.skip(str(f), f"{f}: {reason}")
-                continue
-            geom = window_footprint(crs, transform, top, left, chip_size)
-            w.add(
-                ChipRecord(
-                    chip_id,
-                    {key: a},
-                    geometry=geom,
-                    crs=crs_string(crs) if geom is not None else None,
-                    aoi=src.name,
-                    split=split,
-                    labels={LABEL: cls},
-                    source=str(f),
+            made = 0
+            for suffix, chip, window in image_chips(a, chip_size, mode):
+                made += 1
+                chip_id = rel + suffix
+                if w.is_done(chip_id):
+                    continue
+                reason = unfit_reason(chip, mod)
+                if reason:
+                    w.skip(chip_id if suffix else str(f), f"{f}: {reason}")
+                    continue
+                geom = _chip_geometry(crs, transform, window, chip_size)
+                w.add(
+                    ChipRecord(
+                        chip_id,
+                        {key: chip},
+                        geometry=geom,
+                        crs=crs_string(crs) if geom is not None else None,
+                        aoi=src.name,
+                        split=split,
+                        labels={} if unlabelled else {LABEL: cls},
+                        source=str(f),
+                    )
                 )
-            )
+            if not made:
+                h, wd = a.shape[1:]
+                w.skip(str(f), f"{f}: {h}x{wd} px is smaller than the chip size {chip_size}")
     return ChipStore(out)
 
 
@@ -237,8 +350,14 @@ def command(
     modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
     overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, help="chips per committed batch"),
+    resize: bool = typer.Option(False, "--resize", help="resample every image to --chip-size (instead of the centre crop)"),
+    tile: bool = typer.Option(False, "--tile", help="cut every image into non-overlapping --chip-size tiles, one row each"),
+    unlabelled: bool = typer.Option(
+        False, "--unlabelled", help="an unlabelled pool: every image under SRC (see --glob), no class folders"
+    ),
+    pattern: str | None = typer.Option(None, "--glob", help="with --unlabelled: only paths (relative to SRC) matching this glob"),
 ) -> None:
-    """Ingest a class-subfolder image dataset (GeoTIFF/PNG/JPEG) into a chip store."""
+    """Ingest a class-subfolder image dataset (GeoTIFF/PNG/JPEG), or an unlabelled pool of images, into a chip store."""
     from earthembed.cli_utils import fail_on
     from earthembed.data.modalities import load_modalities_file
 
@@ -247,12 +366,14 @@ def command(
             load_modalities_file(modalities_file)
         store = ingest_folder(
             src, out, modality=modality, bands=parse_band_list(bands), chip_size=chip_size,
-            overwrite=overwrite, batch_size=batch_size,
+            overwrite=overwrite, batch_size=batch_size, resize=resize, tile=tile, unlabelled=unlabelled,
+            pattern=pattern,
         )
     info = store.info()
     typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
     for k, m in info["modalities"].items():
         typer.echo(f"  {k}: {m['product']} bands {','.join(m['bands'])}")
-    typer.echo(f"  classes {info['labels'][LABEL]['class_counts']}")
+    if LABEL in info["labels"]:
+        typer.echo(f"  classes {info['labels'][LABEL]['class_counts']}")
     if info["skipped"]:
         typer.echo(f"  skipped {info['skipped']} items (see {store.path / 'ingest_report.json'})")

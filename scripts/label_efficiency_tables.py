@@ -1,0 +1,61 @@
+"""Markdown tables of docs/label_efficiency.md from fewshot output directories (their results.csv).
+
+For each task: every feature set x estimator x budget as ``mean ± seed std [mean 95% CI]`` of the primary
+metric, then the comparison of the pretrained embedding with each baseline (earthembed.evaluate.compare):
+``WIN``/``LOSS`` = CIs apart, ``win``/``loss`` = the means only.
+
+    .venv/bin/python scripts/label_efficiency_tables.py runs/label_efficiency/eurosat/fewshot [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from earthembed.evaluate.compare import budget_scores, comparison_sentence, win_table
+
+PRETRAINED = "pretrained:emb_fused"
+BASELINES = ("band_stats", "rcf", "random_init:emb_fused")
+
+
+def _table(df: pd.DataFrame, index: list[str], columns: str, values: str, order: list[str]) -> str:
+    t = df.pivot(index=index, columns=columns, values=values)[order].reset_index()
+    lines = ["| " + " | ".join(map(str, t.columns)) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join("" if pd.isna(v) else str(v) for v in r) + " |" for r in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def tables(results: pd.DataFrame) -> str:
+    """All tables of one fewshot run, one section per task."""
+    out = []
+    s = budget_scores(results)
+    for task, d in s.groupby("task", sort=False):
+        order = d.groupby("budget")["budget_n"].mean().sort_values().index.tolist()
+        d = d.assign(cell=[f"{m:.3f} ± {sd:.3f} [{lo:.2f}, {hi:.2f}]" for m, sd, lo, hi
+                           in zip(d["mean"], d["std"].fillna(0.0), d["ci_low"], d["ci_high"], strict=True)])
+        metric = d["metric"].iloc[0]
+        out.append(f"### {task} ({metric}; mean ± std over seeds [mean 95% bootstrap CI])\n")
+        out.append(_table(d, ["estimator", "features"], "budget", "cell", order))
+        w = win_table(results[results["task"] == task], PRETRAINED, BASELINES)
+        if len(w):
+            w = w.assign(cell=[f"{r.result} {r.score:.3f} vs {r.other_score:.3f}" for r in w.itertuples(index=False)])
+            out.append(f"\n`{PRETRAINED}` against each baseline (WIN/LOSS: CIs apart):\n")
+            out.append(_table(w, ["estimator", "other"], "budget", "cell", [b for b in order if b in set(w["budget"])]))
+        out.append("")
+    out.append(comparison_sentence(results, PRETRAINED, ("band_stats", "rcf", "random_init:emb_fused")))
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="fewshot output directories")
+    for d in ap.parse_args().dirs:
+        print(f"## {d}\n")
+        print(tables(pd.read_csv(d / "results.csv")))
+        print()
+
+
+if __name__ == "__main__":
+    main()
