@@ -42,7 +42,8 @@ def test_bigearthnet_s1_s2_from_one_checkpoint(shared_data, tmp_path):
     res = run_fewshot(tables, store, "labels", tmp_path / "few", budgets="10,all", seeds=(0,),
                       estimators="knn", n_boot=20, feature_columns="emb_fused")
     feats = set(res["features"])
-    assert {"s1s2:emb_fused", "s2only:emb_fused", "s1only:emb_fused", "random_init:emb_fused", "band_stats"} == feats
+    assert {"s1s2:emb_fused", "s2only:emb_fused", "s1only:emb_fused", "random_init:emb_fused", "band_stats",
+            "rcf"} == feats
     assert set(res["metric"]) >= {"macro_map", "micro_map", "macro_f1", "micro_f1"}
     assert (res["n_test"] == 18).all()  # the 18 test-split pairs
     assert (tmp_path / "few" / "label_efficiency.png").stat().st_size > 0
@@ -59,7 +60,7 @@ def test_eurosat_single_modality(shared_data, tmp_path):
                       estimators="logreg", n_boot=20)
     summary = pd.read_csv(tmp_path / "few" / "summary.csv")
     assert set(summary["features"]) == {"pre:emb_fused", "pre:emb_s2", "rgb:emb_fused", "rgb:emb_s2", "band_stats",
-                                        "random_init:emb_fused", "random_init:emb_s2"}  # baselines by default
+                                        "rcf", "random_init:emb_fused", "random_init:emb_s2"}  # baselines by default
     f1 = res[(res["metric"] == "macro_f1") & (res["budget"] == "all")].set_index("features")["value"]
     assert (f1 > 0.1).all()  # 10 classes: chance is 0.1
     assert (res["n_test"] == 40).all()
