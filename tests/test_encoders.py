@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from earthembed.augment import AFFINE_KEY, AugmentConfig, apply_affine, augment_batch, warp_mask
 from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError, get_modality
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
 from earthembed.models import Encoder, EncoderOutput, build_model, export_model, list_models, load_model
 from earthembed.models.registry import MODELS
-from earthembed.augment import AFFINE_KEY, AugmentConfig, apply_affine, augment_batch, warp_mask
 from earthembed.pretrain.run import load_config
 
 S2 = get_modality("s2_l1c").band_names

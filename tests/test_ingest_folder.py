@@ -8,8 +8,9 @@ from PIL import Image
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
+from earthembed.data.ingest.cli import folder as command
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.folder import command, ingest_folder
+from earthembed.data.ingest.folder import ingest_folder
 from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipStore, StoreError

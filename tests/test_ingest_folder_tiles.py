@@ -8,8 +8,9 @@ from PIL import Image
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
+from earthembed.data.ingest.cli import folder as command
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.folder import command, ingest_folder, resize_image
+from earthembed.data.ingest.folder import ingest_folder, resize_image
 
 
 def _png(path, h, w, value):

@@ -10,8 +10,9 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from typer.testing import CliRunner
 
 from earthembed.data.ingest import rasters
+from earthembed.data.ingest.cli import rasters as command
 from earthembed.data.ingest.common import IngestError
-from earthembed.data.ingest.rasters import command, ingest_rasters, normalize_band_name
+from earthembed.data.ingest.rasters import ingest_rasters, normalize_band_name
 from earthembed.data.ingest.splits import block_size_for, block_split, block_splits
 from earthembed.data.store import ChipStore
 

@@ -153,7 +153,7 @@ def test_eurosat_interrupted_ingest_resumes(shared_data, tmp_path, monkeypatch):
 
 def test_cli_ingest_eurosat_and_info(shared_data, tmp_path):
     from earthembed.data.cli import info
-    from earthembed.data.ingest.eurosat import command
+    from earthembed.data.ingest.cli import eurosat as command
 
     app = typer.Typer()
     app.command("eurosat")(command)

@@ -7,9 +7,6 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from earthembed.data.modalities import get_modality
-from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
-from earthembed.models import load_model, random_init_like
 from earthembed.augment import (
     AugmentConfig,
     apply_affine,
@@ -19,6 +16,9 @@ from earthembed.augment import (
     modality_dropout,
     random_affine,
 )
+from earthembed.data.modalities import get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.models import load_model, random_init_like
 from earthembed.pretrain.losses import clip_loss, multimodal_clip_loss
 from earthembed.pretrain.run import load_config, parse_overrides, pretrain
 

@@ -6,8 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from earthembed.data.modalities import get_modality
-from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.augment import (
     AFFINE_KEY,
     AugmentConfig,
@@ -17,6 +15,8 @@ from earthembed.augment import (
     random_affine,
     random_blur,
 )
+from earthembed.data.modalities import get_modality
+from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.pretrain.run import default_recipe, load_config, pretrain
 
 TINY_CNN = ["model.name=timm_cnn", "model.backbone=resnet10t", "data.batch_size=8", "augment.size=16",

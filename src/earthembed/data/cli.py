@@ -9,7 +9,8 @@ import typer
 
 from earthembed.cli_utils import fail_on
 
-ingest_app = typer.Typer(help="Ingest datasets and AOI rasters into a chip store.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Ingest datasets and AOI rasters into a chip store.", no_args_is_help=True,
+                         rich_markup_mode=None)
 
 
 def info(
@@ -81,21 +82,12 @@ def verify(
 
 
 def register(app: typer.Typer) -> None:
-    from earthembed.data import synth
-    from earthembed.data.ingest import bigearthnet, eurosat, folder, pairs, rasters, sen1floods11, stac
+    from earthembed.data.ingest import cli as ingest_cli
 
-    for name, mod in (
-        ("eurosat", eurosat),
-        ("bigearthnet", bigearthnet),
-        ("sen1floods11", sen1floods11),
-        ("folder", folder),
-        ("rasters", rasters),
-        ("stac", stac),
-        ("pairs", pairs),
-    ):
-        ingest_app.command(name)(mod.command)
+    for name in ingest_cli.INGESTERS:
+        ingest_app.command(name)(getattr(ingest_cli, name))
     app.command("info")(info)
     app.command("stats")(stats)
     app.command("verify")(verify)
-    app.command("synth")(synth.command)
+    app.command("synth")(ingest_cli.synth)
     app.add_typer(ingest_app, name="ingest")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from earthembed.data.modalities import Modality, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
@@ -485,25 +484,3 @@ def generate_synthetic_aoi(
             for rec in aoi.records(s, e):
                 w.add(rec)
     return ChipStore(out)
-
-
-def command(
-    out: Path = typer.Option(..., "--out", help="store directory to create"),
-    chips: int = typer.Option(1024, help="number of chips"),
-    chip_size: int = typer.Option(32, help="chip side in pixels (10 m)"),
-    seed: int = typer.Option(0, help="random seed: same seed, same store"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
-    batch_size: int = typer.Option(256, help="chips generated and committed per batch"),
-) -> None:
-    """Generate a synthetic multimodal AOI (S2, S1, coherence, DEM, WorldCover + labels) as a chip store."""
-    import time
-
-    from earthembed.cli_utils import fail_on
-
-    t0 = time.perf_counter()
-    with fail_on():
-        store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=True)
-    dt = time.perf_counter() - t0
-    counts = store.index["landcover"].value_counts().to_dict()
-    typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {out} in {dt:.1f} s")
-    typer.echo("dominant classes: " + ", ".join(f"{c}={counts.get(c, 0)}" for c in CLASSES))

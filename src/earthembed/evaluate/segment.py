@@ -301,6 +301,9 @@ def run_segment(
     bar = tqdm(total=len(cells), desc=f"segment {task}", disable=not progress)
     results: list[pd.DataFrame] = []
     runner = _CellRunner(st, mask_task, plan, cfg, estimator, out)
+    from earthembed.trainer_output import quiet_lightning
+
+    quiet_lightning()
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # one trainer per cell: its start-up banner would drown the progress

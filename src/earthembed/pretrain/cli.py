@@ -25,13 +25,17 @@ def pretrain(
     weights: Path = typer.Option(None, "--weights", help="weights file of --init (default: the usual caches)"),
     extra_bands: str = typer.Option("add", help="store bands --init never saw: add (zero-initialised channels) | ignore"),
     download: bool = typer.Option(False, help="--init: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (same as train.progress_bar=false)"),
 ) -> None:
-    """Pretrain an encoder on a chip store and export it; re-running the same command resumes."""
+    """Pretrain an encoder on a chip store and export it; re-running the same command resumes.
+
+    Progress is steps done / train.max_steps: a bar on a terminal, a line every 10% in logs."""
     from earthembed.models.published import PublishedWeightsWarning
     from earthembed.pretrain.run import pretrain as run_pretrain
 
     with fail_on(), echo_warnings(PublishedWeightsWarning):
-        export = run_pretrain(config, store, out, overrides=list(overrides or []), init=init, weights=weights,
+        ov = list(overrides or []) + (["train.progress_bar=false"] if quiet else [])
+        export = run_pretrain(config, store, out, overrides=ov, init=init, weights=weights,
                               extra_bands=extra_bands, download=download)
     typer.echo(f"exported model to {export}")
 

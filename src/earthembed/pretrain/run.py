@@ -285,6 +285,7 @@ def pretrain(
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_model, modality_products
     from earthembed.pretrain.datamodule import ChipDataModule
+    from earthembed.trainer_output import StepProgress, quiet_lightning
 
     opened = None
     if init is not None:
@@ -363,6 +364,8 @@ def pretrain(
     probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
     if probe is not None:
         callbacks.append(probe)
+    callbacks.append(StepProgress(f"pretrain {cfg['objective']}", quiet=not bool(t["progress_bar"])))
+    quiet_lightning()
     max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
     log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
     trainer = L.Trainer(
@@ -380,7 +383,7 @@ def pretrain(
         gradient_clip_val=t["gradient_clip_val"],
         accumulate_grad_batches=int(t["accumulate_grad_batches"]),
         use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
-        enable_progress_bar=bool(t["progress_bar"]),
+        enable_progress_bar=False,  # StepProgress: steps / max_steps, plain lines when not on a terminal
         enable_model_summary=False,
     )
     lr = float(t["lr"])

@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError, echo_summary, open_raster
+from earthembed.data.ingest.common import IngestError, open_raster
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 
@@ -196,15 +194,3 @@ def ingest_bigearthnet(
                 )
             )
     return ChipStore(out)
-
-
-def command(
-    src: Path = typer.Argument(..., help="BigEarthNet v2.0 folder (metadata.parquet, BigEarthNet-S2, BigEarthNet-S1)"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
-) -> None:
-    """Ingest BigEarthNet v2.0 S2 + S1 pairs (120x120) with 19-class multi-labels and the official splits."""
-    with fail_on():
-        store = ingest_bigearthnet(src, out, overwrite=overwrite, batch_size=batch_size)
-    echo_summary(store, "bigearthnet")

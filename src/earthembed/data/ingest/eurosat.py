@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
-from earthembed.cli_utils import fail_on
-from earthembed.data.ingest.common import IngestError, crs_string, echo_summary, footprint_wgs84, read_raster
+from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, read_raster
 from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
@@ -127,15 +124,3 @@ def ingest_eurosat(src: str | Path, out: str | Path, overwrite: bool = False, ba
                     )
                 )
     return ChipStore(out)
-
-
-def command(
-    src: Path = typer.Argument(..., help="EuroSAT folder: EuroSAT_MS itself or the folder containing it"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
-) -> None:
-    """Ingest EuroSAT multispectral (13-band L1C, 64x64) with class labels and a stratified 60/20/20 split."""
-    with fail_on():
-        store = ingest_eurosat(src, out, overwrite=overwrite, batch_size=batch_size)
-    echo_summary(store, "eurosat")

@@ -43,14 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from earthembed.data.ingest.common import (
     IMAGE_SUFFIXES,
     IngestError,
     crs_string,
     footprint_wgs84,
-    parse_band_list,
     read_image,
     resolve_modality,
     store_key,
@@ -337,43 +335,3 @@ def ingest_folder(
                 h, wd = a.shape[1:]
                 w.skip(str(f), f"{f}: {h}x{wd} px is smaller than the chip size {chip_size}")
     return ChipStore(out)
-
-
-def command(
-    src: Path = typer.Argument(..., help="dataset folder: SRC/<class>/<image> or SRC/<split>/<class>/<image>"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
-    modality: str | None = typer.Option(
-        None, help="registered product id of the images (s2_l1c, rgb, ...); default rgb for PNG/JPEG/3-band TIFF"
-    ),
-    bands: str | None = typer.Option(None, help="bands each file holds, in file order, e.g. B04,B03,B02"),
-    chip_size: int | None = typer.Option(None, help="chip size in px (default: the first image's size)"),
-    modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
-    overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, help="chips per committed batch"),
-    resize: bool = typer.Option(False, "--resize", help="resample every image to --chip-size (instead of the centre crop)"),
-    tile: bool = typer.Option(False, "--tile", help="cut every image into non-overlapping --chip-size tiles, one row each"),
-    unlabelled: bool = typer.Option(
-        False, "--unlabelled", help="an unlabelled pool: every image under SRC (see --glob), no class folders"
-    ),
-    pattern: str | None = typer.Option(None, "--glob", help="with --unlabelled: only paths (relative to SRC) matching this glob"),
-) -> None:
-    """Ingest a class-subfolder image dataset (GeoTIFF/PNG/JPEG), or an unlabelled pool of images, into a chip store."""
-    from earthembed.cli_utils import fail_on
-    from earthembed.data.modalities import load_modalities_file
-
-    with fail_on():
-        if modalities_file is not None:
-            load_modalities_file(modalities_file)
-        store = ingest_folder(
-            src, out, modality=modality, bands=parse_band_list(bands), chip_size=chip_size,
-            overwrite=overwrite, batch_size=batch_size, resize=resize, tile=tile, unlabelled=unlabelled,
-            pattern=pattern,
-        )
-    info = store.info()
-    typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
-    for k, m in info["modalities"].items():
-        typer.echo(f"  {k}: {m['product']} bands {','.join(m['bands'])}")
-    if LABEL in info["labels"]:
-        typer.echo(f"  classes {info['labels'][LABEL]['class_counts']}")
-    if info["skipped"]:
-        typer.echo(f"  skipped {info['skipped']} items (see {store.path / 'ingest_report.json'})")

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 import yaml
 
 from earthembed.data.ingest.common import (
@@ -48,7 +47,6 @@ from earthembed.data.ingest.common import (
     TIFF_SUFFIXES,
     IngestError,
     crs_string,
-    parse_band_list,
     read_image,
     read_raster,
     resolve_modality,
@@ -385,34 +383,3 @@ def _add_pair(w: StoreWriter, key: str, img_path: Path, mask_path: Path, mod: An
                 masks={MASK_LABEL: mk.astype(np.int16)} if n_valid else {},
                 source=f"{img_path}[{y}:{y + cs},{x}:{x + cs}]",
             ))
-
-
-def command(
-    images: str = typer.Option(..., "--images", help="image folder or quoted glob of folders, e.g. 'SRC/*/images'"),
-    masks: str = typer.Option(..., "--masks", help="mask folder or quoted glob of folders, e.g. 'SRC/*/masks'"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
-    chip_size: int = typer.Option(..., "--chip-size", help="tile size in px"),
-    stride: int | None = typer.Option(None, "--stride", help="tile step in px (default: chip size; smaller = overlap)"),
-    classes: Path | None = typer.Option(None, "--classes", help="YAML mapping class names to mask ids or RGB colours"),
-    ignore: str | None = typer.Option(None, "--ignore", help="unlabelled mask ids when there is no --classes, e.g. 255"),
-    modality: str | None = typer.Option(None, help="registered product id of the images (default rgb for PNG/JPEG)"),
-    bands: str | None = typer.Option(None, help="bands each image holds, in file order, e.g. B04,B03,B02"),
-    split_by: str = typer.Option("image", "--split-by", help="image | folder: the unit kept whole in one split"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
-) -> None:
-    """Ingest image/mask pairs (segmentation datasets) as tiles with a pixel mask, class fractions and splits."""
-    from earthembed.cli_utils import fail_on
-    from earthembed.data.ingest.common import echo_summary
-
-    with fail_on():
-        try:
-            ids = [int(v) for v in (ignore or "").split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"--ignore {ignore!r}: expected comma-separated integer ids") from None
-        store = ingest_pairs(images, masks, out, chip_size, stride=stride, classes=classes, ignore=ids,
-                             modality=modality, bands=parse_band_list(bands), split_by=split_by, overwrite=overwrite,
-                             batch_size=batch_size)
-    echo_summary(store, "pairs")
-    typer.echo(f"  mask classes {store.labels[MASK_LABEL]['classes']}; labelled chips "
-               f"{int(store.index[f'has_mask_{MASK_LABEL}'].sum())}")

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
 from earthembed.data.ingest.splits import block_size_for, block_splits
@@ -482,45 +481,3 @@ def _pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
             raise ValueError(f"{option} {k.strip()!r} given twice")
         out[k.strip()] = val.strip()
     return out
-
-
-def command(
-    modality: list[str] = typer.Option(..., "--modality", "-m", help="KEY=PATH, e.g. s2=s2.tif (repeat; first = reference grid)"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
-    chip_size: int = typer.Option(..., help="chip size in px of the reference grid"),
-    product: list[str] = typer.Option([], "--product", help="KEY=PRODUCT, e.g. s2=s2_l2a (default by key)"),
-    labels: Path | None = typer.Option(None, help="categorical label raster (e.g. ESA WorldCover)"),
-    label_class: list[str] = typer.Option([], "--label-class", help="VALUE=NAME label class names (repeat)"),
-    stride: int | None = typer.Option(None, help="tile step in px (default: chip size)"),
-    aoi: str = typer.Option("aoi", help="AOI name, prefix of chip ids"),
-    resolution: float | None = typer.Option(None, help="grid pixel size in reference CRS units (default: first raster's)"),
-    modalities_file: Path | None = typer.Option(None, help="YAML with user-defined modalities to register"),
-    overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, help="chips per committed batch"),
-    date: list[str] = typer.Option([], "--date", help="KEY=YYYY-MM-DD acquisition date of a modality (repeat)"),
-) -> None:
-    """Tile AOI rasters (GeoTIFF/COG, any CRS/resolution) and an optional label raster into a chip store."""
-    from earthembed.cli_utils import fail_on
-    from earthembed.data.modalities import load_modalities_file
-
-    with fail_on():
-        if modalities_file is not None:
-            load_modalities_file(modalities_file)
-        classes = _pairs(label_class, "--label-class")
-        try:
-            label_classes = {int(k): v for k, v in classes.items()} or None
-        except ValueError as e:
-            raise ValueError(f"--label-class: values must be integers ({e})") from None
-        store = ingest_rasters(
-            _pairs(modality, "--modality"), out, chip_size, labels=labels, products=_pairs(product, "--product"),
-            stride=stride, aoi=aoi, resolution=resolution, label_classes=label_classes, overwrite=overwrite,
-            batch_size=batch_size, dates=_pairs(date, "--date"),
-        )
-    info = store.info()
-    typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
-    for k, m in info["modalities"].items():
-        typer.echo(f"  {k}: {m['product']} present in {m['present']}")
-    if CLASS_LABEL in info["labels"]:
-        typer.echo(f"  {CLASS_LABEL} {info['labels'][CLASS_LABEL]['class_counts']}")
-    if info["skipped"]:
-        typer.echo(f"  skipped {info['skipped']} tiles (see {store.path / 'ingest_report.json'})")

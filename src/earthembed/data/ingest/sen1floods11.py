@@ -28,14 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from earthembed.cli_utils import fail_on
 from earthembed.data.ingest.common import (
     IngestError,
     Raster,
     crs_string,
-    echo_summary,
     footprint_wgs84,
     open_raster,
     read_raster,
@@ -292,19 +289,3 @@ def _add_chips(
                 source=str(label.path),
             )
         )
-
-
-def command(
-    src: Path = typer.Argument(..., help="HandLabeled folder with S1Hand/, S2Hand/ and LabelHand/"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
-    chip_size: int = typer.Option(64, "--chip-size", help="chip edge in pixels (non-overlapping tiles)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
-    batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
-    split_by: str = typer.Option("scene", "--split-by", help="scene (official files or hash) | block (spatial blocks "
-                                 "within each scene, e.g. for segmentation on one scene)"),
-) -> None:
-    """Ingest Sen1Floods11 hand-labelled S1 + S2 scenes as chips with a water mask and water fraction."""
-    with fail_on():
-        store = ingest_sen1floods11(src, out, chip_size=chip_size, overwrite=overwrite, batch_size=batch_size,
-                                    split_by=split_by)
-    echo_summary(store, "sen1floods11")

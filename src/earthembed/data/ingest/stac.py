@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
 from earthembed.data.ingest.rasters import (
@@ -561,37 +560,3 @@ def _assets(values: list[str]) -> dict[str, dict[str, str]]:
             raise ValueError(f"--asset {v!r}: expected COLLECTION:BAND=ASSET")
         out.setdefault(coll.strip(), {})[band.strip()] = asset.strip()
     return out
-
-
-def command(
-    catalog: str = typer.Option(..., "--catalog", help="STAC API URL, or a static catalog (catalog.json path/URL)"),
-    collections: str = typer.Option(..., "--collections", help="collection ids, comma-separated (first = grid)"),
-    modality: list[str] = typer.Option(..., "--modality", "-m", help="product per collection: s2_l2a,s1_grd_db or COLLECTION=PRODUCT"),
-    out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
-    bbox: str = typer.Option(None, "--bbox", help="MINLON,MINLAT,MAXLON,MAXLAT (default: the items' extent)"),
-    datetime: str = typer.Option(None, "--datetime", help="START/END (ISO), START/.., ../END or one date"),
-    chip_size: int = typer.Option(64, "--chip-size", help="chip size in px"),
-    crs: str = typer.Option(None, "--crs", help="grid CRS (default: the first collection's native CRS)"),
-    resolution: float = typer.Option(None, "--resolution", help="pixel size in CRS units (default: the first product's)"),
-    asset: list[str] = typer.Option([], "--asset", help="COLLECTION:BAND=ASSET where the band's asset is not found by name"),
-    aoi: str = typer.Option("stac", "--aoi", help="AOI name, prefix of chip ids"),
-    modalities_file: Path = typer.Option(None, "--modalities-file", help="YAML with user-defined modalities"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
-) -> None:
-    """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
-    from earthembed.cli_utils import fail_on
-    from earthembed.data.ingest.common import echo_summary
-    from earthembed.data.modalities import load_modalities_file
-
-    with fail_on():
-        if modalities_file is not None:
-            load_modalities_file(modalities_file)
-        colls = [c.strip() for c in collections.split(",") if c.strip()]
-        store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
-                            datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
-                            overwrite=overwrite)
-    echo_summary(store, f"STAC {catalog}")
-    idx = store.index
-    for k in store.modalities:
-        dates = sorted(idx[f"date_{k}"].dropna().unique())
-        typer.echo(f"  {k} dates: {', '.join(dates[:5])}{' ...' if len(dates) > 5 else ''}")
