@@ -126,7 +126,25 @@ def run_demo(
     print(f"[demo] report: {report}")
     html = map_and_search(out, store, emb["pretrained"], few_dir, log, seed=seed)
     print(f"[demo] HTML report (store, label efficiency, maps, search): {html}")
+    for line in closing_sentences(results):
+        print(line)
     return report
+
+
+NEXT_STEPS = (
+    "earthembed ingest folder|rasters|stac ... --out STORE; earthembed pretrain --store STORE --out RUN; "
+    "earthembed embed --checkpoint RUN/export --store STORE --out EMB.parquet; "
+    "earthembed fewshot --embeddings mine=EMB.parquet --store STORE --task YOUR_LABEL --out FEWSHOT"
+)
+"""What to run on one's own data (the demo's last sentence)."""
+
+
+def closing_sentences(results: pd.DataFrame) -> list[str]:
+    """The demo's last two lines: what won at small budgets here, and the commands to run on one's own data."""
+    from earthembed.evaluate.compare import comparison_sentence
+
+    return [f"What won at small budgets: {comparison_sentence(results, 'pretrained:emb_fused', COMPARE_BASELINES)}",
+            f"Next, on your own data: {NEXT_STEPS} (README.md, 'The pipeline')."]
 
 
 def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few_dir: Path, png: Path,
