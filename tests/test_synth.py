@@ -5,8 +5,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from earthembed.data.ingest.cli import synth as command
 from earthembed.data.store import ChipStore, StoreError
-from earthembed.data.synth import CLASSES, WORLDCOVER_CODES, SyntheticAOI, command, generate_synthetic_aoi
+from earthembed.data.synth import CLASSES, WORLDCOVER_CODES, SyntheticAOI, generate_synthetic_aoi
 
 N, SIZE = 144, 16
 

@@ -472,12 +472,10 @@ def generate_synthetic_aoi(
         out, synthetic_modalities(), aoi.chip_size, label_schema(), source=source, batch_size=batch_size,
         chunk_chips=chunk_chips, overwrite=overwrite,
     ) as w:
-        starts = range(0, aoi.chips, batch_size)
-        if progress:
-            from tqdm import tqdm
+        from earthembed.progress import progress as make_progress
 
-            starts = tqdm(starts, desc="synth", unit="batch")
-        for s in starts:
+        for s in make_progress(range(0, aoi.chips, batch_size), desc=f"synth {Path(out).name}", unit="batch",
+                               quiet=not progress):
             e = min(s + batch_size, aoi.chips)
             if all(w.is_done(c) for c in aoi.chip_ids(np.arange(s, e))):
                 continue  # committed by an interrupted run

@@ -251,11 +251,10 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
     if rep.problems:
         return rep  # the rest assumes rows, arrays and the index's presence columns line up
     rep.problems += _content_problems(store, check_stats=True) + _index_problems(store)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from earthembed.progress import progress as make_progress
 
-        bar = tqdm(total=sum(-(-len(store) // store.array(n).chunks[0]) for n in names), unit="chunk", desc="verify")
+    bar = make_progress(total=sum(-(-len(store) // store.array(n).chunks[0]) for n in names), unit="chunk",
+                        desc=f"verify {store.path.name}", quiet=not progress)
     for name in names:
         arr = store.array(name)
         pres = store.presence()[name]
@@ -265,8 +264,7 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
         for c in range(-(-len(store) // cc)):
             s, e = c * cc, min((c + 1) * cc, len(store))
             rep.chunks_checked += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if store.layout(name).missing(c):
                 continue  # reported above when it holds present chips; fill values otherwise
             try:

@@ -231,20 +231,17 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
         loader = _prefetch(reader, depth=2)
     else:
         loader = (reader[i] for i in range(len(reader)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from earthembed.progress import progress as make_progress
 
-        bar = tqdm(total=len(dataset), initial=len(dataset) - sum(min(batch_size, len(dataset) - s) for s in starts),
-                   unit="chip", desc=f"embed {store.path.name}")
+    todo = sum(min(batch_size, len(dataset) - s) for s in starts)
+    resumed = f" (resumed, {len(dataset) - todo} chips done)" if todo < len(dataset) else ""
+    bar = make_progress(total=todo, unit="chip", desc=f"embed {store.path.name}{resumed}", quiet=not progress)
     # part writes run one batch behind in a thread (Arrow IPC, cheap), so the main thread mostly runs the
     # model. At most one write is in flight, so a failed write stops the run before a later batch is committed.
     from concurrent.futures import Future, ThreadPoolExecutor
 
     def committed(write: Future[int] | None) -> None:  # re-raises a failed write here
-        n = write.result() if write is not None else 0
-        if bar is not None:
-            bar.update(n)
+        bar.update(write.result() if write is not None else 0)
 
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-write") as writer:
         pending: Future[int] | None = None
@@ -259,8 +256,7 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
             pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
                                     model_id)
         committed(pending)
-    if bar is not None:
-        bar.close()
+    bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
                            "modalities": list(request), "architecture": meta.get("architecture"),
                            "store_products": {m: store.modality(m).product for m in request},

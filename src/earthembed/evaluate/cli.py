@@ -123,6 +123,7 @@ def segment(
     model: str = typer.Option(None, "--model", help="architecture of a 'random' init (registered model name)"),
     config: str = typer.Option("segment", "--config", help="YAML config or packaged name (earthembed/configs/segment.yaml)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=200 decoder.name=hypercolumn"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (a bar on a terminal, a line every 10% otherwise)"),
 ) -> None:
     """Segmentation with few labels: fine-tune a U-Net from each init at each label fraction, score on test."""
     from earthembed.evaluate.segment import run_segment
@@ -132,7 +133,7 @@ def segment(
             raise ValueError("--seeds must be >= 1")
         ov = list(overrides or []) + ([f"model.name={model}"] if model else [])
         run_segment(store, task, [init, *compare], out, fractions=fractions, seeds=tuple(range(seeds)), config=config,
-                    overrides=ov, freeze_encoder=True if freeze_encoder else None, progress=True)
+                    overrides=ov, freeze_encoder=True if freeze_encoder else None, progress=not quiet)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"results: {out / 'results.csv'}  plots: {out / 'label_fraction.png'}, {out / 'predictions.png'}")
 

@@ -270,10 +270,9 @@ def run_segment(
     """Fine-tune a segmenter from every init in ``inits`` (``NAME=SPEC`` or ``SPEC``; see
     :mod:`earthembed.evaluate.inits`) at every label fraction and seed; write the outputs listed in the module
     docstring to ``out`` and return the tidy results. Re-running resumes (finished cells are reused)."""
-    from tqdm.auto import tqdm
-
     from earthembed.embed.run import check_products, resolve_request
     from earthembed.models.dense import check_chip_size
+    from earthembed.progress import progress as make_progress
 
     cfg, where = load_segment_config(config, overrides)
     if freeze_encoder is not None:
@@ -298,7 +297,7 @@ def run_segment(
     plan = _plan(st, mask_task, fr, seeds, int(cfg["eval"]["n_show"]), int(cfg["eval"]["max_val_chips"]))
     estimator = cfg["decoder"]["name"] + ("_frozen" if cfg["train"]["freeze_encoder"] else "")
     cells = [(src, s, label) for src in sources for s in seeds for label in plan.samples[s]]
-    bar = tqdm(total=len(cells), desc=f"segment {task}", disable=not progress)
+    bar = make_progress(total=len(cells), desc=f"segment {task}", unit="cell", quiet=not progress)
     results: list[pd.DataFrame] = []
     runner = _CellRunner(st, mask_task, plan, cfg, estimator, out)
     from earthembed.trainer_output import quiet_lightning

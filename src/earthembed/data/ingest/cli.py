@@ -217,6 +217,7 @@ def synth(
     seed: int = typer.Option(0, help="random seed: same seed, same store"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
     batch_size: int = typer.Option(256, help="chips generated and committed per batch"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Generate a synthetic multimodal AOI (S2, S1, coherence, DEM, WorldCover + labels) as a chip store."""
     import time
@@ -226,7 +227,7 @@ def synth(
 
     t0 = time.perf_counter()
     with fail_on():
-        store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=True)
+        store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=not quiet)
     dt = time.perf_counter() - t0
     counts = store.index["landcover"].value_counts().to_dict()
     typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {out} in {dt:.1f} s")
