@@ -14,13 +14,15 @@ OUT=${2:-runs/label_efficiency}
 EE=".venv/bin/earthembed"
 export HF_HUB_OFFLINE=1
 SEEDS=${SEEDS:-5}
+# PRE_STEPS shortens pretraining (default: the recipe's train.max_steps); docs/label_efficiency.md says which was used
 # rcf joins the baselines when this version of fewshot has it
 BASELINES=band_stats,random_init
 if $EE fewshot --help | grep -q "rcf"; then BASELINES=band_stats,rcf,random_init; fi
 
 pretrain() {  # pretrain STORE RUN [overrides...]: the default recipe, timed
   local store=$1 run=$2; shift 2
-  /usr/bin/time -v -o "$run.time" $EE pretrain --store "$store" --out "$run" train.progress_bar=false "$@"
+  /usr/bin/time -v -o "$run.time" $EE pretrain --store "$store" --out "$run" train.progress_bar=false \
+    ${PRE_STEPS:+train.max_steps=$PRE_STEPS} "$@"
   grep -E "Elapsed|User time|System time" "$run.time"
 }
 

@@ -247,3 +247,55 @@ def test_static_catalog_over_http(catalog, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_stac_api_item_search(catalog, tmp_path):
+    """A STAC API (landing page declaring item-search, ``/search``): pystac-client searches it per collection with
+    the bbox and datetime instead of walking a catalog, and the COGs it points to are read over HTTP."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import pystac
+
+    made, root = catalog, catalog["catalog"].parent.parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    items = []
+    for it in pystac.read_file(str(made["catalog"])).get_items(recursive=True):
+        d = it.to_dict()
+        d["collection"], d["links"] = it.collection_id, []
+        for a in d["assets"].values():
+            a["href"] = f"{base}/files/{Path(a['href']).name}"
+        items.append(d)
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    files = tmp_path / "files"
+    files.mkdir()
+    for f in root.glob("*.tif"):
+        (files / f.name).symlink_to(f)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_stac_api.py")),
+                               str(tmp_path / "items.json"), str(files), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        found = find_items(base, ["s2-l2a"], made["bbox"], "2023-07-05/2023-07-31")
+        assert [i.id for i in found["s2-l2a"]] == ["S2_clear_left"]  # the datetime filter reached the API
+        with pytest.raises(IngestError, match="s1-grd"):  # no S1 item in that interval: named
+            find_items(base, ["s2-l2a", "s1-grd"], made["bbox"], "2023-07-05/2023-07-31")
+        store = ingest_stac(base, ["s1-grd"], tmp_path / "store", {"s1-grd": "s1_grd_db"}, chip_size=16,
+                            bbox=made["bbox"])
+        assert len(store) >= 4 and store.index["date_s1"].eq("2023-07-03").all()
+        searches = [json.loads(line) for line in (files / "search.log").read_text().splitlines()]
+        assert searches and all(s.get("collections") for s in searches)  # searched, not walked
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
