@@ -1,7 +1,8 @@
 """What a user sees while a Lightning Trainer runs: earthembed's own progress, not third-party chatter.
 
 Lightning prints banners on every ``Trainer`` (``GPU available: False, used: False``, ``TPU available``, an
-advertisement for its cloud logger) and its pytree helper triggers a torch ``FutureWarning`` about ``LeafSpec``
+advertisement for its cloud logger, ``Trainer.fit stopped: max_steps reached``, a warning when an epoch has fewer
+batches than the logging interval) and its pytree helper triggers a torch ``FutureWarning`` about ``LeafSpec``
 on every run; none of it is actionable for a user of earthembed. :func:`quiet_lightning` drops exactly those
 messages (by their start) and leaves every other log line and warning alone, so what matters to the user (a
 checkpoint that cannot be read, a config Lightning rejects, too few batches for the logging interval) still
@@ -22,7 +23,8 @@ import lightning as L
 
 from earthembed.progress import Progress, progress
 
-NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "\N{ELECTRIC LIGHT BULB} Tip:")
+NOISE_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "\N{ELECTRIC LIGHT BULB} Tip:",
+                  "`Trainer.fit` stopped:")
 """Start of the Lightning info messages that are dropped (everything else passes)."""
 _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
@@ -40,6 +42,8 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropNoise) for f in log.filters):
             log.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    # small stores have fewer batches per epoch than the logging interval: metrics are still logged per step
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 
 class StepProgress(L.Callback):
