@@ -72,12 +72,15 @@ def prepare_demo(cache: Path, export: Path | None, chips: int, chip_size: int) -
     return emb
 
 
-def run_demo_grid(cache: Path, emb: dict[str, Path], out: Path, baselines: str | None, n_jobs: int) -> tuple[float, int]:
-    """(seconds, result rows) of the demo's few-shot call."""
+def run_demo_grid(cache: Path, emb: dict[str, Path], out: Path, baselines: str | None, n_jobs: int,
+                  estimators: str | None = None) -> tuple[float, int]:
+    """(seconds, result rows) of the demo's few-shot call (``estimators``: override the demo's)."""
     from earthembed.demo import DEMO_FEATURES, DEMO_TASKS
     from earthembed.evaluate.fewshot import run_fewshot
 
-    kw = {} if baselines is None else {"baselines": baselines}
+    kw: dict = {} if baselines is None else {"baselines": baselines}
+    if estimators is not None:
+        kw["estimators"] = estimators
     if "progress" in inspect.signature(run_fewshot).parameters:
         kw["progress"] = False
     t0 = time.perf_counter()
@@ -93,7 +96,8 @@ def main_demo(args: argparse.Namespace) -> None:
     times = []
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-            s, n = run_demo_grid(args.cache, emb, Path(tmp) / "few", args.baselines, args.n_jobs)
+            out = args.keep / f"repeat{r + 1}" if args.keep else Path(tmp) / "few"
+            s, n = run_demo_grid(args.cache, emb, out, args.baselines, args.n_jobs, args.estimators)
         times.append(s)
         print(f"repeat {r + 1}/{args.repeats}: {s:.1f} s ({n} result rows)", flush=True)
     code = str(Path(earthembed.__file__).parent)
@@ -168,7 +172,9 @@ def main() -> None:
     d.add_argument("--repeats", type=int, default=1)
     d.add_argument("--baselines", default=None, help="override run_fewshot's default baselines")
     d.add_argument("--n-jobs", type=int, default=-1, help="as the demo: all cores")
+    d.add_argument("--estimators", default=None, help="override the demo's estimators (e.g. knn: the grid's fixed costs)")
     d.add_argument("--json", type=Path, default=None)
+    d.add_argument("--keep", type=Path, default=None, help="write each repeat's few-shot outputs here (results.csv has fit_s per fit)")
     s = sub.add_parser("synthetic", help="a large synthetic classification grid")
     s.add_argument("--n-chips", type=int, default=10000)
     s.add_argument("--dim", type=int, default=128)

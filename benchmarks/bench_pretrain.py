@@ -20,9 +20,8 @@ Every (path, round) runs in a fresh spawned process, so its peak resident memory
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +31,18 @@ import numpy as np
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    bare_rate,
+    lightning_rate,
+    measure_in_child,
+    peak_memory_mb,
+    random_s2_s1_batches,
+    s2_s1_bands,
+    s2_s1_store,
+)
 
 CONFIGS = {"contrastive": "contrastive_tiny", "mpmae": "mpmae_atto"}
-
-
-def _rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config(objective: str, batch: int, crop: int) -> dict[str, Any]:
@@ -55,9 +59,7 @@ def _module(spec: dict[str, Any]):
     t = cfg["train"]
     cls = OBJECTIVES.get(cfg["objective"])
     if spec["objective"] == "contrastive":
-        from earthembed.data.modalities import get_modality
-
-        inputs, planned = {"s2": get_modality("s2_l1c").band_names, "s1": ["VV", "VH"]}, {}
+        inputs, planned = s2_s1_bands(), {}
     else:
         from earthembed.data.store import ChipStore
 
@@ -83,20 +85,6 @@ def _datamodule(spec: dict[str, Any]):
                           reads=plan.reads)
 
 
-def _random_batches(n: int, batch: int, size: int) -> list[dict[str, torch.Tensor]]:
-    """s2 (13 bands) + s1 (absent on 25% of chips) random tensors: the contrastive benchmark's inputs."""
-    from earthembed.data.modalities import get_modality
-
-    bands = {"s2": get_modality("s2_l1c").band_names, "s1": ["VV", "VH"]}
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        b = {k: torch.randn(batch, len(v), size, size, generator=g) for k, v in bands.items()}
-        b.update({f"{k}_present": torch.rand(batch, generator=g) > (0.25 if k == "s1" else 0.0) for k in bands})
-        out.append(b)
-    return out
-
-
 def _rows(batch: dict[str, Any], mod) -> int:
     return int(next(v for k, v in batch.items() if k in mod.model.modalities).shape[0])
 
@@ -108,57 +96,7 @@ def bare_loop(mod, batches, steps: int, warmup: int) -> float:
     hp = mod.hparams
     opt = torch.optim.AdamW(mod.param_groups(), lr=hp.lr, betas=tuple(hp.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, hp.warmup_steps, steps + warmup))
-    n = 0
-    for i in range(steps + warmup):
-        if i == warmup:
-            t0 = time.perf_counter()
-        b = batches[i % len(batches)]
-        loss, _ = mod.step(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if i >= warmup:
-            n += _rows(b, mod)
-    return n / (time.perf_counter() - t0)
-
-
-class _Timer:
-    """Lightning callback timing the steps after ``warmup``."""
-
-    def __init__(self, warmup: int) -> None:
-        import lightning as L
-
-        outer = self
-
-        class CB(L.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    outer.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step > warmup:
-                    outer.chips += _rows(batch, pl_module)
-                outer.t1 = time.perf_counter()
-
-        self.cb, self.chips, self.t0, self.t1 = CB(), 0, 0.0, 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.chips / (self.t1 - self.t0)
-
-
-def lightning_fit(mod, loader, steps: int, warmup: int) -> float:
-    import lightning as L
-
-    timer = _Timer(warmup)
-    trainer = L.Trainer(
-        max_steps=steps + warmup, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer.cb], log_every_n_steps=10,
-        use_distributed_sampler=False,
-    )
-    trainer.fit(mod, train_dataloaders=loader)
-    return timer.rate
+    return bare_rate(lambda b: mod.step(b)[0], opt, sched, batches, steps, warmup, lambda b: _rows(b, mod))
 
 
 def _measure(spec: dict[str, Any]) -> dict[str, float]:
@@ -170,37 +108,28 @@ def _measure(spec: dict[str, Any]) -> dict[str, float]:
     mod = _module(spec)
     if spec["path"] == "datamodule":
         dm = _datamodule(spec)
-        base = _rss_mb()
+        base = peak_memory_mb()
         t = time.perf_counter()
         n = sum(_rows(b, mod) for b in dm.train_dataloader())
-        return {"rate": n / (time.perf_counter() - t), "base": base, "peak": _rss_mb()}
+        return {"rate": n / (time.perf_counter() - t), "base": base}
     if spec["path"] == "lightning_disk":
         loader = _datamodule(spec).train_dataloader()
         batches = None
     else:
         batches = torch.load(spec["batches"], weights_only=True)
         loader = DataLoader(batches, batch_size=None)
-    base = _rss_mb()
+    base = peak_memory_mb()
     if spec["path"] == "bare":
         rate = bare_loop(mod, batches, spec["steps"], spec["warmup"])
     else:
-        rate = lightning_fit(mod, loader, spec["steps"], spec["warmup"])
-    return {"rate": rate, "base": base, "peak": _rss_mb()}
-
-
-def _child(spec: dict[str, Any], queue) -> None:
-    queue.put(_measure(spec))
+        rate = lightning_rate(mod, loader, spec["steps"], spec["warmup"], _rows)
+    return {"rate": rate, "base": base}
 
 
 def run_isolated(spec: dict[str, Any]) -> dict[str, float]:
-    """:func:`_measure` in a spawned process (clean peak memory)."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=_child, args=(spec, queue))
-    p.start()
-    out = queue.get()
-    p.join()
-    return out
+    """:func:`_measure` in a spawned process, so its peak memory is its own."""
+    out, peak = measure_in_child(_measure, spec)
+    return {**out, "peak": peak}
 
 
 def _synthetic_store(path: Path, n: int, size: int, objective: str) -> Path:
@@ -210,17 +139,7 @@ def _synthetic_store(path: Path, n: int, size: int, objective: str) -> Path:
 
         generate_synthetic_aoi(path, chips=n, chip_size=size)
         return path
-    from earthembed.data.modalities import get_modality
-    from earthembed.data.store import ChipRecord, StoreWriter
-
-    rng = np.random.default_rng(0)
-    with StoreWriter(path, [get_modality("s2_l1c"), get_modality("s1_grd_db")], size, batch_size=256) as w:
-        for i in range(n):
-            arrays = {"s2": rng.integers(100, 4000, (13, size, size)).astype("uint16")}
-            if i % 4:
-                arrays["s1"] = rng.normal(-12, 3, (2, size, size)).astype("float32")
-            w.add(ChipRecord(f"c{i:05d}", arrays))
-    return path
+    return s2_s1_store(path, n, size)
 
 
 def main() -> None:
@@ -244,7 +163,7 @@ def main() -> None:
             it = iter(_datamodule(spec).train_dataloader())
             batches = [next(it) for _ in range(4)]
         else:
-            batches = _random_batches(8, a.batch_size, a.crop)
+            batches = random_s2_s1_batches(8, a.batch_size, a.crop)
         torch.save(batches, spec["batches"])
         # alternate the two paths over several rounds: on a shared machine the best round is the fair number
         res: dict[str, list[dict[str, float]]] = {"bare": [], "lightning": []}

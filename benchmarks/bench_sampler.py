@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bare_rate, lightning_timer, random_s2_s1_batches, s2_s1_bands, s2_s1_store  # noqa: E402
 
 
 def _module(bands: dict[str, list[str]], seed: int = 0):
@@ -41,14 +44,8 @@ def _module(bands: dict[str, list[str]], seed: int = 0):
     ), cfg
 
 
-def _batches(bands: dict[str, list[str]], n: int, batch: int, size: int) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        b = {k: torch.randn(batch, len(v), size, size, generator=g) for k, v in bands.items()}
-        b.update({f"{k}_present": torch.rand(batch, generator=g) > (0.25 if k == "s1" else 0.0) for k in bands})
-        out.append(b)
-    return out
+def _chips(batch, mod) -> int:
+    return int(batch["s2"].shape[0])
 
 
 def bare_loop(bands, batches, steps: int, warmup: int) -> float:
@@ -58,81 +55,16 @@ def bare_loop(bands, batches, steps: int, warmup: int) -> float:
     mod.train()
     opt = torch.optim.AdamW(mod.param_groups(), lr=cfg["train"]["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg["train"]["warmup_steps"], steps + warmup))
-    n = 0
-    for i in range(steps + warmup):
-        if i == warmup:
-            t0 = time.perf_counter()
-        b = batches[i % len(batches)]
-        loss, _ = mod.contrastive_step(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if i >= warmup:
-            n += b["s2"].shape[0]
-    return n / (time.perf_counter() - t0)
-
-
-class _Timer:
-    """Lightning callback timing the steps after ``warmup``."""
-
-    def __init__(self, warmup: int) -> None:
-        import lightning as L
-
-        outer = self
-
-        class CB(L.Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    outer.t0, outer.c0 = time.perf_counter(), time.process_time()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step > warmup:
-                    outer.chips += next(v for k, v in batch.items() if k in pl_module.model.modalities).shape[0]
-                outer.t1, outer.c1 = time.perf_counter(), time.process_time()
-
-        self.cb, self.chips, self.t0, self.t1, self.c0, self.c1 = CB(), 0, 0.0, 0.0, 0.0, 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.chips / (self.t1 - self.t0)
-
-    @property
-    def cpu_rate(self) -> float:
-        """Chips per CPU-second of this process (all its threads): robust to other load on the machine."""
-        return self.chips / (self.c1 - self.c0)
+    return bare_rate(lambda b: mod.contrastive_step(b)[0], opt, sched, batches, steps, warmup, lambda b: _chips(b, mod))
 
 
 CPU_RATES: list[float] = []  # chips per CPU-second of every lightning_fit call, in call order
 
 
 def lightning_fit(bands, loader, steps: int, warmup: int) -> float:
-    import lightning as L
-
-    mod, _ = _module(bands)
-    timer = _Timer(warmup)
-    trainer = L.Trainer(
-        max_steps=steps + warmup, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer.cb], log_every_n_steps=10,
-        use_distributed_sampler=False,
-    )
-    trainer.fit(mod, train_dataloaders=loader)
+    timer = lightning_timer(_module(bands)[0], loader, steps, warmup, _chips)
     CPU_RATES.append(timer.cpu_rate)
     return timer.rate
-
-
-def _synthetic_store(path: Path, n: int, size: int) -> Path:
-    from earthembed.data.modalities import get_modality
-    from earthembed.data.store import ChipRecord, StoreWriter
-
-    rng = np.random.default_rng(0)
-    with StoreWriter(path, [get_modality("s2_l1c"), get_modality("s1_grd_db")], size, batch_size=256) as w:
-        for i in range(n):
-            arrays = {"s2": rng.integers(100, 4000, (13, size, size)).astype("uint16")}
-            if i % 4:
-                arrays["s1"] = rng.normal(-12, 3, (2, size, size)).astype("float32")
-            w.add(ChipRecord(f"c{i:05d}", arrays))
-    return path
 
 
 def main() -> None:
@@ -149,13 +81,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    from earthembed.data.modalities import get_modality
-
-    bands = {"s2": get_modality("s2_l1c").band_names, "s1": ["VV", "VH"]}
-    batches = _batches(bands, 8, a.batch_size, a.crop)
+    bands = s2_s1_bands()
+    batches = random_s2_s1_batches(8, a.batch_size, a.crop)
     samplers = [x for x in a.samplers.split(",") if x] if a.store_chips else []
     with tempfile.TemporaryDirectory() as tmp:
-        store = _synthetic_store(Path(tmp) / "store", a.store_chips, a.crop) if samplers else None
+        store = s2_s1_store(Path(tmp) / "store", a.store_chips, a.crop) if samplers else None
         # alternate all paths over several rounds: on a shared machine the per-round ratios are the fair numbers
         bare, light = [], []
         read: dict[str, list[float]] = {s: [] for s in samplers}

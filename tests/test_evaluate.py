@@ -369,10 +369,13 @@ def test_best_feature_set_in_summary_files(tmp_path):
     assert len(pd.read_csv(tmp_path / "best.csv")) == 2
 
 
-def test_newton_solver_picks_the_same_C_as_lbfgs():
-    """The speed-up (Newton-Cholesky for binary problems) solves the same objective: same C, same model."""
+def test_newton_solver_picks_the_same_C_as_lbfgs(monkeypatch):
+    """The speed-up (Newton-Cholesky for binary problems) solves the same objective: same C, same model
+    (at a tight solver tolerance; the default LOGREG_TOL stops both a little short of the optimum)."""
+    from earthembed.evaluate import estimators
     from earthembed.evaluate.estimators import _fit_logreg, logreg_solver
 
+    monkeypatch.setattr(estimators, "LOGREG_TOL", 1e-6)
     assert logreg_solver(64, 2) == "newton-cholesky" and logreg_solver(64, 6) == "lbfgs"
     assert logreg_solver(2048, 2) == "lbfgs"
     rng = np.random.default_rng(0)
@@ -384,3 +387,46 @@ def test_newton_solver_picks_the_same_C_as_lbfgs():
         slow, e_slow = _fit_logreg(X, y, seed=0, solver="lbfgs")
         assert e_fast["C"] == e_slow["C"] and e_fast["C_selection"] == e_slow["C_selection"]
         np.testing.assert_allclose(fast.predict_proba(Xt), slow.predict_proba(Xt), atol=2e-3)
+
+
+def test_neg_log_loss_scorer_matches_sklearn():
+    """C selection scores with our fast log-loss exactly as with scikit-learn's "neg_log_loss" scorer."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, make_scorer
+
+    from earthembed.evaluate.estimators import neg_log_loss
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    for k, C in ((2, 1.0), (4, 0.1), (3, 1e4)):
+        y = rng.integers(0, k, 60)
+        est = LogisticRegression(C=C, max_iter=2000).fit(X * (10 if C > 100 else 1), y)
+        Xt, yt = rng.normal(size=(25, 5)) * 10, rng.integers(0, k, 25)  # large logits: clipping matters
+        yt[yt == k - 1] = 0 if k > 2 else yt[yt == k - 1]  # a class absent from the fold's test part
+        # what LogisticRegressionCV builds from "neg_log_loss" (labels: a fold may miss a class)
+        ref = make_scorer(log_loss, greater_is_better=False, response_method="predict_proba", labels=est.classes_)
+        assert neg_log_loss(est, Xt, yt) == pytest.approx(ref(est, Xt, yt), rel=1e-9)
+
+
+def test_row_space_fit_is_the_same_model():
+    """Fewer chips than features: logistic regression in the row space is the same classifier, same C."""
+    from sklearn.linear_model import LogisticRegression
+
+    from earthembed.evaluate.estimators import RowSpace, fit_estimator
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 300))
+    y = (X[:, :5].sum(1) + rng.normal(0, 1, 40) > 0).astype(int)
+    Xt = rng.normal(size=(30, 300))
+    rs = RowSpace().fit(X)
+    assert rs.basis_.shape == (300, 40)
+    full = LogisticRegression(C=0.1, tol=1e-8, max_iter=5000).fit(X, y)
+    small = LogisticRegression(C=0.1, tol=1e-8, max_iter=5000).fit(rs.transform(X), y)
+    np.testing.assert_allclose(small.predict_proba(rs.transform(Xt)), full.predict_proba(Xt), atol=1e-5)
+    np.testing.assert_allclose(rs.basis_ @ small.coef_.ravel(), full.coef_.ravel(), atol=1e-5)
+    assert RowSpace().fit(X[:, :30]).basis_ is None  # n >= d: nothing to gain, identity
+    assert RowSpace().fit(np.zeros((5, 10))).transform(np.ones((2, 10))).shape == (2, 1)
+    # through the estimator: three classes, budget narrower than the features
+    y3 = np.digitize(X[:, 0] + X[:, 1], [-0.7, 0.7])
+    fitted = fit_estimator("logreg", "classification", X, y3, seed=0)
+    assert fitted.model.named_steps["prep"][-1].basis_.shape[1] <= 40 and fitted.predict(Xt)[0].shape == (30,)

@@ -158,6 +158,17 @@ def test_export_load_roundtrip(tiny_store, tmp_path):
         load_model(tmp_path / "missing")
     # the same weights give the same id
     assert json.loads((export_model(loaded, tmp_path / "e2", norm) / "model.json").read_text())["model_id"] == meta["model_id"]
+    # an earlier export is replaced; a user's directory or file is never written into
+    assert export_model(m, out, norm) == out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="mine.*not an earthembed model export"):
+        export_model(m, mine, norm)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        export_model(m, tmp_path / "afile", norm)
 
 
 def test_band_groups_must_partition():

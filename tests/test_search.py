@@ -41,11 +41,21 @@ def test_query_arithmetic_and_exact_ranking(aoi):
     assert with_q.table["chip_id"].iloc[0] == pos[0] and with_q.table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_exact_and_index_agree(aoi, tmp_path):
+def test_exact_and_index_agree(aoi, tmp_path, capsys):
     _, emb = aoi
     exact = search(emb, ["synth_r0002_c0002"], k=20, exact=True)
-    # IVF visiting every list is exhaustive: the same hits as exact search
-    path = build_index(emb, kind="ivf", nlist=4, nprobe=4)
+    # IVF visiting every list is exhaustive: the same hits as exact search; vectors are added in chunks
+    # (monkeypatched to 30: four faiss calls) with progress lines
+    import earthembed.explore.search as search_mod
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(search_mod, "ADD_CHUNK", 30)
+    mp.setenv("EARTHEMBED_PROGRESS_PCT", "25")
+    path = build_index(emb, kind="ivf", nlist=4, nprobe=4, quiet=False)
+    mp.undo()
+    err = capsys.readouterr().err
+    n = len(load_vectors(emb).rows)  # chips with a non-null embedding
+    assert f"training IVF k-means, 4 lists on {n} vectors" in err and f"index ivf: add: 100% ({n}/{n} vectors)" in err
     assert path == index_path(emb) and path.with_name(path.name + ".json").exists()
     ivf = search(emb, ["synth_r0002_c0002"], k=20)
     assert ivf.meta["method"] == "ivf"

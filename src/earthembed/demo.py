@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 DEMO_TASKS = ("landcover", "classes_present", "frac_water", "frac_built_up")
-# S2+S1+coh+dem fused, S2 only, S1 only and RGB-only from one checkpoint; random init; band_stats is added as baseline
+# S2+S1 fused, S2 only, S1 only and RGB-only from one checkpoint; random init; band_stats and rcf are added as baselines
 DEMO_FEATURES = (
     "pretrained:emb_fused",
     "pretrained:emb_s2",
@@ -28,11 +28,15 @@ DEMO_FEATURES = (
 )
 RGB = ["B04", "B03", "B02"]
 DEMO_OVERRIDES = ("model.modalities=[s2,s1]", "data.batch_size=32", "train.max_steps=80", "train.warmup_steps=8",
-                  "probe.every_n_steps=40", "train.progress_bar=false")
+                  "probe.every_n_steps=40")
 """The default recipe, cut to the demo's time budget: S2 + S1 only (one ResNet-18 each; all four synthetic
 modalities cost ~10 s per step of 64 chips on 2 cores), batch 32, 80 steps (~2.3 s per step measured on the idle
 2-core VM). The recipe's own length is for real pools."""
 COMPARE_BASELINES = ("band_stats", "rcf")
+DEMO_ESTIMATORS = "linear,knn"
+"""The demo's few-shot estimators: logistic / ridge regression and kNN (torchgeo-bench's pair). The random
+forest, the third default of ``earthembed fewshot``, costs 5x both together on this grid (2,048 RCF features);
+``earthembed demo --full-grid`` adds it (benchmarks/README.md, "Few-shot grid of the demo")."""
 
 
 def _step(log: list[dict[str, Any]], name: str, command: str, fn, *args, **kwargs):
@@ -53,8 +57,12 @@ def run_demo(
     seeds: Sequence[int] = (0, 1, 2),
     overrides: Sequence[str] = (),
     jobs: int = -1,
+    full_grid: bool = False,
 ) -> Path:
-    """Run the whole pipeline into ``out`` and write ``out/report.md``; returns the report path."""
+    """Run the whole pipeline into ``out`` and write ``out/report.md``; returns the report path.
+
+    ``full_grid``: few-shot with every default estimator of ``earthembed fewshot`` instead of
+    :data:`DEMO_ESTIMATORS` (adds the random forest; several minutes more)."""
     from earthembed.data.store import ChipStore, StoreError
     from earthembed.data.synth import generate_synthetic_aoi
     from earthembed.embed.run import embed_random_init, embed_store
@@ -98,24 +106,26 @@ def run_demo(
     # re-running the demo re-embeds into its own tables: --overwrite (only earthembed tables are ever replaced)
     _step(log, "embed",
           f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['pretrained']} --overwrite",
-          embed_store, export, store, emb["pretrained"], progress=False, overwrite=True)
+          embed_store, export, store, emb["pretrained"], progress=True, overwrite=True)
     _step(log, "embed (RGB bands only)",
           f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['pretrained_rgb']} "
           f"--modalities s2 --bands 's2:{','.join(RGB)}' --overwrite",
-          embed_store, export, store, emb["pretrained_rgb"], modalities=["s2"], bands={"s2": RGB}, progress=False,
+          embed_store, export, store, emb["pretrained_rgb"], modalities=["s2"], bands={"s2": RGB}, progress=True,
           overwrite=True)
     _step(log, "embed (random init)",
           f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['random_init']} --random-init "
           "--overwrite",
-          embed_random_init, export, store, emb["random_init"], seed=seed, progress=False, overwrite=True)
+          embed_random_init, export, store, emb["random_init"], seed=seed, progress=True, overwrite=True)
     few_dir = out / "fewshot"
     args = " ".join(f"--embeddings {k}={v}" for k, v in emb.items() if k != "random_init")
+    estimators = None if full_grid else DEMO_ESTIMATORS
     results = _step(
         log, "fewshot",
         f"earthembed fewshot {args} --random-init {emb['random_init']} --store {store_dir} "
-        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)} --jobs {jobs}",
+        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)} "
+        f"--jobs {jobs}" + (f" --estimators {estimators}" if estimators else ""),
         run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=list(DEMO_FEATURES),
-        n_jobs=jobs,
+        n_jobs=jobs, estimators=estimators, progress=True,
     )
     png = out / "embeddings_pca.png"
     _step(log, "plot-embeddings",

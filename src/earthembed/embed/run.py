@@ -428,13 +428,12 @@ def embed_rcf(
     embedding, so ``embed_store(export_dir, other_store, ...)`` maps another store with the same filters.
     ``rcf``: keyword arguments of :func:`earthembed.models.rcf.rcf_from_store` (mode, features, seed, ...).
     """
+    from earthembed.models.export import check_export_dir
     from earthembed.models.rcf import export_rcf
 
     store = store if isinstance(store, ChipStore) else ChipStore(store)
     out = Path(out)
-    export = Path(export_dir) if export_dir is not None else out.with_name(f"{out.stem}_featurizer")
-    if export.exists() and not (export / "model.json").is_file():
-        raise FileExistsError(f"{export}: exists and is not an earthembed export; the rcf featurizer would be "
-                              "written into it (choose another --out)")
+    # checked before the filters are computed; export_model checks again when it writes
+    export = check_export_dir(export_dir if export_dir is not None else out.with_name(f"{out.stem}_featurizer"))
     export_rcf(store, export, modalities=modalities, bands=bands, **(rcf or {}))
     return embed_store(export, store, out, modalities=modalities, bands=bands, **kwargs)

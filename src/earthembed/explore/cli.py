@@ -69,12 +69,13 @@ def index(
     nlist: int = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))"),
     nprobe: int = typer.Option(64, "--nprobe", help="IVF lists visited per query (default for searches)"),
     hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW links per node"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ) -> None:
     """Build an approximate faiss index of an embedding column, stored beside the table (used by search)."""
     from earthembed.explore.search import build_index
 
     with fail_on(ImportError):
-        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m)
+        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, quiet=quiet)
     typer.echo(f"wrote {path} (+ {path.name}.json)")
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ DEFAULT_NPROBE = 64
 # k-means training vectors per IVF list: faiss wants >= 39; 256 per list made the 1M build take 44 min on 2
 # busy cores (benchmarks/README.md), 64 keeps the lists balanced at a quarter of the cost
 TRAIN_PER_LIST = 64
+ADD_CHUNK = 20_000  # vectors per faiss add call: the unit of index-build progress
 DEFAULT_EF_SEARCH = 128
 
 
@@ -100,12 +102,18 @@ def build_index(
     nprobe: int = DEFAULT_NPROBE,
     seed: int = 0,
     vectors: Vectors | None = None,
+    quiet: bool = True,
 ) -> Path:
     """Build an IVF-Flat or HNSW index of ``column`` and store it beside ``table``; returns its path.
 
     IVF: ``nlist`` lists (default ``4 * sqrt(n)``, at most n / 39), k-means trained on at most
     :data:`TRAIN_PER_LIST` vectors per list. ``nprobe`` (lists visited per query) is recorded as the default for searches.
+    ``quiet=False``: one line when IVF k-means starts (faiss trains in one call) and progress of the vectors
+    added (:data:`ADD_CHUNK` at a time; the same index as one call: IVF assigns each vector to its nearest list
+    and HNSW inserts in order either way).
     """
+    from earthembed.progress import progress
+
     faiss = _faiss()
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r} (choose from {INDEX_KINDS})")
@@ -124,13 +132,20 @@ def build_index(
         rng = np.random.default_rng(seed)
         sample = v.X if n <= TRAIN_PER_LIST * nlist else v.X[np.sort(rng.choice(n, TRAIN_PER_LIST * nlist, replace=False))]
         index.cp.seed = seed
+        if not quiet:
+            print(f"index: training IVF k-means, {nlist} lists on {len(sample):,} vectors of {d} dims", file=sys.stderr,
+                  flush=True)
         index.train(sample)
-        index.add_with_ids(v.X, v.rows.astype(np.int64))
         params.update(nlist=nlist, nprobe=min(nprobe, nlist))
     else:
         index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT))
         faiss.downcast_index(index.index).hnsw.efConstruction = ef_construction
-        index.add_with_ids(v.X, v.rows.astype(np.int64))
+    ids = v.rows.astype(np.int64)
+    with progress(total=n, desc=f"index {kind}: add", unit="vectors", quiet=quiet) as bar:
+        for i in range(0, n, ADD_CHUNK):
+            index.add_with_ids(v.X[i : i + ADD_CHUNK], ids[i : i + ADD_CHUNK])
+            bar.update(min(ADD_CHUNK, n - i))
+    if kind == "hnsw":
         params.update(M=hnsw_m, ef_construction=ef_construction, ef_search=DEFAULT_EF_SEARCH)
     build_s = time.perf_counter() - t0
     path = index_path(table, column)

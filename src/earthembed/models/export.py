@@ -57,6 +57,19 @@ def modality_products(modalities: Mapping[str, Modality], keys: Iterable[str] | 
     return {k: {f: str(getattr(modalities[k], f)) for f in PRODUCT_FIELDS} for k in keys}
 
 
+def check_export_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path if an export may be written there: absent, empty, or an earthembed export
+    (which is then replaced). Anything else is a user's directory or file, and a FileExistsError naming it:
+    an export never writes its files among someone else's."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory; a model export is a directory")
+    if out.is_dir() and not (out / META_FILE).is_file() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists, is not empty and is not an earthembed model export "
+                              f"(no {META_FILE}); choose another output directory")
+    return out
+
+
 def export_model(
     model: Encoder,
     out_dir: str | Path,
@@ -70,13 +83,14 @@ def export_model(
     ``model_id`` defaults to ``<architecture>-<first 12 hex of the weights' sha256>``, so identical weights
     get identical ids and embedding tables can name the model that made them. ``products`` (e.g.
     :func:`modality_products` of the training store) is recorded as ``model.json["products"]``, restricted
-    to the model's modalities, which it must all cover; without it the key is absent.
+    to the model's modalities, which it must all cover; without it the key is absent. ``out_dir`` must be
+    absent, empty or an earlier export (:func:`check_export_dir`).
     """
     arch = getattr(model, "architecture", "")
     if not isinstance(model, Encoder) or arch not in MODELS:
         raise ValueError(f"export_model needs a registered earthembed Encoder, got {type(model).__name__} "
                          f"(architecture {arch!r}; registered: {MODELS.names()})")
-    out = Path(out_dir)
+    out = check_export_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     missing = [k for k in model.modalities if k not in normalizer.stats]
     if missing:
