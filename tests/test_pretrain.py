@@ -253,6 +253,17 @@ def test_cli_pretrain(tiny_store, tmp_path):
     assert bad.exit_code == 1 and "train.nope" in bad.output
     missing = runner.invoke(app, ["pretrain", "--config", "contrastive_tiny", "--store", str(tmp_path / "x"), "--out", str(out)])
     assert missing.exit_code == 1 and "not found" in missing.output
+    # a second pretrain on a run directory that another one is writing stops at once, naming the holder
+    import os
+
+    from earthembed.outputs import OutputLock
+    from earthembed.pretrain.run import RUN_LOCK_FILE
+
+    before = (out / "config.yaml").read_text()
+    with OutputLock(out, out / RUN_LOCK_FILE):
+        busy = runner.invoke(app, [*args, *FAST, "train.max_steps=2", "model.modalities=[s2]"])
+    assert busy.exit_code == 1 and f"pid {os.getpid()}" in busy.output and "being written" in busy.output
+    assert (out / "config.yaml").read_text() == before  # nothing of the run was touched
 
 
 def test_datamodule_splits_and_rank_sharding(tiny_store):

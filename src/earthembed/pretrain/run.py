@@ -260,6 +260,25 @@ def _fit_init(opened: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, wh
     return model, {**meta, "path": str(opened.name)}
 
 
+RUN_LOCK_FILE = ".earthembed-run.lock"
+
+
+def _global_rank_zero() -> bool:
+    """True in the process that launches (or is) global rank 0: RANK / SLURM_PROCID / NODE_RANK + LOCAL_RANK,
+    whichever the launcher set, are all 0 or unset. Lightning's DDP children have LOCAL_RANK >= 1."""
+    import os
+
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
+def run_lock(out: Path) -> Any:
+    """The held lock of run directory ``out`` (rank 0 only; other ranks write nothing of their own there), or
+    None on other ranks. A second ``pretrain`` on the same ``--out`` fails at once naming the holder."""
+    from earthembed.outputs import OutputLock
+
+    return OutputLock(out, out / RUN_LOCK_FILE).acquire() if _global_rank_zero() else None
+
+
 def pretrain(
     config: str | Path | dict[str, Any] | None,
     store: str | Path,
@@ -318,128 +337,133 @@ def pretrain(
     model_args["modalities"] = bands
 
     out.mkdir(parents=True, exist_ok=True)
-    store_path = str(Path(store).resolve())
-    store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
-    resolved = {
-        **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
-        **({"plan": plan.summary} if plan.summary else {}),
-    }
-    if init_meta is not None:
-        pub = init_meta.get("published") or {}
-        resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
-                            "weights_sha256": pub.get("weights_sha256")}
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
-        from earthembed.models.export import read_checkpoint
-
-        read_checkpoint(last, mmap=True)
-    if resume and last.exists() and (out / "config.yaml").exists():
-        before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        keys = ("model", "objective", "objective_args", "init",
-                *(("plan",) if "plan" in before or "plan" in resolved else ()))
-        changed = [k for k in keys if before.get(k) != resolved.get(k)]
-        if changed:
-            raise ValueError(
-                f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
-                "- use a new --out (or delete its checkpoints/ to start over)"
-            )
-        # runs recorded before store_modalities existed are compared by path only
-        diff = [k for k in ("store", "store_modalities") if k in before and before[k] != resolved[k]]
-        if diff:
-            if "store" in diff:
-                what = f"store {before.get('store')} (now {store_path})"
-            else:
-                was = before["store_modalities"] or {}
-                keys = [k for k in {**was, **store_mods} if was.get(k) != store_mods.get(k)]
-                what = "store content (" + "; ".join(f"{k}: {was.get(k)} -> now {store_mods.get(k)}" for k in keys) + ")"
-            raise ValueError(
-                f"{where}: {out} holds a run pretrained on a different {what}; resuming it would silently mix "
-                "training data - use a new --out for this store (or delete its checkpoints/ to start over)"
-            )
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-
-    ckpt_dir = out / "checkpoints"
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                            every_n_train_steps=int(t["checkpoint_every_n_steps"]))]
-    probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
-    if probe is not None:
-        callbacks.append(probe)
-    callbacks.append(StepProgress(f"pretrain {cfg['objective']}", quiet=not bool(t["progress_bar"])))
-    quiet_lightning()
-    max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
-    log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        max_epochs=t["max_epochs"],
-        accelerator=t["accelerator"],
-        devices=t["devices"],
-        strategy=t["strategy"],
-        num_nodes=int(t["num_nodes"]),
-        precision=t["precision"],
-        logger=CSVLogger(out / "logs", name="", version=""),
-        callbacks=callbacks,
-        default_root_dir=out,
-        log_every_n_steps=log_every,
-        gradient_clip_val=t["gradient_clip_val"],
-        accumulate_grad_batches=int(t["accumulate_grad_batches"]),
-        use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
-        enable_progress_bar=False,  # StepProgress: steps / max_steps, plain lines when not on a terminal
-        enable_model_summary=False,
-    )
-    lr = float(t["lr"])
-    if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
-        lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
-    for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
-                                                           if t["base_lr"] is not None else "")]:
-        rank_zero_info(note)
-
-    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
-    module = cls(
-        model_name=cfg["model"]["name"],
-        model_args=model_args,
-        lr=lr,
-        weight_decay=float(t["weight_decay"]),
-        warmup_steps=int(t["warmup_steps"]),
-        betas=[float(b) for b in t["betas"]],
-        augment=cfg["augment"],
-        gather_distributed=bool(t["gather_distributed"]),
-        **cfg["objective_args"],
-        **plan.args,
-    )
-    if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
-        try:
-            module.model.load_state_dict(init_model.state_dict(), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
-                             f"{' '.join(str(e).split())[:300]}") from None
-        del init_model
-    dm = ChipDataModule(
-        chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
-        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
-        shuffle_window=int(d["shuffle_window"]),
-    )
-    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
-    trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
-    export = out / "export"
-    if trainer.is_global_zero:
-        info = {
-            "objective": cfg["objective"],
-            "global_step": int(trainer.global_step),
-            "store": str(Path(store).resolve()),
-            "n_chips": len(dm.dataset) if dm.dataset is not None else None,
-            "lr": lr,
+    lock = run_lock(out)  # one writer per run directory (checkpoints, config, export)
+    try:
+        store_path = str(Path(store).resolve())
+        store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
+        resolved = {
+            **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
             **({"plan": plan.summary} if plan.summary else {}),
-            "config": resolved,
         }
-        extra: dict[str, Any] = {"pretrain": info}
         if init_meta is not None:
-            extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
-                             "published": init_meta.get("published")}
-        export_model(module.model, export, normalizer, extra=extra,
-                     products=modality_products(chips.modalities, bands))
-        _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
-    del trainer, module, dm
-    gc.collect()
-    _destroy_process_group()
-    return export
+            pub = init_meta.get("published") or {}
+            resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
+                                "weights_sha256": pub.get("weights_sha256")}
+        last = out / "checkpoints" / "last.ckpt"
+        if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
+            from earthembed.models.export import read_checkpoint
+
+            read_checkpoint(last, mmap=True)
+        if resume and last.exists() and (out / "config.yaml").exists():
+            before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+            keys = ("model", "objective", "objective_args", "init",
+                    *(("plan",) if "plan" in before or "plan" in resolved else ()))
+            changed = [k for k in keys if before.get(k) != resolved.get(k)]
+            if changed:
+                raise ValueError(
+                    f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
+                    "- use a new --out (or delete its checkpoints/ to start over)"
+                )
+            # runs recorded before store_modalities existed are compared by path only
+            diff = [k for k in ("store", "store_modalities") if k in before and before[k] != resolved[k]]
+            if diff:
+                if "store" in diff:
+                    what = f"store {before.get('store')} (now {store_path})"
+                else:
+                    was = before["store_modalities"] or {}
+                    keys = [k for k in {**was, **store_mods} if was.get(k) != store_mods.get(k)]
+                    what = "store content (" + "; ".join(f"{k}: {was.get(k)} -> now {store_mods.get(k)}" for k in keys) + ")"
+                raise ValueError(
+                    f"{where}: {out} holds a run pretrained on a different {what}; resuming it would silently mix "
+                    "training data - use a new --out for this store (or delete its checkpoints/ to start over)"
+                )
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+        ckpt_dir = out / "checkpoints"
+        callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                                every_n_train_steps=int(t["checkpoint_every_n_steps"]))]
+        probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
+        if probe is not None:
+            callbacks.append(probe)
+        callbacks.append(StepProgress(f"pretrain {cfg['objective']}", quiet=not bool(t["progress_bar"])))
+        quiet_lightning()
+        max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
+        log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            max_epochs=t["max_epochs"],
+            accelerator=t["accelerator"],
+            devices=t["devices"],
+            strategy=t["strategy"],
+            num_nodes=int(t["num_nodes"]),
+            precision=t["precision"],
+            logger=CSVLogger(out / "logs", name="", version=""),
+            callbacks=callbacks,
+            default_root_dir=out,
+            log_every_n_steps=log_every,
+            gradient_clip_val=t["gradient_clip_val"],
+            accumulate_grad_batches=int(t["accumulate_grad_batches"]),
+            use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
+            enable_progress_bar=False,  # StepProgress: steps / max_steps, plain lines when not on a terminal
+            enable_model_summary=False,
+        )
+        lr = float(t["lr"])
+        if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
+            lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
+        for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
+                                                               if t["base_lr"] is not None else "")]:
+            rank_zero_info(note)
+
+        L.seed_everything(int(t["seed"]), workers=True, verbose=False)
+        module = cls(
+            model_name=cfg["model"]["name"],
+            model_args=model_args,
+            lr=lr,
+            weight_decay=float(t["weight_decay"]),
+            warmup_steps=int(t["warmup_steps"]),
+            betas=[float(b) for b in t["betas"]],
+            augment=cfg["augment"],
+            gather_distributed=bool(t["gather_distributed"]),
+            **cfg["objective_args"],
+            **plan.args,
+        )
+        if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
+            try:
+                module.model.load_state_dict(init_model.state_dict(), strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
+                                 f"{' '.join(str(e).split())[:300]}") from None
+            del init_model
+        dm = ChipDataModule(
+            chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
+            splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
+            shuffle_window=int(d["shuffle_window"]),
+        )
+        # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
+        trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
+        export = out / "export"
+        if trainer.is_global_zero:
+            info = {
+                "objective": cfg["objective"],
+                "global_step": int(trainer.global_step),
+                "store": str(Path(store).resolve()),
+                "n_chips": len(dm.dataset) if dm.dataset is not None else None,
+                "lr": lr,
+                **({"plan": plan.summary} if plan.summary else {}),
+                "config": resolved,
+            }
+            extra: dict[str, Any] = {"pretrain": info}
+            if init_meta is not None:
+                extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
+                                 "published": init_meta.get("published")}
+            export_model(module.model, export, normalizer, extra=extra,
+                         products=modality_products(chips.modalities, bands))
+            _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
+        del trainer, module, dm
+        gc.collect()
+        _destroy_process_group()
+        return export
+    finally:
+        if lock is not None:
+            lock.release()
