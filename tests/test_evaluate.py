@@ -324,6 +324,31 @@ def test_parallel_jobs_give_identical_results(small_store, tmp_path):
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
 
 
+def test_all_budget_fitted_once_and_repeated_for_every_seed(small_store, tmp_path, monkeypatch):
+    """`all` has the same chips for every seed: one fit, its rows repeated (fit_s 0, extra names the seed)."""
+    from earthembed.evaluate import fewshot
+
+    emb = small_tables(small_store, tmp_path)
+    sizes = []
+    real = fewshot.fit_estimator
+    monkeypatch.setattr(fewshot, "fit_estimator", lambda *a, **k: sizes.append(len(a[2])) or real(*a, **k))
+    df = fewshot.run_fewshot({"m": emb}, small_store, "cls", tmp_path / "o", budgets="2,all", seeds=(0, 1, 2),
+                             estimators="logreg", baselines="none", n_boot=10)
+    n_all = int(df.loc[df["budget"] == "all", "budget_n"].iloc[0])
+    n_sets = df["features"].nunique()
+    assert sizes.count(n_all) == n_sets and len(sizes) == 4 * n_sets  # per set: 3 seeds x budget 2, one fit of all
+    rows = df[(df["budget"] == "all") & (df["features"] == df["features"].iloc[0])].sort_values(["seed", "metric"])
+    assert sorted(rows["seed"].unique()) == [0, 1, 2] and len(rows) == 3 * df["metric"].nunique()
+    per_seed = [g[["metric", "value", "ci_low", "ci_high"]].to_numpy() for _, g in rows.groupby("seed")]
+    assert all((x == per_seed[0]).all() for x in per_seed)
+    assert (rows.loc[rows["seed"] > 0, "fit_s"] == 0).all()
+    assert all(json.loads(e)["fit_of_seed"] == 0 for e in rows.loc[rows["seed"] > 0, "extra"])
+    # the table keeps the (task, features, estimator, seed, budget) order
+    one = df[df["features"] == df["features"].iloc[0]]
+    assert one.drop_duplicates(["seed", "budget"])[["seed", "budget"]].values.tolist() == [
+        [0, "2"], [0, "all"], [1, "2"], [1, "all"], [2, "2"], [2, "all"]]
+
+
 def _scored(task, budget, n, features, est, values, half_width):
     return [dict(task=task, task_kind="classification", features=features, estimator=est, budget=budget,
                  budget_n=n, seed=s, metric="macro_f1", value=v, ci_low=v - half_width, ci_high=v + half_width)

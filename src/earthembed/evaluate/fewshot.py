@@ -247,35 +247,70 @@ def _unit_cost(kind: str, est: str, dim: int, sizes: Sequence[int], n_outputs: i
     return 0.05 * n
 
 
+def _same_as_first_seed(p: _Plan) -> dict[int, set[str]]:
+    """Per seed, the budgets whose training chips are exactly those of the first seed's same budget (``all``,
+    and budgets clipped to a whole pool): fitted once, their rows repeated for the other seeds."""
+    first = min(p.samples)
+    ref = p.samples[first]
+    return {s: {b for b, v in bud.items() if s != first and b in ref and np.array_equal(v, ref[b])}
+            for s, bud in p.samples.items()}
+
+
+def _repeat_row(row: dict[str, Any], seed: int, first: int) -> dict[str, Any]:
+    extra = json.loads(row["extra"])
+    return {**row, "seed": seed, "fit_s": 0.0, "extra": json.dumps({**extra, "fit_of_seed": first}, default=float)}
+
+
 def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: Progress | None, n_jobs: int = 1
                ) -> list[pd.DataFrame]:
     """Tidy results of every plan: each feature set x estimator x seed x budget fitted once, scored on the test split.
 
     Units of work are (task, feature set, estimator, seed), all tasks in one pool of ``n_jobs`` processes
-    (joblib), the most expensive first; a pool per task would leave a core idle at every task's tail. Rows come
-    back in the order (task, feature set, estimator, seed, budget) whatever ``n_jobs`` and the schedule."""
+    (joblib), the most expensive first; a pool per task would leave a core idle at every task's tail. A budget
+    with the same chips for every seed (``all``) is fitted for the first seed only and its rows repeated for the
+    others (``fit_s`` 0, ``extra.fit_of_seed``): seeds are there to resample the labelled chips, and refitting the
+    same chips only re-rolled the CV folds (it was the most expensive fit, done once per seed). Rows come back in
+    the order (task, feature set, estimator, seed, budget) whatever ``n_jobs`` and the schedule."""
     from joblib import Parallel, delayed
 
     units = []
+    same = [_same_as_first_seed(p) for p in plans]
     for i, p in enumerate(plans):
         n_out = p.t.y.shape[1] if p.t.kind == "multilabel" else 1
         for j, X in enumerate(p.mats):
             for k, est in enumerate(p.ests):
                 for s, bud in p.samples.items():
-                    cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in bud.values()], n_out)
-                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, bud))
+                    todo = {b: v for b, v in bud.items() if b not in same[i][s]}
+                    if bar is not None and len(todo) < len(bud):
+                        bar.update(len(bud) - len(todo))
+                    if not todo:
+                        continue
+                    cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in todo.values()], n_out)
+                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo))
     order = sorted(range(len(units)), key=lambda u: -units[u][1])
-    done: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
+    done: dict[tuple[int, int, int, int], dict[str, list[dict[str, Any]]]] = {}
     run = Parallel(n_jobs=n_jobs, return_as="generator")
     jobs = (delayed(_fit_unit)(u[2].t, u[3], u[4], u[5], u[6], u[7], u[2].pool, u[2].test, n_boot, u[2].mode)
             for u in (units[o] for o in order))
     for o, rows in zip(order, run(jobs), strict=True):
-        done[units[o][0]] = rows
+        by_budget: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_budget.setdefault(r["budget"], []).append(r)
+        done[units[o][0]] = by_budget
         if bar is not None:
             bar.update(len(units[o][7]))
     out = []
-    for i in range(len(plans)):
-        rows = [r for key in sorted(k for k in done if k[0] == i) for r in done[key]]
+    for i, p in enumerate(plans):
+        first = min(p.samples)
+        rows = []
+        for j in range(len(p.mats)):
+            for k in range(len(p.ests)):
+                for s in sorted(p.samples):
+                    for b in p.samples[s]:
+                        if b in same[i][s]:
+                            rows += [_repeat_row(r, s, first) for r in done[(i, j, k, first)][b]]
+                        else:
+                            rows += done[(i, j, k, s)][b]
         out.append(pd.DataFrame(rows, columns=RESULT_COLUMNS))
     return out
 
