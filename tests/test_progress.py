@@ -54,3 +54,39 @@ def test_terminal_gets_a_tqdm_bar_and_quiet_gets_nothing():
             assert bar.mode == "quiet"
             bar.update(10)
         assert stream.getvalue() == ""
+
+
+def test_every_ingest_reports_progress_unless_quiet(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import rasterio
+    from PIL import Image
+    from rasterio.transform import from_origin
+    from typer.testing import CliRunner
+
+    from earthembed.cli import app
+    from earthembed.data.ingest.folder import ingest_folder
+    from earthembed.data.ingest.rasters import ingest_rasters
+
+    monkeypatch.setenv("EARTHEMBED_PROGRESS_PCT", "50")
+    for i, cls in enumerate(["forest", "forest", "water", "water"]):  # 4 files
+        (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
+    tif = tmp_path / "s2.tif"  # 64x64 px: 4 windows of 32 px
+    with rasterio.open(tif, "w", driver="GTiff", width=64, height=64, count=13, dtype="uint16", crs="EPSG:32631",
+                       transform=from_origin(500000, 4600000, 10, 10)) as d:
+        d.write(np.full((13, 64, 64), 1000, np.uint16))
+    ingest_folder(tmp_path / "src", tmp_path / "f", progress=True)
+    ingest_rasters({"s2": tif}, tmp_path / "r", 32, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("ingest folder f: 50% (2/4 file)")
+    assert err[1].startswith("ingest folder f: 100% (4/4 file)")
+    assert err[3].startswith("ingest rasters r: 100% (4/4 window)") and len(err) == 4
+    ingest_folder(tmp_path / "src", tmp_path / "f2")
+    ingest_rasters({"s2": tif}, tmp_path / "r2", 32)
+    assert capsys.readouterr().err == ""  # the Python API is silent by default
+    runner = CliRunner()
+    r = runner.invoke(app, ["ingest", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "c1")])
+    assert r.exit_code == 0 and "ingest folder c1: 100% (4/4 file)" in r.output, r.output
+    r = runner.invoke(app, ["ingest", "rasters", "-m", f"s2={tif}", "--chip-size", "32", "-o", str(tmp_path / "c2"),
+                            "--quiet"])
+    assert r.exit_code == 0 and "ingest rasters" not in r.output, r.output

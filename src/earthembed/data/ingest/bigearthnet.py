@@ -24,6 +24,7 @@ import numpy as np
 from earthembed.data.ingest.common import IngestError, open_raster
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 #: the 19-class nomenclature of BigEarthNet, in the official order
 BEN19_CLASSES: tuple[str, ...] = (
@@ -120,13 +121,13 @@ def patch_dirs(src: Path, patch_id: str, s1_name: str) -> tuple[Path, Path]:
 
 
 def ingest_bigearthnet(
-    src: str | Path, out: str | Path, overwrite: bool = False, batch_size: int = 64
+    src: str | Path, out: str | Path, overwrite: bool = False, batch_size: int = 64, *, progress: bool = False
 ) -> ChipStore:
     """Ingest BigEarthNet v2.0: ``s2`` (s2_l2a), ``s1`` (s1_grd_db), 19-class ``labels``, country and flags.
 
     A patch with a missing or unreadable S2 band is skipped with the reason; a patch whose S1 pair is missing
     or unreadable is kept without ``s1`` and the S1 item is listed in ``ingest_report.json``. Splits are the
-    metadata's (``validation`` -> ``val``).
+    metadata's (``validation`` -> ``val``). ``progress=True`` reports progress per patch on stderr.
     """
     src = Path(src)
     if not src.is_dir():
@@ -151,7 +152,8 @@ def ingest_bigearthnet(
     with StoreWriter(
         out, [s2m, s1m], CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
     ) as w:
-        for row in meta.itertuples(index=False):
+        for row in make_progress(meta.itertuples(index=False), total=len(meta),
+                                 desc=f"ingest bigearthnet {Path(out).name}", unit="patch", quiet=not progress):
             patch_id, s1_name = str(row.patch_id), str(row.s1_name)
             if w.is_done(patch_id):
                 continue

@@ -14,13 +14,14 @@ def eurosat(
     out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Ingest EuroSAT multispectral (13-band L1C, 64x64) with class labels and a stratified 60/20/20 split."""
     from earthembed.cli_utils import fail_on
     from earthembed.data.ingest.common import echo_summary
     from earthembed.data.ingest.eurosat import ingest_eurosat
     with fail_on():
-        store = ingest_eurosat(src, out, overwrite=overwrite, batch_size=batch_size)
+        store = ingest_eurosat(src, out, overwrite=overwrite, batch_size=batch_size, progress=not quiet)
     echo_summary(store, "eurosat")
 
 
@@ -29,13 +30,14 @@ def bigearthnet(
     out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create (or resume)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Ingest BigEarthNet v2.0 S2 + S1 pairs (120x120) with 19-class multi-labels and the official splits."""
     from earthembed.cli_utils import fail_on
     from earthembed.data.ingest.bigearthnet import ingest_bigearthnet
     from earthembed.data.ingest.common import echo_summary
     with fail_on():
-        store = ingest_bigearthnet(src, out, overwrite=overwrite, batch_size=batch_size)
+        store = ingest_bigearthnet(src, out, overwrite=overwrite, batch_size=batch_size, progress=not quiet)
     echo_summary(store, "bigearthnet")
 
 
@@ -47,6 +49,7 @@ def sen1floods11(
     batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
     split_by: str = typer.Option("scene", "--split-by", help="scene (official files or hash) | block (spatial blocks "
                                  "within each scene, e.g. for segmentation on one scene)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Ingest Sen1Floods11 hand-labelled S1 + S2 scenes as chips with a water mask and water fraction."""
     from earthembed.cli_utils import fail_on
@@ -54,7 +57,7 @@ def sen1floods11(
     from earthembed.data.ingest.sen1floods11 import ingest_sen1floods11
     with fail_on():
         store = ingest_sen1floods11(src, out, chip_size=chip_size, overwrite=overwrite, batch_size=batch_size,
-                                    split_by=split_by)
+                                    split_by=split_by, progress=not quiet)
     echo_summary(store, "sen1floods11")
 
 
@@ -75,6 +78,7 @@ def folder(
         False, "--unlabelled", help="an unlabelled pool: every image under SRC (see --glob), no class folders"
     ),
     pattern: str | None = typer.Option(None, "--glob", help="with --unlabelled: only paths (relative to SRC) matching this glob"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Ingest a class-subfolder image dataset (GeoTIFF/PNG/JPEG), or an unlabelled pool of images, into a chip store."""
     from earthembed.cli_utils import fail_on
@@ -88,7 +92,7 @@ def folder(
         store = ingest_folder(
             src, out, modality=modality, bands=parse_band_list(bands), chip_size=chip_size,
             overwrite=overwrite, batch_size=batch_size, resize=resize, tile=tile, unlabelled=unlabelled,
-            pattern=pattern,
+            pattern=pattern, progress=not quiet,
         )
     info = store.info()
     typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
@@ -114,6 +118,7 @@ def rasters(
     overwrite: bool = typer.Option(False, help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, help="chips per committed batch"),
     date: list[str] = typer.Option([], "--date", help="KEY=YYYY-MM-DD acquisition date of a modality (repeat)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Tile AOI rasters (GeoTIFF/COG, any CRS/resolution) and an optional label raster into a chip store."""
     from earthembed.cli_utils import fail_on
@@ -131,7 +136,7 @@ def rasters(
         store = ingest_rasters(
             _pairs(modality, "--modality"), out, chip_size, labels=labels, products=_pairs(product, "--product"),
             stride=stride, aoi=aoi, resolution=resolution, label_classes=label_classes, overwrite=overwrite,
-            batch_size=batch_size, dates=_pairs(date, "--date"),
+            batch_size=batch_size, dates=_pairs(date, "--date"), progress=not quiet,
         )
     info = store.info()
     typer.echo(f"{store.path}: {info['chips']} chips of {info['chip_size']} px, splits {info['splits']}")
@@ -157,6 +162,7 @@ def stac(
     aoi: str = typer.Option("stac", "--aoi", help="AOI name, prefix of chip ids"),
     modalities_file: Path = typer.Option(None, "--modalities-file", help="YAML with user-defined modalities"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
     from earthembed.cli_utils import fail_on
@@ -170,7 +176,7 @@ def stac(
         colls = [c.strip() for c in collections.split(",") if c.strip()]
         store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
                             datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
-                            overwrite=overwrite)
+                            overwrite=overwrite, progress=not quiet)
     echo_summary(store, f"STAC {catalog}")
     idx = store.index
     for k in store.modalities:
@@ -191,6 +197,7 @@ def pairs(
     split_by: str = typer.Option("image", "--split-by", help="image | folder: the unit kept whole in one split"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
     batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Ingest image/mask pairs (segmentation datasets) as tiles with a pixel mask, class fractions and splits."""
     from earthembed.cli_utils import fail_on
@@ -204,7 +211,7 @@ def pairs(
             raise ValueError(f"--ignore {ignore!r}: expected comma-separated integer ids") from None
         store = ingest_pairs(images, masks, out, chip_size, stride=stride, classes=classes, ignore=ids,
                              modality=modality, bands=parse_band_list(bands), split_by=split_by, overwrite=overwrite,
-                             batch_size=batch_size)
+                             batch_size=batch_size, progress=not quiet)
     echo_summary(store, "pairs")
     typer.echo(f"  mask classes {store.labels[MASK_LABEL]['classes']}; labelled chips "
                f"{int(store.index[f'has_mask_{MASK_LABEL}'].sum())}")

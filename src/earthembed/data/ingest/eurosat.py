@@ -18,6 +18,7 @@ from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs
 from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 EUROSAT_CLASSES: tuple[str, ...] = (
     "AnnualCrop",
@@ -72,11 +73,14 @@ def list_eurosat(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     return files, unknown
 
 
-def ingest_eurosat(src: str | Path, out: str | Path, overwrite: bool = False, batch_size: int = 64) -> ChipStore:
+def ingest_eurosat(
+    src: str | Path, out: str | Path, overwrite: bool = False, batch_size: int = 64, *, progress: bool = False
+) -> ChipStore:
     """Ingest EuroSAT_MS into a store with ``s2`` (s2_l1c order) and a ``label`` class column.
 
     Unreadable files and files with the wrong band count or size are recorded as skipped (see
     ``ingest_report.json``) and the ingest goes on; an interrupted run is finished by running it again.
+    ``progress=True`` reports progress per file on stderr.
     """
     root = find_eurosat_root(src)
     files, unknown = list_eurosat(root)
@@ -93,11 +97,13 @@ def ingest_eurosat(src: str | Path, out: str | Path, overwrite: bool = False, ba
     with StoreWriter(
         out, [s2], EUROSAT_CHIP_SIZE, schema, source=source, batch_size=batch_size, overwrite=overwrite,
         inputs=[src, root],
-    ) as w:
+    ) as w, make_progress(total=sum(map(len, files.values())), desc=f"ingest eurosat {Path(out).name}", unit="file",
+                          quiet=not progress) as bar:
         for d in unknown:
             w.skip(str(d), f"folder is not a EuroSAT class ({', '.join(EUROSAT_CLASSES)})")
         for cls, paths in files.items():
             for path in paths:
+                bar.update()
                 chip_id = path.stem
                 if w.is_done(chip_id):
                     continue

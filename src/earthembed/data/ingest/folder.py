@@ -56,6 +56,7 @@ from earthembed.data.ingest.common import (
 )
 from earthembed.data.ingest.splits import hash_split, stratified_splits
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LABEL = "label"
@@ -236,13 +237,16 @@ def ingest_folder(
     tile: bool = False,
     unlabelled: bool = False,
     pattern: str | None = None,
+    *,
+    progress: bool = False,
 ) -> ChipStore:
     """Ingest ``SRC/<class>/<image>`` (or ``SRC/<split>/<class>/<image>``, or with ``unlabelled`` every image
     under SRC matching ``pattern``) into a store at ``out``.
 
     ``modality`` is a registered product id; ``bands`` the bands each file holds, in file order (default: all
     of the product's bands). ``resize`` / ``tile`` (exclusive, both need ``chip_size``) replace the centre crop.
-    Re-running after an interruption resumes; see the module docstring for the rules.
+    Re-running after an interruption resumes; see the module docstring for the rules. ``progress=True``
+    reports progress per file on stderr.
     """
     src, out = Path(src), Path(out)
     if resize and tile:
@@ -289,7 +293,7 @@ def ingest_folder(
     ) as w:
         for f in stray:
             w.skip(str(f), "not inside a class folder")
-        for f, cls, split in items:
+        for f, cls, split in make_progress(items, desc=f"ingest folder {out.name}", unit="file", quiet=not progress):
             rel = f.relative_to(root).as_posix()
             if mode != "tile" and w.is_done(rel):
                 continue

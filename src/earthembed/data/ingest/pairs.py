@@ -56,6 +56,7 @@ from earthembed.data.ingest.common import (
 )
 from earthembed.data.ingest.splits import stratified_splits
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 MASK_LABEL = "mask"
 PRESENT_LABEL = "classes_present"
@@ -275,8 +276,11 @@ def ingest_pairs(
     present_min_fraction: float = 0.0,
     overwrite: bool = False,
     batch_size: int = 64,
+    *,
+    progress: bool = False,
 ) -> ChipStore:
-    """Tile image / mask pairs into a store at ``out`` (see the module docstring); re-running resumes."""
+    """Tile image / mask pairs into a store at ``out`` (see the module docstring); re-running resumes.
+    ``progress=True`` reports progress per image on stderr."""
     if chip_size < 1 or (stride is not None and stride < 1):
         raise ValueError(f"chip size and stride must be positive, got {chip_size} and {stride}")
     if split_by not in SPLIT_BY:
@@ -326,7 +330,8 @@ def ingest_pairs(
         for k, f in mask_files.items():
             if k not in image_files:
                 w.skip(str(f), f"{f}: no image with pairing key {k!r} under {images}")
-        for k, (img_path, mask_path) in pairs.items():
+        for k, (img_path, mask_path) in make_progress(pairs.items(), desc=f"ingest pairs {Path(out).name}",
+                                                      unit="image", quiet=not progress):
             _add_pair(w, k, img_path, mask_path, mod, key_mod, cmap, chip_size, stride, group_split[groups[k]],
                       groups[k] or k, present_min_fraction)
     return ChipStore(out)

@@ -49,6 +49,7 @@ from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import WORLDCOVER_CLASSES, Modality, get_modality, list_modalities
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter, valid_pixels
+from earthembed.progress import progress as make_progress
 
 DEFAULT_PRODUCTS = {"s1": "s1_grd_db", "coh": "insar_coherence", "dem": "elevation", "lc": "worldcover"}
 S2_PRODUCTS_BY_COUNT = {12: "s2_l2a", 13: "s2_l1c"}
@@ -338,6 +339,8 @@ def ingest_rasters(
     overwrite: bool = False,
     batch_size: int = 64,
     dates: dict[str, str] | None = None,
+    *,
+    progress: bool = False,
 ) -> ChipStore:
     """Tile AOI rasters ``{key: path}`` (keys become store modality names) into a chip store at ``out``.
 
@@ -345,6 +348,7 @@ def ingest_rasters(
     ``dates`` maps keys to acquisition dates (ISO ``YYYY-MM-DD``), recorded as ``date_<key>`` of every chip.
     Every chip keeps its CRS and pixel ``transform`` so per-chip results can be written back as maps.
     Re-running after an interruption resumes. See the module docstring for grid, label and split rules.
+    ``progress=True`` reports progress per chip window on stderr.
     """
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -416,7 +420,9 @@ def ingest_rasters(
             "the same command to resume"
         )
         with writer as w:
-            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, stride, chip_size):
+            tiles = list(pending_tiles(w, aoi, n_rows, n_cols, stride, chip_size))
+            for i, j, chip_id, win in make_progress(tiles, desc=f"ingest rasters {Path(out).name}", unit="window",
+                                                    quiet=not progress):
                 arrays = {}
                 for s in sources:
                     a = _read(s.vrt, s.path, win, s.indexes, note)

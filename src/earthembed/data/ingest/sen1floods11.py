@@ -40,6 +40,7 @@ from earthembed.data.ingest.common import (
 from earthembed.data.ingest.splits import block_size_for, block_splits, hash_split
 from earthembed.data.modalities import band_indices, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 LAYERS = {"s1": "S1Hand", "s2": "S2Hand", "label": "LabelHand"}
 #: band order of the S2Hand files, in the registry's names (the files say B1, B2, ...)
@@ -184,13 +185,16 @@ def ingest_sen1floods11(
     overwrite: bool = False,
     batch_size: int = 64,
     split_by: str = "scene",
+    *,
+    progress: bool = False,
 ) -> ChipStore:
     """Ingest Sen1Floods11 hand-labelled scenes as ``chip_size`` chips with ``s1``, ``s2`` and water labels.
 
     Band descriptions that contradict the documented order and layers on different grids raise
     :class:`IngestError` naming the files (the input is not what this reader understands). A scene without
     its label, or with an unreadable file, is skipped with the reason; a scene missing only S1 or S2 is kept
-    without that modality and the gap is listed in ``ingest_report.json``.
+    without that modality and the gap is listed in ``ingest_report.json``. ``progress=True`` reports progress
+    per scene on stderr.
     """
     src = Path(src)
     if chip_size < 1:
@@ -219,7 +223,8 @@ def ingest_sen1floods11(
     with StoreWriter(
         out, [s2m, s1m], chip_size, schema, source=source, batch_size=batch_size, overwrite=overwrite, inputs=[src]
     ) as w:
-        for scene, paths in scenes.items():
+        for scene, paths in make_progress(scenes.items(), desc=f"ingest sen1floods11 {Path(out).name}", unit="scene",
+                                          quiet=not progress):
             if "label" not in paths:
                 w.skip(scene, f"{src / LAYERS['label']}: no {scene}_LabelHand.tif for this scene")
                 continue

@@ -58,6 +58,7 @@ from earthembed.data.ingest.rasters import (
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import Modality, get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.progress import progress as make_progress
 
 # Earth Search (element84) asset keys of Sentinel-2 bands
 S2_ASSET_ALIASES: dict[str, tuple[str, ...]] = {
@@ -432,11 +433,14 @@ def ingest_stac(
     aoi: str = "stac",
     overwrite: bool = False,
     batch_size: int = 64,
+    *,
+    progress: bool = False,
 ) -> ChipStore:
     """Chips of ``collections`` of a STAC ``catalog`` over ``bbox`` (lon/lat) and ``datetime`` into a store.
 
     ``products`` maps each collection to a registered product (its store key is the product's name);
     ``assets`` maps ``{collection: {band: asset key}}`` where the automatic band -> asset rules fail.
+    ``progress=True`` reports progress per chip window on stderr.
     """
     from rasterio.warp import transform_bounds
     from rasterio.windows import transform as window_transform
@@ -516,7 +520,9 @@ def ingest_stac(
         readers = [_CollectionReader(mods[c].name, c, mods[c], per[c], grid, stack) for c in collections]
         with StoreWriter(out, list(mods.values()), chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
-            for i, j, chip_id, win in pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size):
+            tiles = list(pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size))
+            for i, j, chip_id, win in make_progress(tiles, desc=f"ingest stac {Path(out).name}", unit="window",
+                                                    quiet=not progress):
                 arrays, dates, used = {}, {}, []
                 for r in readers:
                     a, date, ids = r.chip(win, note)
