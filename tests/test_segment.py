@@ -149,6 +149,24 @@ def test_segment_two_inits_two_fractions_outputs_and_resume(mask_store, vit_expo
     assert r.exit_code == 1 and "computed with a different config" in r.output
 
 
+def test_epochs_scale_a_cells_steps_with_its_labels(mask_store, vit_export, tmp_path):
+    """train.epochs: steps = epochs x labelled chips / batch, capped by max_steps; null keeps max_steps everywhere."""
+    import json
+
+    from earthembed.evaluate.segment import cell_steps, load_segment_config, run_segment
+
+    assert cell_steps({"max_steps": 300, "epochs": None}, 5000, 16) == 300
+    assert cell_steps({"max_steps": 300, "epochs": 2}, 40, 16) == 5 and cell_steps({"max_steps": 300, "epochs": 2}, 5000, 16) == 300
+    assert cell_steps({"max_steps": 300, "epochs": 0.1}, 3, 16) == 1
+    with pytest.raises(ValueError, match="train.epochs must be a positive number"):
+        load_segment_config("segment", ["train.epochs=0"])
+    df = run_segment(mask_store, "mask", ["random"], tmp_path / "ep", fractions="0.5,1", seeds=(0,),
+                     overrides=[*FAST, "model.name=multimodal_vit_tiny", "train.epochs=1", "train.max_steps=100"])
+    steps = {r.budget: json.loads(r.extra)["steps"] for r in df[df["metric"] == "miou"].itertuples()}
+    n = {r.budget: r.n_train for r in df[df["metric"] == "miou"].itertuples()}
+    assert steps == {b: -(-n[b] // 4) for b in n} and steps["1"] > steps["0.5"]  # FAST: batch 4
+
+
 def test_segment_bad_input_is_named(mask_store, vit_export, tmp_path):
     from earthembed.evaluate.inits import INIT_SCHEMES, resolve_init
     from earthembed.evaluate.segment import run_segment

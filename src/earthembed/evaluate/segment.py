@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -59,7 +60,7 @@ SEGMENT_DEFAULTS: dict[str, Any] = {
     "decoder": {"name": "unet", "args": {}, "neck": "auto", "neck_args": {}},
     "data": {"batch_size": 16, "eval_batch_size": 64, "num_workers": 0},
     "train": {
-        "max_steps": 300, "lr": 1e-3, "encoder_lr_scale": 1.0, "weight_decay": 0.01, "warmup_steps": 20,
+        "max_steps": 300, "epochs": None, "lr": 1e-3, "encoder_lr_scale": 1.0, "weight_decay": 0.01, "warmup_steps": 20,
         "betas": [0.9, 0.999], "freeze_encoder": False, "val_every_n_steps": 50, "seed": 0,
         "precision": "32-true", "accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1,
         "gradient_clip_val": None, "progress_bar": False,
@@ -70,6 +71,15 @@ SEGMENT_DEFAULTS: dict[str, Any] = {
 }
 #: settings that do not change a cell's result (left out of its fingerprint)
 _RUNTIME_KEYS = {"progress_bar", "accelerator", "devices", "strategy", "num_nodes", "num_workers", "eval_batch_size"}
+
+
+def cell_steps(train: Mapping[str, Any], n_train: int, batch_size: int) -> int:
+    """Optimiser steps of a cell: ``train.max_steps`` for every fraction (``epochs`` null: small fractions are seen
+    more often), or ``train.epochs`` passes over the cell's labelled chips, at most ``max_steps`` (so a large
+    fraction is not trained on a sliver of its chips, as the fixed count does)."""
+    if train.get("epochs") is None:
+        return int(train["max_steps"])
+    return max(1, min(int(train["max_steps"]), math.ceil(float(train["epochs"]) * n_train / batch_size)))
 
 
 def load_segment_config(config: str | Path | Mapping[str, Any] | None = "segment",
@@ -91,6 +101,9 @@ def load_segment_config(config: str | Path | Mapping[str, Any] | None = "segment
     for key in ("max_steps", "val_every_n_steps", "warmup_steps"):
         if not isinstance(t[key], int) or t[key] < 0 or (key == "max_steps" and t[key] < 1):
             raise ValueError(f"{where}: train.{key} must be a {'positive' if key == 'max_steps' else 'non-negative'} integer, got {t[key]!r}")
+    if t["epochs"] is not None and (isinstance(t["epochs"], bool) or not isinstance(t["epochs"], (int, float))
+                                    or t["epochs"] <= 0):
+        raise ValueError(f"{where}: train.epochs must be a positive number or null, got {t['epochs']!r}")
     if not (isinstance(t["betas"], (list, tuple)) and len(t["betas"]) == 2):
         raise ValueError(f"{where}: train.betas must be two numbers, e.g. [0.9, 0.999], got {t['betas']!r}")
     if int(cfg["data"]["batch_size"]) < 1:
@@ -382,7 +395,7 @@ class _CellRunner:
             augment=cfg["augment"], val_data=data(plan.val) if len(plan.val) else None,
             val_every_n_steps=int(t["val_every_n_steps"]), eval_batch_size=int(d["eval_batch_size"]),
         )
-        bs, steps = int(d["batch_size"]), int(t["max_steps"])
+        bs, steps = int(d["batch_size"]), cell_steps(t, len(pos), int(d["batch_size"]))
         g = torch.Generator().manual_seed(int(t["seed"]) + seed)
         sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=steps * bs, generator=g)
         loader = torch.utils.data.DataLoader(train, batch_size=bs, sampler=sampler, num_workers=int(d["num_workers"]),
