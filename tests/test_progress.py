@@ -24,6 +24,27 @@ def test_not_a_terminal_prints_a_line_every_n_percent():
     assert "\r" not in out.getvalue() and "ETA" not in lines[-1]
 
 
+def test_a_failed_step_prints_no_final_line_after_its_error():
+    import gc
+
+    out = io.StringIO()
+    with pytest.raises(ValueError), progress(total=10, desc="ingest", unit="file", every_pct=50, stream=out) as bar:
+        bar.update(3)
+        raise ValueError("corrupt file")
+    assert out.getvalue() == ""  # 30%: below the first 50% line, and no "final" line for a failed step
+
+    def consume() -> None:
+        for i in progress(range(10), desc="ingest", unit="file", every_pct=50, stream=out):
+            if i == 7:
+                raise ValueError("corrupt file")
+
+    with pytest.raises(ValueError):
+        consume()
+    gc.collect()  # the wrapped generator is finalised here, after the error
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ingest: 50% (5/10 file)")  # no partial line after the error
+
+
 def test_big_steps_print_one_line_and_the_default_is_ten_percent(monkeypatch):
     out = io.StringIO()
     bar = progress(total=100, desc="x", stream=out)

@@ -106,21 +106,22 @@ class Progress:
             msg += f", ETA {_duration(elapsed * (self.total - self.n) / self.n)}"
         print(msg, file=self.stream, flush=True)
 
-    def close(self) -> None:
-        """Finish: closes the bar, or prints the final line (only if the step did any work)."""
+    def close(self, final: bool = True) -> None:
+        """Finish: closes the bar, or prints the final line (only if the step did any work). ``final=False``
+        (the step failed): no final line, so nothing follows the error message."""
         if self._closed:
             return
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif not self.quiet and self.n:
+        elif final and not self.quiet and self.n:
             self._line(100.0 * self.n / self.total if self.total else 100.0, final=True)
 
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(final=exc_type is None)
 
 
 class _Iter(Progress):
@@ -132,12 +133,14 @@ class _Iter(Progress):
         self._items = items
 
     def __iter__(self) -> Iterator[Any]:
+        done = False
         try:
             for x in self._items:
                 yield x
                 self.update(1)
-        finally:
-            self.close()
+            done = True
+        finally:  # after an error in the loop (or a break) this runs late, at garbage collection: stay silent
+            self.close(final=done)
 
 
 def progress(items: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
