@@ -324,7 +324,7 @@ def test_parallel_jobs_give_identical_results(small_store, tmp_path):
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
 
 
-def test_all_budget_fitted_once_and_repeated_for_every_seed(small_store, tmp_path, monkeypatch):
+def test_all_budget_fitted_once_and_repeated_for_every_seed(small_store, tmp_path, monkeypatch, capsys):
     """`all` has the same chips for every seed: one fit, its rows repeated (fit_s 0, extra names the seed)."""
     from earthembed.evaluate import fewshot
 
@@ -332,8 +332,13 @@ def test_all_budget_fitted_once_and_repeated_for_every_seed(small_store, tmp_pat
     sizes = []
     real = fewshot.fit_estimator
     monkeypatch.setattr(fewshot, "fit_estimator", lambda *a, **k: sizes.append(len(a[2])) or real(*a, **k))
+    monkeypatch.setenv("EARTHEMBED_PROGRESS_PCT", "50")
     df = fewshot.run_fewshot({"m": emb}, small_store, "cls", tmp_path / "o", budgets="2,all", seeds=(0, 1, 2),
-                             estimators="logreg", baselines="none", n_boot=10)
+                             estimators="logreg", baselines="none", n_boot=10, progress=True)
+    n_fits = len(df.drop_duplicates(["features", "estimator", "seed", "budget"]))
+    err = capsys.readouterr().err.splitlines()  # repeated fits count when their first seed's fit is done
+    assert err[-1].startswith("few-shot (1 task x") and f"100% ({n_fits}/{n_fits} fits)" in err[-1]
+    assert not any(f"(0/{n_fits}" in x for x in err)
     n_all = int(df.loc[df["budget"] == "all", "budget_n"].iloc[0])
     n_sets = df["features"].nunique()
     assert sizes.count(n_all) == n_sets and len(sizes) == 4 * n_sets  # per set: 3 seeds x budget 2, one fit of all

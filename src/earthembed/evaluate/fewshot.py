@@ -281,12 +281,12 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
             for k, est in enumerate(p.ests):
                 for s, bud in p.samples.items():
                     todo = {b: v for b, v in bud.items() if b not in same[i][s]}
-                    if bar is not None and len(todo) < len(bud):
-                        bar.update(len(bud) - len(todo))
                     if not todo:
                         continue
+                    # the first seed's unit also does the other seeds' repeated fits (for the progress count)
+                    repeats = sum(len(v) for v in same[i].values()) if s == min(p.samples) else 0
                     cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in todo.values()], n_out)
-                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo))
+                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo, repeats))
     order = sorted(range(len(units)), key=lambda u: -units[u][1])
     done: dict[tuple[int, int, int, int], dict[str, list[dict[str, Any]]]] = {}
     run = Parallel(n_jobs=n_jobs, return_as="generator")
@@ -298,7 +298,7 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
             by_budget.setdefault(r["budget"], []).append(r)
         done[units[o][0]] = by_budget
         if bar is not None:
-            bar.update(len(units[o][7]))
+            bar.update(len(units[o][7]) + units[o][8])
     out = []
     for i, p in enumerate(plans):
         first = min(p.samples)
