@@ -139,8 +139,8 @@ def neg_log_loss(est: Any, X: np.ndarray, y: np.ndarray) -> float:
     :class:`~sklearn.linear_model.LogisticRegressionCV`, computed from ``coef_`` / ``intercept_`` in log space.
 
     Same criterion as the ``"neg_log_loss"`` scorer, without its per-call validation: that scorer took ~10 ms
-    a call, ~30% of the few-shot grid's time, for a few microseconds of arithmetic (7 C values x 5 folds per
-    fit, and per class for multilabel tasks). Probabilities are clipped to [eps, 1 - eps] as that scorer does.
+    a call, ~30% of the few-shot grid's time, for a few microseconds of arithmetic (one call per C value and
+    fold of every fit, and per class for multilabel tasks). Probabilities are clipped to [eps, 1 - eps] as that scorer does.
     """
     from scipy.special import log_expit, log_softmax
 
@@ -188,6 +188,13 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, seed: int, solver: str | None = No
     return est, extra
 
 
+def _logreg_inputs(X: np.ndarray) -> tuple[Pipeline, np.ndarray]:
+    """The fitted input transform of logistic regression (standardise, then :class:`RowSpace`) and the
+    budget's features through it, computed once."""
+    prep = make_pipeline(StandardScaler(), RowSpace())
+    return prep, prep.fit_transform(X)
+
+
 def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
     n = len(X)
     if name == "knn":
@@ -207,8 +214,8 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -
         pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHA_GRID)).fit(X, y)
         return pipe, {"alpha": float(pipe[-1].alpha_), "alpha_selection": "efficient LOO CV"}
     if name == "logreg":
-        prep = make_pipeline(StandardScaler(), RowSpace()).fit(X)
-        est, extra = _fit_logreg(prep.transform(X), y, seed)
+        prep, Xs = _logreg_inputs(X)
+        est, extra = _fit_logreg(Xs, y, seed)
         return Pipeline([("prep", prep), ("clf", est)]), extra
     raise ValueError(f"unknown estimator {name!r}")
 
@@ -225,8 +232,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         return Fitted(lambda X: np.zeros((len(X), 0)), "multilabel", extra, Y.shape[1], cols, prev)
     Yc = Y[:, cols]
     if name == "logreg":
-        prep = make_pipeline(StandardScaler(), RowSpace()).fit(X)
-        Xs = prep.transform(X)
+        prep, Xs = _logreg_inputs(X)
         models, cs = [], []
         for j in range(Yc.shape[1]):
             m, e = _fit_logreg(Xs, Yc[:, j], seed)

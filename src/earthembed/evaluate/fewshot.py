@@ -277,16 +277,17 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
     same = [_same_as_first_seed(p) for p in plans]
     for i, p in enumerate(plans):
         n_out = p.t.y.shape[1] if p.t.kind == "multilabel" else 1
+        first = min(p.samples)
+        todos = {s: {b: v for b, v in bud.items() if b not in same[i][s]} for s, bud in p.samples.items()}
+        # the first seed's unit also does the other seeds' repeated fits (for the progress count)
+        repeats = {s: sum(len(v) for v in same[i].values()) if s == first else 0 for s in p.samples}
         for j, X in enumerate(p.mats):
             for k, est in enumerate(p.ests):
-                for s, bud in p.samples.items():
-                    todo = {b: v for b, v in bud.items() if b not in same[i][s]}
+                for s, todo in todos.items():
                     if not todo:
                         continue
-                    # the first seed's unit also does the other seeds' repeated fits (for the progress count)
-                    repeats = sum(len(v) for v in same[i].values()) if s == min(p.samples) else 0
                     cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in todo.values()], n_out)
-                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo, repeats))
+                    units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo, repeats[s]))
     order = sorted(range(len(units)), key=lambda u: -units[u][1])
     done: dict[tuple[int, int, int, int], dict[str, list[dict[str, Any]]]] = {}
     run = Parallel(n_jobs=n_jobs, return_as="generator")

@@ -272,11 +272,14 @@ def _global_rank_zero() -> bool:
 
 
 def run_lock(out: Path) -> Any:
-    """The held lock of run directory ``out`` (rank 0 only; other ranks write nothing of their own there), or
-    None on other ranks. A second ``pretrain`` on the same ``--out`` fails at once naming the holder."""
+    """The lock of run directory ``out`` as a context manager, taken on entering it on global rank 0 only (the
+    other ranks write nothing of their own there). A second ``pretrain`` on the same ``--out`` fails at once
+    naming the holder."""
+    import contextlib
+
     from earthembed.outputs import OutputLock
 
-    return OutputLock(out, out / RUN_LOCK_FILE).acquire() if _global_rank_zero() else None
+    return OutputLock(out, out / RUN_LOCK_FILE) if _global_rank_zero() else contextlib.nullcontext()
 
 
 def pretrain(
@@ -337,8 +340,7 @@ def pretrain(
     model_args["modalities"] = bands
 
     out.mkdir(parents=True, exist_ok=True)
-    lock = run_lock(out)  # one writer per run directory (checkpoints, config, export)
-    try:
+    with run_lock(out):  # one writer per run directory (checkpoints, config, export)
         store_path = str(Path(store).resolve())
         store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
         resolved = {
@@ -464,6 +466,3 @@ def pretrain(
         gc.collect()
         _destroy_process_group()
         return export
-    finally:
-        if lock is not None:
-            lock.release()
