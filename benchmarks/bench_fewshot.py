@@ -73,14 +73,19 @@ def prepare_demo(cache: Path, export: Path | None, chips: int, chip_size: int) -
 
 
 def run_demo_grid(cache: Path, emb: dict[str, Path], out: Path, baselines: str | None, n_jobs: int,
-                  estimators: str | None = None) -> tuple[float, int]:
-    """(seconds, result rows) of the demo's few-shot call (``estimators``: override the demo's)."""
+                  estimators: str | None = None, budgets: str | None = None) -> tuple[float, int]:
+    """(seconds, result rows) of the demo's few-shot call (``estimators`` / ``budgets``: override the demo's;
+    code without ``DEMO_BUDGETS`` ran ``run_fewshot``'s default budgets)."""
+    import earthembed.demo as demo
     from earthembed.demo import DEMO_FEATURES, DEMO_TASKS
     from earthembed.evaluate.fewshot import run_fewshot
 
     kw: dict = {} if baselines is None else {"baselines": baselines}
     if estimators is not None:
         kw["estimators"] = estimators
+    budgets = budgets if budgets is not None else getattr(demo, "DEMO_BUDGETS", None)
+    if budgets and budgets != "default":
+        kw["budgets"] = budgets
     if "progress" in inspect.signature(run_fewshot).parameters:
         kw["progress"] = False
     t0 = time.perf_counter()
@@ -97,7 +102,7 @@ def main_demo(args: argparse.Namespace) -> None:
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
             out = args.keep / f"repeat{r + 1}" if args.keep else Path(tmp) / "few"
-            s, n = run_demo_grid(args.cache, emb, out, args.baselines, args.n_jobs, args.estimators)
+            s, n = run_demo_grid(args.cache, emb, out, args.baselines, args.n_jobs, args.estimators, args.budgets)
         times.append(s)
         print(f"repeat {r + 1}/{args.repeats}: {s:.1f} s ({n} result rows)", flush=True)
     code = str(Path(earthembed.__file__).parent)
@@ -173,6 +178,8 @@ def main() -> None:
     d.add_argument("--baselines", default=None, help="override run_fewshot's default baselines")
     d.add_argument("--n-jobs", type=int, default=-1, help="as the demo: all cores")
     d.add_argument("--estimators", default=None, help="override the demo's estimators (e.g. knn: the grid's fixed costs)")
+    d.add_argument("--budgets", default=None, help="override the demo's budgets ('default': run_fewshot's defaults, "
+                   "the demo's grid before DEMO_BUDGETS)")
     d.add_argument("--json", type=Path, default=None)
     d.add_argument("--keep", type=Path, default=None, help="write each repeat's few-shot outputs here (results.csv has fit_s per fit)")
     s = sub.add_parser("synthetic", help="a large synthetic classification grid")

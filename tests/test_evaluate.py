@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from earthembed.data.modalities import get_modality
 from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
 from earthembed.embed.io import write_embedding_table
-from earthembed.evaluate.budgets import parse_budgets, sample_budgets, split_pool_test
+from earthembed.evaluate.budgets import parse_budget_modes, parse_budgets, sample_budgets, split_pool_test
 from earthembed.evaluate.features import band_statistics_features
 from earthembed.evaluate.metrics import evaluate_predictions
 from earthembed.evaluate.summary import summarize
@@ -87,6 +87,18 @@ def test_load_task_kinds_and_errors(tiny_store, small_store):
         load_task(tiny_store, "nope")
     with pytest.raises(ValueError, match="dense"):
         load_task(small_store, "seg")
+
+
+def test_budgets_per_mode():
+    assert parse_budget_modes(None) == {}
+    assert parse_budget_modes("1,5,all") == {"per_class": [1, 5, "all"], "total": [1, 5, "all"]}
+    assert parse_budget_modes("total=10,50,all") == {"total": [10, 50, "all"]}
+    assert parse_budget_modes("per_class=1,all; total=10") == {"per_class": [1, "all"], "total": [10]}
+    assert parse_budget_modes({"total": [10, "all"]}) == {"total": [10, "all"]}
+    for bad, msg in [("pixel=1,2", "budget mode 'pixel'"), ("total=1;10", "not MODE=BUDGETS"),
+                     ("total=1;total=2", "given twice"), ("total=0", "must be >= 1")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_budget_modes(bad)
 
 
 def test_budgets_nested_stratified_clipped():
@@ -167,6 +179,21 @@ def test_band_statistics_features(tiny_store):
     assert X[4, j] == pytest.approx(np.percentile(a[3], 90), rel=1e-5)
     s1 = [k for k, n in enumerate(names) if n.startswith("s1:")]
     assert np.isnan(X[3, s1]).all() and np.isfinite(X[0, s1]).all() and np.isfinite(X[3, :65]).all()
+
+
+def test_nan_percentiles_match_numpy():
+    from earthembed.evaluate.features import nan_percentiles
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4, 50)).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[1, 2] = np.nan  # all-NaN band
+    x[2, 3, 1:] = np.nan  # one valid pixel
+    with pytest.warns(RuntimeWarning):
+        want = np.moveaxis(np.nanpercentile(x, [10, 50, 90], axis=-1), 0, -1)
+    got = nan_percentiles(x, [10, 50, 90])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.isnan(got[1, 2]).all() and (got[2, 3] == x[2, 3, 0]).all()
 
 
 def test_fewshot_tiny_store_tidy_rows(tiny_store, tmp_path):
@@ -274,6 +301,11 @@ def test_fewshot_regression_and_multilabel(small_store, tmp_path):
     extra = df[(df["task"] == "ml") & (df["budget"] == "5")]["extra"].map(json.loads)
     assert all(e.get("skipped_classes") in (None, ["rare"]) for e in extra)
     assert (tmp_path / "o" / "label_efficiency.png").stat().st_size > 0
+    # budgets per budget mode: classification per class, regression in total
+    df = run_fewshot({"m": emb}, small_store, "cls,height", tmp_path / "o2", budgets="per_class=2,all; total=5",
+                     seeds=(0,), estimators="knn", baselines="none", feature_columns="emb_fused", n_boot=0)
+    assert set(df.loc[df["task"] == "cls", "budget"]) == {"2", "all"} and set(df.loc[df["task"] == "height", "budget"]) == {"5"}
+    assert df["ci_low"].isna().all() and df["value"].notna().all()  # n_boot=0: scores without intervals
 
 
 def test_summary_label_reduction():
@@ -455,6 +487,7 @@ def test_row_space_fit_is_the_same_model():
     np.testing.assert_allclose(small.predict_proba(rs.transform(Xt)), full.predict_proba(Xt), atol=1e-5)
     np.testing.assert_allclose(rs.basis_ @ small.coef_.ravel(), full.coef_.ravel(), atol=1e-5)
     assert RowSpace().fit(X[:, :30]).basis_ is None  # n >= d: nothing to gain, identity
+    assert RowSpace().fit(np.vstack([X[:20], X[:20]])).basis_.shape == (300, 20)  # repeated rows: their rank
     assert RowSpace().fit(np.zeros((5, 10))).transform(np.ones((2, 10))).shape == (2, 1)
     # through the estimator: three classes, budget narrower than the features
     y3 = np.digitize(X[:, 0] + X[:, 1], [-0.7, 0.7])

@@ -177,7 +177,7 @@ def test_cli_and_bad_input(catalog, tmp_path):
     cat = str(catalog["catalog"])
     r = CliRunner().invoke(app, ["ingest", "stac", "--catalog", cat, "--collections", "s2-l2a,s1-grd",
                                  "--modality", "s2_l2a,s1_grd_db", "--bbox", bbox, "--chip-size", "16",
-                                 "--out", str(tmp_path / "ok")])
+                                 "--batch-size", "2", "--out", str(tmp_path / "ok")])
     assert r.exit_code == 0, r.output
     assert "s2 dates: 2023-07-01, 2023-07-11" in r.output
     # a bbox outside the catalog: the collection and its extent are named

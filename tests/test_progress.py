@@ -77,6 +77,27 @@ def test_terminal_gets_a_tqdm_bar_and_quiet_gets_nothing():
         assert stream.getvalue() == ""
 
 
+def test_eta_from_work_when_items_cost_different_amounts(monkeypatch):
+    """Few-shot runs its expensive fits first: an ETA from the count would say 9x too long at 10%."""
+    import earthembed.progress as prog
+
+    now = [0.0]
+    monkeypatch.setattr(prog.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    bar = progress(total=10, desc="few-shot", unit="fits", every_pct=10, stream=out)
+    bar.set_total_work(20.0)
+    now[0] = 10.0
+    bar.update(1, work=10.0)  # one fit of half the work in 10 s
+    assert "ETA 10 s" in out.getvalue().splitlines()[0]  # count-based would be 90 s
+    tty = _Tty()
+    bar = progress(total=10, desc="few-shot", unit="fits", stream=tty)
+    bar.set_total_work(20.0)
+    now[0] = 20.0
+    bar.update(1, work=10.0)
+    bar.close()
+    assert "ETA 10 s" in tty.getvalue() and "1/10" in tty.getvalue()
+
+
 def test_every_ingest_reports_progress_unless_quiet(tmp_path, capsys, monkeypatch):
     import numpy as np
     import rasterio

@@ -50,6 +50,12 @@ def test_rcf_shapes_determinism_and_activations():
     mos = build_model("rcf", modalities={"s2": S2}, relu_pair="mosaiks", **SMALL)
     e = mos({"s2": b["s2"]}).modality["s2"]
     torch.testing.assert_close(e[:, 8:], (-y - 2.0).clamp(min=0).mean((2, 3)))  # ReLU(-w*x - 1)
+    # chips are convolved in chunks (memory): one chip per call gives the same features
+    import earthembed.models.rcf as rcf_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rcf_mod, "CHUNK_ELEMENTS", 1)
+        torch.testing.assert_close(m(b).modality["s2"], out.modality["s2"])
     with pytest.raises(ValueError, match="even"):
         RCFEncoder({"s2": S2}, features=15)
     with pytest.raises(ValueError, match="smaller than"):

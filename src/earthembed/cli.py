@@ -44,7 +44,7 @@ def demo(
     max_steps: int = typer.Option(None, help="override the tiny config's training steps"),
     seeds: int = typer.Option(3, help="few-shot seeds"),
     seed: int = typer.Option(0, help="seed of the synthetic AOI and of training"),
-    full_grid: bool = typer.Option(False, "--full-grid", help="few-shot with the random forest too (several minutes more)"),
+    full_grid: bool = typer.Option(False, "--full-grid", help="few-shot with the random forest and the 500-chip budget too (several minutes more)"),
 ) -> None:
     """Synthetic AOI -> tiny pretraining -> embed -> few-shot vs baselines -> plots and report.md."""
     from earthembed.cli_utils import fail_on

@@ -37,6 +37,10 @@ DEMO_ESTIMATORS = "linear,knn"
 """The demo's few-shot estimators: logistic / ridge regression and kNN (torchgeo-bench's pair). The random
 forest, the third default of ``earthembed fewshot``, costs 5x both together on this grid (2,048 RCF features);
 ``earthembed demo --full-grid`` adds it (benchmarks/README.md, "Few-shot grid of the demo")."""
+DEMO_BUDGETS = "total=10,50,100,200,all"
+"""The demo's label budgets: the defaults (1-50 labels per class + all; 10-200 chips + all) without the
+500-chip budget of the multilabel and regression tasks, which is 70% of the demo's ~700-chip pool, next to
+``all``, and cost a third of the few-shot step (benchmarks/README.md). ``--full-grid`` restores it."""
 
 
 def _step(log: list[dict[str, Any]], name: str, command: str, fn, *args, **kwargs):
@@ -61,8 +65,9 @@ def run_demo(
 ) -> Path:
     """Run the whole pipeline into ``out`` and write ``out/report.md``; returns the report path.
 
-    ``full_grid``: few-shot with every default estimator of ``earthembed fewshot`` instead of
-    :data:`DEMO_ESTIMATORS` (adds the random forest; several minutes more)."""
+    ``full_grid``: few-shot with every default estimator and budget of ``earthembed fewshot`` instead of
+    :data:`DEMO_ESTIMATORS` and :data:`DEMO_BUDGETS` (adds the random forest and 500 chips; several minutes
+    more)."""
     from earthembed.data.store import ChipStore, StoreError
     from earthembed.data.synth import generate_synthetic_aoi
     from earthembed.embed.run import embed_random_init, embed_store
@@ -118,14 +123,14 @@ def run_demo(
           embed_random_init, export, store, emb["random_init"], seed=seed, progress=True, overwrite=True)
     few_dir = out / "fewshot"
     args = " ".join(f"--embeddings {k}={v}" for k, v in emb.items() if k != "random_init")
-    estimators = None if full_grid else DEMO_ESTIMATORS
+    estimators, budgets = (None, None) if full_grid else (DEMO_ESTIMATORS, DEMO_BUDGETS)
     results = _step(
         log, "fewshot",
         f"earthembed fewshot {args} --random-init {emb['random_init']} --store {store_dir} "
         f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)} "
-        f"--jobs {jobs}" + (f" --estimators {estimators}" if estimators else ""),
+        f"--jobs {jobs}" + (f" --estimators {estimators} --budgets '{budgets}'" if not full_grid else ""),
         run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=list(DEMO_FEATURES),
-        n_jobs=jobs, estimators=estimators, progress=True,
+        n_jobs=jobs, estimators=estimators, budgets=budgets, progress=True,
     )
     png = out / "embeddings_pca.png"
     _step(log, "plot-embeddings",

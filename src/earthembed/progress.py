@@ -16,7 +16,9 @@ time another ``every_pct`` percent is done (default 10, or ``EARTHEMBED_PROGRESS
             bar.update(len(batch))
 
 ``progress(...)`` can also wrap an iterable: ``for x in progress(items, desc=...)``. Totals that grow while
-running (``bar.total += n``) are fine. Rejected: tqdm's own ``mininterval`` throttling for logs (it still
+running (``bar.total += n``) are fine. When items cost very different amounts (few-shot fits: a logistic
+regression on 700 chips vs a kNN on 10), :meth:`Progress.set_total_work` plus ``update(n, work=w)`` base the
+ETA on the estimated work done instead of the count (the count is still what is shown). Rejected: tqdm's own ``mininterval`` throttling for logs (it still
 redraws with carriage returns, and its time-based lines say nothing about how far along a run is).
 """
 
@@ -73,6 +75,8 @@ class Progress:
         self._t0 = time.perf_counter()
         self._next_pct = self.every
         self._closed = False
+        self.total_work: float | None = None
+        self.work = 0.0
         self._bar: Any = None
         if not quiet and _is_tty(self.stream):
             from tqdm.auto import tqdm
@@ -84,12 +88,31 @@ class Progress:
         """``"bar"`` (terminal), ``"lines"`` (not a terminal) or ``"quiet"``."""
         return "quiet" if self.quiet else "bar" if self._bar is not None else "lines"
 
-    def update(self, n: int = 1) -> None:
-        """Record ``n`` more units done."""
+    def set_total_work(self, total_work: float) -> None:
+        """Estimate the ETA from work (``update(n, work=...)``) instead of counts from now on."""
+        self.total_work = float(total_work) if total_work > 0 else None
+        if self._bar is not None and self.total_work:
+            self._bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]"
+
+    def eta(self) -> float | None:
+        """Seconds left: from the share of work done when there is a work total, else of the count."""
+        elapsed = time.perf_counter() - self._t0
+        if self.total_work and self.work > 0:
+            return elapsed * max(self.total_work - self.work, 0.0) / self.work
+        if self.total and self.n:
+            return elapsed * (self.total - self.n) / self.n
+        return None
+
+    def update(self, n: int = 1, work: float | None = None) -> None:
+        """Record ``n`` more units done (``work``: their estimated cost, see :meth:`set_total_work`)."""
         self.n += n
+        self.work += float(work or 0.0)
         if self._bar is not None:
             if self._bar.total != self.total:
                 self._bar.total = self.total
+            if self.total_work:
+                eta = self.eta()
+                self._bar.set_postfix_str(f"ETA {_duration(eta)}" if eta is not None else "", refresh=False)
             self._bar.update(n)
         elif not self.quiet and self.total:
             pct = 100.0 * self.n / self.total
@@ -102,8 +125,9 @@ class Progress:
         elapsed = time.perf_counter() - self._t0
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         msg = f"{self.desc}: {pct:.0f}% ({count} {self.unit}) {_duration(elapsed)} elapsed"
-        if not final and self.n:
-            msg += f", ETA {_duration(elapsed * (self.total - self.n) / self.n)}"
+        eta = self.eta() if not final else None
+        if eta is not None:
+            msg += f", ETA {_duration(eta)}"
         print(msg, file=self.stream, flush=True)
 
     def close(self, final: bool = True) -> None:

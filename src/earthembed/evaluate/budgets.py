@@ -10,7 +10,8 @@ draws. If the store has no ``test`` split, a deterministic stratified 80/20 spli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,45 @@ def parse_budgets(spec: str | Sequence[int | str] | None) -> list[int | str] | N
         out.append(n)
     if not out:
         raise ValueError(f"no budget in {spec!r}")
+    return out
+
+
+BUDGET_MODES = ("per_class", "total")
+
+
+def parse_budget_modes(
+    spec: str | Sequence[int | str] | Mapping[str, str | Sequence[int | str]] | None,
+) -> dict[str, list[int | str]]:
+    """Budgets per budget mode; a mode left out uses :func:`default_budgets`.
+
+    ``"1,5,10,all"`` or a list: the same budgets for every task (as :func:`parse_budgets`).
+    ``"total=10,50,100,all"`` or ``"per_class=1,5,all; total=10,100,all"``: one list per mode (``;`` between
+    modes), so one call can cut the multilabel / regression budgets and keep the per-class ones. A mapping
+    ``{mode: budgets}`` says the same from Python.
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, str) and "=" in spec:
+        items: list[tuple[str, Any]] = []
+        for part in (p.strip() for p in spec.split(";")):
+            if not part:
+                continue
+            mode, sep, rest = part.partition("=")
+            if not sep:
+                raise ValueError(f"budgets {spec!r}: {part!r} is not MODE=BUDGETS (modes: {', '.join(BUDGET_MODES)})")
+            items.append((mode.strip(), rest))
+    elif isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        budgets = parse_budgets(spec)
+        return {m: list(budgets) for m in BUDGET_MODES} if budgets else {}
+    out: dict[str, list[int | str]] = {}
+    for mode, value in items:
+        if mode not in BUDGET_MODES:
+            raise ValueError(f"budgets {spec!r}: budget mode {mode!r} is not one of {', '.join(BUDGET_MODES)}")
+        if mode in out:
+            raise ValueError(f"budgets {spec!r}: budget mode {mode!r} given twice")
+        out[mode] = parse_budgets(value) or []
     return out
 
 

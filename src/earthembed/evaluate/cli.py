@@ -36,7 +36,8 @@ def fewshot(
     store: Path = typer.Option(..., "--store", help="chip store holding the labels"),
     task: str = typer.Option(..., "--task", help="label column(s), comma-separated"),
     out: Path = typer.Option(..., "--out", help="output directory"),
-    budgets: str = typer.Option(None, help="e.g. '1,5,10,20,50,all' (default: per class 1..50 or total 10..1000, + all)"),
+    budgets: str = typer.Option(None, help="e.g. '1,5,10,20,50,all' for every task, or per budget mode "
+                                "'per_class=1,5,all; total=10,100,all' (default: per class 1..50 or total 10..1000, + all)"),
     budget_mode: str = typer.Option("auto", help="auto | per_class | total"),
     seeds: int = typer.Option(3, help="number of seeds (budget draws): 0..N-1"),
     estimators: str = typer.Option(None, help="comma list: logreg/ridge (or linear), rf, knn (default: all)"),

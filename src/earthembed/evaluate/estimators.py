@@ -103,7 +103,7 @@ class RowSpace(TransformerMixin, BaseEstimator):
 
     The optimum of an L2-penalised linear model with an unpenalised intercept lies in the span of its
     training rows (representer theorem), and so does that of every CV fold, whose rows are a subset. Fitting
-    on ``X @ V`` (``V``: orthonormal basis of the span, from an SVD) therefore gives the same decision function,
+    on ``X @ V`` (``V``: orthonormal basis of the span, from a pivoted QR) therefore gives the same decision function,
     the same C and the same norms with ``rank(X) <= n`` instead of ``d`` features. Not an approximation: a
     speed-up for wide features at small budgets (e.g. 2,048 RCF features of 50-750 chips).
     """
@@ -111,11 +111,14 @@ class RowSpace(TransformerMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: Any = None) -> RowSpace:
         n, d = X.shape
         self.basis_: np.ndarray | None = None
-        if n < d:
-            _, s, vt = np.linalg.svd(np.asarray(X, dtype=np.float64), full_matrices=False)
-            keep = s > s[0] * max(n, d) * np.finfo(np.float64).eps
+        if n < d:  # rank-revealing (pivoted) QR of X^T: 3x cheaper than an SVD, any orthonormal basis will do
+            from scipy.linalg import qr
+
+            q, r, _ = qr(np.asarray(X, dtype=np.float64).T, mode="economic", pivoting=True)
+            diag = np.abs(np.diag(r))
+            keep = diag > diag[0] * max(n, d) * np.finfo(np.float64).eps
             keep[0] = True  # an all-zero budget still gets one (zero) feature
-            self.basis_ = vt[keep].T
+            self.basis_ = q[:, keep]
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:

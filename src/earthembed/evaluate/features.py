@@ -69,14 +69,31 @@ def load_feature_sets(
     return out
 
 
+def nan_percentiles(x: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """``np.nanpercentile(x, q, axis=-1)`` (linear interpolation) moved to the last axis: [..., len(q)].
+
+    numpy's nanpercentile falls back to one Python call per row as soon as a row holds a NaN (3.8 s of the
+    demo's few-shot step for 1,024 chips); sorting puts NaN last, so every row is interpolated at once.
+    All-NaN rows give NaN.
+    """
+    v = np.sort(np.asarray(x, dtype=np.float64), axis=-1)
+    m = (~np.isnan(v)).sum(axis=-1, keepdims=True)
+    pos = np.asarray(q, dtype=np.float64) / 100.0 * np.maximum(m - 1, 0)  # [..., Q]
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(m - 1, 0))
+    a, b = np.take_along_axis(v, lo, -1), np.take_along_axis(v, hi, -1)
+    out = a + (b - a) * (pos - lo)
+    return np.where(m > 0, out, np.nan)
+
+
 def _batch_stats(x: np.ndarray) -> np.ndarray:
     """[B, C, P] float with NaN for invalid pixels -> [B, C, 5] (mean, std, p10, p50, p90) ignoring NaN."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bands give NaN, handled by the caller
         mean = np.nanmean(x, axis=2)
         std = np.nanstd(x, axis=2)
-        pct = np.nanpercentile(x, [10, 50, 90], axis=2)  # [3, B, C]
-    return np.concatenate([mean[..., None], std[..., None], np.moveaxis(pct, 0, -1)], axis=-1)
+    pct = nan_percentiles(x, [10, 50, 90]).astype(x.dtype)  # [B, C, 3]
+    return np.concatenate([mean[..., None], std[..., None], pct], axis=-1)
 
 
 def band_statistics_features(

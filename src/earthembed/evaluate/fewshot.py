@@ -35,7 +35,7 @@ from earthembed.evaluate.baselines import (
 from earthembed.evaluate.budgets import (
     ALL,
     default_budgets,
-    parse_budgets,
+    parse_budget_modes,
     resolve_mode,
     sample_budgets,
     split_pool_test,
@@ -183,12 +183,12 @@ def coverage_warnings(t: Task, pool: np.ndarray, test: np.ndarray, budgets: Sequ
 
 
 def _plan_task(
-    task: Task, sets: Sequence[FeatureSet], budgets: Sequence[int | str] | None, budget_mode: str,
+    task: Task, sets: Sequence[FeatureSet], budgets: Mapping[str, Sequence[int | str]], budget_mode: str,
     seeds: Sequence[int], estimators: Sequence[str] | str | None,
 ) -> _Plan:
     t, mats = _common(task, sets)
     mode = resolve_mode(t.kind, budget_mode)
-    budgets = list(budgets) if budgets else default_budgets(mode)
+    budgets = list(budgets.get(mode) or default_budgets(mode))
     ests = resolve_estimators(t.kind, estimators)
     pool, test, note = split_pool_test(t.split, t.y if t.kind == "classification" else None)
     if not len(pool):
@@ -211,7 +211,7 @@ def _plan_task(
 def evaluate_task(
     task: Task,
     sets: Sequence[FeatureSet],
-    budgets: Sequence[int | str] | None = None,
+    budgets: str | Sequence[int | str] | Mapping[str, str | Sequence[int | str]] | None = None,
     budget_mode: str = "auto",
     seeds: Sequence[int] = (0, 1, 2),
     estimators: Sequence[str] | str | None = None,
@@ -224,7 +224,7 @@ def evaluate_task(
 
     ``bar``: advance this :class:`~earthembed.progress.Progress` by one per fit (``progress`` is then
     ignored); otherwise ``progress`` shows one of its own for this task."""
-    plan = _plan_task(task, sets, budgets, budget_mode, seeds, estimators)
+    plan = _plan_task(task, sets, parse_budget_modes(budgets), budget_mode, seeds, estimators)
     own = bar is None
     if own:
         bar = make_progress(total=plan.n_fits(), desc=f"few-shot {plan.t.name}", unit="fits", quiet=not progress)
@@ -236,15 +236,23 @@ def evaluate_task(
     return rows, plan.notes, plan.members
 
 
+#: CPU-seconds of prediction + bootstrap scoring per fit (demo grid, 2026-11-30)
+SCORE_S = 0.025
+
+
 def _unit_cost(kind: str, est: str, dim: int, sizes: Sequence[int], n_outputs: int) -> float:
-    """Rough relative cost of fitting ``est`` on budgets of ``sizes`` chips (for scheduling only: the most
-    expensive units start first so that no core idles at the end; from the demo grid's profile)."""
+    """Rough CPU-seconds of fitting and scoring ``est`` on budgets of ``sizes`` chips, fitted to the demo
+    grid's per-fit times (log-log correlation 0.97). Used to start the most expensive units first (so no core
+    idles at the end) and for the progress ETA (the cheap kNN fits would otherwise make the early ETA 4x long)."""
     n = float(sum(sizes))
+    score = SCORE_S * len(sizes)
     if est == "logreg":  # C by CV: one path per fold (per class for multilabel)
-        return 4.0 * n * (n_outputs if kind == "multilabel" else 2) * (1.0 + dim / 256)
+        return score + 1e-4 * n * (n_outputs if kind == "multilabel" else 2) * (1.0 + dim / 256)
     if est == "rf":  # features tried per split: p/3 (regression) or sqrt(p)
-        return 0.25 * n * np.log2(n + 2) * (dim / 3 if kind == "regression" else np.sqrt(dim))
-    return 0.05 * n
+        return score + 6e-6 * n * np.log2(n + 2) * (dim / 3 if kind == "regression" else np.sqrt(dim))
+    if est == "ridge":
+        return score + 1.5e-4 * n
+    return score + 2e-5 * n
 
 
 def _same_as_first_seed(p: _Plan) -> dict[int, set[str]]:
@@ -289,6 +297,8 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
                     cost = _unit_cost(p.t.kind, est, X.shape[1], [len(v) for v in todo.values()], n_out)
                     units.append(((i, j, k, s), cost, p, names[j], X, est, s, todo, repeats[s]))
     order = sorted(range(len(units)), key=lambda u: -units[u][1])
+    if bar is not None:
+        bar.set_total_work(sum(u[1] for u in units))
     done: dict[tuple[int, int, int, int], dict[str, list[dict[str, Any]]]] = {}
     run = Parallel(n_jobs=n_jobs, return_as="generator")
     jobs = (delayed(_fit_unit)(u[2].t, u[3], u[4], u[5], u[6], u[7], u[2].pool, u[2].test, n_boot, u[2].mode)
@@ -299,7 +309,7 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
             by_budget.setdefault(r["budget"], []).append(r)
         done[units[o][0]] = by_budget
         if bar is not None:
-            bar.update(len(units[o][7]) + units[o][8])
+            bar.update(len(units[o][7]) + units[o][8], work=units[o][1])
     out = []
     for i, p in enumerate(plans):
         first = min(p.samples)
@@ -350,7 +360,7 @@ def run_fewshot(
     store: str | Path | ChipStore,
     task: str | Sequence[str],
     out_dir: str | Path,
-    budgets: str | Sequence[int | str] | None = None,
+    budgets: str | Sequence[int | str] | Mapping[str, str | Sequence[int | str]] | None = None,
     budget_mode: str = "auto",
     seeds: Sequence[int] = (0, 1, 2),
     estimators: str | Sequence[str] | None = None,
@@ -363,7 +373,9 @@ def run_fewshot(
 ) -> pd.DataFrame:
     """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
 
-    ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
+    ``budgets``: one list for every task (``"1,5,10,all"``) or one per budget mode (``"total=10,50,all"``,
+    ``{"per_class": [1, 5], "total": [10, 50]}``; see :func:`~earthembed.evaluate.budgets.parse_budget_modes`),
+    default :func:`~earthembed.evaluate.budgets.default_budgets`. ``embeddings`` maps a name to an embedding table; each of its ``emb_*`` columns (or those in
     ``feature_columns``) becomes feature set ``<name>:<column>``. ``baselines`` (``"none"`` for none) adds
     ``band_stats`` from the store; ``rcf``: random convolutional features of the store (``out_dir/rcf.parquet``,
     featurizer in ``out_dir/rcf_featurizer/``; ``rcf`` overrides its options, e.g. ``{"mode": "gaussian"}``);
@@ -384,7 +396,7 @@ def run_fewshot(
         raise ValueError("need at least one seed")
     bl = _split_names(baselines)
     bl = [] if bl in (["none"], ["no"]) else bl
-    parsed = parse_budgets(budgets)
+    parsed = parse_budget_modes(budgets)
     loaded = [load_task(st, name) for name in tasks]  # fail on a bad column before any fitting
     out_dir = Path(out_dir)
     sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir,

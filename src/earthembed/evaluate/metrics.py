@@ -38,6 +38,11 @@ def bootstrap_weights(n: int, n_boot: int, seed: int = 0, max_cells: int = 4_000
         done += b
 
 
+def _cat(chunks: list[np.ndarray]) -> np.ndarray:
+    """Bootstrap values of all chunks; none at all (``n_boot=0``) gives one NaN, i.e. a NaN interval."""
+    return np.concatenate(chunks) if chunks else np.array([np.nan])
+
+
 def _ci(values: np.ndarray) -> tuple[float, float]:
     v = values[np.isfinite(values)]
     if not len(v):
@@ -65,8 +70,8 @@ def _classification(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dic
         f1.append(_f1_from_counts(tp, nt, npred, (nt + npred) > 0))
     point_f1 = f1_score(y, p, average="macro", zero_division=0)
     return {
-        "accuracy": (accuracy_score(y, p), *_ci(np.concatenate(acc))),
-        "macro_f1": (point_f1, *_ci(np.concatenate(f1))),
+        "accuracy": (accuracy_score(y, p), *_ci(_cat(acc))),
+        "macro_f1": (point_f1, *_ci(_cat(f1))),
     }
 
 
@@ -144,14 +149,11 @@ def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: 
         point_f1mi = f1_score(Y, P, average="micro", zero_division=0)
         point_f1ma = f1_score(Y, P, average="macro", zero_division=0)
 
-    def cat(v: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(v) if v else np.array([np.nan])
-
     return {
-        "micro_map": (point_micro, *_ci(cat(mic))),
-        "macro_map": (point_macro, *_ci(cat(mac))),
-        "micro_f1": (point_f1mi, *_ci(cat(f1mi))),
-        "macro_f1": (point_f1ma, *_ci(cat(f1ma))),
+        "micro_map": (point_micro, *_ci(_cat(mic))),
+        "macro_map": (point_macro, *_ci(_cat(mac))),
+        "micro_f1": (point_f1mi, *_ci(_cat(f1mi))),
+        "macro_f1": (point_f1ma, *_ci(_cat(f1ma))),
     }
 
 
@@ -174,9 +176,9 @@ def _regression(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[st
         pr = float(stats.pearsonr(y, p).statistic) if n > 1 and np.ptp(y) > 0 and np.ptp(p) > 0 else float("nan")
         point_r2 = float(r2_score(y, p)) if n > 1 else float("nan")
     return {
-        "r2": (point_r2, *_ci(np.concatenate(r2))),
-        "mae": (float(mean_absolute_error(y, p)), *_ci(np.concatenate(mae))),
-        "pearson_r": (pr, *_ci(np.concatenate(r))),
+        "r2": (point_r2, *_ci(_cat(r2))),
+        "mae": (float(mean_absolute_error(y, p)), *_ci(_cat(mae))),
+        "pearson_r": (pr, *_ci(_cat(r))),
     }
 
 

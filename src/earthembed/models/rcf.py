@@ -49,6 +49,10 @@ DEFAULT_FEATURES = 512
 DEFAULT_KERNEL = 3
 DEFAULT_BIAS = -1.0
 ZCA_BIAS = 1e-3  # eps added to the covariance eigenvalues (MOSAIKS / TorchGeo)
+#: filter-response values per convolution call: chips are convolved in chunks of at most this many values
+#: (8 chips of 32 px at 256 filters). The response of a whole batch (60 MB at 64 chips) costs more in fresh
+#: memory pages than the convolution itself; in chunks the same features came 3.6x faster on 2 CPU cores.
+CHUNK_ELEMENTS = 2**21
 
 
 def modality_seed(seed: int, modality: str) -> int:
@@ -176,6 +180,23 @@ class RCFEncoder(Encoder):
             return F.relu(y), F.relu(-y)
         return F.relu(y), F.relu(2 * self.bias - y)  # ReLU(w*x + b), ReLU(-w*x + b)
 
+    @staticmethod
+    def _chunk_chips(x: Tensor, bank: _FilterBank) -> int:
+        """Chips per convolution so that one filter response stays within :data:`CHUNK_ELEMENTS` values."""
+        k = bank.weight.shape[-1]
+        per_chip = bank.weight.shape[0] * max(x.shape[-2] - k + 1, 1) * max(x.shape[-1] - k + 1, 1)
+        return max(1, CHUNK_ELEMENTS // per_chip)
+
+    def _pooled(self, x: Tensor, bank: _FilterBank) -> Tensor:
+        """[B, K] pooled activation pair of a chunk of chips (valid positions only, as TorchGeo)."""
+        y = F.conv2d(x, bank.weight, bank.bias)
+        pos = F.relu(y).mean(dim=(-2, -1))
+        if self.relu_pair == "torchgeo":  # mean ReLU(-y) = mean ReLU(y) - mean y: one pass less over y
+            neg = (pos - y.mean(dim=(-2, -1))).clamp_(min=0)
+        else:
+            neg = self._pair(y)[1].mean(dim=(-2, -1))
+        return torch.cat([pos, neg], dim=1)
+
     def forward(
         self,
         batch: Mapping[str, Any],
@@ -191,13 +212,8 @@ class RCFEncoder(Encoder):
             if k not in inputs:
                 embs[k], pres[k] = self.absent_output(n, device)
                 continue
-            y = F.conv2d(self._input(k, inputs[k]), bank.weight, bank.bias)
-            pos = F.relu(y).mean(dim=(-2, -1))
-            if self.relu_pair == "torchgeo":  # mean ReLU(-y) = mean ReLU(y) - mean y: one pass less over y
-                neg = (pos - y.mean(dim=(-2, -1))).clamp_(min=0)
-            else:
-                neg = self._pair(y)[1].mean(dim=(-2, -1))
-            e = torch.cat([pos, neg], dim=1)
+            x = self._input(k, inputs[k])
+            e = torch.cat([self._pooled(xs, bank) for xs in x.split(self._chunk_chips(x, bank))])
             pr = inputs[k].present
             embs[k], pres[k] = e * pr[:, None].to(e.dtype), pr
         return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))

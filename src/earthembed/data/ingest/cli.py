@@ -162,6 +162,7 @@ def stac(
     aoi: str = typer.Option("stac", "--aoi", help="AOI name, prefix of chip ids"),
     modalities_file: Path = typer.Option(None, "--modalities-file", help="YAML with user-defined modalities"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store at --out"),
+    batch_size: int = typer.Option(64, "--batch-size", help="chips per committed batch"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
@@ -176,7 +177,7 @@ def stac(
         colls = [c.strip() for c in collections.split(",") if c.strip()]
         store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
                             datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
-                            overwrite=overwrite, progress=not quiet)
+                            overwrite=overwrite, batch_size=batch_size, progress=not quiet)
     echo_summary(store, f"STAC {catalog}")
     idx = store.index
     for k in store.modalities:
