@@ -42,3 +42,47 @@ def test_comparison_sentence_counts_tasks_at_the_smallest_budget():
     assert "band statistics on 1 of 2 tasks (1 with CIs apart, 1 lost with CIs apart)" in s
     assert "random convolutional features (RCF) was not evaluated" in s
     assert "No comparison" in comparison_sentence(_results(), "other:emb_fused")
+
+
+def test_paired_interval_finds_what_side_by_side_intervals_cannot():
+    """40 test chips; B makes A's errors plus 5 more: the two intervals overlap, the paired one excludes 0."""
+    import numpy as np
+
+    from earthembed.evaluate.compare import paired_difference
+    from earthembed.evaluate.metrics import bootstrap_metrics, evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 40)
+    a = y.copy()
+    a[:8] = (y[:8] + 1) % 4  # 80% right
+    b = a.copy()
+    b[8:13] = (y[8:13] + 1) % 4  # 5 more errors: 67.5% right
+    ma, mb = evaluate_predictions("classification", y, a), evaluate_predictions("classification", y, b)
+    assert ma["accuracy"][1] < mb["accuracy"][2]  # side by side: the intervals overlap
+    sa = bootstrap_metrics("classification", y, a)["accuracy"][1]
+    sb = bootstrap_metrics("classification", y, b)["accuracy"][1]
+    lo, hi = paired_difference({0: sa}, {0: sb})
+    assert 0 < lo < 0.125 < hi  # paired: every resample sees A ahead
+    assert paired_difference({0: sb}, {0: sa}, sign=-1.0) == (lo, hi)
+    assert np.isnan(paired_difference({0: sa}, {1: sb})[0])  # no common seed
+
+
+def test_best_estimator_comparison_is_paired_across_estimators():
+    import numpy as np
+
+    from earthembed.evaluate.compare import compare_best_estimators
+
+    r = _results()
+    r = r[r["task"] == "lc"]
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 0.02, 50)
+    boot = []
+    for f, est, b, v in [("pre:emb_fused", "logreg", "1", 0.71), ("pre:emb_fused", "knn", "1", 0.71),
+                         ("band_stats", "logreg", "1", 0.41), ("band_stats", "knn", "1", 0.41)]:
+        for seed in (0, 1):
+            boot.append({"task": "lc", "features": f, "estimator": est, "budget": b, "seed": seed, "metric": "macro_f1",
+                         "n_test": 40, "values": v + base})
+    c = compare_best_estimators(r, "pre:emb_fused", ["band_stats", "rcf"], pd.DataFrame(boot))
+    one = c[c["budget"] == "1"].iloc[0]
+    assert one["other"] == "band_stats" and one["wins_paired"] and np.isclose(one["diff_ci_low"], 0.30)
+    assert np.isnan(c[c["budget"] == "all"].iloc[0]["diff_ci_low"])  # no resamples for that budget

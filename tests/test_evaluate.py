@@ -306,6 +306,16 @@ def test_fewshot_regression_and_multilabel(small_store, tmp_path):
                      seeds=(0,), estimators="knn", baselines="none", feature_columns="emb_fused", n_boot=0)
     assert set(df.loc[df["task"] == "cls", "budget"]) == {"2", "all"} and set(df.loc[df["task"] == "height", "budget"]) == {"5"}
     assert df["ci_low"].isna().all() and df["value"].notna().all()  # n_boot=0: scores without intervals
+    # paired comparisons: every fit's primary metric on the same resamples of the test chips
+    from earthembed.evaluate.compare import compare, load_bootstrap
+
+    boot = load_bootstrap(tmp_path / "o")
+    df_ml = pd.read_csv(tmp_path / "o" / "results.csv")
+    prim = df_ml[df_ml["metric"].isin(["r2", "macro_map"])]
+    assert len(boot) == len(prim) and boot["values"].map(len).eq(20).all()
+    c = compare(df_ml, "m:emb_fused", ["m:emb_noise"], boot)
+    r = c[(c["task"] == "height") & (c["estimator"] == "ridge") & (c["budget"] == "all")].iloc[0]
+    assert r["wins_paired"] and 0 < r["diff_ci_low"] <= r["diff"] <= r["diff_ci_high"]
 
 
 def test_summary_label_reduction():

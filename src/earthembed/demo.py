@@ -137,14 +137,15 @@ def run_demo(
           f"earthembed plot-embeddings {emb['pretrained']} --store {store_dir} --color-by landcover --out {png}",
           plot_embeddings, emb["pretrained"], "landcover", png, store=store)
     report = write_report(out, store, export, results, few_dir, png, log, time.perf_counter() - t_start)
-    from earthembed.evaluate.compare import comparison_sentence
+    from earthembed.evaluate.compare import comparison_sentence, load_bootstrap
 
+    boot = load_bootstrap(few_dir)
     print((few_dir / "summary.md").read_text())
-    print(f"[demo] {comparison_sentence(results, 'pretrained:emb_fused', COMPARE_BASELINES)}")
+    print(f"[demo] {comparison_sentence(results, 'pretrained:emb_fused', COMPARE_BASELINES, boot=boot)}")
     print(f"[demo] report: {report}")
     html = map_and_search(out, store, emb["pretrained"], few_dir, log, seed=seed)
     print(f"[demo] HTML report (store, label efficiency, maps, search): {html}")
-    for line in closing_sentences(results):
+    for line in closing_sentences(results, boot):
         print(line)
     return report
 
@@ -157,11 +158,12 @@ NEXT_STEPS = (
 """What to run on one's own data (the demo's last sentence)."""
 
 
-def closing_sentences(results: pd.DataFrame) -> list[str]:
+def closing_sentences(results: pd.DataFrame, boot: pd.DataFrame | None = None) -> list[str]:
     """The demo's last two lines: what won at small budgets here, and the commands to run on one's own data."""
     from earthembed.evaluate.compare import comparison_sentence
 
-    return [f"What won at small budgets: {comparison_sentence(results, 'pretrained:emb_fused', COMPARE_BASELINES)}",
+    sentence = comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES, boot=boot)
+    return [f"What won at small budgets: {sentence}",
             f"Next, on your own data: {NEXT_STEPS} (README.md, 'The pipeline')."]
 
 
@@ -169,7 +171,7 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
                  log: list[dict[str, Any]], seconds: float) -> Path:
     """A short markdown report: what ran (commands, timings), the data, the label-efficiency tables and one
     sentence comparing the pretrained embedding with the baselines."""
-    from earthembed.evaluate.compare import comparison_sentence
+    from earthembed.evaluate.compare import comparison_sentence, load_bootstrap
 
     meta = json.loads((Path(export) / "model.json").read_text())
     info = store.info()
@@ -186,7 +188,8 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
         "checkpoint), `pretrained_rgb:emb_s2` (the S2 tower fed only B04/B03/B02), `random_init:*` (same "
         "architecture, random weights), `band_stats` (per-band mean/std/percentiles of the raw chip).",
         "",
-        "**" + comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES) + "**",
+        "**" + comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES, boot=load_bootstrap(few_dir))
+        + "**",
         "",
         "## Steps",
         "",

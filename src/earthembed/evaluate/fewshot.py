@@ -42,9 +42,9 @@ from earthembed.evaluate.budgets import (
 )
 from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
 from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set, load_feature_sets
-from earthembed.evaluate.metrics import evaluate_predictions
+from earthembed.evaluate.metrics import bootstrap_ci, bootstrap_metrics
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
-from earthembed.evaluate.tasks import RESULT_COLUMNS, Task, load_task
+from earthembed.evaluate.tasks import PRIMARY_METRIC, RESULT_COLUMNS, Task, load_task
 from earthembed.outputs import write_json
 from earthembed.progress import Progress
 from earthembed.progress import progress as make_progress
@@ -229,7 +229,7 @@ def evaluate_task(
     if own:
         bar = make_progress(total=plan.n_fits(), desc=f"few-shot {plan.t.name}", unit="fits", quiet=not progress)
     try:
-        (rows,) = _fit_plans([plan], [fs.name for fs in sets], n_boot, bar, n_jobs)
+        ((rows, _),) = _fit_plans([plan], [fs.name for fs in sets], n_boot, bar, n_jobs)
     finally:
         if own:
             bar.close()
@@ -269,8 +269,25 @@ def _repeat_row(row: dict[str, Any], seed: int, first: int) -> dict[str, Any]:
     return {**row, "seed": seed, "fit_s": 0.0, "extra": json.dumps({**extra, "fit_of_seed": first}, default=float)}
 
 
+#: seed of the test-chip resamples, the same for every fit: all feature sets, estimators and seeds of a task are
+#: scored on the same resamples, so differences between them can be bootstrapped pairwise (compare.py)
+BOOTSTRAP_SEED = 0
+_SAMPLES = "_bootstrap"  # key of a row's primary-metric resample values, split off into bootstrap.parquet
+BOOTSTRAP_COLUMNS = ["task", "features", "estimator", "budget", "seed", "metric", "n_test", "values"]
+
+
+def _split_samples(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The primary metric's resample values of ``rows`` (removed from them) as bootstrap.parquet rows."""
+    out = []
+    for r in rows:
+        v = r.pop(_SAMPLES, None)
+        if v is not None:
+            out.append({**{k: r[k] for k in BOOTSTRAP_COLUMNS[:-1]}, "values": v})
+    return pd.DataFrame(out, columns=BOOTSTRAP_COLUMNS)
+
+
 def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: Progress | None, n_jobs: int = 1
-               ) -> list[pd.DataFrame]:
+               ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """Tidy results of every plan: each feature set x estimator x seed x budget fitted once, scored on the test split.
 
     Units of work are (task, feature set, estimator, seed), all tasks in one pool of ``n_jobs`` processes
@@ -322,7 +339,9 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
                             rows += [_repeat_row(r, s, first) for r in done[(i, j, k, first)][b]]
                         else:
                             rows += done[(i, j, k, s)][b]
-        out.append(pd.DataFrame(rows, columns=RESULT_COLUMNS))
+        rows = [dict(r) for r in rows]  # repeated rows share their first seed's dicts
+        boot = _split_samples(rows)
+        out.append((pd.DataFrame(rows, columns=RESULT_COLUMNS), boot))
     return out
 
 
@@ -343,14 +362,16 @@ def _fit_unit(
             fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes)
             fit_s = time.perf_counter() - t0
             pred, score = fitted.predict(X[test])
-            metrics = evaluate_predictions(t.kind, y_test, pred, score, n_boot=n_boot, seed=seed)
+            metrics = bootstrap_metrics(t.kind, y_test, pred, score, n_boot=n_boot, seed=BOOTSTRAP_SEED)
             extra = json.dumps(fitted.extra, default=float)
-            for m, (v, lo, hi) in metrics.items():
+            for m, (v, samples) in metrics.items():
+                lo, hi = bootstrap_ci(samples)
                 rows.append({
                     "task": t.name, "task_kind": t.kind, "features": features, "estimator": est,
                     "budget_mode": mode, "budget": b, "budget_n": len(tr), "seed": seed, "metric": m,
                     "value": v, "ci_low": lo, "ci_high": hi, "n_train": len(tr), "n_test": len(test),
                     "fit_s": fit_s, "extra": extra,
+                    **({_SAMPLES: samples.astype(np.float32)} if m == PRIMARY_METRIC[t.kind] else {}),
                 })
     return rows
 
@@ -385,8 +406,10 @@ def run_fewshot(
     (feature set x estimator) cells in parallel (-1: all cores). ``progress``: a bar with ETA on a terminal, a
     line every 10% otherwise (:mod:`earthembed.progress`). Writes ``results.csv``/``.parquet`` (tidy),
     ``summary.csv``/``.md``, ``best.csv`` (best feature set per task and budget, tie or not),
-    ``label_efficiency.png``, ``budgets.parquet`` (chip ids of every budget sample) and ``run.json`` (split,
-    exclusions) to ``out_dir`` and returns the tidy results.
+    ``label_efficiency.png``, ``budgets.parquet`` (chip ids of every budget sample), ``bootstrap.parquet`` (the
+    primary metric of every fit on each test-chip resample, the same resamples for every fit: paired comparisons,
+    :mod:`earthembed.evaluate.compare`) and ``run.json`` (split, exclusions) to ``out_dir`` and returns the tidy
+    results.
     """
     st = store if isinstance(store, ChipStore) else ChipStore(store)
     tasks = _split_names(task)
@@ -408,9 +431,10 @@ def run_fewshot(
         results = _fit_plans(plans, [fs.name for fs in sets], n_boot, bar, n_jobs)
     notes = [p.notes for p in plans]
     members = [p.members for p in plans]
-    df = pd.concat(results, ignore_index=True)
+    df = pd.concat([r for r, _ in results], ignore_index=True)
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
+    pd.concat([b for _, b in results], ignore_index=True).to_parquet(out_dir / "bootstrap.parquet", index=False)
     pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
     write_json(out_dir / "run.json", json.loads(json.dumps(
         {"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot, "tasks": notes}, default=str)))

@@ -43,6 +43,11 @@ def _cat(chunks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.array([np.nan])
 
 
+def bootstrap_ci(values: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of bootstrap values (NaN values ignored; none left: NaN, NaN)."""
+    return _ci(np.asarray(values, dtype=np.float64))
+
+
 def _ci(values: np.ndarray) -> tuple[float, float]:
     v = values[np.isfinite(values)]
     if not len(v):
@@ -58,7 +63,7 @@ def _f1_from_counts(tp: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray, pres
         return np.nanmean(np.where(present.any(axis=1, keepdims=True), f1, 0.0), axis=1)
 
 
-def _classification(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, ...]]:
+def _classification(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, np.ndarray]]:
     k = int(max(y.max(initial=0), p.max(initial=0))) + 1
     T = np.eye(k)[y]
     P = np.eye(k)[p]
@@ -70,8 +75,8 @@ def _classification(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dic
         f1.append(_f1_from_counts(tp, nt, npred, (nt + npred) > 0))
     point_f1 = f1_score(y, p, average="macro", zero_division=0)
     return {
-        "accuracy": (accuracy_score(y, p), *_ci(_cat(acc))),
-        "macro_f1": (point_f1, *_ci(_cat(f1))),
+        "accuracy": (accuracy_score(y, p), _cat(acc)),
+        "macro_f1": (point_f1, _cat(f1)),
     }
 
 
@@ -113,7 +118,7 @@ def _maps(Y: np.ndarray, S: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.n
     return micro, macro
 
 
-def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, ...]]:
+def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, np.ndarray]]:
     """mAP and F1 of multilabel predictions, on every label column as scikit-learn computes them.
 
     Micro mAP, micro F1 and macro F1 use all ``K`` columns: a class with no positive test chip still
@@ -150,14 +155,14 @@ def _multilabel(Y: np.ndarray, P: np.ndarray, S: np.ndarray, n_boot: int, seed: 
         point_f1ma = f1_score(Y, P, average="macro", zero_division=0)
 
     return {
-        "micro_map": (point_micro, *_ci(_cat(mic))),
-        "macro_map": (point_macro, *_ci(_cat(mac))),
-        "micro_f1": (point_f1mi, *_ci(_cat(f1mi))),
-        "macro_f1": (point_f1ma, *_ci(_cat(f1ma))),
+        "micro_map": (point_micro, _cat(mic)),
+        "macro_map": (point_macro, _cat(mac)),
+        "micro_f1": (point_f1mi, _cat(f1mi)),
+        "macro_f1": (point_f1ma, _cat(f1ma)),
     }
 
 
-def _regression(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, ...]]:
+def _regression(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, np.ndarray]]:
     n = len(y)
     mu = y.mean()
     yc, pc = y - mu, p - mu  # centred for numerically stable weighted moments
@@ -176,9 +181,9 @@ def _regression(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[st
         pr = float(stats.pearsonr(y, p).statistic) if n > 1 and np.ptp(y) > 0 and np.ptp(p) > 0 else float("nan")
         point_r2 = float(r2_score(y, p)) if n > 1 else float("nan")
     return {
-        "r2": (point_r2, *_ci(_cat(r2))),
-        "mae": (float(mean_absolute_error(y, p)), *_ci(_cat(mae))),
-        "pearson_r": (pr, *_ci(_cat(r))),
+        "r2": (point_r2, _cat(r2)),
+        "mae": (float(mean_absolute_error(y, p)), _cat(mae)),
+        "pearson_r": (pr, _cat(r)),
     }
 
 
@@ -194,6 +199,24 @@ def evaluate_predictions(
 
     ``y_score`` (class-1 probabilities [N, K]) is required for multilabel mAP. ``n_boot=0`` gives NaN CIs.
     """
+    out = bootstrap_metrics(kind, y_true, y_pred, y_score, n_boot, seed)
+    return {k: (v, *_ci(b)) for k, (v, b) in out.items()}
+
+
+def bootstrap_metrics(
+    kind: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    y_score: np.ndarray | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, tuple[float, np.ndarray]]:
+    """``{metric: (value, [n_boot] values on the resamples)}``: what :func:`evaluate_predictions` summarises.
+
+    The resamples depend only on ``(len(y_true), n_boot, seed)``, so two models scored on the same test chips
+    with the same seed see the same resamples: the per-resample differences of their scores give a *paired*
+    interval of the difference (:func:`earthembed.evaluate.compare.paired_difference`).
+    """
     if len(y_true) == 0:
         raise ValueError("no test chips to evaluate on")
     if kind == "classification":
@@ -206,7 +229,8 @@ def evaluate_predictions(
         out = _regression(np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64), n_boot, seed)
     else:
         raise ValueError(f"unknown task kind {kind!r}")
-    return {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in out.items()}
+    full = np.full(n_boot, np.nan)  # a metric undefined on this test set (no positive label) on every resample
+    return {k: (float(v), np.asarray(b, dtype=np.float64) if len(b) == n_boot else full) for k, (v, b) in out.items()}
 
 
 def confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, ignore_index: int | None = None

@@ -79,7 +79,8 @@ def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
     none, ``no CI`` without bootstrap intervals and
     ``only set`` with a single feature set; ``tied_with`` lists every set whose interval overlaps the best's.
     Rejected: a paired test on the per-seed differences (three seeds give no power, and the intervals are what
-    the tables already show).
+    the tables already show). The paired bootstrap over test chips, which has power, is in
+    :func:`earthembed.evaluate.compare.compare` (from ``bootstrap.parquet``).
     """
     prim = primary_rows(results)
     if not len(prim):
