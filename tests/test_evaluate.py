@@ -438,6 +438,17 @@ def test_best_feature_set_in_summary_files(tmp_path):
     assert "| t | all | 99 | A (logreg) |" in md and "| tie |" in md
     s = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False).set_index("features")
     assert str(s.loc["A", "best_at"]) == "1" and s.loc["A", "tied_best_at"] == "all" and s.loc["B", "tied_best_at"] == "all"
+    # paired: the same test resamples move both scores together, so "all" is a tie side by side, a paired win
+    noise = np.random.default_rng(0).normal(0, 0.05, 100)
+    boot = pd.DataFrame([{"task": "t", "features": f, "estimator": "logreg", "budget": b, "seed": sd, "metric": "macro_f1",
+                          "n_test": 50, "values": v + noise} for f, b, v in [("A", "1", 0.8), ("B", "1", 0.5),
+                                                                            ("A", "all", 0.9), ("B", "all", 0.85)]
+                         for sd in (0, 1)])
+    md = write_summary(pd.DataFrame(rows).assign(budget_mode="per_class"), tmp_path, boot=boot)
+    best = pd.read_csv(tmp_path / "best.csv").set_index("budget")
+    assert best.loc["all", "verdict"] == "tie" and best.loc["all", "paired_verdict"] == "win"
+    assert best.loc["all", "paired_diff_ci_low"] == pytest.approx(0.05)
+    assert "paired verdict" in md and "+0.050 [+0.050, +0.050] | win |" in md
     assert len(pd.read_csv(tmp_path / "best.csv")) == 2
 
 

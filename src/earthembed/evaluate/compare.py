@@ -45,7 +45,8 @@ def load_bootstrap(fewshot_dir: str | Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
-def _resamples(boot: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[int, np.ndarray]]:
+def resamples(boot: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[int, np.ndarray]]:
+    """``{(task, features, estimator, budget): {seed: resample values}}`` of a bootstrap.parquet table."""
     out: dict[tuple[str, str, str, str], dict[int, np.ndarray]] = {}
     for r in boot.itertuples(index=False):
         out.setdefault((r.task, r.features, r.estimator, str(r.budget)), {})[int(r.seed)] = np.asarray(r.values, float)
@@ -59,7 +60,8 @@ def paired_difference(mine: dict[int, np.ndarray], theirs: dict[int, np.ndarray]
     seeds = [s for s in mine if s in theirs and len(mine[s]) == len(theirs[s]) and len(mine[s])]
     if not seeds or len({len(mine[s]) for s in seeds}) > 1:
         return float("nan"), float("nan")
-    d = sign * np.mean([mine[s] - theirs[s] for s in seeds], axis=0)
+    with np.errstate(invalid="ignore"):  # resamples where a score is undefined (inf - inf) drop out below
+        d = sign * np.mean([mine[s] - theirs[s] for s in seeds], axis=0)
     d = d[np.isfinite(d)]
     if not len(d):
         return float("nan"), float("nan")
@@ -74,7 +76,7 @@ def compare(results: pd.DataFrame, features: str, others: Sequence[str], boot: p
     With ``boot`` (:func:`load_bootstrap`) also the paired interval of the difference (``diff_ci_low``,
     ``diff_ci_high``, in "higher is better" orientation) and ``wins_paired`` / ``loses_paired``."""
     s = budget_scores(results)
-    samples = _resamples(boot) if boot is not None and len(boot) else None
+    samples = resamples(boot) if boot is not None and len(boot) else None
     mine = s[s["features"] == features]
     rows = []
     for other in others:
@@ -111,7 +113,7 @@ def compare_best_estimators(results: pd.DataFrame, features: str, others: Sequen
     sides alike. Rows: task, budget, budget_n, features/estimator, other/other_estimator, scores, diff and its
     paired interval, ``wins_paired`` / ``loses_paired``."""
     s = budget_scores(results)
-    samples = _resamples(boot)
+    samples = resamples(boot)
     rows = []
     for (task, budget), d in s.groupby(["task", "budget"], sort=False):
         higher = d["metric"].iloc[0] not in LOWER_IS_BETTER

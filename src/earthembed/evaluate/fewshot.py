@@ -434,11 +434,12 @@ def run_fewshot(
     df = pd.concat([r for r, _ in results], ignore_index=True)
     df.to_csv(out_dir / "results.csv", index=False)
     df.to_parquet(out_dir / "results.parquet", index=False)
-    pd.concat([b for _, b in results], ignore_index=True).to_parquet(out_dir / "bootstrap.parquet", index=False)
+    boot = pd.concat([b for _, b in results], ignore_index=True)
+    boot.to_parquet(out_dir / "bootstrap.parquet", index=False)
     pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
     write_json(out_dir / "run.json", json.loads(json.dumps(
         {"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot, "tasks": notes}, default=str)))
-    write_summary(df, out_dir, warnings=[w for n in notes for w in n["warnings"]],
+    write_summary(df, out_dir, warnings=[w for n in notes for w in n["warnings"]], boot=boot,
                   models={fs.name: {"model_id": fs.model_id, "source": fs.source} for fs in sets})
     plot_label_efficiency(df, out_dir / "label_efficiency.png")
     return df

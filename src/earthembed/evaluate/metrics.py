@@ -187,14 +187,8 @@ def _regression(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[st
     }
 
 
-def evaluate_predictions(
-    kind: str,
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    y_score: np.ndarray | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-) -> dict[str, tuple[float, float, float]]:
+def evaluate_predictions(kind: str, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None = None,
+                         n_boot: int = 200, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """``{metric: (value, ci_low, ci_high)}`` for a task ``kind`` (see :data:`METRICS`).
 
     ``y_score`` (class-1 probabilities [N, K]) is required for multilabel mAP. ``n_boot=0`` gives NaN CIs.

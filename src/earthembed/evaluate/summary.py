@@ -65,11 +65,11 @@ def summarize(results: pd.DataFrame, fraction: float = FRACTION) -> pd.DataFrame
 BEST_COLUMNS = [
     "task", "metric", "budget", "budget_n", "best", "best_estimator", "best_mean", "best_std", "best_ci_low",
     "best_ci_high", "runner_up", "runner_up_estimator", "runner_up_mean", "runner_up_ci_low", "runner_up_ci_high",
-    "verdict", "tied_with",
+    "verdict", "tied_with", "paired_diff_ci_low", "paired_diff_ci_high", "paired_verdict",
 ]
 
 
-def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
+def best_by_budget(results: pd.DataFrame, boot: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per task and budget: the best feature set, the runner-up, and whether their 95% CIs overlap.
 
     Each feature set enters with its best estimator at that budget (mean over seeds of the primary metric),
@@ -78,13 +78,19 @@ def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
     interval overlaps the runner-up's (or any other set's, should a wider one reach it), ``win`` when it overlaps
     none, ``no CI`` without bootstrap intervals and
     ``only set`` with a single feature set; ``tied_with`` lists every set whose interval overlaps the best's.
+    With ``boot`` (``bootstrap.parquet``: every fit scored on the same test resamples) also the paired 95%
+    interval of best - runner-up (``paired_diff_ci_*``) and ``paired_verdict``: ``win`` when it is above 0,
+    else ``tie`` (empty without ``boot``; see :mod:`earthembed.evaluate.compare`).
     Rejected: a paired test on the per-seed differences (three seeds give no power, and the intervals are what
     the tables already show). The paired bootstrap over test chips, which has power, is in
     :func:`earthembed.evaluate.compare.compare` (from ``bootstrap.parquet``).
     """
+    from earthembed.evaluate.compare import paired_difference, resamples
+
     prim = primary_rows(results)
     if not len(prim):
         return pd.DataFrame(columns=BEST_COLUMNS)
+    samples = resamples(boot) if boot is not None and len(boot) else None
     keys = ["task", "budget", "features", "estimator"]
     cell = prim.groupby(keys, sort=False).agg(
         metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"), ci_low=("ci_low", "mean"),
@@ -99,7 +105,8 @@ def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
                "best": best["features"], "best_estimator": best["estimator"], "best_mean": best["mean"],
                "best_std": best["std"], "best_ci_low": best["ci_low"], "best_ci_high": best["ci_high"],
                "runner_up": None, "runner_up_estimator": None, "runner_up_mean": np.nan, "runner_up_ci_low": np.nan,
-               "runner_up_ci_high": np.nan, "verdict": "only set", "tied_with": ""}
+               "runner_up_ci_high": np.nan, "verdict": "only set", "tied_with": "", "paired_diff_ci_low": np.nan,
+               "paired_diff_ci_high": np.nan, "paired_verdict": ""}
         if len(per_set) > 1:
             ru = per_set.iloc[1]
             row.update(runner_up=ru["features"], runner_up_estimator=ru["estimator"], runner_up_mean=ru["mean"],
@@ -112,6 +119,11 @@ def best_by_budget(results: pd.DataFrame) -> pd.DataFrame:
                 tied = others[(others["ci_low"] <= best["ci_high"]) & (others["ci_high"] >= best["ci_low"])]
                 row["verdict"] = "tie" if len(tied) else "win"
                 row["tied_with"] = ", ".join(tied["features"])
+            if samples is not None:
+                lo, hi = paired_difference(samples.get((task, best["features"], best["estimator"], str(budget)), {}),
+                                           samples.get((task, ru["features"], ru["estimator"], str(budget)), {}), sign)
+                row.update(paired_diff_ci_low=lo, paired_diff_ci_high=hi,
+                           paired_verdict="no CI" if not np.isfinite(lo) else "win" if lo > 0 else "tie")
         rows.append(row)
     out = pd.DataFrame(rows, columns=BEST_COLUMNS)
     order = {t: i for i, t in enumerate(dict.fromkeys(out["task"]))}
@@ -153,6 +165,13 @@ def best_markdown(best: pd.DataFrame) -> str:
                                      best[["runner_up_mean", "runner_up_ci_low", "runner_up_ci_high"]].to_numpy(float)],
         "verdict": best["verdict"],
     })
+    if "paired_verdict" in best and best["paired_verdict"].fillna("").astype(bool).any():
+        t["paired Δ [95% CI]"] = [
+            f"{sign * (m - r):+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else ""
+            for sign, m, r, lo, hi in zip(
+                [-1.0 if x in LOWER_IS_BETTER else 1.0 for x in best["metric"]], best["best_mean"],
+                best["runner_up_mean"], best["paired_diff_ci_low"], best["paired_diff_ci_high"], strict=True)]
+        t["paired verdict"] = best["paired_verdict"].fillna("")
     return markdown_table(t)
 
 
@@ -176,20 +195,25 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: float = FRACTION) -> str:
+def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: float = FRACTION,
+                     best: pd.DataFrame | None = None) -> str:
     """Both tables as markdown; the budget table is one per task, since budgets are per class for
-    classification and in chips for the others, so their columns only sort within a task."""
+    classification and in chips for the others, so their columns only sort within a task. ``best``: the
+    :func:`best_by_budget` table (computed from ``results`` when not given)."""
     s = summary.copy()
     s["n_full"] = s["n_full"].round().astype("Int64")
     s["budget_n_95"] = s["budget_n_95"].round().astype("Int64")
     s = s.drop(columns=[c for c in ("best_at", "tied_best_at") if c in s.columns])
     parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + markdown_table(s)]
-    best = best_by_budget(results)
+    best = best_by_budget(results) if best is None else best
     if len(best):
+        paired = ("paired_verdict" in best and best["paired_verdict"].fillna("").astype(bool).any())
         parts.append(
             "## Best feature set per budget\n\nEach feature set with its best estimator; mean over seeds of the "
             "primary metric with its 95% CI (bootstrap over test chips, averaged over seeds). **win**: the "
-            "intervals of the best and the runner-up do not overlap; **tie**: they do.\n\n" + best_markdown(best))
+            "intervals of the best and the runner-up do not overlap; **tie**: they do."
+            + (" Paired: the 95% interval of best - runner-up over the same test resamples (seed mean per "
+               "resample); **win** when it is above 0." if paired else "") + "\n\n" + best_markdown(best))
     for task in dict.fromkeys(results["task"]):
         r = results[results["task"] == task]
         kind = r["task_kind"].iloc[0]
@@ -211,20 +235,20 @@ def models_markdown(models: dict[str, dict[str, str]]) -> str:
 
 def write_summary(
     results: pd.DataFrame, out_dir: str | Path, fraction: float = FRACTION, warnings: list[str] | None = None,
-    models: dict[str, dict[str, str]] | None = None,
+    models: dict[str, dict[str, str]] | None = None, boot: pd.DataFrame | None = None,
 ) -> str:
     """Write ``summary.csv`` (with ``best_at`` / ``tied_best_at`` budgets), ``best.csv``
-    (:func:`best_by_budget`) and ``summary.md`` (all tables, then ``models``: see :func:`models_markdown`) into
-    ``out_dir``; returns the markdown.
+    (:func:`best_by_budget`, paired verdicts with ``boot``) and ``summary.md`` (all tables, then ``models``: see
+    :func:`models_markdown`) into ``out_dir``; returns the markdown.
 
     ``warnings`` (e.g. classes absent from the test split, see ``fewshot.coverage_warnings``) open the markdown,
     before any number, so a reader sees what the scores cannot say."""
     out_dir = Path(out_dir)
-    best = best_by_budget(results)
+    best = best_by_budget(results, boot)
     summary = _mark_best(summarize(results, fraction), best)
     summary.to_csv(out_dir / "summary.csv", index=False)
     best.to_csv(out_dir / "best.csv", index=False)
-    md = summary_markdown(summary, results, fraction)
+    md = summary_markdown(summary, results, fraction, best)
     if warnings:
         md = "## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n" + md
     if models:
