@@ -514,3 +514,24 @@ def test_row_space_fit_is_the_same_model():
     y3 = np.digitize(X[:, 0] + X[:, 1], [-0.7, 0.7])
     fitted = fit_estimator("logreg", "classification", X, y3, seed=0)
     assert fitted.model.named_steps["prep"][-1].basis_.shape[1] <= 40 and fitted.predict(Xt)[0].shape == (30,)
+
+
+def test_linear_inputs_scaled_by_the_pool_not_the_budget():
+    """A feature nearly constant in a 10-chip budget: scaled by the budget, test chips land at |z| ~ 1e5 and
+    ridge / logistic predictions explode; scaled by the pool's features (no labels) they stay sane."""
+    from sklearn.metrics import r2_score
+
+    from earthembed.evaluate.estimators import fit_estimator
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y = X[:, 1] + 0.1 * rng.normal(size=300)
+    X[:10, 0] = 1e-5 * rng.normal(size=10) + 1e-5 * y[:10]  # budget: feature 0 ~ constant, slightly tied to y
+    budget, pool, test = np.arange(10), np.arange(200), np.arange(200, 300)
+    r2 = {}
+    for name, ref in (("budget", None), ("pool", X[pool])):
+        f = fit_estimator("ridge", "regression", X[budget], y[budget], X_ref=ref)
+        r2[name] = r2_score(y[test], f.predict(X[test])[0])
+    assert r2["pool"] > 0.8 and r2["budget"] < 0
+    knn = fit_estimator("knn", "regression", X[budget], y[budget], X_ref=X[pool])
+    assert knn.model.named_steps["scale"].n_samples_seen_ == 200  # kNN distances on the same scale

@@ -3,9 +3,13 @@
 ``logreg`` (classification / multilabel) and ``ridge`` (regression) choose their regularisation by
 cross-validation *inside* the label budget, as in Jungbluth et al. 2023; with fewer than two examples of
 a class there is nothing to cross-validate and C is fixed to 1. What was used is returned in ``extra`` so
-it lands in the results table. Features are standardised (StandardScaler) for the linear and kNN models
-(the scaler sees the whole budget, the CV folds only pick C). kNN uses k = min(5, n_train) with distance
-weights: with one chip per class, k=5 uniform votes would be a tie broken by class order.
+it lands in the results table. Features are standardised (StandardScaler) for the linear and kNN models.
+The scaler's mean and std come from ``X_ref`` when given: the features of every chip that may be labelled
+(``fewshot`` passes the pool, train + val; their labels are not used, the test chips never). Fitted on a
+10-chip budget alone, a feature that is nearly constant in those chips got a std near 0, and test chips
+came out at |z| up to 10^6: ridge R2 of -200,000 on the demo, fixed by the pool's scale (0.87 on the same
+budget). kNN uses k = min(5, n_train) with distance weights: with one chip per class, k=5 uniform votes
+would be a tie broken by class order.
 
 Logistic regression is the grid's cost, so it is made cheap without changing what it computes (issue 13;
 numbers from ``benchmarks/bench_fewshot.py demo``, benchmarks/README.md):
@@ -36,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 C_GRID: np.ndarray = np.logspace(-3, 3, 7)
@@ -191,19 +195,32 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, seed: int, solver: str | None = No
     return est, extra
 
 
-def _logreg_inputs(X: np.ndarray) -> tuple[Pipeline, np.ndarray]:
-    """The fitted input transform of logistic regression (standardise, then :class:`RowSpace`) and the
-    budget's features through it, computed once."""
-    prep = make_pipeline(StandardScaler(), RowSpace())
-    return prep, prep.fit_transform(X)
+def _scaler(X: np.ndarray, X_ref: np.ndarray | None) -> StandardScaler:
+    """StandardScaler fitted on ``X_ref`` (the pool's features, see the module docstring) or on ``X``."""
+    return StandardScaler().fit(X if X_ref is None else X_ref)
 
 
-def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
+def _scaled(scaler: StandardScaler, model: Any, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """``model`` fitted on ``scaler``-standardised ``X``, as one pipeline for prediction."""
+    return Pipeline([("scale", scaler), ("model", model.fit(scaler.transform(X), y))])
+
+
+def _logreg_inputs(X: np.ndarray, X_ref: np.ndarray | None = None) -> tuple[Pipeline, np.ndarray]:
+    """The fitted input transform of logistic regression (standardise, then :class:`RowSpace` of the budget)
+    and the budget's features through it, computed once."""
+    scaler = _scaler(X, X_ref)
+    rows = RowSpace()
+    Xs = rows.fit_transform(scaler.transform(X))
+    return Pipeline([("scale", scaler), ("rows", rows)]), Xs
+
+
+def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int, X_ref: np.ndarray | None = None
+                ) -> tuple[Any, dict[str, Any]]:
     n = len(X)
     if name == "knn":
         k = min(5, n)
         cls = KNeighborsRegressor if kind == "regression" else KNeighborsClassifier
-        return make_pipeline(StandardScaler(), cls(k, weights="distance")).fit(X, y), {"k": k}
+        return _scaled(_scaler(X, X_ref), cls(k, weights="distance"), X, y), {"k": k}
     if name == "rf":
         if kind == "regression":
             rf: Any = RandomForestRegressor(n_estimators=RF_TREES, max_features=RF_REGRESSION_MAX_FEATURES,
@@ -213,17 +230,18 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int) -
         return rf.fit(X, y), {"n_trees": RF_TREES}
     if name == "ridge":
         if n < 3:
-            return make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}
-        pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHA_GRID)).fit(X, y)
+            return _scaled(_scaler(X, X_ref), Ridge(alpha=1.0), X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}
+        pipe = _scaled(_scaler(X, X_ref), RidgeCV(alphas=ALPHA_GRID), X, y)
         return pipe, {"alpha": float(pipe[-1].alpha_), "alpha_selection": "efficient LOO CV"}
     if name == "logreg":
-        prep, Xs = _logreg_inputs(X)
+        prep, Xs = _logreg_inputs(X, X_ref)
         est, extra = _fit_logreg(Xs, y, seed)
         return Pipeline([("prep", prep), ("clf", est)]), extra
     raise ValueError(f"unknown estimator {name!r}")
 
 
-def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes: list[str]) -> Fitted:
+def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes: list[str],
+                    X_ref: np.ndarray | None = None) -> Fitted:
     """One model over the classes that have both positives and negatives in the budget; the others are
     skipped and scored with their (constant) budget prevalence, which is recorded in ``extra``."""
     Y = np.asarray(Y, dtype=np.int8)
@@ -235,7 +253,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         return Fitted(lambda X: np.zeros((len(X), 0)), "multilabel", extra, Y.shape[1], cols, prev)
     Yc = Y[:, cols]
     if name == "logreg":
-        prep, Xs = _logreg_inputs(X)
+        prep, Xs = _logreg_inputs(X, X_ref)
         models, cs = [], []
         for j in range(Yc.shape[1]):
             m, e = _fit_logreg(Xs, Yc[:, j], seed)
@@ -256,7 +274,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         extra["n_trees"] = RF_TREES
     elif name == "knn":
         k = min(5, len(X))
-        model = make_pipeline(StandardScaler(), KNeighborsClassifier(k, weights="distance")).fit(X, Yc)
+        model = _scaled(_scaler(X, X_ref), KNeighborsClassifier(k, weights="distance"), X, Yc)
         extra["k"] = k
     else:
         raise ValueError(f"unknown estimator {name!r}")
@@ -270,16 +288,19 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
 
 
 def fit_estimator(
-    name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0, classes: list[str] | None = None
+    name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0, classes: list[str] | None = None,
+    X_ref: np.ndarray | None = None,
 ) -> Fitted:
-    """Fit estimator ``name`` for a task ``kind`` on a budget; see :data:`ESTIMATORS` for the names."""
+    """Fit estimator ``name`` for a task ``kind`` on a budget; see :data:`ESTIMATORS` for the names.
+    ``X_ref``: features (no labels) whose mean / std standardise the inputs of the linear and kNN models,
+    e.g. every chip that could be labelled; default the budget ``X`` itself (see the module docstring)."""
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown task kind {kind!r}")
     if name not in ESTIMATORS[kind]:
         raise ValueError(f"estimator {name!r} is not available for {kind} tasks (choose from {ESTIMATORS[kind]})")
     if kind == "multilabel":
         classes = classes or [str(i) for i in range(np.shape(y)[1])]
-        return _multilabel_fit(name, X, y, seed, classes)
-    model, extra = _fit_single(name, kind, X, y, seed)
+        return _multilabel_fit(name, X, y, seed, classes, X_ref)
+    model, extra = _fit_single(name, kind, X, y, seed, X_ref)
     return Fitted(model, kind, extra)
 

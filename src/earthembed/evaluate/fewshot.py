@@ -353,13 +353,14 @@ def _fit_unit(
     from threadpoolctl import threadpool_limits
 
     y_test = t.y[test]
+    X_pool = X[pool]  # scale of the linear / kNN inputs: every chip a budget may draw from (features only)
     rows: list[dict[str, Any]] = []
     # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
     with threadpool_limits(limits=1):
         for b, p in budgets.items():
             tr = pool[p]
             t0 = time.perf_counter()
-            fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes)
+            fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes, X_ref=X_pool)
             fit_s = time.perf_counter() - t0
             pred, score = fitted.predict(X[test])
             metrics = bootstrap_metrics(t.kind, y_test, pred, score, n_boot=n_boot, seed=BOOTSTRAP_SEED)

@@ -115,8 +115,9 @@ def predict_chips(
 
     # a few hundred labels: BLAS threads cost more in contention than they save (as in fewshot, 5x here)
     with threadpool_limits(limits=1 if len(fit) < 20000 else None):
-        fitted = fit_estimator(name, t.kind, X[fit_rows], y, seed=seed, classes=t.classes)
-    pred_rows = np.flatnonzero(has_emb)
+        # standardised by every chip to be mapped (features only), as fewshot scales by its pool
+        pred_rows = np.flatnonzero(has_emb)
+        fitted = fit_estimator(name, t.kind, X[fit_rows], y, seed=seed, classes=t.classes, X_ref=X[pred_rows])
     res = df.iloc[pred_rows][[c for c in ("idx", "chip_id", "geometry", "crs", "transform", "aoi", "split")
                               if c in df.columns]].reset_index(drop=True)
     labelled = np.zeros(len(df), dtype=bool)

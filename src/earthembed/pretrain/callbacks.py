@@ -115,8 +115,7 @@ class OnlineProbe(L.Callback):
             for est in self.estimators[t.name]:
                 fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=self.seed, classes=t.classes)
                 pred, sc = fitted.predict(X[va])
-                # the point estimate only; one resample because n_boot=0 fails in evaluate.metrics today
-                value = evaluate_predictions(t.kind, t.y[va], pred, sc, n_boot=1)[metric][0]
+                value = evaluate_predictions(t.kind, t.y[va], pred, sc, n_boot=0)[metric][0]  # no CI needed
                 out[f"probe/{t.name}/{est}_{metric}"] = float(value)
         out["probe/seconds"] = time.perf_counter() - t0
         return out
