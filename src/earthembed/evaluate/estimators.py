@@ -195,8 +195,11 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, seed: int, solver: str | None = No
     return est, extra
 
 
-def _scaler(X: np.ndarray, X_ref: np.ndarray | None) -> StandardScaler:
-    """StandardScaler fitted on ``X_ref`` (the pool's features, see the module docstring) or on ``X``."""
+def _scaler(X: np.ndarray, X_ref: np.ndarray | StandardScaler | None) -> StandardScaler:
+    """StandardScaler fitted on ``X_ref`` (the pool's features, see the module docstring; or already fitted on
+    them) or on ``X``."""
+    if isinstance(X_ref, StandardScaler):
+        return X_ref
     return StandardScaler().fit(X if X_ref is None else X_ref)
 
 
@@ -205,7 +208,7 @@ def _scaled(scaler: StandardScaler, model: Any, X: np.ndarray, y: np.ndarray) ->
     return Pipeline([("scale", scaler), ("model", model.fit(scaler.transform(X), y))])
 
 
-def _logreg_inputs(X: np.ndarray, X_ref: np.ndarray | None = None) -> tuple[Pipeline, np.ndarray]:
+def _logreg_inputs(X: np.ndarray, X_ref: np.ndarray | StandardScaler | None = None) -> tuple[Pipeline, np.ndarray]:
     """The fitted input transform of logistic regression (standardise, then :class:`RowSpace` of the budget)
     and the budget's features through it, computed once."""
     scaler = _scaler(X, X_ref)
@@ -214,8 +217,8 @@ def _logreg_inputs(X: np.ndarray, X_ref: np.ndarray | None = None) -> tuple[Pipe
     return Pipeline([("scale", scaler), ("rows", rows)]), Xs
 
 
-def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int, X_ref: np.ndarray | None = None
-                ) -> tuple[Any, dict[str, Any]]:
+def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int,
+                X_ref: np.ndarray | StandardScaler | None = None) -> tuple[Any, dict[str, Any]]:
     n = len(X)
     if name == "knn":
         k = min(5, n)
@@ -241,7 +244,7 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int, X
 
 
 def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes: list[str],
-                    X_ref: np.ndarray | None = None) -> Fitted:
+                    X_ref: np.ndarray | StandardScaler | None = None) -> Fitted:
     """One model over the classes that have both positives and negatives in the budget; the others are
     skipped and scored with their (constant) budget prevalence, which is recorded in ``extra``."""
     Y = np.asarray(Y, dtype=np.int8)
@@ -289,11 +292,12 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
 
 def fit_estimator(
     name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0, classes: list[str] | None = None,
-    X_ref: np.ndarray | None = None,
+    X_ref: np.ndarray | StandardScaler | None = None,
 ) -> Fitted:
     """Fit estimator ``name`` for a task ``kind`` on a budget; see :data:`ESTIMATORS` for the names.
     ``X_ref``: features (no labels) whose mean / std standardise the inputs of the linear and kNN models,
-    e.g. every chip that could be labelled; default the budget ``X`` itself (see the module docstring)."""
+    e.g. every chip that could be labelled, or a StandardScaler already fitted on them (shared by many
+    budgets); default the budget ``X`` itself (see the module docstring)."""
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown task kind {kind!r}")
     if name not in ESTIMATORS[kind]:

@@ -1,8 +1,11 @@
 """Few-shot label-efficiency evaluation (Jungbluth et al. 2023 protocol, torchgeo-bench style).
 
 For each task, every feature set (embedding columns of each table, plus baselines) is scored on the *same*
-test chips with the *same* nested budget samples per seed, so differences between feature sets are not
-differences in what they were trained or tested on. Test chips are the intersection of labelled chips
+test chips with the *same* nested budget samples per seed, and every fit's interval comes from the *same*
+bootstrap resamples of those chips (:data:`BOOTSTRAP_SEED`), so differences between feature sets are not
+differences in what they were trained or tested on, and can be bootstrapped pairwise
+(:mod:`earthembed.evaluate.compare`, from ``bootstrap.parquet``). Linear and kNN inputs are standardised by the
+features of the whole pool (no labels; see :mod:`earthembed.evaluate.estimators`). Test chips are the intersection of labelled chips
 that have every feature set: a feature set with missing chips (e.g. ``emb_s1`` where S1 is absent)
 narrows the evaluation for all of them; restrict ``feature_columns`` to avoid that.
 
@@ -288,7 +291,8 @@ def _split_samples(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: Progress | None, n_jobs: int = 1
                ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Tidy results of every plan: each feature set x estimator x seed x budget fitted once, scored on the test split.
+    """(tidy results, bootstrap rows) of every plan: each feature set x estimator x seed x budget fitted once,
+    scored on the test split; the bootstrap rows hold each fit's primary metric on the shared resamples.
 
     Units of work are (task, feature set, estimator, seed), all tasks in one pool of ``n_jobs`` processes
     (joblib), the most expensive first; a pool per task would leave a core idle at every task's tail. A budget
@@ -353,7 +357,10 @@ def _fit_unit(
     from threadpoolctl import threadpool_limits
 
     y_test = t.y[test]
-    X_pool = X[pool]  # scale of the linear / kNN inputs: every chip a budget may draw from (features only)
+    from sklearn.preprocessing import StandardScaler
+
+    # scale of the linear / kNN inputs: every chip a budget may draw from (features only), fitted once per unit
+    X_pool = StandardScaler().fit(X[pool])
     rows: list[dict[str, Any]] = []
     # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
     with threadpool_limits(limits=1):
