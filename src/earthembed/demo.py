@@ -136,10 +136,10 @@ def run_demo(
     _step(log, "plot-embeddings",
           f"earthembed plot-embeddings {emb['pretrained']} --store {store_dir} --color-by landcover --out {png}",
           plot_embeddings, emb["pretrained"], "landcover", png, store=store)
-    report = write_report(out, store, export, results, few_dir, png, log, time.perf_counter() - t_start)
     from earthembed.evaluate.compare import comparison_sentence, load_bootstrap
 
     boot = load_bootstrap(few_dir)
+    report = write_report(out, store, export, results, few_dir, png, log, time.perf_counter() - t_start, boot)
     print((few_dir / "summary.md").read_text())
     print(f"[demo] {comparison_sentence(results, 'pretrained:emb_fused', COMPARE_BASELINES, boot=boot)}")
     print(f"[demo] report: {report}")
@@ -168,10 +168,10 @@ def closing_sentences(results: pd.DataFrame, boot: pd.DataFrame | None = None) -
 
 
 def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few_dir: Path, png: Path,
-                 log: list[dict[str, Any]], seconds: float) -> Path:
+                 log: list[dict[str, Any]], seconds: float, boot: pd.DataFrame | None = None) -> Path:
     """A short markdown report: what ran (commands, timings), the data, the label-efficiency tables and one
-    sentence comparing the pretrained embedding with the baselines."""
-    from earthembed.evaluate.compare import comparison_sentence, load_bootstrap
+    sentence comparing the pretrained embedding with the baselines (paired too, given ``boot``)."""
+    from earthembed.evaluate.compare import comparison_sentence
 
     meta = json.loads((Path(export) / "model.json").read_text())
     info = store.info()
@@ -188,8 +188,7 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
         "checkpoint), `pretrained_rgb:emb_s2` (the S2 tower fed only B04/B03/B02), `random_init:*` (same "
         "architecture, random weights), `band_stats` (per-band mean/std/percentiles of the raw chip).",
         "",
-        "**" + comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES, boot=load_bootstrap(few_dir))
-        + "**",
+        "**" + comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES, boot=boot) + "**",
         "",
         "## Steps",
         "",

@@ -26,17 +26,24 @@ import numpy as np
 import pandas as pd
 
 from earthembed.evaluate.metrics import LOWER_IS_BETTER
-from earthembed.evaluate.tasks import PRIMARY_METRIC
+from earthembed.evaluate.summary import primary_rows
 
 
 def budget_scores(results: pd.DataFrame) -> pd.DataFrame:
     """Primary metric per (task, features, estimator, budget): seed mean and std, mean CI, mean chips."""
-    prim = results[results["metric"] == results["task_kind"].map(PRIMARY_METRIC)]
     keys = ["task", "task_kind", "metric", "features", "estimator", "budget"]
-    g = prim.groupby(keys, sort=False)
+    g = primary_rows(results).groupby(keys, sort=False)
     out = g.agg(mean=("value", "mean"), std=("value", "std"), ci_low=("ci_low", "mean"),
                 ci_high=("ci_high", "mean"), budget_n=("budget_n", "mean"), n_seeds=("seed", "nunique"))
     return out.reset_index()
+
+
+def best_per_set(scores: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """(each feature set at its best estimator, best set first; sign: 1 if higher is better, else -1) of the
+    :func:`budget_scores`-like rows of one (task, budget), ranked by mean score (NaN last)."""
+    sign = -1.0 if scores["metric"].iloc[0] in LOWER_IS_BETTER else 1.0
+    ranked = scores.assign(score=sign * scores["mean"].fillna(-np.inf * sign))
+    return ranked.sort_values("score", ascending=False, kind="stable").drop_duplicates("features"), sign
 
 
 def load_bootstrap(fewshot_dir: str | Path) -> pd.DataFrame | None:
@@ -97,9 +104,9 @@ def compare(results: pd.DataFrame, features: str, others: Sequence[str], boot: p
                 "wins": bool(diff > 0), "wins_ci_apart": bool(mine_apart), "loses_ci_apart": bool(theirs_apart),
             }
             if samples is not None:
-                key = (r.task, r.estimator, str(r.budget))
-                lo, hi = paired_difference(samples.get((key[0], features, *key[1:]), {}),
-                                           samples.get((key[0], other, *key[1:]), {}), 1.0 if higher else -1.0)
+                lo, hi = paired_difference(samples.get((r.task, features, r.estimator, str(r.budget)), {}),
+                                           samples.get((r.task, other, r.estimator, str(r.budget)), {}),
+                                           1.0 if higher else -1.0)
                 row.update(diff_ci_low=lo, diff_ci_high=hi, wins_paired=bool(lo > 0), loses_paired=bool(hi < 0))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -116,10 +123,8 @@ def compare_best_estimators(results: pd.DataFrame, features: str, others: Sequen
     samples = resamples(boot)
     rows = []
     for (task, budget), d in s.groupby(["task", "budget"], sort=False):
-        higher = d["metric"].iloc[0] not in LOWER_IS_BETTER
-        sign = 1.0 if higher else -1.0
-        best = (d.assign(_s=sign * d["mean"]).sort_values("_s", ascending=False, kind="stable")
-                .drop_duplicates("features").set_index("features"))
+        ranked, sign = best_per_set(d)
+        best = ranked.set_index("features")
         if features not in best.index:
             continue
         mine = best.loc[features]

@@ -195,35 +195,26 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, seed: int, solver: str | None = No
     return est, extra
 
 
-def _scaler(X: np.ndarray, X_ref: np.ndarray | StandardScaler | None) -> StandardScaler:
-    """StandardScaler fitted on ``X_ref`` (the pool's features, see the module docstring; or already fitted on
-    them) or on ``X``."""
-    if isinstance(X_ref, StandardScaler):
-        return X_ref
-    return StandardScaler().fit(X if X_ref is None else X_ref)
-
-
 def _scaled(scaler: StandardScaler, model: Any, X: np.ndarray, y: np.ndarray) -> Pipeline:
     """``model`` fitted on ``scaler``-standardised ``X``, as one pipeline for prediction."""
     return Pipeline([("scale", scaler), ("model", model.fit(scaler.transform(X), y))])
 
 
-def _logreg_inputs(X: np.ndarray, X_ref: np.ndarray | StandardScaler | None = None) -> tuple[Pipeline, np.ndarray]:
+def _logreg_inputs(X: np.ndarray, scaler: StandardScaler) -> tuple[Pipeline, np.ndarray]:
     """The fitted input transform of logistic regression (standardise, then :class:`RowSpace` of the budget)
     and the budget's features through it, computed once."""
-    scaler = _scaler(X, X_ref)
     rows = RowSpace()
     Xs = rows.fit_transform(scaler.transform(X))
     return Pipeline([("scale", scaler), ("rows", rows)]), Xs
 
 
-def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int,
-                X_ref: np.ndarray | StandardScaler | None = None) -> tuple[Any, dict[str, Any]]:
+def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int, scaler: StandardScaler
+                ) -> tuple[Any, dict[str, Any]]:
     n = len(X)
     if name == "knn":
         k = min(5, n)
         cls = KNeighborsRegressor if kind == "regression" else KNeighborsClassifier
-        return _scaled(_scaler(X, X_ref), cls(k, weights="distance"), X, y), {"k": k}
+        return _scaled(scaler, cls(k, weights="distance"), X, y), {"k": k}
     if name == "rf":
         if kind == "regression":
             rf: Any = RandomForestRegressor(n_estimators=RF_TREES, max_features=RF_REGRESSION_MAX_FEATURES,
@@ -233,18 +224,18 @@ def _fit_single(name: str, kind: str, X: np.ndarray, y: np.ndarray, seed: int,
         return rf.fit(X, y), {"n_trees": RF_TREES}
     if name == "ridge":
         if n < 3:
-            return _scaled(_scaler(X, X_ref), Ridge(alpha=1.0), X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}
-        pipe = _scaled(_scaler(X, X_ref), RidgeCV(alphas=ALPHA_GRID), X, y)
+            return _scaled(scaler, Ridge(alpha=1.0), X, y), {"alpha": 1.0, "alpha_selection": "fixed (n < 3)"}
+        pipe = _scaled(scaler, RidgeCV(alphas=ALPHA_GRID), X, y)
         return pipe, {"alpha": float(pipe[-1].alpha_), "alpha_selection": "efficient LOO CV"}
     if name == "logreg":
-        prep, Xs = _logreg_inputs(X, X_ref)
+        prep, Xs = _logreg_inputs(X, scaler)
         est, extra = _fit_logreg(Xs, y, seed)
         return Pipeline([("prep", prep), ("clf", est)]), extra
     raise ValueError(f"unknown estimator {name!r}")
 
 
 def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes: list[str],
-                    X_ref: np.ndarray | StandardScaler | None = None) -> Fitted:
+                    scaler: StandardScaler) -> Fitted:
     """One model over the classes that have both positives and negatives in the budget; the others are
     skipped and scored with their (constant) budget prevalence, which is recorded in ``extra``."""
     Y = np.asarray(Y, dtype=np.int8)
@@ -256,7 +247,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         return Fitted(lambda X: np.zeros((len(X), 0)), "multilabel", extra, Y.shape[1], cols, prev)
     Yc = Y[:, cols]
     if name == "logreg":
-        prep, Xs = _logreg_inputs(X, X_ref)
+        prep, Xs = _logreg_inputs(X, scaler)
         models, cs = [], []
         for j in range(Yc.shape[1]):
             m, e = _fit_logreg(Xs, Yc[:, j], seed)
@@ -277,7 +268,7 @@ def _multilabel_fit(name: str, X: np.ndarray, Y: np.ndarray, seed: int, classes:
         extra["n_trees"] = RF_TREES
     elif name == "knn":
         k = min(5, len(X))
-        model = _scaled(_scaler(X, X_ref), KNeighborsClassifier(k, weights="distance"), X, Yc)
+        model = _scaled(scaler, KNeighborsClassifier(k, weights="distance"), X, Yc)
         extra["k"] = k
     else:
         raise ValueError(f"unknown estimator {name!r}")
@@ -302,9 +293,11 @@ def fit_estimator(
         raise ValueError(f"unknown task kind {kind!r}")
     if name not in ESTIMATORS[kind]:
         raise ValueError(f"estimator {name!r} is not available for {kind} tasks (choose from {ESTIMATORS[kind]})")
+    # the linear and kNN inputs' scale (the random forest ignores it): see the module docstring
+    scaler = X_ref if isinstance(X_ref, StandardScaler) else StandardScaler().fit(X if X_ref is None else X_ref)
     if kind == "multilabel":
         classes = classes or [str(i) for i in range(np.shape(y)[1])]
-        return _multilabel_fit(name, X, y, seed, classes, X_ref)
-    model, extra = _fit_single(name, kind, X, y, seed, X_ref)
+        return _multilabel_fit(name, X, y, seed, classes, scaler)
+    model, extra = _fit_single(name, kind, X, y, seed, scaler)
     return Fitted(model, kind, extra)
 

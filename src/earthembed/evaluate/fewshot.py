@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 
 from earthembed.data.store import ChipStore
 from earthembed.evaluate.baselines import (
@@ -343,8 +344,7 @@ def _fit_plans(plans: Sequence[_Plan], names: Sequence[str], n_boot: int, bar: P
                             rows += [_repeat_row(r, s, first) for r in done[(i, j, k, first)][b]]
                         else:
                             rows += done[(i, j, k, s)][b]
-        rows = [dict(r) for r in rows]  # repeated rows share their first seed's dicts
-        boot = _split_samples(rows)
+        boot = _split_samples(rows)  # repeated rows are copies made above, so they keep their samples
         out.append((pd.DataFrame(rows, columns=RESULT_COLUMNS), boot))
     return out
 
@@ -357,17 +357,15 @@ def _fit_unit(
     from threadpoolctl import threadpool_limits
 
     y_test = t.y[test]
-    from sklearn.preprocessing import StandardScaler
-
     # scale of the linear / kNN inputs: every chip a budget may draw from (features only), fitted once per unit
-    X_pool = StandardScaler().fit(X[pool])
+    pool_scale = StandardScaler().fit(X[pool])
     rows: list[dict[str, Any]] = []
     # budgets are small: BLAS threads cost more in start-up and contention than they save (10x on 2 cores)
     with threadpool_limits(limits=1):
         for b, p in budgets.items():
             tr = pool[p]
             t0 = time.perf_counter()
-            fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes, X_ref=X_pool)
+            fitted = fit_estimator(est, t.kind, X[tr], t.y[tr], seed=seed, classes=t.classes, X_ref=pool_scale)
             fit_s = time.perf_counter() - t0
             pred, score = fitted.predict(X[test])
             metrics = bootstrap_metrics(t.kind, y_test, pred, score, n_boot=n_boot, seed=BOOTSTRAP_SEED)

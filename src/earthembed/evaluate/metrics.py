@@ -39,16 +39,14 @@ def bootstrap_weights(n: int, n_boot: int, seed: int = 0, max_cells: int = 4_000
 
 
 def _cat(chunks: list[np.ndarray]) -> np.ndarray:
-    """Bootstrap values of all chunks; none at all (``n_boot=0``) gives one NaN, i.e. a NaN interval."""
-    return np.concatenate(chunks) if chunks else np.array([np.nan])
+    """Bootstrap values of all chunks; none (``n_boot=0``, or a metric undefined on the test set) is empty,
+    which :func:`bootstrap_metrics` turns into ``n_boot`` NaN."""
+    return np.concatenate(chunks) if chunks else np.empty(0)
 
 
 def bootstrap_ci(values: np.ndarray) -> tuple[float, float]:
-    """95% percentile interval of bootstrap values (NaN values ignored; none left: NaN, NaN)."""
-    return _ci(np.asarray(values, dtype=np.float64))
-
-
-def _ci(values: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of bootstrap values (non-finite values ignored; none left: NaN, NaN)."""
+    values = np.asarray(values, dtype=np.float64)
     v = values[np.isfinite(values)]
     if not len(v):
         return float("nan"), float("nan")
@@ -194,7 +192,7 @@ def evaluate_predictions(kind: str, y_true: np.ndarray, y_pred: np.ndarray, y_sc
     ``y_score`` (class-1 probabilities [N, K]) is required for multilabel mAP. ``n_boot=0`` gives NaN CIs.
     """
     out = bootstrap_metrics(kind, y_true, y_pred, y_score, n_boot, seed)
-    return {k: (v, *_ci(b)) for k, (v, b) in out.items()}
+    return {k: (v, *bootstrap_ci(b)) for k, (v, b) in out.items()}
 
 
 def bootstrap_metrics(
@@ -296,7 +294,7 @@ def segmentation_metrics(conf: np.ndarray, classes: list[str], n_boot: int = 200
         if not boot[m]:
             return float("nan"), float("nan")
         v = np.concatenate(boot[m])
-        return _ci(v if j is None else v[:, j])
+        return bootstrap_ci(v if j is None else v[:, j])
 
     out = {m: (float(point[m][0]), *ci(m)) for m in ("miou", "pixel_accuracy", "macro_f1")}
     for j, c in enumerate(classes):

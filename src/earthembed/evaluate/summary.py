@@ -85,21 +85,15 @@ def best_by_budget(results: pd.DataFrame, boot: pd.DataFrame | None = None) -> p
     the tables already show). The paired bootstrap over test chips, which has power, is in
     :func:`earthembed.evaluate.compare.compare` (from ``bootstrap.parquet``).
     """
-    from earthembed.evaluate.compare import paired_difference, resamples
+    from earthembed.evaluate.compare import best_per_set, budget_scores, paired_difference, resamples
 
-    prim = primary_rows(results)
-    if not len(prim):
+    cell = budget_scores(results)
+    if not len(cell):
         return pd.DataFrame(columns=BEST_COLUMNS)
     samples = resamples(boot) if boot is not None and len(boot) else None
-    keys = ["task", "budget", "features", "estimator"]
-    cell = prim.groupby(keys, sort=False).agg(
-        metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"), ci_low=("ci_low", "mean"),
-        ci_high=("ci_high", "mean"), budget_n=("budget_n", "mean")).reset_index()
     rows = []
     for (task, budget), d in cell.groupby(["task", "budget"], sort=False):
-        sign = -1.0 if d["metric"].iloc[0] in LOWER_IS_BETTER else 1.0
-        d = d.assign(score=sign * d["mean"].fillna(-np.inf * sign))
-        per_set = d.sort_values("score", ascending=False, kind="stable").drop_duplicates("features")
+        per_set, sign = best_per_set(d)
         best = per_set.iloc[0]
         row = {"task": task, "metric": best["metric"], "budget": budget, "budget_n": float(d["budget_n"].mean()),
                "best": best["features"], "best_estimator": best["estimator"], "best_mean": best["mean"],
@@ -148,6 +142,11 @@ def _mark_best(summary: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
                           tied_best_at=[";".join(tie.get(k, [])) for k in key])
 
 
+def _has_paired(best: pd.DataFrame) -> bool:
+    """Whether a :func:`best_by_budget` table carries paired verdicts (its run wrote bootstrap.parquet)."""
+    return "paired_verdict" in best and bool(best["paired_verdict"].fillna("").astype(bool).any())
+
+
 def best_markdown(best: pd.DataFrame) -> str:
     """The :func:`best_by_budget` table as markdown (scores with their 95% CI)."""
     def score(m: float, lo: float, hi: float) -> str:
@@ -165,7 +164,7 @@ def best_markdown(best: pd.DataFrame) -> str:
                                      best[["runner_up_mean", "runner_up_ci_low", "runner_up_ci_high"]].to_numpy(float)],
         "verdict": best["verdict"],
     })
-    if "paired_verdict" in best and best["paired_verdict"].fillna("").astype(bool).any():
+    if _has_paired(best):
         t["paired Δ [95% CI]"] = [
             f"{sign * (m - r):+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else ""
             for sign, m, r, lo, hi in zip(
@@ -207,7 +206,7 @@ def summary_markdown(summary: pd.DataFrame, results: pd.DataFrame, fraction: flo
     parts = [f"## Full-label score and labels needed for {fraction:.0%} of it\n\n" + markdown_table(s)]
     best = best_by_budget(results) if best is None else best
     if len(best):
-        paired = ("paired_verdict" in best and best["paired_verdict"].fillna("").astype(bool).any())
+        paired = _has_paired(best)
         parts.append(
             "## Best feature set per budget\n\nEach feature set with its best estimator; mean over seeds of the "
             "primary metric with its 95% CI (bootstrap over test chips, averaged over seeds). **win**: the "
