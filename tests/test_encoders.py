@@ -160,3 +160,23 @@ def test_augment_returns_its_geometry_and_masks_warp_alike(tiny_store):
     with pytest.raises(ValueError, match="no pixel-mask label 'label'"):
         ChipDataset(st, ["s2"], masks=["label"])
     assert "mask_label" not in ds.read_batch(np.arange(2))
+
+
+def test_multiscale_pools_are_every_level_mean_then_std():
+    """``multiscale`` = each level's spatial mean; ``multiscale_meanstd`` adds each level's std (same weights)."""
+    mods = {"s2": ["B02", "B03", "B04"]}
+    torch.manual_seed(0)
+    ms = build_model("timm_cnn", modalities=mods, backbone="resnet18", pool="multiscale").eval()
+    both = build_model("timm_cnn", modalities=mods, backbone="resnet18", pool="multiscale_meanstd").eval()
+    both.load_state_dict(ms.state_dict())
+    x = {"s2": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        maps = ms.forward_features(x)["s2"]
+        mean, full = ms(x).modality["s2"], both(x).modality["s2"]
+    assert both.embed_dim == 2 * ms.embed_dim == 2 * sum(m.shape[1] for m in maps)
+    expected = torch.cat([t for m in maps for t in (m.mean((2, 3)), m.std((2, 3), correction=0))], 1)
+    torch.testing.assert_close(full, expected)
+    torch.testing.assert_close(mean, torch.cat([m.mean((2, 3)) for m in maps], 1))
+    assert torch.isfinite(both({"s2": torch.randn(1, 3, 4, 4)}).modality["s2"]).all()  # 1x1 maps: std 0
+    with pytest.raises(ValueError, match="pool must be one of"):
+        build_model("timm_cnn", modalities=mods, backbone="resnet18", pool="max")

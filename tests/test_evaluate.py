@@ -232,6 +232,31 @@ def test_fewshot_tiny_store_tidy_rows(tiny_store, tmp_path):
     assert noise["value"].mean() < 1.0
 
 
+def test_fewshot_holdout_val_scores_val_draws_budgets_from_train_and_leaves_test_out(tiny_store, tmp_path):
+    from earthembed.evaluate.fewshot import holdout_split, run_fewshot
+    from earthembed.evaluate.tasks import load_task
+
+    emb = tiny_tables(tiny_store, tmp_path)
+    out = tmp_path / "val"
+    df = run_fewshot({"pre": emb}, tiny_store, "label", out, budgets="1,all", seeds=(0,), estimators="knn",
+                     baselines="band_stats", n_boot=20, feature_columns="emb_s2", holdout="val")
+    idx = ChipStore(tiny_store).index.set_index("chip_id")
+    members = pd.read_parquet(out / "budgets.parquet")
+    assert set(idx.loc[members["chip_id"], "split"]) == {"train"}  # budgets from train only
+    run = json.loads((out / "run.json").read_text())
+    both = idx["has_s1"]  # band statistics need every modality: chips without S1 drop out
+    assert run["holdout"] == "val" and run["tasks"][0]["n_test"] == int(((idx["split"] == "val") & both).sum())
+    assert (df.loc[df["budget"] == "all", "budget_n"] == int(((idx["split"] == "train") & both).sum())).all()
+    t = load_task(tiny_store, "label")
+    assert holdout_split(t, "test") is t
+    v = holdout_split(t, "val")
+    assert not set(v.chip_ids) & set(idx.index[idx["split"] == "test"]) and set(v.split) == {"train", "test"}
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        holdout_split(t, "train")
+    with pytest.raises(ValueError, match="no"):
+        holdout_split(t.subset(t.split != "val"), "val")
+
+
 def test_random_init_baseline_run_by_fewshot(tiny_store, tmp_path):
     import torch
 

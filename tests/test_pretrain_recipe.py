@@ -152,13 +152,53 @@ def test_default_recipe_by_kind_of_store(tiny_store, tmp_path, capsys):
     single = _unlabelled_store(tmp_path / "single")
     name, why = default_recipe(ChipStore(single))
     assert name == "cpu_single_modality" and "s2_l2a" in why
-    for n in ("cpu_single_modality", "cpu_multimodal"):
+    rgb = tmp_path / "rgb"
+    with StoreWriter(rgb, [get_modality("rgb")], 8, batch_size=4) as w:
+        w.add(ChipRecord("c0", {"rgb": np.zeros((3, 8, 8), "uint8")}))
+    assert default_recipe(ChipStore(rgb))[0] == "cpu_rgb"  # photo-like: the plain export
+    for n in ("cpu_single_modality", "cpu_rgb", "cpu_multimodal"):
         cfg, _ = load_config(n)
         assert cfg["objective"] == "byol" and cfg["model"]["name"] == "timm_cnn"
+    same = {k for k in load_config("cpu_rgb")[0] if k != "export"}  # one training recipe, two exports
+    assert all(load_config("cpu_rgb")[0][k] == load_config("cpu_single_modality")[0][k] for k in same)
+    assert load_config("cpu_rgb")[0]["export"] == {}
+    assert load_config("cpu_single_modality")[0]["export"] == {"pool": "multiscale_meanstd", "tta": "d4"}
     exp = pretrain(None, single, tmp_path / "run", TINY_CNN + ["train.max_steps=1"])
     said = capsys.readouterr().out
     assert "default CPU recipe 'cpu_single_modality'" in said and "probe: off" in said  # no labels to probe
     assert (exp / "model.json").exists()
+
+
+def test_export_settings_change_how_the_export_embeds_not_its_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from earthembed.models.export import load_model
+
+    single = _unlabelled_store(tmp_path / "single")
+    base = TINY_CNN + ["train.max_steps=1", "model.pool=multiscale"]
+    plain = pretrain("cpu_rgb", single, tmp_path / "plain", base)  # cpu_rgb: no export settings of its own
+    exp = pretrain("cpu_rgb", single, tmp_path / "run",
+                   base + ["export.pool=multiscale_meanstd", "export.tta=d4"])
+    model, meta = load_model(exp)
+    trained, plain_meta = load_model(plain)
+    assert meta["config"]["pool"] == "multiscale_meanstd" and meta["config"]["tta"] == "d4"
+    assert meta["pretrain"]["config"]["model"]["pool"] == "multiscale"  # trained with the mean pool
+    assert meta["embed_dim"] == 2 * plain_meta["embed_dim"]
+    w, w_plain = load_file(str(exp / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert all(torch.equal(w[k], w_plain[k]) for k in w_plain)  # same seed, same step: same weights
+    assert meta["model_id"] != plain_meta["model_id"]  # same weights embedding differently: another id
+    trained.pool = "multiscale_meanstd"  # the trained weights, pooled as the export pools, one view at a time
+    x = torch.randn(2, 12, 16, 16)
+    with torch.no_grad():
+        views = [trained({"s2": v.rot90(k, (2, 3))}).modality["s2"] for v in (x, x.flip(3)) for k in range(4)]
+        torch.testing.assert_close(model({"s2": x}).modality["s2"], torch.stack(views).mean(0))
+    with pytest.raises(ValueError, match="export.name"):
+        load_config("cpu_single_modality", ["export.name=multimodal_vit_tiny"])
+    with pytest.raises(ValueError, match="unknown config key 'model.nope'"):
+        load_config("cpu_single_modality", ["export.nope=1"])
+    with pytest.raises(ValueError, match="export.* settings change the model's weight shapes"):
+        pretrain("cpu_rgb", single, tmp_path / "bad", base + ["export.backbone=resnet18"])
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before any training
 
 
 # -- chunk-aware sampler -------------------------------------------------------------------------------

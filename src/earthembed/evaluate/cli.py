@@ -55,6 +55,8 @@ def fewshot(
     feature_columns: str = typer.Option(None, help="embedding columns, plain (emb_fused: every table) or NAME:COLUMN (one table); default all"),
     n_boot: int = typer.Option(200, help="bootstrap resamples for the 95% CIs"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="parallel processes over feature set x estimator (-1: all cores)"),
+    holdout: str = typer.Option("test", help="split to score on: test, or val to tune recipes (budgets from "
+                                "train only; the test chips' labels are left out)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (a bar on a terminal, a line every 10% otherwise)"),
 ) -> None:
     """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""
@@ -78,6 +80,7 @@ def fewshot(
             progress=not quiet,
             n_jobs=jobs,
             rcf={"mode": rcf_mode, "features": rcf_features},
+            holdout=holdout,
         )
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"results: {out / 'results.csv'}  plot: {out / 'label_efficiency.png'}")

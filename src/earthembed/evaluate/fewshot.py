@@ -382,6 +382,22 @@ def _fit_unit(
     return rows
 
 
+HOLDOUTS = ("test", "val")
+
+
+def holdout_split(task: Task, holdout: str) -> Task:
+    """``task`` as scored on ``holdout``: unchanged for ``test``; for ``val`` its test chips dropped and its val
+    chips in the test role (so budgets come from train alone and the test split stays unseen while tuning)."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
+    if holdout == "test":
+        return task
+    if not (task.split == "val").any():
+        raise ValueError(f"task {task.name!r}: holdout 'val' needs labelled chips in the store's val split, it has none")
+    t = task.subset(task.split != "test")
+    return dataclasses.replace(t, split=np.where(t.split == "val", "test", "train"))
+
+
 def run_fewshot(
     embeddings: Mapping[str, str | Path],
     store: str | Path | ChipStore,
@@ -397,6 +413,7 @@ def run_fewshot(
     progress: bool = False,
     n_jobs: int = 1,
     rcf: Mapping[str, Any] | None = None,
+    holdout: str = "test",
 ) -> pd.DataFrame:
     """Label-efficiency curves of every feature set on one or more label columns (``task``, comma list ok).
 
@@ -415,7 +432,8 @@ def run_fewshot(
     ``label_efficiency.png``, ``budgets.parquet`` (chip ids of every budget sample), ``bootstrap.parquet`` (the
     primary metric of every fit on each test-chip resample, the same resamples for every fit: paired comparisons,
     :mod:`earthembed.evaluate.compare`) and ``run.json`` (split, exclusions) to ``out_dir`` and returns the tidy
-    results.
+    results. ``holdout="val"`` scores on the val split instead, budgets drawn from train alone, test chips
+    left out of budgets and scores (:func:`holdout_split`): compare recipes there, report the winner on test.
     """
     st = store if isinstance(store, ChipStore) else ChipStore(store)
     tasks = _split_names(task)
@@ -426,7 +444,7 @@ def run_fewshot(
     bl = _split_names(baselines)
     bl = [] if bl in (["none"], ["no"]) else bl
     parsed = parse_budget_modes(budgets)
-    loaded = [load_task(st, name) for name in tasks]  # fail on a bad column before any fitting
+    loaded = [holdout_split(load_task(st, name), holdout) for name in tasks]  # bad column: fail before fitting
     out_dir = Path(out_dir)
     sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir,
                                  rcf_options=rcf)
@@ -444,7 +462,8 @@ def run_fewshot(
     boot.to_parquet(out_dir / "bootstrap.parquet", index=False)
     pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
     write_json(out_dir / "run.json", json.loads(json.dumps(
-        {"store": str(st.path), "seeds": list(seeds), "n_boot": n_boot, "tasks": notes}, default=str)))
+        {"store": str(st.path), "holdout": holdout, "seeds": list(seeds), "n_boot": n_boot, "tasks": notes},
+        default=str)))
     write_summary(df, out_dir, warnings=[w for n in notes for w in n["warnings"]], boot=boot,
                   models={fs.name: {"model_id": fs.model_id, "source": fs.source} for fs in sets})
     plot_label_efficiency(df, out_dir / "label_efficiency.png")

@@ -37,15 +37,17 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 PRODUCT_FIELDS = ("product", "units", "kind")
+
+
+def _model_hash(weights: Path, config: Mapping[str, Any]) -> str:
+    """sha256 of the weights file's bytes followed by the canonical JSON of the model config."""
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def modality_products(modalities: Mapping[str, Modality], keys: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
@@ -80,8 +82,9 @@ def export_model(
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/model.json``; returns ``out_dir``.
 
-    ``model_id`` defaults to ``<architecture>-<first 12 hex of the weights' sha256>``, so identical weights
-    get identical ids and embedding tables can name the model that made them. ``products`` (e.g.
+    ``model_id`` defaults to ``<architecture>-<first 12 hex of the sha256 of weights and config>``, so identical
+    models get identical ids and embedding tables can name the model that made them (the same weights pooled
+    or averaged differently, e.g. ``pool`` / ``tta``, embed differently and get another id). ``products`` (e.g.
     :func:`modality_products` of the training store) is recorded as ``model.json["products"]``, restricted
     to the model's modalities, which it must all cover; without it the key is absent. ``out_dir`` must be
     absent, empty or an earlier export (:func:`check_export_dir`).
@@ -114,7 +117,7 @@ def export_model(
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalizer.to_dict(),
         **({"products": products} if products is not None else {}),
-        "model_id": model_id or f"{arch}-{_sha256(weights)[:12]}",
+        "model_id": model_id or f"{arch}-{_model_hash(weights, model.config)[:12]}",
         "embed_dim": model.embed_dim,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),

@@ -28,7 +28,10 @@
   soil, vegetation types): raw band means alone are a strong baseline on multispectral chips. Pooling the
   early levels keeps that signal in the embedding next to the deep one, as multi-layer probes of
   self-supervised models do; we rejected concatenating raw band statistics to the embedding (that would be
-  the baseline inside the model, not a learned feature). :meth:`TimmEncoder.forward_features` gives timm's
+  the baseline inside the model, not a learned feature). ``pool="multiscale_meanstd"`` adds each level's
+  spatial standard deviation (2048 dims): how much a learned feature varies within the chip (texture, mixed
+  cover), which means alone average away. ``tta="d4"`` averages the embedding over the chip's 8
+  rotations/flips in eval mode. :meth:`TimmEncoder.forward_features` gives timm's
   intermediate maps (``forward_intermediates``), so U-Net decoders work unchanged.
 
 The state-dict keys of each backbone (``backbones.<modality>.<timm key>``) are timm's own, so timm / TorchGeo
@@ -52,7 +55,8 @@ from earthembed.models.registry import register_model, variant
 
 STEM_STRIDES = (1, 2, 4)
 STEMS = ("timm", "mmearth")
-POOLS = ("last", "multiscale")
+POOLS = ("last", "multiscale", "multiscale_meanstd")
+TTAS = (None, "d4")
 # stride-1 ConvNeXt stems pad 'same' around an even kernel; torch warns on every call that it copies the input
 warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
 
@@ -121,7 +125,11 @@ class TimmEncoder(Encoder):
         input_size: resize inputs to this side length first (None: keep the chip size).
         drop_path_rate: stochastic depth of the backbone.
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
-        pool: ``last`` (timm's head) or ``multiscale`` (every level's global average, concatenated).
+        pool: ``last`` (timm's head), ``multiscale`` (every level's global average, concatenated) or
+            ``multiscale_meanstd`` (every level's global average and standard deviation).
+        tta: ``"d4"``: in eval mode, the embedding is the mean over the 8 rotations/flips of the chip (the
+            pretraining views teach invariance to them; the average removes what is left, for 8x the compute of
+            an embedding; training and ``forward_features`` are unchanged). None: one pass.
     """
 
     architecture = "timm_cnn"
@@ -137,11 +145,15 @@ class TimmEncoder(Encoder):
         timm_kwargs: Mapping[str, Any] | None = None,
         stem: str = "timm",
         pool: str = "last",
+        tta: str | None = None,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if tta not in TTAS:
+            raise ValueError(f"tta must be one of {TTAS}, got {tta!r}")
         self.pool = str(pool)
+        self.tta = tta
         self.modalities, self.band_groups = check_band_groups(modalities, band_groups)
         if backbone not in timm.list_models():
             raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
@@ -161,7 +173,8 @@ class TimmEncoder(Encoder):
         ref = next(iter(nets.values()))
         factor = 4 // self.stem_stride
         self.feature_channels = [int(f["num_chs"]) for f in ref.feature_info]
-        self.embed_dim = int(ref.num_features) if self.pool == "last" else sum(self.feature_channels)
+        levels = sum(self.feature_channels) * (2 if self.pool == "multiscale_meanstd" else 1)
+        self.embed_dim = int(ref.num_features) if self.pool == "last" else levels
         self.feature_strides = [max(1, int(f["reduction"]) // factor) for f in ref.feature_info]
 
     @property
@@ -176,6 +189,7 @@ class TimmEncoder(Encoder):
             "timm_kwargs": dict(self.timm_kwargs),
             "stem": self.stem,
             "pool": self.pool,
+            "tta": self.tta,
         }
 
     def _prepare(self, k: str, inp: ModalityInput) -> tuple[Tensor | None, Tensor]:
@@ -219,11 +233,19 @@ class TimmEncoder(Encoder):
         return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
 
     def _pooled(self, net: nn.Module, x: Tensor) -> Tensor:
-        """[B, embed_dim] float32 embedding of one backbone (see ``pool``)."""
+        """[B, embed_dim] float32 embedding of one backbone (see ``pool`` and ``tta``)."""
+        if self.tta == "d4" and not self.training:
+            views = (v.rot90(k, (2, 3)) for v in (x, x.flip(3)) for k in range(4))
+            return torch.stack([self._pooled_once(net, v) for v in views]).mean(0)
+        return self._pooled_once(net, x)
+
+    def _pooled_once(self, net: nn.Module, x: Tensor) -> Tensor:
         if self.pool == "last":
             return net.forward_head(net.forward_features(x), pre_logits=True).float()
-        maps = net.forward_intermediates(x, intermediates_only=True)
-        return torch.cat([m.float().mean((2, 3)) for m in maps], 1)
+        maps = [m.float() for m in net.forward_intermediates(x, intermediates_only=True)]
+        if self.pool == "multiscale_meanstd":  # a 1x1 map (a late stage of a small chip) has std 0, not NaN
+            return torch.cat([t for m in maps for t in (m.mean((2, 3)), m.std((2, 3), correction=0))], 1)
+        return torch.cat([m.mean((2, 3)) for m in maps], 1)
 
     def forward_features(
         self,

@@ -13,7 +13,7 @@ def pretrain(
     config: Path = typer.Option(
         None, "--config",
         help="YAML config, or the name of a packaged one (earthembed/configs/*.yaml, e.g. contrastive_tiny); default: "
-        "the best CPU recipe for the store's kind (cpu_single_modality or cpu_multimodal), printed at start",
+        "the best CPU recipe for the store's kind (cpu_single_modality, cpu_rgb or cpu_multimodal), printed at start",
     ),
     store: Path = typer.Option(..., "--store", help="chip store to pretrain on"),
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, metrics.csv, export/)"),

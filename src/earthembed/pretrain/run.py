@@ -8,6 +8,12 @@ Config (TerraTorch-style; every section optional, unknown keys are errors naming
     data: {batch_size: 64, crop_size: 32, num_workers: 2, splits: train}
     train: {max_steps: 300, lr: 1e-3, base_lr: null, weight_decay: 0.05, warmup_steps: 20, precision: 32-true, ...}
     augment: {crop_scale: [0.5, 1.0], flip: true, rot90: true, band_dropout: 0.1, group_dropout: 0.25, noise_std: 0.02, ...}
+    export: {pool: multiscale_meanstd, tta: d4}
+
+``export``: ``model.*`` settings of the *exported* encoder that change how it embeds but not its weights
+(pooling, test-time augmentation): pretraining runs with ``model``, the export (and so ``embed``, ``fewshot``
+and its random-init baseline) with ``model`` + ``export``. Checked before training: keys against the model,
+weight shapes against the trained model. The online probe sees the training model.
 
 The learning rate is ``train.lr``, or, when ``train.base_lr`` is set, ``base_lr * effective batch / 256`` with
 effective batch = ``data.batch_size`` x processes (devices x nodes) x ``accumulate_grad_batches`` (the linear
@@ -90,8 +96,9 @@ DEFAULTS: dict[str, Any] = {
     "train": TRAIN_DEFAULTS,
     "augment": {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default) for f in dataclasses.fields(AugmentConfig)},
     "probe": PROBE_DEFAULTS,
+    "export": {},
 }
-_FREE_SECTIONS = ("model", "objective_args")  # keys checked against the model / objective signatures
+_FREE_SECTIONS = ("model", "objective_args", "export")  # keys checked against the model / objective signatures
 _NUMERIC: dict[str, tuple[type, bool]] = {
     "train.max_steps": (int, True), "train.max_epochs": (int, True), "train.lr": (float, False),
     "train.weight_decay": (float, False), "train.warmup_steps": (int, False), "train.num_nodes": (int, False),
@@ -131,21 +138,30 @@ def _objective_class(name: str, where: str) -> type:
     return OBJECTIVES.get(name)  # type: ignore[return-value]
 
 
-DEFAULT_RECIPES: dict[str, str] = {"single": "cpu_single_modality", "multimodal": "cpu_multimodal"}
+DEFAULT_RECIPES: dict[str, str] = {"single": "cpu_single_modality", "rgb": "cpu_rgb", "multimodal": "cpu_multimodal"}
 """Packaged config used when ``pretrain`` gets no config, by kind of store (see :func:`default_recipe`)."""
+
+
+RGB_MAX_BANDS = 4
+"""An optical modality with at most this many bands gets the ``rgb`` recipe (RGB / RGBN photos)."""
 
 
 def default_recipe(store: Any) -> tuple[str, str]:
     """(packaged config name, one-line reason) of the best CPU recipe we measured for this kind of store:
-    one input modality (optical, or any single sensor) or several (cross-modal pairs); see
-    docs/label_efficiency.md for the measurements behind both."""
+    several input modalities (cross-modal pairs), one photo-like optical modality (<= 4 bands: RGB, RGBN) or
+    one other modality (multispectral, radar); see docs/label_efficiency.md for the measurements behind each."""
     inputs = [k for k, m in store.modalities.items() if m.kind != "categorical"]
     if not inputs:
         raise ValueError(f"{store.path}: no input modality to pretrain on (only categorical layers)")
     if len(inputs) > 1:
         return DEFAULT_RECIPES["multimodal"], f"{len(inputs)} input modalities ({', '.join(inputs)}): cross-modal + two-view pairs"
     m = store.modalities[inputs[0]]
-    return DEFAULT_RECIPES["single"], f"one input modality ({inputs[0]}: {m.product}, {m.kind}): two augmented views"
+    n = len(store.band_names(inputs[0]))
+    if m.kind == "optical" and n <= RGB_MAX_BANDS:
+        return DEFAULT_RECIPES["rgb"], (f"one photo-like optical modality ({inputs[0]}: {m.product}, {n} bands): "
+                                        "two augmented views, plain multiscale pool")
+    return DEFAULT_RECIPES["single"], (f"one input modality ({inputs[0]}: {m.product}, {m.kind}, {n} bands): two "
+                                       "augmented views, mean+std pool averaged over 8 rotations/flips")
 
 
 def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -162,6 +178,11 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     from earthembed.pretrain.base import RUNNER_ARGS
 
     check_model_config(cfg["model"], where)
+    fixed = sorted(set(cfg["export"]) & {"name", "modalities"})
+    if fixed:
+        raise ValueError(f"{where}: export.{fixed[0]} cannot differ from the trained model's (export: only settings "
+                         "that keep the weights, e.g. pool, tta)")
+    check_model_config({**cfg["model"], **cfg["export"]}, where)
     cls = _objective_class(cfg["objective"], where)
     allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS, *cls.planned_args}
     for k in cfg["objective_args"]:
@@ -214,6 +235,27 @@ def _probe(p: Mapping[str, Any], chips: Any, bands: dict[str, list[str]], seed: 
     print(f"probe: every {probe.every_n_steps} steps on val, tasks {[t.name for t in probe.tasks]} "
           f"(probe/* columns in metrics.csv; tuning only, never the test split)")
     return probe
+
+
+def _export_variant(model: Any, name: str, model_args: dict[str, Any], export_args: dict[str, Any], where: str
+                    ) -> Any:
+    """The encoder to export: ``model`` itself, or (``export`` settings given) the same architecture built with
+    them, checked now to take ``model``'s weights (a setting that changes weight shapes is refused before
+    any training)."""
+    if not export_args:
+        return model
+    import torch
+
+    from earthembed.models.registry import build_model
+
+    with torch.random.fork_rng(devices=[]):  # the training run's random stream stays as without export settings
+        variant = build_model(name, **{**model_args, **export_args})
+    try:
+        variant.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{where}: the export.* settings change the model's weight shapes: "
+                         f"{' '.join(str(e).split())[:300]}") from None
+    return variant
 
 
 def _destroy_process_group() -> None:
@@ -436,6 +478,7 @@ def pretrain(
                 raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
                                  f"{' '.join(str(e).split())[:300]}") from None
             del init_model
+        exported = _export_variant(module.model, cfg["model"]["name"], model_args, cfg["export"], where)
         dm = ChipDataModule(
             chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
             splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
@@ -459,7 +502,9 @@ def pretrain(
             if init_meta is not None:
                 extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
                                  "published": init_meta.get("published")}
-            export_model(module.model, export, normalizer, extra=extra,
+            if exported is not module.model:
+                exported.load_state_dict(module.model.state_dict(), strict=True)
+            export_model(exported, export, normalizer, extra=extra,
                          products=modality_products(chips.modalities, bands))
             _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
         del trainer, module, dm
