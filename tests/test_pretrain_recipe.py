@@ -194,7 +194,7 @@ def test_export_settings_change_how_the_export_embeds_not_its_weights(tmp_path):
         torch.testing.assert_close(model({"s2": x}).modality["s2"], torch.stack(views).mean(0))
     with pytest.raises(ValueError, match="export.name"):
         load_config("cpu_single_modality", ["export.name=multimodal_vit_tiny"])
-    with pytest.raises(ValueError, match="unknown config key 'model.nope'"):
+    with pytest.raises(ValueError, match="unknown config key 'export.nope'"):
         load_config("cpu_single_modality", ["export.nope=1"])
     with pytest.raises(ValueError, match="export.* settings change the model's weight shapes"):
         pretrain("cpu_rgb", single, tmp_path / "bad", base + ["export.backbone=resnet18"])

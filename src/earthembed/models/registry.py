@@ -49,9 +49,10 @@ def variant(cls: type, **defaults: Any) -> Callable[..., nn.Module]:
     return factory
 
 
-def check_model_config(section: Mapping[str, Any], where: str) -> None:
+def check_model_config(section: Mapping[str, Any], where: str, prefix: str = "model") -> None:
     """A config's ``model:`` section (``name``, ``modalities`` + constructor arguments) checked against the
-    registered factory's signature, so a CNN's ``depths`` is refused for a ViT and vice versa."""
+    registered factory's signature, so a CNN's ``depths`` is refused for a ViT and vice versa. ``prefix``
+    names the keys in messages (``export`` for a pretraining config's export settings)."""
     name = section.get("name")
     if name not in MODELS:
         raise ValueError(f"{where}: unknown model.name {name!r} (registered: {MODELS.names()})")
@@ -59,4 +60,4 @@ def check_model_config(section: Mapping[str, Any], where: str) -> None:
     allowed = (accepted - {"modalities"}) | {"name", "modalities"}
     for k in section:
         if k not in allowed and not anything:
-            raise ValueError(f"{where}: unknown config key 'model.{k}' for model {name!r} (known: {sorted(allowed)})")
+            raise ValueError(f"{where}: unknown config key '{prefix}.{k}' for model {name!r} (known: {sorted(allowed)})")

@@ -182,7 +182,7 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     if fixed:
         raise ValueError(f"{where}: export.{fixed[0]} cannot differ from the trained model's (export: only settings "
                          "that keep the weights, e.g. pool, tta)")
-    check_model_config({**cfg["model"], **cfg["export"]}, where)
+    check_model_config({"name": cfg["model"]["name"], **cfg["export"]}, where, prefix="export")
     cls = _objective_class(cfg["objective"], where)
     allowed_obj = set(inspect.signature(cls.__init__).parameters) - {"self", *RUNNER_ARGS, *cls.planned_args}
     for k in cfg["objective_args"]:
