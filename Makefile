@@ -17,7 +17,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py

@@ -9,6 +9,7 @@ hook; the fix runs on the first ``import torchvision`` and does nothing where th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import sys
@@ -48,10 +49,8 @@ class _TorchvisionShimFinder(importlib.abc.MetaPathFinder):
         if name == "torchvision":
             if self in sys.meta_path:
                 sys.meta_path.remove(self)
-            try:
+            with contextlib.suppress(Exception):  # never break imports because of the shim
                 _patch()
-            except Exception:  # never break imports because of the shim
-                pass
         return None
 
 
