@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import socket
@@ -60,6 +61,16 @@ def dumps(obj: Any, indent: int | None = 2, where: str | Path = "") -> str:
         return json.dumps(obj, indent=indent, allow_nan=False)
     except ValueError as e:
         raise ValueError(f"{where}: refusing to write non-finite numbers (NaN/Infinity) to JSON: {e}") from e
+
+
+def sha256_file(path: str | Path, suffix: bytes = b"") -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks), followed by ``suffix`` when given."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(suffix)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:

@@ -14,7 +14,6 @@ Lightning ``.ckpt`` files are pickles and are refused by :func:`load_model`; con
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -29,7 +28,7 @@ from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
 from earthembed.models.base import Encoder
 from earthembed.models.registry import MODELS, build_model
-from earthembed.outputs import write_json
+from earthembed.outputs import sha256_file, write_json
 
 FORMAT = "earthembed-model"
 FORMAT_VERSION = 1
@@ -42,12 +41,7 @@ PRODUCT_FIELDS = ("product", "units", "kind")
 
 def _model_hash(weights: Path, config: Mapping[str, Any]) -> str:
     """sha256 of the weights file's bytes followed by the canonical JSON of the model config."""
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return sha256_file(weights, json.dumps(config, sort_keys=True, default=str).encode())
 
 
 def modality_products(modalities: Mapping[str, Modality], keys: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
