@@ -16,11 +16,14 @@ from earthembed.pretrain.run import load_config
 S2 = get_modality("s2_l1c").band_names
 MODS = {"s2": S2, "s1": ["VV", "VH"]}
 # small settings per family so every registered model runs a real forward pass in a test
-SMALL = {"multimodal_vit": dict(embed_dim=32, depth=1, num_heads=2)}
+SMALL = {"multimodal_vit": dict(embed_dim=32, depth=1, num_heads=2),
+         "galileo": dict(embedding_size=32, depth=1, num_heads=2)}
 
 
 def _small_kwargs(name: str) -> dict:
     accepted, _ = MODELS.params(name)
+    if "embedding_size" in accepted:
+        return SMALL["galileo"]
     if "depth" in accepted:
         return SMALL["multimodal_vit"]
     return {}
@@ -41,7 +44,7 @@ def test_every_registered_model_builds_on_meta_and_is_an_encoder():
         assert sorted(m.feature_strides) == m.feature_strides, name
 
 
-CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit", "rcf"]
+CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit", "rcf", "galileo_nano"]
 
 
 @pytest.mark.parametrize("name", CONTRACT)
@@ -53,7 +56,9 @@ def test_contract_forward_features_export(name, tiny_store, tmp_path):
     assert isinstance(out, EncoderOutput)
     assert out.fused.shape == (3, m.embed_dim) and out.modality["s1"].shape == (3, m.embed_dim)
     assert out.present["s1"].tolist() == [True, False, True] and torch.all(out.modality["s1"][1] == 0)
-    torch.testing.assert_close(out.fused[1], torch.nn.functional.normalize(out.modality["s2"][1], dim=0))
+    # row 1 has s2 only: its fused embedding is s2's (normalised, or as it is for a joint-attention model)
+    alone = out.modality["s2"][1] if m.joint_fused else torch.nn.functional.normalize(out.modality["s2"][1], dim=0)
+    torch.testing.assert_close(out.fused[1], alone)
     feats = m.forward_features(b)
     for k in ("s2", "s1"):
         assert [f.shape[1] for f in feats[k]] == m.feature_channels

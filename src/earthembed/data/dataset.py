@@ -58,8 +58,19 @@ class ReadRequest:
     keep_nodata: list[str] = dataclasses.field(default_factory=list)
 
 
+def acquisition_months(index: Any, modality: str) -> np.ndarray:
+    """``[N]`` int64 month (0 = January) of each chip's ``date_<modality>``; -1 where there is none."""
+    import pandas as pd
+
+    col = f"date_{modality}"
+    if col not in index.columns:
+        return np.full(len(index), -1, dtype=np.int64)
+    dates = pd.to_datetime(index[col], errors="coerce", utc=True)
+    return np.where(dates.notna(), dates.dt.month.fillna(1).astype(np.int64) - 1, -1).astype(np.int64)
+
+
 class ChipDataset(Dataset):
-    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool}`` plus, for each pixel label
+    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool, "<mod>_month": int}`` plus, for each pixel label
     in ``masks``, ``"mask_<name>": int64 [H, W]`` (the store's nodata value where unlabelled) and
     ``"mask_<name>_present": bool``; for each modality in ``categorical``, ``"<mod>": int64 [1, H, W]`` raw
     class codes (never normalised; the modality's nodata code where unlabelled) and ``"<mod>_present"``; for
@@ -67,7 +78,8 @@ class ChipDataset(Dataset):
     ``"value_<name>_present"``.
 
     A chip lacking a modality yields zeros with ``<mod>_present = False`` (NaN for ``keep_nodata``
-    modalities); models drop it, never see zeros as data. Everything comes from the same read as the
+    modalities); models drop it, never see zeros as data. ``<mod>_month`` is the month of its acquisition
+    date (0 = January; -1 when the store records none), for models with a calendar (Galileo). Everything comes from the same read as the
     pixels, so pretraining, embedding and segmentation share one batch reader.
     """
 
@@ -95,6 +107,7 @@ class ChipDataset(Dataset):
                 raise ValueError(f"{self.store.path}: modality {k!r} asked for both normalised and categorical")
         # not just has_<mod>: an all-nodata image an older store marked present is absent too
         self._present = {k: self.store.present(k) for k in [*self.bands, *self.categorical]}
+        self._months = {k: acquisition_months(idx, k) for k in self.bands}
         self.keep_nodata = set(keep_nodata)
         unknown = sorted(self.keep_nodata - set(self.bands))
         if unknown:
@@ -146,6 +159,8 @@ class ChipDataset(Dataset):
                       *(f"value_{v}" for v in self.values)]:
                 item[k] = batch[k][j]
                 item[f"{k}_present"] = bool(batch[f"{k}_present"][j])
+            for k in self.bands:
+                item[f"{k}_month"] = int(batch[f"{k}_month"][j])
         return items
 
     def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
@@ -161,6 +176,7 @@ class ChipDataset(Dataset):
                 t[torch.from_numpy(~present)] = fill
             out[k] = t
             out[f"{k}_present"] = torch.from_numpy(present)
+            out[f"{k}_month"] = torch.from_numpy(self._months[k][js])
         for k in self.categorical:
             out[k] = torch.from_numpy(self.store.read(k, js).astype(np.int64))
             out[f"{k}_present"] = torch.from_numpy(self._present[k][js])

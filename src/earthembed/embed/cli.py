@@ -14,8 +14,11 @@ def embed(
     encoder: str = typer.Option(
         None, "--encoder",
         help="published model instead of --checkpoint: timm:<model name>, torchgeo:<weights name>, "
-        "mmearth:<checkpoint file> or an earthembed export (docs/published_weights.md)"),
-    weights: Path = typer.Option(None, "--weights", help="weights file of --encoder (default: the usual caches)"),
+        "mmearth:<checkpoint file>, galileo:<nano|tiny|base> or an earthembed export (docs/published_weights.md)"),
+    weights: Path = typer.Option(None, "--weights", help="weights file (or, for galileo:, its folder) of --encoder "
+                                 "(default: the usual caches)"),
+    patch_size: int = typer.Option(None, "--patch-size", help="galileo: pixels per token side, 1-8 (default 8; "
+                                   "4 gives 4x the tokens: finer, slower)"),
     extra_bands: str = typer.Option("ignore", help="store bands --encoder never saw: ignore | add (zero-initialised channels)"),
     input_size: int = typer.Option(None, help="--encoder: resize chips to this size first (default: native size)"),
     download: bool = typer.Option(False, help="--encoder: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
@@ -59,9 +62,10 @@ def embed(
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
         if encoder is not None:
             checkpoint, mods = _published_export(encoder, store, out, weights, mods, extra_bands, input_size,
-                                                 download, export_dir)
-        elif weights is not None:
-            raise ValueError("--weights goes with --encoder; an export (--checkpoint) carries its weights")
+                                                 download, export_dir, {"patch_size": patch_size})
+        elif weights is not None or patch_size is not None:
+            raise ValueError("--weights and --patch-size go with --encoder; an export (--checkpoint) carries its "
+                             "weights and settings")
         kw = dict(
             modalities=mods,
             bands=parse_bands(bands),
@@ -86,23 +90,23 @@ def embed(
 
 def _published_export(
     encoder: str, store: Path, out: Path, weights: Path | None, mods: list[str] | None, extra_bands: str,
-    input_size: int | None, download: bool, export_dir: Path | None,
+    input_size: int | None, download: bool, export_dir: Path | None, options: dict | None = None,
 ) -> tuple[Path, list[str] | None]:
     """(export to embed with, modalities to request) for ``--encoder``: an export as it is, or a published
     model fitted to the store and exported beside the output (``fewshot`` finds it there for its baselines)."""
     from earthembed.models.published import PublishedWeightsWarning, export_encoder, parse_spec
+    from earthembed.models.published.load import check_options
 
     spec = parse_spec(encoder)
+    check_options(spec, options)
     if spec.family == "export":
         if weights is not None:
             raise ValueError(f"{encoder}: an earthembed export carries its weights; drop --weights")
         return Path(spec.name), mods
-    if mods is not None and len(mods) != 1:
-        raise ValueError(f"--modalities {','.join(mods)}: published weights read one store modality; name one")
     target = export_dir or out.with_name(out.stem + ".model")
     with echo_warnings(PublishedWeightsWarning):
-        path = export_encoder(spec, store, target, weights=weights, modality=mods[0] if mods else None,
-                              extra_bands=extra_bands, input_size=input_size, download=download)
+        path = export_encoder(spec, store, target, weights=weights, modality=mods, extra_bands=extra_bands,
+                              input_size=input_size, download=download, options=options)
     typer.echo(f"{encoder}: fitted to {store} and exported to {path}")
     return path, mods
 

@@ -248,6 +248,7 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
         for start, batch in zip(starts, loader, strict=True):
             present = {k: batch[f"{k}_present"] for k in request}
             x = {k: batch[k].to(device, non_blocking=True) for k in request}
+            x.update({f"{k}_month": batch[f"{k}_month"] for k in request})  # the calendar of time-aware models
             res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
             emb = {"fused": res.fused.float().cpu().numpy(),
                    **{k: res.modality[k].float().cpu().numpy() for k in request}}

@@ -7,9 +7,11 @@ one, with presence masks), exposes multi-scale feature maps for dense heads (:me
 with ``feature_channels`` / ``feature_strides``), says which parameters are exempt from weight decay
 (:meth:`Encoder.no_weight_decay`) and can be rebuilt from ``architecture`` + ``config`` (the export format).
 
-The fused embedding is the same for every architecture (:func:`fuse_embeddings`): the L2-normalised mean
-of the L2-normalised embeddings of the modalities present, so it is defined for any subset of modalities
-and keeps a unit scale whatever their number (a chip with none gets a zero row).
+The fused embedding is the same for every architecture whose modalities are encoded apart
+(:func:`fuse_embeddings`): the L2-normalised mean of the L2-normalised embeddings of the modalities present,
+so it is defined for any subset of modalities and keeps a unit scale whatever their number (a chip with none
+gets a zero row). Encoders whose modalities attend to each other (Galileo) set ``joint_fused`` and return
+their own joint embedding instead, as their publisher defines it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Encoder(nn.Module):
     """
 
     architecture: ClassVar[str] = ""  # registry name used to rebuild the model from an export
+    joint_fused: ClassVar[bool] = False  # fused is the model's own joint embedding, not fuse_embeddings
     modalities: dict[str, list[str]]
     band_groups: dict[str, list[list[str]]]
     embed_dim: int

@@ -208,6 +208,14 @@ def select_prefix(keys: Sequence[str], expected: Iterable[str]) -> str:
     return max(sorted(_candidate_prefixes(keys), key=len), key=hits)
 
 
+def check_finite(state: Mapping[str, Tensor], source: str | Path) -> None:
+    """Refuse weights holding NaN/Inf, naming the file they came from (not an export derived from it)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{source}: tensors {bad[:3]}{' ...' if len(bad) > 3 else ''} hold NaN/Inf values; these "
+                         "are not usable weights (a diverged or corrupted file?)")
+
+
 def match_state(
     state: Mapping[str, Tensor],
     reference: nn.Module,
@@ -249,6 +257,7 @@ def match_state(
         where = f" under prefix {prefix!r}" if prefix else ""
         raise ValueError(f"{source}: does not match {type(reference).__name__}{where}: " + "; ".join(problems))
     mapped = {k: v for k, v in inside.items() if k in ref}
+    check_finite(mapped, source)
     report = {
         "prefix": prefix,
         "loaded": len(mapped),

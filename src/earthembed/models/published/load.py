@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ PUBLISHERS: Registry[PublishedModel] = Registry("publisher")
 PUBLISHERS.register("timm", "earthembed.models.published.timm_weights:open_timm")
 PUBLISHERS.register("torchgeo", "earthembed.models.published.torchgeo_weights:open_torchgeo")
 PUBLISHERS.register("mmearth", "earthembed.models.published.mmearth:open_mmearth")
+MULTI_INPUT: Registry[Any] = Registry("multi-input publisher")
+"""Families whose models read several store modalities and fit themselves to a store:
+``load(spec, store, weights=, download=, modalities=, **options) -> (encoder, meta)`` (lazy targets)."""
+MULTI_INPUT.register("galileo", "earthembed.models.published.galileo:load_galileo")
+FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"galileo": ("patch_size", "default_month")}
+"""Options a family takes beyond the common ones (``--patch-size``, ...)."""
 
 
 def open_published(spec: str | Spec, weights: str | Path | None = None, download: bool = False) -> PublishedModel:
@@ -41,6 +48,8 @@ def open_published(spec: str | Spec, weights: str | Path | None = None, download
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.family == EXPORT:
         raise ValueError(f"{spec.text}: an earthembed export is loaded with load_encoder / load_model, not opened as published weights")
+    if spec.family in MULTI_INPUT:
+        raise ValueError(f"{spec.text}: {spec.family} models are fitted to a store as a whole; use load_encoder(spec, store)")
     return PUBLISHERS.get(spec.family)(spec, weights=weights, download=download)
 
 
@@ -164,25 +173,42 @@ def adapt_to_store(
     return model, meta
 
 
+def check_options(spec: Spec, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` without unset (None) values, refused when ``spec``'s family does not take them."""
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+    allowed = FAMILY_OPTIONS.get(spec.family, ())
+    bad = [k for k in opts if k not in allowed]
+    if bad:
+        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
+        takers = [f for f, o in FAMILY_OPTIONS.items() if set(bad) <= set(o)]
+        raise ValueError(f"{spec.text}: {flags} does not apply to {spec.family} models"
+                         + (f" (only to {', '.join(t + ':' for t in takers)})" if takers else ""))
+    return opts
+
+
 def load_encoder(
     spec: str | Spec,
     store: Any = None,
     weights: str | Path | None = None,
-    modality: str | None = None,
+    modality: str | Sequence[str] | None = None,
     extra_bands: str = "ignore",
     input_size: int | None = None,
     download: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Encoder, dict[str, Any]]:
     """The one entry point: (encoder in eval mode, model.json-style meta) for any SPEC.
 
     An earthembed export is loaded as it is (``store`` and the adaptation options are not used; its bands
     are checked against a store where it is used). A published SPEC (``timm:``, ``torchgeo:``, ``mmearth:``) is
     opened (:func:`open_published`: ``weights`` file or the usual caches; ``download`` only if allowed) and
-    fitted to ``store`` (:func:`adapt_to_store`), which is then required.
+    fitted to ``store`` (:func:`adapt_to_store`), which is then required. Multi-input families (``galileo:``)
+    fit themselves to every store modality they read (``modality``: a list restricts them) and take
+    family ``options`` (:data:`FAMILY_OPTIONS`, e.g. ``patch_size``).
     """
     from earthembed.models.export import load_model
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    opts = check_options(spec, options)
     if spec.family == EXPORT:
         if weights is not None:
             raise ValueError(f"{spec.text}: an earthembed export carries its weights; drop --weights")
@@ -190,7 +216,15 @@ def load_encoder(
         return model, {**meta, "path": str(spec.name)}
     if store is None:
         raise ValueError(f"{spec.text}: published weights are fitted to a store's bands and units; give the store")
-    return adapt_to_store(open_published(spec, weights, download), store, modality, extra_bands, input_size)
+    mods = [modality] if isinstance(modality, str) else (list(modality) if modality is not None else None)
+    if spec.family in MULTI_INPUT:
+        if input_size is not None or extra_bands != "ignore":
+            raise ValueError(f"{spec.text}: --input-size and --extra-bands do not apply to {spec.family} models")
+        return MULTI_INPUT.get(spec.family)(spec, store, weights=weights, download=download, modalities=mods, **opts)
+    if mods is not None and len(mods) != 1:
+        raise ValueError(f"{spec.text}: published {spec.family} weights read one store modality; name one (got {mods})")
+    return adapt_to_store(open_published(spec, weights, download), store, mods[0] if mods else None, extra_bands,
+                          input_size)
 
 
 def export_encoder(
@@ -198,16 +232,17 @@ def export_encoder(
     store: Any,
     out_dir: str | Path,
     weights: str | Path | None = None,
-    modality: str | None = None,
+    modality: str | Sequence[str] | None = None,
     extra_bands: str = "ignore",
     input_size: int | None = None,
     download: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Write the earthembed export (``model.safetensors`` + ``model.json``) of a published SPEC fitted to ``store``."""
     from earthembed.data.normalize import Normalizer
     from earthembed.models.export import export_model
 
-    model, meta = load_encoder(spec, store, weights, modality, extra_bands, input_size, download)
+    model, meta = load_encoder(spec, store, weights, modality, extra_bands, input_size, download, options)
     if "published" not in meta:
         raise ValueError(f"{spec}: already an earthembed export ({meta.get('path')})")
     return export_model(model, out_dir, Normalizer.from_dict(meta["normalization"]), model_id=meta["model_id"],

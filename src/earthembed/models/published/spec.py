@@ -1,7 +1,7 @@
 """What a SPEC names and what opening it gives: :class:`Spec`, :class:`PublishedInput`, :class:`PublishedModel`.
 
-A SPEC is ``timm:<model name>``, ``torchgeo:<weights name>``, ``mmearth:<checkpoint file>`` or the path of an
-earthembed export (a directory with ``model.json``, or that file). Opening a published SPEC gives a
+A SPEC is ``timm:<model name>``, ``torchgeo:<weights name>``, ``mmearth:<checkpoint file>``,
+``galileo:<size>`` or the path of an earthembed export (a directory with ``model.json``, or that file). Opening a published SPEC gives a
 :class:`PublishedModel`: one backbone's state dict in timm's key layout, the earthembed architecture that
 holds it, and the input the publisher trained on (bands by name, units, normalisation) - everything
 :func:`earthembed.models.published.adapt_to_store` needs to fit it to a store's bands.
@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-FAMILIES = ("timm", "torchgeo", "mmearth")
+FAMILIES = ("timm", "torchgeo", "mmearth", "galileo")
 EXPORT = "export"
 
 
@@ -50,8 +50,8 @@ def parse_spec(text: str) -> Spec:
         return Spec(EXPORT, text, text)
     raise ValueError(
         f"encoder spec {text!r}: expected timm:<model name> (e.g. timm:convnextv2_atto.fcmae), "
-        "torchgeo:<weights name> (e.g. torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO), mmearth:<checkpoint file> "
-        "or the directory of an earthembed export (with model.json)"
+        "torchgeo:<weights name> (e.g. torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO), mmearth:<checkpoint file>, "
+        "galileo:<size> (nano, tiny, base) or the directory of an earthembed export (with model.json)"
     )
 
 
