@@ -301,3 +301,41 @@ def test_cli_embed_with_galileo_and_its_errors(tmp_path, monkeypatch):
     r = cli("embed", "--encoder", "timm:resnet18", "--patch-size", "4", "--store", tmp_path / "st", "--out",
             tmp_path / "f.parquet")
     one_line_error(r, "--patch-size does not apply to timm models", "galileo:")
+
+
+def test_segment_starts_from_galileo_and_random_copies_it(tmp_path):
+    from test_segment import FAST, _mask_store
+
+    from earthembed.evaluate.inits import resolve_inits
+    from earthembed.evaluate.segment import run_segment
+
+    st = _mask_store(tmp_path / "masks")  # RGB chips of 16 px
+    srcs = resolve_inits(["galileo:nano", "random"], st, weights=WEIGHTS, options={"patch_size": 4})
+    gal, rnd = srcs
+    assert gal.kind == "published" and gal.architecture == rnd.architecture == "galileo"
+    assert gal.config["patch_size"] == rnd.config["patch_size"] == 4
+    assert rnd.normalization == gal.normalization  # the random copy sees the same (published) inputs
+    assert gal.build(0) is not gal.build(1)  # a fresh copy per seed
+    with pytest.raises(ValueError, match="--weights names the file of one published init"):
+        resolve_inits(["random"], st, {"name": "galileo_nano"}, weights=WEIGHTS)
+    df = run_segment(st, "mask", ["galileo:nano", "random"], tmp_path / "seg", fractions="1", seeds=(0,),
+                     overrides=FAST, weights=WEIGHTS, options={"patch_size": 4})
+    miou = df[df.metric == "miou"].set_index("features")["value"]
+    assert set(miou.index) == {"galileo:nano", "random"} and np.isfinite(miou).all()
+
+
+def test_several_dates_of_one_place_become_a_time_series(nano, tmp_path):
+    rgb = get_modality("rgb")
+    rng = np.random.default_rng(3)
+    x = {k: rng.integers(0, 255, size=(2, 3, 16, 16)).astype(np.uint8) for k in ("y2012", "y2010")}
+    mods = {k: rgb for k in x}
+    st = _store(tmp_path / "ts", mods, x, 2, dates={"y2012": "2012-08-01", "y2010": "2010-05-01"})
+    m, meta = _fit(nano, st)
+    assert m.timesteps == {"y2012": 1, "y2010": 0} and meta["published"]["timesteps"] == m.timesteps
+    out = _embed(m, st)
+    assert out.present["y2010"].all() and out.present["y2012"].all()
+    one, _ = _fit(nano, st, modalities=["y2010"])
+    assert (out.fused - _embed(one, st).fused).abs().max() > 1e-4  # the second date changes the embedding
+    undated = _store(tmp_path / "nodate", mods, x, 2)
+    with pytest.raises(BandMismatchError, match=r"feed the same Galileo bands .* no date_<modality>"):
+        fit_galileo(nano, undated)

@@ -4,7 +4,9 @@ Every step calls the same Python API as the CLI, so the demo is also the referen
 Re-running it reuses finished steps (store, checkpoint, embedding tables). Pretraining uses the default CPU
 recipe for the store (what ``earthembed pretrain`` picks without ``--config``), shortened by
 :data:`DEMO_OVERRIDES` so the whole demo stays under 10 minutes on 2 cores; the report ends with one sentence
-comparing the pretrained embedding with band statistics and random convolutional features.
+comparing the pretrained embedding with band statistics and random convolutional features. When the published
+Galileo-nano weights are at hand (the user cache, or ``download``), its embedding joins the few-shot table as
+``galileo:emb_fused``; when they are not, one line says how to add it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ DEMO_BUDGETS = "total=10,50,100,200,all"
 ``all``, and cost a third of the few-shot step (benchmarks/README.md). ``--full-grid`` restores it."""
 
 
+GALILEO = "galileo:nano"
+"""The published model the demo adds as a feature set when its weights are found."""
+
+
+def _galileo_source(download: bool) -> Any:
+    """The opened published Galileo, or None after one line saying why it is left out and how to add it."""
+    from earthembed.models.published import WeightsNotFoundError, open_source
+
+    try:
+        return open_source(GALILEO, download=download)
+    except WeightsNotFoundError as e:
+        print(f"[demo] {GALILEO} left out of the few-shot table: {e}. `earthembed demo --download` adds it.",
+              flush=True)
+        return None
+
+
 def _step(log: list[dict[str, Any]], name: str, command: str, fn, *args, **kwargs):
     t0 = time.perf_counter()
     print(f"[demo] {name}: {command}", flush=True)
@@ -62,12 +80,13 @@ def run_demo(
     overrides: Sequence[str] = (),
     jobs: int = -1,
     full_grid: bool = False,
+    download: bool = False,
 ) -> Path:
     """Run the whole pipeline into ``out`` and write ``out/report.md``; returns the report path.
 
     ``full_grid``: few-shot with every default estimator and budget of ``earthembed fewshot`` instead of
     :data:`DEMO_ESTIMATORS` and :data:`DEMO_BUDGETS` (adds the random forest and 500 chips; several minutes
-    more)."""
+    more). ``download``: fetch the published Galileo-nano weights (sha256-checked) if they are not cached."""
     from earthembed.data.store import ChipStore, StoreError
     from earthembed.data.synth import generate_synthetic_aoi
     from earthembed.embed.run import embed_random_init, embed_store
@@ -121,15 +140,32 @@ def run_demo(
           f"earthembed embed --checkpoint {export} --store {store_dir} --out {emb['random_init']} --random-init "
           "--overwrite",
           embed_random_init, export, store, emb["random_init"], seed=seed, progress=True, overwrite=True)
+    features = list(DEMO_FEATURES)
+    galileo = _galileo_source(download)
+    if galileo is not None:
+        from earthembed.models.published import export_encoder
+
+        emb["galileo"] = out / "emb_galileo.parquet"
+        weights = galileo.opened.provenance["weights_file"]
+        from earthembed.cli_utils import echo_warnings
+        from earthembed.models.published import PublishedWeightsWarning
+
+        with echo_warnings(PublishedWeightsWarning):  # which store bands it does not read: one line
+            gexport = _step(log, "fit Galileo-nano (published)", f"(fit {GALILEO} from {weights} to the store's bands)",
+                            export_encoder, galileo.spec, store, out / "emb_galileo.model", weights=weights)
+        _step(log, "embed (Galileo-nano)",
+              f"earthembed embed --encoder {GALILEO} --store {store_dir} --out {emb['galileo']} --overwrite",
+              embed_store, gexport, store, emb["galileo"], progress=True, overwrite=True)
+        features.append("galileo:emb_fused")
     few_dir = out / "fewshot"
     args = " ".join(f"--embeddings {k}={v}" for k, v in emb.items() if k != "random_init")
     estimators, budgets = (None, None) if full_grid else (DEMO_ESTIMATORS, DEMO_BUDGETS)
     results = _step(
         log, "fewshot",
         f"earthembed fewshot {args} --random-init {emb['random_init']} --store {store_dir} "
-        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(DEMO_FEATURES)} "
+        f"--task {','.join(tasks)} --out {few_dir} --seeds {len(seeds)} --feature-columns {','.join(features)} "
         f"--jobs {jobs}" + (f" --estimators {estimators} --budgets '{budgets}'" if not full_grid else ""),
-        run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=list(DEMO_FEATURES),
+        run_fewshot, emb, store, list(tasks), few_dir, seeds=list(seeds), feature_columns=features,
         n_jobs=jobs, estimators=estimators, budgets=budgets, progress=True,
     )
     png = out / "embeddings_pca.png"
@@ -186,7 +222,9 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
         "",
         "Feature sets: `pretrained:emb_fused` (all modalities), `pretrained:emb_<modality>` (one modality, same "
         "checkpoint), `pretrained_rgb:emb_s2` (the S2 tower fed only B04/B03/B02), `random_init:*` (same "
-        "architecture, random weights), `band_stats` (per-band mean/std/percentiles of the raw chip).",
+        "architecture, random weights), `band_stats` (per-band mean/std/percentiles of the raw chip)"
+        + (", `galileo:emb_fused` (the published Galileo-nano encoder, Tseng et al. 2025, fitted to the store "
+           "by band name: S2 + S1 + elevation)." if "galileo:emb_fused" in set(results["features"]) else "."),
         "",
         "**" + comparison_sentence(results, "pretrained:emb_fused", COMPARE_BASELINES, boot=boot) + "**",
         "",

@@ -9,8 +9,13 @@
   segment config when given, else copied from the first export among the inits (``reference``);
   ``random:<model name>`` or ``random:<export dir>`` names it explicitly. Random encoders are normalised with
   the target store's own statistics (they know no others);
-* ``<scheme>:<name>`` for a scheme registered in :data:`INIT_SCHEMES` (e.g. published weights): the scheme's
-  factory gets ``(name, store)`` and returns an :class:`InitSource`.
+* a published model SPEC (``galileo:nano``, ``timm:<name>``, ``torchgeo:<weights>``, ``mmearth:<file>``), opened
+  and fitted to the store by the same parser as ``embed --encoder`` and ``pretrain --init``
+  (:func:`earthembed.models.published.open_source`; ``weights`` / ``download`` / family ``options`` such as
+  ``patch_size`` apply to it); a ``random`` compared with it copies its architecture and, where the model
+  derives bands from its inputs (Galileo's NDVI), its normalisation, so only the weights differ;
+* ``<scheme>:<name>`` for a scheme registered in :data:`INIT_SCHEMES`: the scheme's factory gets
+  ``(name, store)`` and returns an :class:`InitSource`.
 
 Every source says which bands it needs; the segment harness checks them against the store by name before any
 training (:func:`earthembed.embed.run.resolve_request`).
@@ -97,10 +102,32 @@ def _from_export(path: Path, name: str, spec: str) -> InitSource:
                       lambda seed: load_model(root)[0])
 
 
-def _random(name: str, spec: str, architecture: str, config: Mapping[str, Any]) -> InitSource:
+def _random(name: str, spec: str, architecture: str, config: Mapping[str, Any],
+            normalization: dict[str, Any] | None = None) -> InitSource:
     model_id = f"random-{architecture}"
-    return InitSource(name, spec, RANDOM, architecture, dict(config), None, {}, model_id,
+    return InitSource(name, spec, RANDOM, architecture, dict(config), normalization, {}, model_id,
                       _random_loader(architecture, config))
+
+
+def _random_like(name: str, spec: str, ref: InitSource) -> InitSource:
+    """A random init of ``ref``'s architecture; it keeps ``ref``'s normalisation only when the model computes
+    bands from its normalised inputs (``pixel_stats``: the statistics it assumes must be the ones applied)."""
+    return _random(name, spec, ref.architecture, ref.config, ref.normalization if ref.config.get("pixel_stats") else None)
+
+
+PUBLISHED = "published"
+
+
+def _from_published(spec: str, name: str, store: ChipStore, weights: str | Path | None, download: bool,
+                    options: Mapping[str, Any] | None) -> InitSource:
+    """A published SPEC opened and fitted to ``store`` once; every seed gets a fresh copy of its weights."""
+    import copy
+
+    from earthembed.models.published import open_source
+
+    model, meta = open_source(spec, weights, download).fit(store, options=dict(options or {}))
+    return InitSource(name, spec, PUBLISHED, meta["architecture"], dict(meta["config"]), meta["normalization"],
+                      dict(meta.get("products") or {}), str(meta["model_id"]), lambda seed: copy.deepcopy(model))
 
 
 def _export_label(p: Path) -> str:
@@ -114,12 +141,21 @@ def is_export(spec: str | Path) -> bool:
     return (p / "model.json").exists() or (p.suffix == ".json" and p.exists())
 
 
+def _is_published(spec: str) -> bool:
+    from earthembed.models.published.spec import FAMILIES
+
+    family, sep, rest = spec.partition(":")
+    return bool(sep and rest.strip()) and family in FAMILIES
+
+
 def resolve_init(spec: str, store: ChipStore, name: str | None = None, model: Mapping[str, Any] | None = None,
-                 reference: InitSource | None = None) -> InitSource:
+                 reference: InitSource | None = None, weights: str | Path | None = None, download: bool = False,
+                 options: Mapping[str, Any] | None = None) -> InitSource:
     """The :class:`InitSource` of one ``--init`` spec (module docstring lists the forms).
 
     ``model``: the config's ``model`` section (``name``, ``modalities`` + arguments) used by ``random``;
-    ``reference``: the first export among the inits, whose architecture a bare ``random`` copies.
+    ``reference``: the first export or published model among the inits, whose architecture a bare ``random``
+    copies; ``weights``, ``download``, ``options``: for a published SPEC.
     """
     from earthembed.data.dataset import resolve_bands
     from earthembed.models.registry import MODELS
@@ -129,8 +165,7 @@ def resolve_init(spec: str, store: ChipStore, name: str | None = None, model: Ma
     if spec == RANDOM or spec.startswith(f"{RANDOM}:"):
         target = spec.partition(":")[2]
         if target and is_export(target):
-            ref = _from_export(Path(target), label, spec)
-            return _random(label, spec, ref.architecture, ref.config)
+            return _random_like(label, spec, _from_export(Path(target), label, spec))
         model = dict(model or {})
         arch = target or model.get("name")
         if arch:
@@ -144,13 +179,15 @@ def resolve_init(spec: str, store: ChipStore, name: str | None = None, model: Ma
                 raise ValueError(f"model.modalities: {non_input} are categorical (label maps), not inputs")
             return _random(label, spec, arch, {**args, "modalities": resolve_bands(store, mods)})
         if reference is not None:
-            return _random(label, spec, reference.architecture, reference.config)
+            return _random_like(label, spec, reference)
         raise ValueError(
             f"--init {spec}: a random init needs an architecture: name it with --model NAME (e.g. resnet18_small; "
             f"registered: {MODELS.names()}), as random:NAME / random:EXPORT_DIR, or compare it with an export"
         )
     if is_export(spec):
         return _from_export(Path(spec), label, spec)
+    if _is_published(spec):
+        return _from_published(spec, label, store, weights, download, options)
     scheme, sep, rest = spec.partition(":")
     if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", scheme) and scheme in INIT_SCHEMES:
         src = INIT_SCHEMES.get(scheme)(rest, store)
@@ -159,8 +196,9 @@ def resolve_init(spec: str, store: ChipStore, name: str | None = None, model: Ma
         raise ValueError(f"--init {spec}: not an earthembed export (no model.json); export a checkpoint with "
                          "`earthembed export-checkpoint`")
     raise ValueError(
-        f"--init {spec!r}: expected an export directory (with model.json), 'random', 'random:MODEL' or "
-        f"'SCHEME:NAME' for a registered scheme ({INIT_SCHEMES.names() or 'none registered'})"
+        f"--init {spec!r}: expected an export directory (with model.json), 'random', 'random:MODEL', a published "
+        f"model (galileo:nano, timm:NAME, torchgeo:WEIGHTS, mmearth:FILE) or 'SCHEME:NAME' for a registered scheme "
+        f"({INIT_SCHEMES.names() or 'none registered'})"
     )
 
 
@@ -177,17 +215,24 @@ def parse_init_args(specs: Sequence[str]) -> list[tuple[str | None, str]]:
     return out
 
 
-def resolve_inits(specs: Sequence[str], store: ChipStore, model: Mapping[str, Any] | None = None) -> list[InitSource]:
-    """All inits of one ``segment`` call, exports first resolved so ``random`` can copy the first of them;
-    labels are unique (a clash is an error asking for ``NAME=SPEC``)."""
+def resolve_inits(specs: Sequence[str], store: ChipStore, model: Mapping[str, Any] | None = None,
+                  weights: str | Path | None = None, download: bool = False,
+                  options: Mapping[str, Any] | None = None) -> list[InitSource]:
+    """All inits of one ``segment`` call, exports and published models first resolved so ``random`` can copy
+    the first of them; labels are unique (a clash is an error asking for ``NAME=SPEC``). ``weights`` belongs
+    to the one published SPEC among them."""
     parsed = parse_init_args(specs)
     if not parsed:
         raise ValueError("no --init given (an export directory or 'random')")
+    published = [spec for _, spec in parsed if _is_published(spec)]
+    if weights is not None and len(published) != 1:
+        raise ValueError(f"--weights names the file of one published init; {len(published)} are given "
+                         f"({', '.join(published) or 'none'})")
     resolved: dict[int, InitSource] = {}
     for i, (name, spec) in enumerate(parsed):
         if not (spec == RANDOM or spec.startswith(f"{RANDOM}:")):
-            resolved[i] = resolve_init(spec, store, name, model)
-    reference = next((s for s in resolved.values() if s.kind == "export"), None)
+            resolved[i] = resolve_init(spec, store, name, model, weights=weights, download=download, options=options)
+    reference = next((s for s in resolved.values() if s.kind in ("export", PUBLISHED)), None)
     for i, (name, spec) in enumerate(parsed):
         if i not in resolved:
             resolved[i] = resolve_init(spec, store, name, model, reference)

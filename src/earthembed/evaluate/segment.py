@@ -279,10 +279,14 @@ def run_segment(
     overrides: Sequence[str] | None = None,
     freeze_encoder: bool | None = None,
     progress: bool = False,
+    weights: str | Path | None = None,
+    download: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Fine-tune a segmenter from every init in ``inits`` (``NAME=SPEC`` or ``SPEC``; see
     :mod:`earthembed.evaluate.inits`) at every label fraction and seed; write the outputs listed in the module
-    docstring to ``out`` and return the tidy results. Re-running resumes (finished cells are reused)."""
+    docstring to ``out`` and return the tidy results. Re-running resumes (finished cells are reused).
+    ``weights``, ``download``, ``options`` (e.g. ``{"patch_size": 4}``): for a published init (``galileo:nano``)."""
     from earthembed.embed.run import check_products, resolve_request
     from earthembed.models.dense import check_chip_size
     from earthembed.progress import progress as make_progress
@@ -296,7 +300,7 @@ def run_segment(
         raise ValueError("need at least one seed")
     fr = parse_fractions(fractions if isinstance(fractions, str) else [str(f) for f in fractions])
     mask_task = load_mask_task(st, task)
-    sources = resolve_inits(inits, st, cfg["model"])
+    sources = resolve_inits(inits, st, cfg["model"], weights=weights, download=download, options=options)
     requests: dict[str, dict[str, list[str]]] = {}
     for src in sources:  # fail on bands, units or chip size before any training
         try:

@@ -21,7 +21,8 @@ from B04 and B08. Values are normalised as the publisher did (``(x - (mean - 2 s
 pretraining statistics; NDVI as is), expressed in the store's units: Sentinel-2 DN, dB and metres as they
 are; 8-bit RGB is mapped onto Sentinel-2 DN by ``DN = value x 3000 / 255`` (0.3 reflectance, the usual
 true-colour stretch, at 255), an approximation that the export records. Months come from the store's
-``date_<modality>`` columns at embed time; chips without a date get June (the publisher's default).
+``date_<modality>`` columns at embed time; chips without a date get June (the publisher's default). Several
+modalities feeding the same bands (one place at several dates) become one time series, ordered by date.
 """
 
 from __future__ import annotations
@@ -292,8 +293,21 @@ def _modality_plan(m: Any) -> tuple[dict[str, str], list[str]]:
     return {b: g for b, g in mapping.items() if b not in partial}, partial
 
 
-def plan_inputs(store: Any, modalities: list[str] | None = None) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
-    """(``{store modality: {store band: Galileo band}}``, report) of what ``store`` feeds Galileo, by name."""
+def _typical_date(store: Any, key: str) -> str | None:
+    """The most common ``date_<key>`` of the store's chips (None when it has none)."""
+    col = f"date_{key}"
+    idx = store.index
+    if col not in idx.columns:
+        return None
+    dates = idx[col].dropna().astype(str)
+    return str(dates.mode().iloc[0]) if len(dates) else None
+
+
+def plan_inputs(store: Any, modalities: list[str] | None = None
+                ) -> tuple[dict[str, dict[str, str]], dict[str, int], dict[str, Any]]:
+    """(``{store modality: {store band: Galileo band}}``, ``{modality: timestep}``, report) of what ``store``
+    feeds Galileo, by name. Modalities feeding the same bands (one place at several dates, e.g. ``naip_2010``,
+    ``naip_2012``) become a time series ordered by their ``date_<modality>``; others share date 0."""
     cands = {k: m for k, m in store.modalities.items() if m.kind != "categorical"}
     if modalities is not None:
         unknown = [k for k in modalities if k not in store.modalities]
@@ -303,13 +317,8 @@ def plan_inputs(store: Any, modalities: list[str] | None = None) -> tuple[dict[s
     plan: dict[str, dict[str, str]] = {}
     ignored: dict[str, list[str]] = {}
     partial: dict[str, list[str]] = {}
-    fed_by: dict[str, str] = {}
     for k, m in cands.items():
         mapping, part = _modality_plan(m)
-        clash = [f"{g} ({fed_by[g]} and {k})" for g in mapping.values() if g in fed_by]
-        if clash:
-            raise BandMismatchError(f"{store.path}: several modalities feed the same Galileo bands: {', '.join(clash)}; "
-                                    "choose the ones to embed (--modalities)")
         if part:
             partial[k] = part
         rest = [b for b in m.band_names if b not in mapping and b not in part]
@@ -317,13 +326,36 @@ def plan_inputs(store: Any, modalities: list[str] | None = None) -> tuple[dict[s
             ignored[k] = rest
         if mapping:
             plan[k] = mapping
-            fed_by.update({g: k for g in mapping.values()})
     if not plan:
         have = {k: (m.kind, m.band_names) for k, m in cands.items()}
         raise BandMismatchError(
             f"{store.path}: no modality holds bands Galileo reads (Sentinel-2 B02-B08/B8A/B11/B12, Sentinel-1 VV/VH "
             f"in dB, elevation, or RGB); the store has {have}")
-    return plan, {"ignored_store_bands": ignored, "incomplete_groups": partial}
+    timesteps = {k: 0 for k in plan}
+    feeders: dict[str, list[str]] = {}
+    for k, mapping in plan.items():
+        for g in mapping.values():
+            feeders.setdefault(g, []).append(k)
+    clashing = sorted({k for ks in feeders.values() if len(ks) > 1 for k in ks})
+    if clashing:
+        dates = {k: _typical_date(store, k) for k in clashing}
+        undated = [k for k, d in dates.items() if d is None]
+        if undated:
+            clash = {g: ks for g, ks in feeders.items() if len(ks) > 1}
+            raise BandMismatchError(
+                f"{store.path}: modalities {clashing} feed the same Galileo bands ({clash}) and {undated} have no "
+                "date_<modality> to order them in time; choose the ones to embed (--modalities)")
+        order = sorted(set(dates.values()))
+        timesteps.update({k: order.index(d) for k, d in dates.items()})
+        same = {d: [k for k in clashing if dates[k] == d] for d in order}
+        for d, ks in same.items():
+            bands = [g for k in ks for g in plan[k].values()]
+            if len(bands) != len(set(bands)):
+                raise BandMismatchError(f"{store.path}: modalities {ks} feed the same Galileo bands on the same date "
+                                        f"{d}; choose the ones to embed (--modalities)")
+    report = {"ignored_store_bands": ignored, "incomplete_groups": partial,
+              "timesteps": {k: t for k, t in timesteps.items() if clashing}}
+    return plan, timesteps, report
 
 
 def store_scale(store: Any, key: str) -> float:
@@ -352,7 +384,7 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
     from earthembed.models.published.load import _state_id
 
     st = store if isinstance(store, ChipStore) else ChipStore(store)
-    plan, report = plan_inputs(st, modalities)
+    plan, timesteps, report = plan_inputs(st, modalities)
     what = weights.spec.text
     if report["incomplete_groups"]:
         warnings.warn(f"{what}: store bands {report['incomplete_groups']} are left out: Galileo reads their group "
@@ -369,7 +401,8 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
         bands = list(mapping)
         norm_stats[k] = {"bands": bands, "mean": [stats[mapping[b]][0] / scale for b in bands],
                          "std": [stats[mapping[b]][1] / scale for b in bands]}
-    model = GalileoEncoder({k: list(m) for k, m in plan.items()}, band_map=plan, **weights.row.arch,
+    model = GalileoEncoder({k: list(m) for k, m in plan.items()}, band_map=plan, timesteps=timesteps,
+                           **weights.row.arch,
                            patch_size=patch_size, pixel_stats=stats,
                            default_month=DEFAULT_MONTH if default_month is None else default_month)
     model._check_size(st.chip_size, st.chip_size)
@@ -393,6 +426,7 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
                           **({"rgb_to_s2_dn": "DN = value x 3000 / 255 (0.3 reflectance at 255)"}
                              if any(st.modality(k).units == BYTE for k in plan) else {})},
         "months": f"from date_<modality> at embed time; {model.default_month} (0 = January) where missing",
+        "timesteps": dict(model.timesteps),
         "patch_size": model.patch_size,
     }
     meta = {
@@ -410,8 +444,19 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
     return model, meta
 
 
-def load_galileo(spec: Spec, store: Any, weights: str | Path | None = None, download: bool = False,
-                 modalities: list[str] | None = None, patch_size: int | None = None,
-                 default_month: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """:func:`open_galileo` then :func:`fit_galileo`: the entry point of ``load_encoder`` for ``galileo:``."""
-    return fit_galileo(open_galileo(spec, weights, download), store, modalities, patch_size or 8, default_month)
+class GalileoFamily:
+    """``galileo:`` for :func:`earthembed.models.published.load.open_source`: open, then fit to a store."""
+
+    architecture = "galileo"
+
+    @staticmethod
+    def open(spec: Spec, weights: str | Path | None = None, download: bool = False) -> GalileoWeights:
+        return open_galileo(spec, weights, download)
+
+    @staticmethod
+    def fit(opened: GalileoWeights, store: Any, modalities: list[str] | None = None, patch_size: int | None = None,
+            default_month: int | None = None) -> tuple[Any, dict[str, Any]]:
+        return fit_galileo(opened, store, modalities, patch_size or 8, default_month)
+
+
+FAMILY = GalileoFamily()

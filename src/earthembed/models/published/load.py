@@ -10,6 +10,7 @@ and its sha256, how bands were matched, the load report). So ``embed``, ``fewsho
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from collections.abc import Sequence
@@ -36,9 +37,10 @@ PUBLISHERS.register("timm", "earthembed.models.published.timm_weights:open_timm"
 PUBLISHERS.register("torchgeo", "earthembed.models.published.torchgeo_weights:open_torchgeo")
 PUBLISHERS.register("mmearth", "earthembed.models.published.mmearth:open_mmearth")
 MULTI_INPUT: Registry[Any] = Registry("multi-input publisher")
-"""Families whose models read several store modalities and fit themselves to a store:
-``load(spec, store, weights=, download=, modalities=, **options) -> (encoder, meta)`` (lazy targets)."""
-MULTI_INPUT.register("galileo", "earthembed.models.published.galileo:load_galileo")
+"""Families whose models read several store modalities and fit themselves to a store: an object with
+``architecture``, ``open(spec, weights, download)`` and ``fit(opened, store, modalities, **options) -> (encoder,
+meta)`` (lazy targets)."""
+MULTI_INPUT.register("galileo", "earthembed.models.published.galileo:FAMILY")
 FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"galileo": ("patch_size", "default_month")}
 """Options a family takes beyond the common ones (``--patch-size``, ...)."""
 
@@ -186,6 +188,66 @@ def check_options(spec: Spec, options: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
+@dataclasses.dataclass
+class ModelSource:
+    """An opened SPEC: what every command that names a model (``embed --encoder``, ``pretrain --init``,
+    ``segment --init/--compare``) gets from :func:`open_source`, before it knows the store.
+
+    Attributes:
+        spec: the parsed SPEC; ``architecture``: the registry name the weights fill (known before fitting, so
+        configs can be checked first); ``opened``: the export path, the :class:`PublishedModel` or the
+        family's opened weights.
+    """
+
+    spec: Spec
+    architecture: str
+    opened: Any
+
+    @property
+    def is_export(self) -> bool:
+        return self.spec.family == EXPORT
+
+    def fit(self, store: Any = None, modality: str | Sequence[str] | None = None, extra_bands: str = "ignore",
+            input_size: int | None = None, options: dict[str, Any] | None = None) -> tuple[Encoder, dict[str, Any]]:
+        """(encoder in eval mode, model.json-style meta) fitted to ``store`` (an export is returned as it is)."""
+        from earthembed.models.export import load_model
+
+        spec = self.spec
+        opts = check_options(spec, options)
+        if self.is_export:
+            model, meta = load_model(spec.name)
+            return model, {**meta, "path": str(spec.name)}
+        if store is None:
+            raise ValueError(f"{spec.text}: published weights are fitted to a store's bands and units; give the store")
+        mods = [modality] if isinstance(modality, str) else (list(modality) if modality is not None else None)
+        if spec.family in MULTI_INPUT:
+            if input_size is not None or extra_bands != "ignore":
+                raise ValueError(f"{spec.text}: --input-size and --extra-bands do not apply to {spec.family} models")
+            return MULTI_INPUT.get(spec.family).fit(self.opened, store, mods, **opts)
+        if mods is not None and len(mods) != 1:
+            raise ValueError(f"{spec.text}: published {spec.family} weights read one store modality; name one "
+                             f"(got {mods})")
+        return adapt_to_store(self.opened, store, mods[0] if mods else None, extra_bands, input_size)
+
+
+def open_source(spec: str | Spec, weights: str | Path | None = None, download: bool = False) -> ModelSource:
+    """The one parser and opener of model SPECs (see :mod:`earthembed.models.published.spec`): an export is
+    checked (its ``model.json``), published weights are found (``weights``, the caches, ``download``) and read."""
+    from earthembed.models.export import read_model_meta
+
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.family == EXPORT:
+        if weights is not None:
+            raise ValueError(f"{spec.text}: an earthembed export carries its weights; drop --weights")
+        meta, _ = read_model_meta(spec.name)
+        return ModelSource(spec, str(meta["architecture"]), Path(spec.name))
+    if spec.family in MULTI_INPUT:
+        family = MULTI_INPUT.get(spec.family)
+        return ModelSource(spec, family.architecture, family.open(spec, weights, download))
+    pub = open_published(spec, weights, download)
+    return ModelSource(spec, pub.architecture, pub)
+
+
 def load_encoder(
     spec: str | Spec,
     store: Any = None,
@@ -203,28 +265,12 @@ def load_encoder(
     opened (:func:`open_published`: ``weights`` file or the usual caches; ``download`` only if allowed) and
     fitted to ``store`` (:func:`adapt_to_store`), which is then required. Multi-input families (``galileo:``)
     fit themselves to every store modality they read (``modality``: a list restricts them) and take
-    family ``options`` (:data:`FAMILY_OPTIONS`, e.g. ``patch_size``).
+    family ``options`` (:data:`FAMILY_OPTIONS`, e.g. ``patch_size``). Same as
+    ``open_source(spec, weights, download).fit(store, ...)``.
     """
-    from earthembed.models.export import load_model
-
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    opts = check_options(spec, options)
-    if spec.family == EXPORT:
-        if weights is not None:
-            raise ValueError(f"{spec.text}: an earthembed export carries its weights; drop --weights")
-        model, meta = load_model(spec.name)
-        return model, {**meta, "path": str(spec.name)}
-    if store is None:
-        raise ValueError(f"{spec.text}: published weights are fitted to a store's bands and units; give the store")
-    mods = [modality] if isinstance(modality, str) else (list(modality) if modality is not None else None)
-    if spec.family in MULTI_INPUT:
-        if input_size is not None or extra_bands != "ignore":
-            raise ValueError(f"{spec.text}: --input-size and --extra-bands do not apply to {spec.family} models")
-        return MULTI_INPUT.get(spec.family)(spec, store, weights=weights, download=download, modalities=mods, **opts)
-    if mods is not None and len(mods) != 1:
-        raise ValueError(f"{spec.text}: published {spec.family} weights read one store modality; name one (got {mods})")
-    return adapt_to_store(open_published(spec, weights, download), store, mods[0] if mods else None, extra_bands,
-                          input_size)
+    check_options(spec, options)
+    return open_source(spec, weights, download).fit(store, modality, extra_bands, input_size, options)
 
 
 def export_encoder(
