@@ -116,7 +116,7 @@ def test_overwrite_only_replaces_a_provable_store(tmp_path):
     (other / "chapter1.tex").write_text("months of work")
     for args in (("synth", "--out", other, "--chips", 16, "--chip-size", 16, "--overwrite"),
                  ("synth", "--out", other, "--chips", 16, "--chip-size", 16)):
-        one_line_error(cli(*args), "not an earthembed store")
+        one_line_error(cli(*args), "not an earthembed chip store")
     assert _files(other) == ["chapter1.tex"]
 
 

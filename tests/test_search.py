@@ -9,6 +9,7 @@ from aoi_helpers import band_stat_embeddings
 from earthembed.data.chipgeo import read_chip_table
 from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.embed.io import write_embedding_table
+from earthembed.errors import OutputError
 from earthembed.explore.search import build_index, index_path, load_vectors, query_vector, search, write_hits
 
 
@@ -61,7 +62,9 @@ def test_exact_and_index_agree(aoi, tmp_path, capsys):
     assert ivf.meta["method"] == "ivf"
     assert ivf.table["chip_id"].tolist() == exact.table["chip_id"].tolist()
     np.testing.assert_allclose(ivf.table["score"], exact.table["score"], atol=1e-5)
-    build_index(emb, kind="hnsw")
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):  # another kind: an explicit choice
+        build_index(emb, kind="hnsw")
+    build_index(emb, kind="hnsw", overwrite=True)
     hnsw = search(emb, ["synth_r0002_c0002"], k=20)
     assert hnsw.meta["method"] == "hnsw"
     assert len(set(hnsw.table["chip_id"]) & set(exact.table["chip_id"])) >= 18

@@ -49,8 +49,10 @@ def demo(
     """Synthetic AOI -> tiny pretraining -> embed -> few-shot vs baselines -> plots and report.md."""
     from earthembed.cli_utils import fail_on
     from earthembed.demo import run_demo
+    from earthembed.outputs import prepare_output_dir
 
     with fail_on():
+        prepare_output_dir(out, "demo")  # new, empty or an earlier demo's: never a directory it did not make
         run_demo(out, chips=chips, chip_size=chip_size, seed=seed, max_steps=max_steps, seeds=tuple(range(seeds)),
                  full_grid=full_grid)
 

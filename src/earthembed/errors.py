@@ -17,3 +17,8 @@ class OutputError(RuntimeError):
 
 class LockedError(OutputError):
     """Another process is writing the same store or output; the message names it (pid, host, command)."""
+
+
+class EvaluationWarning(UserWarning):
+    """A result that was computed but may mean nothing (e.g. a constant feature set); the CLI shows it as one
+    ``warning:`` line, and the outputs record it."""

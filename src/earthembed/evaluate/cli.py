@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from earthembed.cli_utils import fail_on
+from earthembed.cli_utils import echo_warnings, fail_on
 
 
 def parse_embedding_args(items: list[str], random_init: Path | None = None) -> dict[str, Path]:
@@ -59,10 +59,14 @@ def fewshot(
                                 "train only; the test chips' labels are left out)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (a bar on a terminal, a line every 10% otherwise)"),
 ) -> None:
-    """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split."""
+    """Few-shot label efficiency: train estimators on growing label budgets, score on the fixed test split.
+
+    --out is a new or empty directory, or one an earlier fewshot wrote (its results are refreshed, its baseline
+    tables reused); anything else is refused."""
+    from earthembed.errors import EvaluationWarning
     from earthembed.evaluate.fewshot import run_fewshot
 
-    with fail_on():
+    with fail_on(), echo_warnings(EvaluationWarning):
         if seeds < 1:
             raise ValueError("--seeds must be >= 1")
         run_fewshot(
@@ -98,6 +102,7 @@ def predict(
     max_labels: int = typer.Option(None, "--max-labels", help="fit on a random subset of this many labelled chips"),
     min_cover: float = typer.Option(0.5, "--min-cover", help="share of a chip a polygon must cover to label it"),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier predictions table at --out (never any other file)"),
 ) -> None:
     """Fit on the labelled chips, predict every chip: class + probabilities, or the value/fraction."""
     from earthembed.evaluate.label_join import summarise
@@ -105,7 +110,8 @@ def predict(
 
     with fail_on():
         res = predict_chips(embeddings, store, task, out, labels=labels, estimator=estimator, column=column,
-                            seed=seed, max_labels=max_labels, min_cover=min_cover, layer=layer)
+                            seed=seed, max_labels=max_labels, min_cover=min_cover, layer=layer,
+                            overwrite=overwrite)
     if res.label_report:
         for line in summarise(res.label_report):
             typer.echo(line)

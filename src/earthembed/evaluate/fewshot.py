@@ -13,6 +13,11 @@ Baselines run by the same call on the same splits (:mod:`earthembed.evaluate.bas
 (per-band statistics of the chip), ``rcf`` (random convolutional features, MOSAIKS / TorchGeo; empirical
 filters from the store's train split) and ``random_init`` (embeddings of a randomly initialised encoder of the
 first table's architecture, computed into the output directory unless a ``random_init`` table is given).
+
+The output directory follows :mod:`earthembed.outputs`: a new or empty directory, or one ``fewshot`` made before
+(its results are refreshed there, its baseline tables reused); any other directory, a path inside a store or a run
+and an input are refused before anything is computed. A table with NaN/Inf inside an embedding is an error naming
+it (not a missing chip), and a constant feature set (e.g. all zeros) is warned about, in ``summary.md`` too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from earthembed.data.store import ChipStore
+from earthembed.errors import EvaluationWarning
 from earthembed.evaluate.baselines import (
     RANDOM_INIT,
     RANDOM_INIT_SEED,
@@ -49,7 +56,8 @@ from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set
 from earthembed.evaluate.metrics import bootstrap_ci, bootstrap_metrics
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
 from earthembed.evaluate.tasks import PRIMARY_METRIC, RESULT_COLUMNS, Task, load_task
-from earthembed.outputs import write_json
+from earthembed.explore.tables import check_embedding_table, table_path
+from earthembed.outputs import atomic_path, check_output, claim_dir, write_json
 from earthembed.progress import Progress
 from earthembed.progress import progress as make_progress
 
@@ -96,6 +104,7 @@ def load_all_feature_sets(
     for name, path in tables.items():
         cols = [c for c in feature_columns or [] if ":" not in c]
         cols += [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")]
+        check_embedding_table(path, cols or None, option=f"--embeddings {name}")
         sets += load_feature_sets(name, path, cols or None)
     if "band_stats" in baselines:
         sets.append(band_statistics_feature_set(store))
@@ -125,6 +134,22 @@ def _common(task: Task, sets: Sequence[FeatureSet]) -> tuple[Task, list[np.ndarr
     t = task.subset(keep)
     mats = [fs.X[pd.Index(fs.chip_ids).get_indexer(t.chip_ids)] for fs in sets]
     return t, mats
+
+
+def constant_warnings(sets: Sequence[FeatureSet], rel: float = 1e-6) -> list[str]:
+    """One line per feature set whose every dimension is (nearly) the same on all its chips (spread at most
+    ``rel`` x its largest absolute value; e.g. an all-zero embedding): whatever it scores, it carries no
+    information, so its label reduction is that of a guess."""
+    out = []
+    for fs in sets:
+        if len(fs.X) < 2 or not fs.X.shape[1]:
+            continue
+        spread = float((fs.X.max(axis=0) - fs.X.min(axis=0)).max())
+        if spread <= rel * float(np.abs(fs.X).max()):
+            out.append(f"feature set {fs.name} ({fs.source or 'computed'}) is constant across its {len(fs.X)} chips "
+                       f"(largest spread of a dimension {spread:.3g}): it carries no information, so its scores and "
+                       "label reduction are those of a guess")
+    return out
 
 
 @dataclasses.dataclass
@@ -436,6 +461,7 @@ def run_fewshot(
     left out of budgets and scores (:func:`holdout_split`): compare recipes there, report the winner on test.
     """
     st = store if isinstance(store, ChipStore) else ChipStore(store)
+    out_dir = check_output(out_dir, "fewshot", [*embeddings.values(), st.path])
     tasks = _split_names(task)
     if not tasks:
         raise ValueError("no task given")
@@ -445,10 +471,14 @@ def run_fewshot(
     bl = [] if bl in (["none"], ["no"]) else bl
     parsed = parse_budget_modes(budgets)
     loaded = [holdout_split(load_task(st, name), holdout) for name in tasks]  # bad column: fail before fitting
-    out_dir = Path(out_dir)
+    for name, path in embeddings.items():  # a store or a missing table: named before a baseline is computed
+        table_path(path, option=f"--embeddings {name}")
+    claim_dir(out_dir, "fewshot")
     sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir,
                                  rcf_options=rcf)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    constant = constant_warnings(sets)
+    for w in constant:
+        warnings.warn(w, EvaluationWarning, stacklevel=2)
     plans = [_plan_task(tk, sets, parsed, budget_mode, list(seeds), estimators) for tk in loaded]
     desc = f"few-shot ({len(plans)} task{'s' * (len(plans) > 1)} x {len(sets)} feature sets)"
     with make_progress(total=sum(p.n_fits() for p in plans), desc=desc, unit="fits", quiet=not progress) as bar:
@@ -456,15 +486,19 @@ def run_fewshot(
     notes = [p.notes for p in plans]
     members = [p.members for p in plans]
     df = pd.concat([r for r, _ in results], ignore_index=True)
-    df.to_csv(out_dir / "results.csv", index=False)
-    df.to_parquet(out_dir / "results.parquet", index=False)
+    with atomic_path(out_dir / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "results.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
     boot = pd.concat([b for _, b in results], ignore_index=True)
-    boot.to_parquet(out_dir / "bootstrap.parquet", index=False)
-    pd.concat(members, ignore_index=True).to_parquet(out_dir / "budgets.parquet", index=False)
+    with atomic_path(out_dir / "bootstrap.parquet") as tmp:
+        boot.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "budgets.parquet") as tmp:
+        pd.concat(members, ignore_index=True).to_parquet(tmp, index=False)
     write_json(out_dir / "run.json", json.loads(json.dumps(
-        {"store": str(st.path), "holdout": holdout, "seeds": list(seeds), "n_boot": n_boot, "tasks": notes},
-        default=str)))
-    write_summary(df, out_dir, warnings=[w for n in notes for w in n["warnings"]], boot=boot,
+        {"store": str(st.path), "holdout": holdout, "seeds": list(seeds), "n_boot": n_boot, "tasks": notes,
+         "warnings": constant}, default=str)))
+    write_summary(df, out_dir, warnings=constant + [w for n in notes for w in n["warnings"]], boot=boot,
                   models={fs.name: {"model_id": fs.model_id, "source": fs.source} for fs in sets})
     plot_label_efficiency(df, out_dir / "label_efficiency.png")
     return df

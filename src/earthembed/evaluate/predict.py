@@ -11,6 +11,8 @@ Output: GeoParquet, one row per chip with an embedding: ``chip_id``, ``idx``, ``
 list of classes for multilabel), ``prob_<class>`` per class and ``confidence`` (largest probability) for
 class tasks. Metadata (``earthembed`` key): task, kind, classes, estimator and what it chose, label report.
 Chips with a null embedding (the modality missing) are not predicted and are counted in the metadata.
+Output policy (:mod:`earthembed.outputs`): an existing ``out`` is replaced only with ``overwrite`` and only when it
+is an earthembed predictions table; an input or a path inside a store or a run is refused before anything is fitted.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import pandas as pd
 
 from earthembed.data.chipgeo import locate, write_chip_table
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import read_embeddings
 from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
 from earthembed.evaluate.tasks import Task, load_task
+from earthembed.explore.tables import read_embedding_matrix
+from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output
 
 _TASK_KIND = {"class": "classification", "fraction": "regression", "value": "regression"}
 
@@ -74,16 +77,18 @@ def predict_chips(
     max_labels: int | None = None,
     min_cover: float = 0.5,
     layer: str | None = None,
+    overwrite: bool = False,
 ) -> Prediction:
     """Fit ``estimator`` on the labelled chips and predict every chip of ``embeddings``; write GeoParquet ``out``.
 
     ``labels``: a GeoPackage/GeoParquet of points or polygons with a ``task`` column (any CRS); without it
     the store's label column ``task`` is used. ``max_labels``: fit on a seeded random subset of that many
-    labelled chips (to see what a smaller labelling effort gives).
+    labelled chips (to see what a smaller labelling effort gives). ``overwrite``: replace an earlier predictions
+    table at ``out`` (never any other file).
     """
-    out = Path(out)
     st = store if isinstance(store, ChipStore) else ChipStore(store)
-    df, X = read_embeddings(embeddings, column)
+    out = check_output(out, "predictions", [embeddings, st.path, labels], overwrite)
+    df, X = read_embedding_matrix(embeddings, column)
     df, chip_size = locate(df, {}, st, str(embeddings))
     label_report = None
     if labels is not None:
@@ -148,12 +153,13 @@ def predict_chips(
         v, _ = fitted.predict(Xp)
         res[task] = np.clip(v, 0, 1) if label_kind == "fraction" else v
     meta = {
-        "task": task, "kind": t.kind, "label_kind": label_kind, "classes": t.classes, "estimator": name,
+        OUTPUT_KEY: "predictions", "task": task, "kind": t.kind, "label_kind": label_kind, "classes": t.classes, "estimator": name,
         "estimator_extra": fitted.extra, "n_train": int(len(fit)), "n_labelled": int(usable.sum()),
         "n_predicted": int(len(pred_rows)), "n_no_embedding": int((~has_emb).sum()), "column": column,
         "embeddings": str(Path(embeddings).resolve()), "store": str(st.path.resolve()), "chip_size": chip_size,
         "label_source": str(Path(labels).resolve()) if labels is not None else f"store:{task}", "seed": seed,
         "label_report": label_report,
     }
-    write_chip_table(res, out, meta)
+    with atomic_path(out, "predictions", overwrite) as tmp:
+        write_chip_table(res, tmp, meta)
     return Prediction(out, meta, label_report)

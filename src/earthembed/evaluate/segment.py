@@ -289,8 +289,11 @@ def run_segment(
     ``weights``, ``download``, ``options`` (e.g. ``{"patch_size": 4}``): for a published init (``galileo:nano``)."""
     from earthembed.embed.run import check_products, resolve_request
     from earthembed.models.dense import check_chip_size
+    from earthembed.outputs import check_output, claim_dir
     from earthembed.progress import progress as make_progress
 
+    specs = [Path(i.partition("=")[2] or i) for i in inits]  # output policy: out is no input, store or other dir
+    out = check_output(out, "segment", [getattr(store, "path", store), *(p for p in specs if p.exists())])
     cfg, where = load_segment_config(config, overrides)
     if freeze_encoder is not None:
         cfg["train"]["freeze_encoder"] = bool(freeze_encoder)
@@ -309,8 +312,7 @@ def run_segment(
         except ValueError as e:
             raise type(e)(f"--init {src.spec} ({src.name}): {e}") from e
         check_chip_size(src.build(0), st.chip_size, st.chip_size, where=f"--init {src.spec} on {st.path}")
-    out = Path(out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (claim_dir(out, "segment") / "cells").mkdir(exist_ok=True)
     plan = _plan(st, mask_task, fr, seeds, int(cfg["eval"]["n_show"]), int(cfg["eval"]["max_val_chips"]))
     estimator = cfg["decoder"]["name"] + ("_frozen" if cfg["train"]["freeze_encoder"] else "")
     cells = [(src, s, label) for src in sources for s in seeds for label in plan.samples[s]]

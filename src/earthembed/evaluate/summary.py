@@ -15,6 +15,7 @@ import pandas as pd
 
 from earthembed.evaluate.metrics import LOWER_IS_BETTER
 from earthembed.evaluate.tasks import PRIMARY_METRIC
+from earthembed.outputs import atomic_path, save_png
 
 RGB_BANDS = (("R", "G", "B"), ("B04", "B03", "B02"), ("red", "green", "blue"))
 
@@ -245,14 +246,17 @@ def write_summary(
     out_dir = Path(out_dir)
     best = best_by_budget(results, boot)
     summary = _mark_best(summarize(results, fraction), best)
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    best.to_csv(out_dir / "best.csv", index=False)
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "best.csv") as tmp:
+        best.to_csv(tmp, index=False)
     md = summary_markdown(summary, results, fraction, best)
     if warnings:
         md = "## Warnings\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n" + md
     if models:
         md += "\n" + models_markdown(models) + "\n"
-    (out_dir / "summary.md").write_text(md)
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text(md)
     return md
 
 
@@ -331,10 +335,7 @@ def plot_label_efficiency(results: pd.DataFrame, out_png: str | Path, x: str = "
     rows = (len(feats) - 1) // 4 + 1
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(feats)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05 * rows / len(tasks), 1, 1))
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, dpi=120, tight=False, own=True)
 
 
 def rgb_image(store: Any, positions: np.ndarray) -> np.ndarray:
@@ -390,7 +391,4 @@ def plot_segmentation_examples(store: Any, positions: np.ndarray, labels: np.nda
     handles = [Patch(color=c, label=n) for c, n in zip(colours, classes, strict=True)]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(classes)), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.6 / (1.6 * len(positions) + 0.6), 1, 1))
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, dpi=110, tight=False, own=True)

@@ -19,13 +19,14 @@ def plot_embeddings(
     max_points: int = typer.Option(20000, "--max-points"),
     multilabel: str = typer.Option("first", "--multilabel", help="colour multilabel chips by 'first' label or 'count'"),
     seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier earthembed PNG at --out (never any other file)"),
 ) -> None:
     """2-D projection (PCA or UMAP) of an embedding column, coloured by a label."""
     from earthembed.explore.projection import plot_embeddings as _plot
 
     with fail_on(ImportError):
         path = _plot(embeddings, color_by, out, store=store, column=column, method=method,
-                     max_points=max_points, seed=seed, multilabel=multilabel)
+                     max_points=max_points, seed=seed, multilabel=multilabel, overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 
@@ -36,12 +37,13 @@ def map_(
     store: Path = typer.Option(None, "--store", help="store with the chips' CRS/transform (default: recorded in the table)"),
     crs: str = typer.Option(None, "--crs", help="reproject every chip into this CRS (default: one map per CRS)"),
     pixel_size: float = typer.Option(None, "--pixel-size", help="map pixel size in CRS units (default: see docs)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace earlier earthembed maps and previews at --out (never any other file)"),
 ) -> None:
     """Rasterise per-chip values back onto the AOI grid as a COG, with a PNG preview."""
     from earthembed.explore.maps import write_map
 
     with fail_on():
-        paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size)
+        paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size, overwrite=overwrite)
     for p in paths:
         typer.echo(f"wrote {p} (preview {p.with_suffix('.png')})")
 
@@ -70,12 +72,14 @@ def index(
     nprobe: int = typer.Option(64, "--nprobe", help="IVF lists visited per query (default for searches)"),
     hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW links per node"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier index of the column (never any other file)"),
 ) -> None:
     """Build an approximate faiss index of an embedding column, stored beside the table (used by search)."""
     from earthembed.explore.search import build_index
 
     with fail_on(ImportError):
-        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, quiet=quiet)
+        path = build_index(embeddings, column, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, quiet=quiet,
+                           overwrite=overwrite)
     typer.echo(f"wrote {path} (+ {path.name}.json)")
 
 
@@ -91,6 +95,7 @@ def search(
     exact: bool = typer.Option(False, "--exact", help="exact search even if an index exists"),
     nprobe: int = typer.Option(None, "--nprobe", help="IVF lists to visit (default: the index's)"),
     include_query: bool = typer.Option(False, "--include-query", help="keep the query chips among the hits"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace earlier earthembed hits and thumbnails at --out (never any other file)"),
 ) -> None:
     """Chips most similar (cosine) to normalised mean(positives) - mean(negatives), with thumbnails."""
     from earthembed.explore.search import search as _search
@@ -99,7 +104,7 @@ def search(
     with fail_on(ImportError):
         hits = _search(embeddings, _ids(positive), _ids(negative), _point(point), k=k, column=column,
                        store=store, exact=exact, nprobe=nprobe, include_query=include_query)
-        paths = write_hits(hits, out, store=store)
+        paths = write_hits(hits, out, store=store, overwrite=overwrite)
     m = hits.meta
     typer.echo(f"{len(hits.table)} hits ({m['method']}) for {len(m['positives'])} positive(s), "
                f"{len(m['negatives'])} negative(s): " + ", ".join(map(str, paths)))
@@ -118,6 +123,7 @@ def report(
     image: list[str] = typer.Option([], "--image", help="PNG[=CAPTION] to include with the maps (repeatable)"),
     hits: list[Path] = typer.Option([], "--hits", help="search hits GeoParquet (repeatable; its .png is shown)"),
     title: str = typer.Option("earthembed report", "--title"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier earthembed report at --out (never any other file)"),
 ) -> None:
     """One self-contained HTML page: store summary, label efficiency, embedding space, maps and search hits."""
     from earthembed.explore.report import write_report
@@ -125,7 +131,8 @@ def report(
     imgs = [(Path(p), c or Path(p).stem) for p, _, c in (i.partition("=") for i in image)]
     with fail_on(ImportError):
         path = write_report(out, store=store, fewshot=fewshot, embeddings=embeddings, color_by=color_by,
-                            predictions=predictions, maps=map_, images=imgs, hits=hits, title=title)
+                            predictions=predictions, maps=map_, images=imgs, hits=hits, title=title,
+                            overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 

@@ -20,7 +20,11 @@ its own grid, no resampling); with ``crs=`` every chip box is reprojected (densi
 and all go into one COG, the boxes no longer aligned to the pixel grid (a pixel takes the chip that covers
 its centre). Rejected: always reprojecting to EPSG:4326, which distorts areas and resamples every map.
 
-Writes are atomic: each file is written under a temporary name and renamed into place only once complete.
+Output policy (:mod:`earthembed.outputs`): the COG(s) and their previews are all checked before anything is
+computed (an existing file is replaced only with ``overwrite`` and only when earthembed wrote it: the
+``earthembed_output`` tag of a map, the text chunk of a PNG); each is written under a temporary name beside it
+and renamed into place only once complete. A grid of more than :data:`MAX_PIXELS` pixels is refused with its
+size before any memory is allocated.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,10 @@ import numpy as np
 import pandas as pd
 
 from earthembed.data.chipgeo import chip_frames, locate, read_chip_table
+from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output, save_png
 
 MAX_SIDE = 4096
+MAX_PIXELS = 1 << 28  # per band (16384 x 16384): a float32 map of this size needs 1 GiB, twice while written
 BLOCKSIZE = 256
 CLASS_NODATA = 255
 RGB_NODATA = 0
@@ -92,8 +97,10 @@ def map_values(df: pd.DataFrame, column: str, meta: dict[str, Any], what: str) -
                 "fraction or an embedding (emb_*) column"
             )
         from earthembed.embed.io import to_matrix
+        from earthembed.explore.tables import check_finite
 
         X = to_matrix(pa.array(list(s.map(lambda v: None if v is None else np.asarray(v, np.float32)))))
+        check_finite(X, df["chip_id"].to_numpy() if "chip_id" in df.columns else np.arange(len(X)), what, column)
         return _pca_rgb(X, column, what)
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
         v = pd.to_numeric(s, errors="coerce").to_numpy(np.float64)[:, None]
@@ -186,20 +193,37 @@ def _grid_boxes(fr: pd.DataFrame, chip_size: int, pixel_size: float | None, repr
             pixel_size = xres * f
             if span / pixel_size <= MAX_SIDE:
                 break
-    if not pixel_size or pixel_size <= 0:
+    if not pixel_size or not math.isfinite(pixel_size) or pixel_size <= 0:
         raise ValueError(f"{what}: pixel size must be positive, got {pixel_size}")
     return crs, float(pixel_size), list(boxes)
 
 
-def _rasterise(values: MapValues, rows: np.ndarray, boxes: list[Any], pixel: float) -> tuple[np.ndarray, Any]:
+def _grid(boxes: list[Any], pixel: float) -> tuple[float, float, int, int]:
+    """(left, top, width, height) of the grid of ``pixel`` covering every box."""
     import shapely
-    from rasterio.features import rasterize
-    from rasterio.transform import from_origin
 
     b = shapely.bounds(np.asarray(boxes, dtype=object))
     left, bottom, right, top = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
-    width = max(1, math.ceil((right - left) / pixel - 1e-6))
-    height = max(1, math.ceil((top - bottom) / pixel - 1e-6))
+    return left, top, max(1, math.ceil((right - left) / pixel - 1e-6)), max(1, math.ceil((top - bottom) / pixel - 1e-6))
+
+
+def _check_grid_size(boxes: list[Any], pixel: float, values: MapValues, path: Path) -> None:
+    """Refuse, with its size and a pixel size that fits, a grid too large to hold in memory."""
+    _, _, w, h = _grid(boxes, pixel)
+    if w * h > MAX_PIXELS:
+        gib = w * h * values.values.shape[1] * np.dtype(values.dtype).itemsize / 2**30
+        fit = pixel * max(w, h) / MAX_SIDE
+        raise ValueError(
+            f"{path}: the map would be {w} x {h} px ({gib:.1f} GiB) at --pixel-size {pixel:g}, more than "
+            f"{MAX_PIXELS:,} px; choose a larger --pixel-size, e.g. {float(f'{fit:.2g}'):g} for about {MAX_SIDE} px a side"
+        )
+
+
+def _rasterise(values: MapValues, rows: np.ndarray, boxes: list[Any], pixel: float) -> tuple[np.ndarray, Any]:
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    left, top, width, height = _grid(boxes, pixel)
     transform = from_origin(left, top, pixel, pixel)
     nb = values.values.shape[1]
     out = np.full((nb, height, width), values.nodata, dtype=values.dtype)
@@ -214,7 +238,7 @@ def _rasterise(values: MapValues, rows: np.ndarray, boxes: list[Any], pixel: flo
 
 
 def _write_cog(path: Path, data: np.ndarray, crs: Any, transform: Any, values: MapValues,
-               tags: dict[str, str]) -> None:
+               tags: dict[str, str], overwrite: bool = False) -> None:
     """GTiff in memory -> COG (tiled, DEFLATE, overviews) under a temporary name, renamed into place."""
     import rasterio
     from rasterio.io import MemoryFile
@@ -224,8 +248,7 @@ def _write_cog(path: Path, data: np.ndarray, crs: Any, transform: Any, values: M
     levels = max(1, math.ceil(math.log2(max(h, w) / BLOCKSIZE))) if max(h, w) > 1 else 1
     profile = dict(driver="GTiff", width=w, height=h, count=nb, dtype=values.dtype, crs=crs, transform=transform,
                    nodata=values.nodata)
-    tmp = path.with_name(path.name + ".tmp")
-    with MemoryFile() as mem:
+    with MemoryFile() as mem, atomic_path(path, "map", overwrite) as tmp:
         with mem.open(**profile) as ds:
             ds.write(data)
             ds.update_tags(**tags)
@@ -238,9 +261,8 @@ def _write_cog(path: Path, data: np.ndarray, crs: Any, transform: Any, values: M
         with mem.open() as src:
             rio_copy(src, tmp, driver="COG", BLOCKSIZE=BLOCKSIZE, COMPRESS="DEFLATE", OVERVIEWS="AUTO",
                      OVERVIEW_COUNT=levels, RESAMPLING="NEAREST" if values.kind == "class" else "AVERAGE")
-    with rasterio.open(tmp) as chk:  # a broken write must not be renamed into place
-        chk.read(1, out_shape=(1, 1))
-    os.replace(tmp, path)
+        with rasterio.open(tmp) as chk:  # a broken write must not be renamed into place
+            chk.read(1, out_shape=(1, 1))
 
 
 def write_map(
@@ -251,11 +273,13 @@ def write_map(
     crs: str | None = None,
     pixel_size: float | None = None,
     preview: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Rasterise ``column`` of a per-chip table (predictions, embeddings, a store) into COG(s) at ``out``.
 
     Returns the COG paths: ``out`` itself, or ``out`` with ``_<EPSG>`` per CRS when the chips span several
     CRSs and ``crs`` is not given. A ``.png`` preview is written beside each COG unless ``preview=False``.
+    ``overwrite``: replace earlier earthembed maps and previews at those paths (never any other file).
     """
     out = Path(out)
     if crs is not None:
@@ -266,6 +290,7 @@ def write_map(
         crs = crs_string(CRS.from_user_input(crs))
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"{out}: the map is a GeoTIFF; give a .tif path")
+    check_output(out, "map", [table, store], overwrite)
     df, meta = read_chip_table(table)
     what = str(table)
     values = map_values(df, column, meta, what)
@@ -277,9 +302,12 @@ def write_map(
     groups = [(crs, np.flatnonzero(geo))] if crs else [
         (c, np.flatnonzero(geo & (fr["crs"].to_numpy() == c))) for c in pd.unique(fr["crs"][geo])
     ]
-    paths = []
-    for target, rows in groups:
+    plan = []
+    for target, rows in groups:  # every output checked and every grid sized before anything is written
         path = out if len(groups) == 1 else out.with_name(f"{out.stem}_{_crs_tag(target)}{out.suffix}")
+        check_output(path, "map", [table, store], overwrite)
+        if preview:
+            check_output(path.with_suffix(".png"), "png", [table, store], overwrite, option="the .png preview of --out")
         sub = fr.iloc[rows]
         if crs is None or sub["crs"].nunique() == 1 and str(sub["crs"].iloc[0]) == str(crs):
             gcrs, pixel, boxes = _grid_boxes(sub, chip_size, pixel_size, None, what)
@@ -292,18 +320,22 @@ def write_map(
                 for p, bxi in zip(pos, bx, strict=True):
                     boxes[p] = bxi
             gcrs = crs
+        _check_grid_size(boxes, pixel, values, path)
+        plan.append((path, rows, gcrs, pixel, boxes))
+    paths = []
+    for path, rows, gcrs, pixel, boxes in plan:
         data, transform = _rasterise(values, rows, boxes, pixel)
         tags = {
-            "earthembed_column": column, "earthembed_kind": values.kind, "earthembed_table": str(table),
-            "earthembed_chips": str(len(rows)), **({"earthembed_note": values.note} if values.note else {}),
+            OUTPUT_KEY: "map", "earthembed_column": column, "earthembed_kind": values.kind,
+            "earthembed_table": str(table), "earthembed_chips": str(len(rows)),
+            **({"earthembed_note": values.note} if values.note else {}),
         }
         if values.classes:
             tags.update({f"class_{i}": c for i, c in enumerate(values.classes)})
             tags["earthembed_classes"] = json.dumps(values.classes)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _write_cog(path, data, gcrs, transform, values, tags)
+        _write_cog(path, data, gcrs, transform, values, tags, overwrite)
         if preview:
-            write_preview(path, path.with_suffix(".png"))
+            write_preview(path, path.with_suffix(".png"), overwrite)
         paths.append(path)
     return paths
 
@@ -367,8 +399,9 @@ def draw_map(ax: Any, path: str | Path, title: str | None = None, legend: bool =
     return mappable
 
 
-def write_preview(tif: str | Path, png: str | Path) -> Path:
-    """PNG of a map COG (from its overviews), with a legend or colour bar; written atomically."""
+def write_preview(tif: str | Path, png: str | Path, overwrite: bool = True) -> Path:
+    """PNG of a map COG (from its overviews), with a legend or colour bar; written atomically, replacing only an
+    earthembed PNG (and only with ``overwrite``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,11 +414,12 @@ def write_preview(tif: str | Path, png: str | Path) -> Path:
         fig.colorbar(m, ax=ax, shrink=0.8, label=info["column"])
     if info["note"]:
         ax.set_title(f"{info['column']}\n{info['note']}", fontsize=8)
-    return _save(fig, png)
+    return save_png(fig, png, overwrite)
 
 
-def side_by_side(tifs: list[str | Path], titles: list[str], png: str | Path) -> Path:
-    """Maps next to each other on one PNG (e.g. predicted land cover vs the truth)."""
+def side_by_side(tifs: list[str | Path], titles: list[str], png: str | Path, overwrite: bool = True) -> Path:
+    """Maps next to each other on one PNG (e.g. predicted land cover vs the truth); replaces only an earthembed
+    PNG (and only with ``overwrite``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -396,17 +430,4 @@ def side_by_side(tifs: list[str | Path], titles: list[str], png: str | Path) -> 
         m = draw_map(ax, tif, title)
         if m is not None:
             fig.colorbar(m, ax=ax, shrink=0.8)
-    return _save(fig, png)
-
-
-def _save(fig: Any, png: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
-    return png
+    return save_png(fig, png, overwrite)

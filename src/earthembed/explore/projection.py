@@ -3,6 +3,8 @@
 Colours come from a column of the table itself (``split``, ``aoi``, ``model_id`` ...) or from a label of
 the store joined on ``chip_id``. Classes get a legend, fractions/values a colour bar. A multilabel chip
 is coloured by its first listed label (``multilabel="first"``) or by its number of labels (``"count"``).
+The PNG follows the output policy of :mod:`earthembed.outputs` (replaced only with ``overwrite``, only when
+earthembed wrote it; checked before anything is computed).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earthembed.embed.io import read_embeddings, read_metadata
+from earthembed.embed.io import read_metadata
+from earthembed.explore.tables import read_embedding_matrix
+from earthembed.outputs import check_output, save_png
 
 METHODS = ("pca", "umap")
 MISSING = "(missing)"
@@ -94,12 +98,13 @@ def plot_embeddings(
     max_points: int = 20000,
     seed: int = 0,
     multilabel: str = "first",
+    overwrite: bool = False,
 ) -> Path:
     """Scatter of a 2-D projection of ``column`` coloured by ``color_by``; returns the PNG path.
 
     Chips with a null embedding are left out (and counted in the title); at most ``max_points`` chips
     (a seeded random subset) are drawn. Without ``store``, labels come from the store recorded in the
-    table's metadata, if it still exists.
+    table's metadata, if it still exists. ``overwrite``: replace an earlier earthembed PNG at ``out_png``.
     """
     import matplotlib
 
@@ -108,7 +113,11 @@ def plot_embeddings(
 
     if method not in METHODS:
         raise ValueError(f"unknown projection method {method!r} (choose from {METHODS})")
-    df, X = read_embeddings(embeddings_path, column)
+    from earthembed.data.store import ChipStore
+
+    out_png = check_output(out_png, "png", [embeddings_path, store.path if isinstance(store, ChipStore) else store],
+                           overwrite)
+    df, X = read_embedding_matrix(embeddings_path, column, option="the embedding table")
     meta = read_metadata(embeddings_path)
     ok = np.isfinite(X).all(axis=1)
     n_null = int((~ok).sum())
@@ -151,9 +160,4 @@ def plot_embeddings(
         axes_txt = "UMAP"
     extra = f", {n_null} null left out" if n_null else ""
     ax.set_title(f"{model_id} · {column} · {axes_txt}\n{len(Y)} chips{extra}, coloured by {color_by}", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, overwrite, dpi=120)

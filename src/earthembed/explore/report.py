@@ -5,7 +5,9 @@ file and opened offline. Every part is optional: the page shows what it is given
 the end check that every image decoded and report any that did not to the browser console (the test opens
 the page in headless Chromium and fails on any console message); the page reads fine without script.
 Rejected: a Jinja template (one more dependency for one page) and linking the PNGs (the page would break
-when moved without them).
+when moved without them). Inputs are checked before the page is made: ``images`` must decode as PNG or JPEG,
+``fewshot`` must be an ``earthembed fewshot`` output directory. The page follows the output policy of
+:mod:`earthembed.outputs` (``<meta name="generator" content="earthembed">`` marks it as earthembed's).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import base64
 import datetime as _dt
 import html
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from earthembed.outputs import HTML_MARKER, atomic_path, check_output, output_kind
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;
@@ -46,13 +49,31 @@ window.addEventListener('load', function () {
 """
 
 
-def _img(png: str | Path | bytes, alt: str) -> str:
+IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
+
+
+def image_type(path: str | Path, option: str = "--image") -> str:
+    """The MIME type of an image file to embed (PNG or JPEG, fully decoded once); ValueError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: {option} is not a readable image ({e}); give a PNG or JPEG file") from None
+    if fmt not in IMAGE_TYPES:
+        raise ValueError(f"{path}: {option} is a {fmt} image; the report embeds PNG or JPEG")
+    return IMAGE_TYPES[fmt]
+
+
+def _img(png: str | Path | bytes, alt: str, mime: str = "image/png") -> str:
     data = png if isinstance(png, bytes) else Path(png).read_bytes()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
-def _figure(png: str | Path | bytes, caption: str) -> str:
-    return f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+def _figure(png: str | Path | bytes, caption: str, mime: str = "image/png") -> str:
+    return f"<figure>{_img(png, caption, mime)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _table(df: pd.DataFrame, max_rows: int = 60) -> str:
@@ -94,12 +115,37 @@ def _store_section(store: Any) -> str:
     )
 
 
+def check_fewshot_dir(few_dir: Path, option: str = "--fewshot") -> Path:
+    """``few_dir`` when it is an ``earthembed fewshot`` output (results.csv with the few-shot columns); a
+    ValueError saying what it is otherwise."""
+    from earthembed.evaluate.tasks import RESULT_COLUMNS
+    from earthembed.outputs import DIR_KINDS
+
+    kind = output_kind(few_dir)
+    if not few_dir.is_dir():
+        raise ValueError(f"{few_dir}: {option} is not a directory; give an `earthembed fewshot` output directory")
+    if kind not in (None, "fewshot"):
+        raise ValueError(f"{few_dir}: {option} is an earthembed {DIR_KINDS[kind].what}, not a few-shot output "
+                         "directory (`earthembed fewshot --out DIR`)")
+    res_f = few_dir / "results.csv"
+    try:
+        head = pd.read_csv(res_f, nrows=5)
+    except FileNotFoundError:
+        raise ValueError(f"{few_dir}: {option} has no results.csv; it is not an `earthembed fewshot` output "
+                         "directory (or that run did not finish)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{res_f}: {option} results cannot be read ({e})") from None
+    missing = [c for c in RESULT_COLUMNS if c not in head.columns]
+    if missing or (head["task_kind"] == "segmentation").any():
+        why = f"columns {missing} are missing" if missing else "it holds segment results"
+        raise ValueError(f"{res_f}: {option} is not `earthembed fewshot` output ({why})")
+    return few_dir
+
+
 def _fewshot_section(few_dir: Path) -> str:
     from earthembed.evaluate.summary import budget_table, summarize
 
     res_f = few_dir / "results.csv"
-    if not res_f.exists():
-        raise FileNotFoundError(f"{few_dir}: no results.csv (is it an `earthembed fewshot` output directory?)")
     results = pd.read_csv(res_f)
     parts = ["<h2>Label efficiency</h2>"]
     png = few_dir / "label_efficiency.png"
@@ -139,10 +185,10 @@ def _prediction_section(pred: Path) -> str:
     return "".join(lines)
 
 
-def _map_section(maps: Sequence[Path], images: Sequence[tuple[Path, str]], tmp: Path) -> str:
+def _map_section(maps: Sequence[Path], images: Sequence[tuple[Path, str, str]], tmp: Path) -> str:
     from earthembed.explore.maps import write_preview
 
-    wide = [_figure(p, c) for p, c in images]  # e.g. prediction next to the truth: full width
+    wide = [_figure(p, c, mime) for p, c, mime in images]  # e.g. prediction next to the truth: full width
     figs = []
     for k, m in enumerate(maps):
         png = write_preview(m, tmp / f"{m.stem}_{k}.png")
@@ -180,16 +226,25 @@ def write_report(
     hits: Sequence[str | Path] = (),
     title: str = "earthembed report",
     notes: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> Path:
-    """Write one self-contained HTML page with the parts given; returns its path (written atomically)."""
+    """Write one self-contained HTML page with the parts given; returns its path (written atomically).
+
+    Every input is checked first (``images`` are PNG/JPEG, ``fewshot`` is few-shot output); ``overwrite``:
+    replace an earlier earthembed report at ``out`` (never any other file)."""
     from earthembed.data.store import ChipStore
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{out}: the report is an HTML page; give a .html path")
-    for p in [*predictions, *maps, *hits, *(i for i, _ in images), *(x for x in (fewshot, embeddings) if x)]:
+    inputs = [*predictions, *maps, *hits, *(i for i, _ in images), *(x for x in (fewshot, embeddings, store) if x)]
+    check_output(out, "html", inputs, overwrite)
+    for p in inputs:
         if not Path(p).exists():
             raise FileNotFoundError(f"{p}: not found (report input)")
+    imgs = [(Path(p), c, image_type(p)) for p, c in images]
+    if fewshot is not None:
+        check_fewshot_dir(Path(fewshot))
     st = ChipStore(store) if store is not None else None
     body = [f"<h1>{html.escape(title)}</h1><p class='meta'>written "
             f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} by earthembed</p>"]
@@ -204,15 +259,14 @@ def write_report(
             body.append(_projection_section(Path(embeddings), color_by, st, tmp))
         for p in predictions:
             body.append(_prediction_section(Path(p)))
-        if maps or images:
-            body.append(_map_section([Path(m) for m in maps], [(Path(p), c) for p, c in images], tmp))
+        if maps or imgs:
+            body.append(_map_section([Path(m) for m in maps], imgs, tmp))
         if hits:
             body.append("<h2>Similarity search</h2>" + "".join(_hits_section(Path(h)) for h in hits))
-        page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{HTML_MARKER}"
+                f"<title>{html.escape(title)}</title>"
                 f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{_CSS}</style></head>"
                 f"<body>{''.join(body)}<script>{_CHECK}</script></body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(page, encoding="utf-8")
-    os.replace(tmp_out, out)
+    with atomic_path(out, "html", overwrite) as tmp_out:
+        tmp_out.write_text(page, encoding="utf-8")
     return out

@@ -12,7 +12,10 @@ Exact search (``IndexFlatIP``) is the default and is fast for tables up to a few
 :func:`search` uses it when present: IVF-Flat (default; compact, quick to build, recall set by ``nprobe``)
 or HNSW (higher recall at the same latency, slower to build and ~1.5x the memory). A sidecar whose fingerprint
 does not match the table (the table was rewritten) is an error, never a silent fall-back to other results.
-The query chips themselves are left out of the hits unless ``include_query``.
+The query chips themselves are left out of the hits unless ``include_query``. An index or sidecar that cannot be
+read (truncated, garbage, edited) is an error naming the file, never a fall-back. Output policy
+(:mod:`earthembed.outputs`): an existing index, sidecar, hits table or thumbnail grid is replaced only with
+``overwrite`` and only when earthembed wrote it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earthembed.embed.io import read_embeddings
+from earthembed.explore.tables import read_embedding_matrix
+from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output
 
 INDEX_KINDS = ("ivf", "hnsw")
 DEFAULT_NPROBE = 64
@@ -80,7 +83,7 @@ class Vectors:
 
 def load_vectors(table: str | Path, column: str = "emb_fused") -> Vectors:
     """Read ``column`` of an embedding table and L2-normalise it; null or zero rows are left out."""
-    df, X = read_embeddings(table, column)
+    df, X = read_embedding_matrix(table, column)
     norm = np.linalg.norm(X, axis=1)
     ok = np.isfinite(X).all(axis=1) & (norm > 0)
     rows = np.flatnonzero(ok)
@@ -103,6 +106,7 @@ def build_index(
     seed: int = 0,
     vectors: Vectors | None = None,
     quiet: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Build an IVF-Flat or HNSW index of ``column`` and store it beside ``table``; returns its path.
 
@@ -110,13 +114,18 @@ def build_index(
     :data:`TRAIN_PER_LIST` vectors per list. ``nprobe`` (lists visited per query) is recorded as the default for searches.
     ``quiet=False``: one line when IVF k-means starts (faiss trains in one call) and progress of the vectors
     added (:data:`ADD_CHUNK` at a time; the same index as one call: IVF assigns each vector to its nearest list
-    and HNSW inserts in order either way).
+    and HNSW inserts in order either way). ``overwrite``: replace an earlier index of the column (never any
+    other file).
     """
     from earthembed.progress import progress
 
     faiss = _faiss()
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r} (choose from {INDEX_KINDS})")
+    path = index_path(table, column)
+    side_f = path.with_name(path.name + ".json")
+    check_output(path, "faiss", [table], overwrite, option="the index file")
+    check_output(side_f, "faiss sidecar", [table], overwrite, option="the index sidecar")
     v = vectors or load_vectors(table, column)
     n, d = v.X.shape
     if n < 2:
@@ -148,35 +157,46 @@ def build_index(
     if kind == "hnsw":
         params.update(M=hnsw_m, ef_construction=ef_construction, ef_search=DEFAULT_EF_SEARCH)
     build_s = time.perf_counter() - t0
-    path = index_path(table, column)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
-    side = {"table": str(Path(table).resolve()), "column": column, "n": n, "dim": d, "fingerprint": v.fingerprint,
-            "build_seconds": round(build_s, 3), **params}
-    _write_text(path.with_name(path.name + ".json"), json.dumps(side, indent=2))  # written last: the commit point
+    with atomic_path(path, "faiss", overwrite, option="the index file") as tmp:
+        faiss.write_index(index, str(tmp))
+    side = {OUTPUT_KEY: "faiss sidecar", "table": str(Path(table).resolve()), "column": column, "n": n, "dim": d,
+            "fingerprint": v.fingerprint, "build_seconds": round(build_s, 3), **params}
+    with atomic_path(side_f, "faiss sidecar", overwrite, option="the index sidecar") as tmp:  # last: the commit point
+        tmp.write_text(json.dumps(side, indent=2))
     return path
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_SIDECAR_KEYS = {"ivf": ("fingerprint", "nlist", "nprobe"), "hnsw": ("fingerprint", "M", "ef_search")}
 
 
 def load_index(table: str | Path, column: str, vectors: Vectors) -> tuple[Any, dict[str, Any]] | None:
-    """The stored index of ``column`` beside ``table`` with its sidecar, or None when there is none."""
+    """The stored index of ``column`` beside ``table`` with its sidecar, or None when there is none. A sidecar or
+    index that cannot be read, or that was built for another version of the table, is a ValueError naming it."""
     path = index_path(table, column)
     side_f = path.with_name(path.name + ".json")
     if not side_f.exists() or not path.exists():
         return None
-    side = json.loads(side_f.read_text())
+    fix = f"rebuild with `earthembed index --embeddings {table} --column {column} --overwrite` or search with `--exact`"
+    try:
+        side = json.loads(side_f.read_text())
+        if not isinstance(side, dict):
+            raise ValueError("not a JSON object")
+        missing = [k for k in _SIDECAR_KEYS.get(side.get("kind"), ("kind",)) if k not in side]
+        if missing:
+            raise ValueError(f"kind {side.get('kind')!r} with keys {sorted(side)}: missing {missing}")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{side_f}: not a readable index sidecar ({e}); {fix}") from None
     if side.get("fingerprint") != vectors.fingerprint:
-        raise ValueError(
-            f"{path}: this index was built for another version of {table} (the table changed since); rebuild it "
-            f"with `earthembed index --embeddings {table} --column {column}` or search with --exact"
-        )
-    return _faiss().read_index(str(path)), side
+        raise ValueError(f"{path}: this index was built for another version of {table} (the table changed since); {fix}")
+    try:
+        index = _faiss().read_index(str(path))
+    except RuntimeError as e:
+        cause = str(e).strip().splitlines()[-1][:160]
+        raise ValueError(f"{path}: not a readable faiss index (truncated or corrupt? faiss: {cause}); {fix}") from None
+    if index.d != vectors.X.shape[1] or index.ntotal != side.get("n", index.ntotal):
+        raise ValueError(f"{path}: index of {index.ntotal} vectors of {index.d} dims does not match its sidecar "
+                         f"{side_f} ({side.get('n')} vectors of {vectors.X.shape[1]} dims); {fix}")
+    return index, side
 
 
 def chip_at_point(df: pd.DataFrame, lon: float, lat: float, what: str) -> str:
@@ -305,14 +325,22 @@ def search(
     return Hits(hits, meta)
 
 
-def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thumbnails: bool = True) -> list[Path]:
+def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thumbnails: bool = True,
+               overwrite: bool = False) -> list[Path]:
     """Hits as GeoParquet (``rank, score, chip_id, ..., geometry`` + the chips' CRS/transform from the store)
-    and a PNG grid of the query and hit thumbnails beside it (true colour from the store)."""
+    and a PNG grid of the query and hit thumbnails beside it (true colour from the store). ``overwrite``: replace
+    earlier earthembed hits and grid at those paths (never any other file); both are checked before either is
+    written."""
     from earthembed.data.chipgeo import read_chip_table, store_of, with_store_geometry, write_chip_table
 
     out = Path(out)
+    inputs = [hits.meta["embeddings"], store]
+    check_output(out, "hits", inputs, overwrite)
     _, meta = read_chip_table(hits.meta["embeddings"], columns=["chip_id"])
     st = store_of(meta, store)
+    png = out.with_suffix(".png") if thumbnails and st is not None and len(hits.table) else None
+    if png is not None:
+        check_output(png, "png", [*inputs, st.path], overwrite, option="the .png thumbnails of --out")
     df = hits.table
     if st is not None:
         df = with_store_geometry(df, st, hits.meta["embeddings"])
@@ -322,9 +350,11 @@ def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thu
         import shapely
 
         df = df.assign(geometry=shapely.from_wkb(df["geometry"].to_numpy()))
-    written = [write_chip_table(df, out, hits.meta)]
-    if thumbnails and st is not None and len(df):
+    with atomic_path(out, "hits", overwrite) as tmp:
+        write_chip_table(df, tmp, {OUTPUT_KEY: "hits", **hits.meta})
+    written = [out]
+    if png is not None:
         from earthembed.explore.thumbnails import hits_grid
 
-        written.append(hits_grid(st, hits.meta["positives"], hits.meta["negatives"], df, out.with_suffix(".png")))
+        written.append(hits_grid(st, hits.meta["positives"], hits.meta["negatives"], df, png, overwrite=overwrite))
     return written

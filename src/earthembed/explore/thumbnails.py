@@ -71,14 +71,14 @@ def true_colour(store: Any, chip_ids: Sequence[str]) -> tuple[np.ndarray, str]:
 
 
 def hits_grid(store: Any, positives: Sequence[str], negatives: Sequence[str], hits: pd.DataFrame,
-              png: str | Path, columns: int = 10, max_hits: int = 50) -> Path:
+              png: str | Path, columns: int = 10, max_hits: int = 50, overwrite: bool = True) -> Path:
     """A PNG grid: the query chips (positives, then negatives) in the first row(s), then hits by rank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from earthembed.explore.maps import _save
+    from earthembed.outputs import save_png
 
     hits = hits.head(max_hits)
     query = [(c, "positive", "tab:green") for c in positives] + [(c, "negative", "tab:red") for c in negatives]
@@ -99,4 +99,4 @@ def hits_grid(store: Any, positives: Sequence[str], negatives: Sequence[str], hi
         ax.imshow(np.nan_to_num(imgs[len(query) + j]), interpolation="nearest")
         ax.set_title(f"#{r.rank} {r.score:.3f}\n{str(r.chip_id)[-18:]}", fontsize=5.5)
     fig.suptitle(f"query and top {len(hits)} hits (true colour {caption})", fontsize=8)
-    return _save(fig, png)
+    return save_png(fig, png, overwrite)

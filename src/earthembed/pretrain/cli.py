@@ -34,6 +34,7 @@ def pretrain(
     from earthembed.pretrain.run import pretrain as run_pretrain
 
     with fail_on(), echo_warnings(PublishedWeightsWarning):
+        check_run_dir(out, store, config, weights, init)
         ov = list(overrides or []) + (["train.progress_bar=false"] if quiet else [])
         export = run_pretrain(config, store, out, overrides=ov, init=init, weights=weights,
                               extra_bands=extra_bands, download=download)
@@ -44,17 +45,31 @@ def export_checkpoint(
     ckpt: Path = typer.Option(..., "--ckpt", help="Lightning checkpoint of a pretraining run"),
     store: Path = typer.Option(..., "--store", help="store whose normalisation statistics travel with the model"),
     out: Path = typer.Option(..., "--out", help="export directory (model.safetensors + model.json)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earthembed model export at --out (never anything else)"),
 ) -> None:
     """Convert a pretraining checkpoint into the self-describing export (safe load, no pickle code)."""
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_checkpoint as run_export
     from earthembed.models.export import modality_products
+    from earthembed.outputs import check_output
 
     with fail_on():
+        check_output(out, "export", [ckpt, store], overwrite)
         chips = ChipStore(store)
         path = run_export(ckpt, out, Normalizer.from_store(chips), products=modality_products(chips.modalities))
     typer.echo(f"exported model to {path}")
+
+
+def check_run_dir(out: Path, store: Path, config: Path | None = None, weights: Path | None = None,
+                  init: str | None = None) -> None:
+    """The output policy of a pretraining run directory (:mod:`earthembed.outputs`), before anything is loaded: a
+    new or empty directory or an earlier run to resume, never an input, a file, a store or another directory."""
+    from earthembed.outputs import check_output
+
+    init_path = Path(init.partition(":")[2] or init) if init else None
+    inputs = [store, weights, *(p for p in (config, init_path) if p is not None and p.exists())]
+    check_output(out, "pretrain", inputs)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from earthembed.outputs import check_output
+
 
 def eurosat(
     src: Path = typer.Argument(..., help="EuroSAT folder: EuroSAT_MS itself or the folder containing it"),
@@ -21,6 +23,7 @@ def eurosat(
     from earthembed.data.ingest.common import echo_summary
     from earthembed.data.ingest.eurosat import ingest_eurosat
     with fail_on():
+        check_output(out, "store", [src], overwrite)
         store = ingest_eurosat(src, out, overwrite=overwrite, batch_size=batch_size, progress=not quiet)
     echo_summary(store, "eurosat")
 
@@ -37,6 +40,7 @@ def bigearthnet(
     from earthembed.data.ingest.bigearthnet import ingest_bigearthnet
     from earthembed.data.ingest.common import echo_summary
     with fail_on():
+        check_output(out, "store", [src], overwrite)
         store = ingest_bigearthnet(src, out, overwrite=overwrite, batch_size=batch_size, progress=not quiet)
     echo_summary(store, "bigearthnet")
 
@@ -56,6 +60,7 @@ def sen1floods11(
     from earthembed.data.ingest.common import echo_summary
     from earthembed.data.ingest.sen1floods11 import ingest_sen1floods11
     with fail_on():
+        check_output(out, "store", [src], overwrite)
         store = ingest_sen1floods11(src, out, chip_size=chip_size, overwrite=overwrite, batch_size=batch_size,
                                     split_by=split_by, progress=not quiet)
     echo_summary(store, "sen1floods11")
@@ -87,6 +92,7 @@ def folder(
     from earthembed.data.modalities import load_modalities_file
 
     with fail_on():
+        check_output(out, "store", [src, modalities_file], overwrite)
         if modalities_file is not None:
             load_modalities_file(modalities_file)
         store = ingest_folder(
@@ -126,6 +132,7 @@ def rasters(
     from earthembed.data.modalities import load_modalities_file
 
     with fail_on():
+        check_output(out, "store", [*(v.partition("=")[2] for v in modality), labels, modalities_file], overwrite)
         if modalities_file is not None:
             load_modalities_file(modalities_file)
         classes = _pairs(label_class, "--label-class")
@@ -172,6 +179,7 @@ def stac(
     from earthembed.data.modalities import load_modalities_file
 
     with fail_on():
+        check_output(out, "store", [catalog, modalities_file], overwrite)
         if modalities_file is not None:
             load_modalities_file(modalities_file)
         colls = [c.strip() for c in collections.split(",") if c.strip()]
@@ -206,6 +214,7 @@ def pairs(
     from earthembed.data.ingest.pairs import MASK_LABEL, ingest_pairs
 
     with fail_on():
+        check_output(out, "store", [images, masks, classes], overwrite)
         try:
             ids = [int(v) for v in (ignore or "").split(",") if v.strip()]
         except ValueError:
@@ -235,6 +244,7 @@ def synth(
 
     t0 = time.perf_counter()
     with fail_on():
+        check_output(out, "store", [], overwrite)
         store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=not quiet)
     dt = time.perf_counter() - t0
     counts = store.index["landcover"].value_counts().to_dict()
