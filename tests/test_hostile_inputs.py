@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -59,6 +60,15 @@ def strict_json(path: Path):
 def clean_store(tmp_path_factory) -> Path:
     return generate_synthetic_aoi(tmp_path_factory.mktemp("hostile") / "store", chips=32, chip_size=16,
                                   batch_size=16).path
+
+
+@pytest.fixture(scope="module")
+def emb_table(clean_store, tmp_path_factory) -> Path:
+    """An 8-dim embedding table of the clean store's chips (random, with splits)."""
+    st = ChipStore(clean_store)
+    return write_embedding_table(tmp_path_factory.mktemp("emb") / "emb.parquet", st.index["chip_id"].tolist(),
+                                 {"emb_fused": np.random.default_rng(1).normal(size=(len(st), 8))},
+                                 split=st.index["split"].tolist())
 
 
 @pytest.fixture
@@ -192,6 +202,22 @@ def test_a_second_writer_fails_at_once_naming_the_holder(model_dir, store, tmp_p
         with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
             StoreWriter(tmp_path / "new", [get_modality("s2_l1c")], 8)
         w.add(ChipRecord("a", {"s2": np.ones((13, 8, 8), "uint16")}))
+
+
+def test_commands_added_since_refuse_to_replace_a_file_or_the_store_index(clean_store, emb_table, tmp_path):
+    """The losses of issue 20, each by its own command line (every command: tests/test_write_policy.py)."""
+    index = (clean_store / "index.parquet").read_bytes()
+    common = ["--embeddings", emb_table, "--store", clean_store]
+    for args in (["predict", *common, "--task", "landcover", "--estimator", "knn"],
+                 ["search", *common, "--positive", "synth_r0000_c0000", "--exact"]):
+        one_line_error(cli(*args, "--out", clean_store / "index.parquet", "--overwrite"), "inside the input")
+        one_line_error(cli(*args, "--out", emb_table, "--overwrite"), "is the input")
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my holiday photo")
+    one_line_error(cli("map", "--table", clean_store, "--column", "landcover", "--out", tmp_path / "mine.tif",
+                       "--overwrite"), "mine.png", "not an earthembed PNG")
+    assert mine.read_bytes() == b"my holiday photo" and not (tmp_path / "mine.tif").exists()
+    assert (clean_store / "index.parquet").read_bytes() == index and len(ChipStore(clean_store)) == 32
 
 
 # == 2. damaged or odd inputs fail loudly ================================================================
@@ -352,6 +378,100 @@ def test_fewshot_reports_classes_absent_from_test_or_smaller_than_the_budget(tmp
     assert md.startswith("## Warnings")
     assert "absent from the test split (training chips): {'rare': 1}" in md
     assert "fewer training chips than the largest budget (5 per class): {'a': 4, 'b': 4, 'rare': 1}" in md
+
+
+def test_nan_inside_an_embedding_is_named_as_nan_in_the_table(clean_store, emb_table, tmp_path):
+    t = pq.read_table(emb_table)
+    x = np.stack(t.column("emb_fused").to_pylist()).astype(np.float32)
+    x[5, 2] = np.nan  # damage: a present embedding with a NaN (a missing one is a null row)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("emb_fused"), "emb_fused", col), bad)
+    nan = ("bad.parquet", "'emb_fused' holds NaN/Inf values in 1 row(s)", "synth_r0000_c0005")
+    for args in (["predict", "--embeddings", bad, "--store", clean_store, "--task", "landcover", "--out", tmp_path / "p.parquet"],
+                 ["fewshot", "--embeddings", bad, "--store", clean_store, "--task", "landcover", "--baselines", "none",
+                  "--out", tmp_path / "few"],
+                 ["plot-embeddings", bad, "--color-by", "split", "--out", tmp_path / "p.png"],
+                 ["index", "--embeddings", bad],
+                 ["search", "--embeddings", bad, "--positive", "synth_r0000_c0000", "--out", tmp_path / "h.parquet"],
+                 ["map", "--table", bad, "--column", "emb_fused", "--store", clean_store, "--out", tmp_path / "m.tif"]):
+        one_line_error(cli(*args), *nan)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
+
+
+def test_a_store_given_where_a_table_is_expected_is_named_as_such(clean_store, tmp_path):
+    for args in (["index", "--embeddings", clean_store],
+                 ["search", "--embeddings", clean_store, "--positive", "synth_r0000_c0000", "--out", tmp_path / "h.parquet"],
+                 ["predict", "--embeddings", clean_store, "--store", clean_store, "--task", "landcover",
+                  "--out", tmp_path / "p.parquet"]):
+        one_line_error(cli(*args), str(clean_store), "--embeddings is a chip store, not an embedding table",
+                       "earthembed embed --store")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_faiss_index_or_sidecar_names_the_file_and_the_way_out(emb_table, tmp_path):
+    emb = Path(shutil.copy(emb_table, tmp_path / "emb.parquet"))
+    assert cli("index", "--embeddings", emb, "--kind", "ivf", "--nlist", 2, "--quiet").exit_code == 0
+    index, side = tmp_path / "emb.parquet.emb_fused.faiss", tmp_path / "emb.parquet.emb_fused.faiss.json"
+    good_index, good_side = index.read_bytes(), side.read_text()
+    search = ["search", "--embeddings", emb, "--positive", "synth_r0000_c0000", "--k", 3, "--out", tmp_path / "h.parquet"]
+    way_out = ("rebuild with `earthembed index", "search with `--exact`")
+    index.write_bytes(good_index[: len(good_index) // 2])  # truncated
+    one_line_error(cli(*search), str(index), "not a readable faiss index", *way_out)
+    index.write_bytes(b"garbage" * 50)
+    one_line_error(cli(*search), str(index), "not a readable faiss index", *way_out)
+    index.write_bytes(good_index)
+    for bad in ("{not json", "[1, 2]", json.dumps({k: v for k, v in json.loads(good_side).items() if k != "nlist"})):
+        side.write_text(bad)
+        one_line_error(cli(*search), str(side), "not a readable index sidecar", *way_out)
+    assert not (tmp_path / "h.parquet").exists()
+    side.write_text(good_side)
+    assert cli(*search).exit_code == 0 and cli(*search[:-2], "--exact", "--out", tmp_path / "x.parquet").exit_code == 0
+
+
+def test_map_estimates_the_grid_first_and_refuses_a_huge_one(clean_store, tmp_path):
+    r = cli("map", "--table", clean_store, "--column", "landcover", "--out", tmp_path / "m.tif", "--pixel-size", 0.001)
+    one_line_error(r, "m.tif: the map would be", "px (", "GiB) at --pixel-size 0.001", "choose a larger --pixel-size, e.g.")
+    suggestion = float(r.output.split("e.g. ")[1].split()[0])
+    assert list(tmp_path.iterdir()) == []
+    assert cli("map", "--table", clean_store, "--column", "landcover", "--out", tmp_path / "m.tif",
+               "--pixel-size", suggestion).exit_code == 0  # the suggestion works
+
+
+def test_report_refuses_an_image_that_is_not_one_and_a_directory_that_is_not_fewshot_output(tmp_path):
+    out = tmp_path / "r.html"
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    one_line_error(cli("report", "--image", text, "--out", out), "notes.png: --image is not a readable image")
+    png = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4)).save(png)
+    png.with_name("cut.png").write_bytes(png.read_bytes()[:40])
+    one_line_error(cli("report", "--image", tmp_path / "cut.png", "--out", out), "cut.png: --image is not a readable image")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(cli("report", "--fewshot", empty, "--out", out), "empty: --fewshot has no results.csv")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.csv").write_text("a,b\n1,2\n")
+    one_line_error(cli("report", "--fewshot", tmp_path / "other", "--out", out), "--fewshot is not `earthembed fewshot` output")
+    seg = tmp_path / "seg"
+    (seg / "cells").mkdir(parents=True)
+    one_line_error(cli("report", "--fewshot", seg, "--out", out), "--fewshot is an earthembed segment output directory")
+    assert not out.exists()
+    assert cli("report", "--image", png, "--out", out).exit_code == 0
+
+
+def test_fewshot_warns_about_a_constant_feature_set(clean_store, tmp_path):
+    ids = ChipStore(clean_store).index["chip_id"].tolist()
+    zero = write_embedding_table(tmp_path / "zero.parquet", ids, {"emb_fused": np.zeros((32, 8))})
+    r = cli("fewshot", "--embeddings", f"zero={zero}", "--store", clean_store, "--task", "landcover", "--baselines",
+            "band_stats", "--seeds", 1, "--estimators", "knn", "--budgets", "1,all", "--n-boot", 5, "-q",
+            "--out", tmp_path / "few")
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "feature set zero:emb_fused" in warned[0] and "constant" in warned[0], warned
+    assert "band_stats" not in warned[0]
+    md = (tmp_path / "few" / "summary.md").read_text()
+    assert md.startswith("## Warnings") and "zero:emb_fused (" in md.split("## Full")[0]
 
 
 # == 3. every error is one line naming the file and the problem ==========================================

@@ -56,7 +56,7 @@ from earthembed.evaluate.features import FeatureSet, band_statistics_feature_set
 from earthembed.evaluate.metrics import bootstrap_ci, bootstrap_metrics
 from earthembed.evaluate.summary import plot_label_efficiency, write_summary
 from earthembed.evaluate.tasks import PRIMARY_METRIC, RESULT_COLUMNS, Task, load_task
-from earthembed.explore.tables import check_embedding_table, table_path
+from earthembed.explore.tables import check_embedding_table
 from earthembed.outputs import atomic_path, check_output, claim_dir, write_json
 from earthembed.progress import Progress
 from earthembed.progress import progress as make_progress
@@ -95,17 +95,22 @@ def load_all_feature_sets(
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r} (available: {BASELINES})")
+    def columns(name: str) -> list[str] | None:  # plain entries, and those qualified with this table's name
+        plain = [c for c in feature_columns or [] if ":" not in c]
+        return plain + [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")] or None
+
     tables = dict(embeddings)
+    for name, path in tables.items():  # a damaged table is named before any baseline is computed
+        check_embedding_table(path, columns(name), option=f"--embeddings {name}")
+    if work_dir is not None and ((RANDOM_INIT in baselines and RANDOM_INIT not in tables) or RCF in baselines):
+        claim_dir(work_dir, "fewshot")  # checked by run_fewshot; baselines are embedded into it
     if RANDOM_INIT in baselines and RANDOM_INIT not in tables:
         if work_dir is None:
             raise ValueError("the random_init baseline needs a work_dir to write its embedding table to")
         tables[RANDOM_INIT] = random_init_table(embeddings, store, work_dir)
     sets: list[FeatureSet] = []
     for name, path in tables.items():
-        cols = [c for c in feature_columns or [] if ":" not in c]
-        cols += [c.split(":", 1)[1] for c in feature_columns or [] if c.startswith(f"{name}:")]
-        check_embedding_table(path, cols or None, option=f"--embeddings {name}")
-        sets += load_feature_sets(name, path, cols or None)
+        sets += load_feature_sets(name, path, columns(name))
     if "band_stats" in baselines:
         sets.append(band_statistics_feature_set(store))
     if RCF in baselines:
@@ -471,14 +476,12 @@ def run_fewshot(
     bl = [] if bl in (["none"], ["no"]) else bl
     parsed = parse_budget_modes(budgets)
     loaded = [holdout_split(load_task(st, name), holdout) for name in tasks]  # bad column: fail before fitting
-    for name, path in embeddings.items():  # a store or a missing table: named before a baseline is computed
-        table_path(path, option=f"--embeddings {name}")
-    claim_dir(out_dir, "fewshot")
     sets = load_all_feature_sets(embeddings, st, bl, _split_names(feature_columns) or None, work_dir=out_dir,
                                  rcf_options=rcf)
     constant = constant_warnings(sets)
     for w in constant:
         warnings.warn(w, EvaluationWarning, stacklevel=2)
+    claim_dir(out_dir, "fewshot")
     plans = [_plan_task(tk, sets, parsed, budget_mode, list(seeds), estimators) for tk in loaded]
     desc = f"few-shot ({len(plans)} task{'s' * (len(plans) > 1)} x {len(sets)} feature sets)"
     with make_progress(total=sum(p.n_fits() for p in plans), desc=desc, unit="fits", quiet=not progress) as bar:
