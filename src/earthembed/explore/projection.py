@@ -115,6 +115,8 @@ def plot_embeddings(
         raise ValueError(f"unknown projection method {method!r} (choose from {METHODS})")
     from earthembed.data.store import ChipStore
 
+    if Path(out_png).suffix.lower() != ".png":
+        raise ValueError(f"{out_png}: the plot is a PNG image; give a .png path")
     out_png = check_output(out_png, "png", [embeddings_path, store.path if isinstance(store, ChipStore) else store],
                            overwrite)
     df, X = read_embedding_matrix(embeddings_path, column, option="the embedding table")

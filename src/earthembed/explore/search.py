@@ -334,6 +334,9 @@ def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thu
     from earthembed.data.chipgeo import read_chip_table, store_of, with_store_geometry, write_chip_table
 
     out = Path(out)
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"{out}: the hits are a GeoParquet table (their thumbnails go beside it as .png); "
+                         "give a .parquet path")
     inputs = [hits.meta["embeddings"], store]
     check_output(out, "hits", inputs, overwrite)
     _, meta = read_chip_table(hits.meta["embeddings"], columns=["chip_id"])
