@@ -289,7 +289,9 @@ def claim_dir(out: str | Path, kind: str) -> Path:
     marker = out / DIR_MARKER
     if not marker.exists():  # a temporary file of its own: several ranks of one distributed run may claim at once
         with atomic_path(marker) as tmp:
-            tmp.write_text(dumps({OUTPUT_KEY: kind, **{k: v for k, v in holder_info().items() if k != "pid"}}))
+            who = holder_info()
+            tmp.write_text(dumps({OUTPUT_KEY: kind, "created": who["since"], "host": who["host"],
+                                  "command": who["command"]}))
     return out
 
 
