@@ -31,9 +31,15 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
     import pyarrow.parquet as pq
     import shapely
 
+    from earthembed.embed.shards import is_dataset_dir
+
     path = Path(path)
     meta: dict[str, Any] = {}
-    if path.is_dir():
+    if path.is_dir() and is_dataset_dir(path):  # a sharded embedding dataset: its shards as one table
+        from earthembed.embed.io import read_table as read_embedding_table
+
+        table = read_embedding_table(path, columns=columns)
+    elif path.is_dir():
         from earthembed.data.store import INDEX_FILE, ChipStore
 
         store = ChipStore(path)
@@ -41,10 +47,11 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
         path = path / INDEX_FILE
     elif not path.exists():
         raise FileNotFoundError(f"{path}: table not found")
-    try:
-        table = pq.read_table(path, columns=columns)
-    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-        raise ValueError(f"{path}: cannot read as a Parquet table ({e})") from e
+    if not (path.is_dir() and is_dataset_dir(path)):
+        try:
+            table = pq.read_table(path, columns=columns)
+        except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+            raise ValueError(f"{path}: cannot read as a Parquet table ({e})") from e
     md = table.schema.metadata or {}
     if META_KEY in md:
         meta = {**json.loads(md[META_KEY]), **meta}

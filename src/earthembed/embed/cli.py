@@ -24,7 +24,17 @@ def embed(
     download: bool = typer.Option(False, help="--encoder: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
     export_dir: Path = typer.Option(None, help="--encoder: where its earthembed export goes (default: OUT with suffix .model)"),
     store: Path = typer.Option(..., "--store", help="chip store to embed"),
-    out: Path = typer.Option(..., "--out", help="output GeoParquet table"),
+    out: str = typer.Option(..., "--out", help="output GeoParquet table (.parquet), or a directory (ending with /) "
+                            "for a sharded, shard-by-shard resumable embedding dataset"),
+    engine: str = typer.Option("local", help="where shards run: local (this process) | ray (a Ray cluster; "
+                               "pip install earthembed[ray]); ray implies a sharded --out directory"),
+    address: str = typer.Option(None, help="--engine ray: the cluster to join (e.g. auto); default: start a local one"),
+    workers: int = typer.Option(1, help="--engine ray: model workers (actors), each loading the model once"),
+    gpus_per_worker: float = typer.Option(0.0, help="--engine ray: GPUs per worker"),
+    shard_chips: int = typer.Option(None, help="chips per shard (rounded up to whole Zarr chunks; default 4096); "
+                                    "implies a sharded --out directory"),
+    tta: str = typer.Option(None, help="override the model's test-time augmentation at embed time: none | d4 "
+                            "(the default recipes export an 8-view average, 8x the compute per chip)"),
     modalities: str = typer.Option(None, help="comma-separated subset, e.g. s2,s1 (default: all the model knows; "
                                    "with a published --encoder: the one store modality to feed)"),
     bands: str = typer.Option(None, help="band subset per modality, e.g. 's2:B04,B03,B02;s1:VV'"),
@@ -61,8 +71,8 @@ def embed(
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
         if encoder is not None:
-            checkpoint, mods = _published_export(encoder, store, out, weights, mods, extra_bands, input_size,
-                                                 download, export_dir, {"patch_size": patch_size})
+            checkpoint, mods = _published_export(encoder, store, Path(out.rstrip("/")), weights, mods, extra_bands,
+                                                 input_size, download, export_dir, {"patch_size": patch_size})
         elif weights is not None or patch_size is not None:
             raise ValueError("--weights and --patch-size go with --encoder; an export (--checkpoint) carries its "
                              "weights and settings")
@@ -77,14 +87,21 @@ def embed(
             prefetch=prefetch,
             overwrite=overwrite,
         )
+        shard_kw = dict(engine=engine, shard_chips=shard_chips, workers=workers, gpus_per_worker=gpus_per_worker,
+                        address=address, tta=tta)
+        if featurizer or random_init:
+            unsharded = {k: v for k, v in shard_kw.items() if v not in (None, "local", 1, 0.0)}
+            if unsharded or str(out).endswith("/"):
+                raise ValueError("--featurizer and --random-init write one table (a .parquet --out); "
+                                 f"drop {', '.join('--' + k.replace('_', '-') for k in unsharded) or 'the trailing /'}")
         if featurizer:
             rcf = {"mode": rcf_mode, "features": rcf_features, "kernel_size": rcf_kernel, "seed": seed}
-            path = embed_rcf(store, out, rcf=rcf, **kw)
+            path = embed_rcf(store, Path(out), rcf=rcf, **kw)
             typer.echo(f"featurizer: {path.with_name(path.stem + '_featurizer')}")
         elif random_init:
-            path = embed_random_init(checkpoint, store, out, seed=seed, **kw)
+            path = embed_random_init(checkpoint, store, Path(out), seed=seed, **kw)
         else:
-            path = embed_store(checkpoint, store, out, **kw)
+            path = embed_store(checkpoint, store, out, **kw, **shard_kw)
     typer.echo(f"wrote {path}")
 
 
@@ -111,5 +128,29 @@ def _published_export(
     return path, mods
 
 
+def embed_status(
+    dataset: Path = typer.Argument(..., help="a sharded embedding dataset (the --out directory of embed)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Done / pending / failed shards of a sharded embedding dataset (a re-run of embed does the rest)."""
+    import json
+
+    from earthembed.embed.shards import status
+
+    with fail_on():
+        st = status(dataset)
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    state = "complete" if st["complete"] else ("failed shards" if st["failed"] else "incomplete")
+    typer.echo(f"{st['path']}: {state}: {len(st['done'])} done, {len(st['pending'])} pending, {len(st['failed'])} "
+               f"failed of {st['shards']} shards ({st['chips']} chips; model {st['model_id']})")
+    for name, err in st["failed"].items():
+        typer.echo(f"  failed {name}: {err}")
+    if not st["complete"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
+    app.command("embed-status")(embed_status)

@@ -1,5 +1,9 @@
 """Embedding tables: GeoParquet, one row per chip, fixed-size float32 list columns.
 
+A table is one ``.parquet`` file or a sharded embedding dataset (a directory of shard files with a manifest,
+:mod:`earthembed.embed.shards`); :func:`read_table`, :func:`read_metadata`, :func:`embedding_columns`,
+:func:`is_embedding_table` and :func:`read_embeddings` take either, so every reader treats them alike.
+
 Columns: ``idx`` (store position), ``chip_id``, ``geometry``, ``aoi``, ``split``, ``modalities_used``
 (comma-joined modalities that were present and requested), ``emb_fused`` and ``emb_<modality>``
 (FixedSizeList<float32>[D], null where the chip lacked that modality), ``present_<modality>``, ``model_id``.
@@ -83,21 +87,45 @@ def write_embedding_table(
     return path
 
 
+def _files(path: str | Path) -> list[Path] | None:
+    """The shard files of a complete embedding dataset at ``path`` (None: ``path`` is not a dataset)."""
+    from earthembed.embed.shards import dataset_files, is_dataset_dir
+
+    p = Path(path)
+    return dataset_files(p) if p.is_dir() and is_dataset_dir(p) else None
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    files = _files(path)
+    return pq.read_schema(files[0] if files else path)
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One embedding table, or every shard of a complete dataset in store order, as one Arrow table (schema
+    metadata included)."""
+    files = _files(path)
+    if files is None:
+        return pq.read_table(path, columns=columns)
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
+
+
 def embedding_columns(path_or_table: str | Path | pa.Table) -> list[str]:
-    schema = path_or_table.schema if isinstance(path_or_table, pa.Table) else pq.read_schema(path_or_table)
+    schema = path_or_table.schema if isinstance(path_or_table, pa.Table) else read_schema(path_or_table)
     return [n for n in schema.names if n.startswith("emb_")]
 
 
 def is_embedding_table(path: str | Path) -> bool:
-    """True when ``path`` is a Parquet file with earthembed's metadata: the only file ``--overwrite`` replaces."""
+    """True when ``path`` is a Parquet file with earthembed's metadata (the only file ``--overwrite`` replaces)
+    or a complete embedding dataset."""
     try:
-        return META_KEY in (pq.read_schema(path).metadata or {})
-    except (OSError, pa.ArrowException):
+        return META_KEY in (read_schema(path).metadata or {})
+    except (OSError, ValueError, pa.ArrowException):
         return False
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    md = pq.read_schema(path).metadata or {}
+    md = read_schema(path).metadata or {}
     if META_KEY not in md:
         raise ValueError(f"{path}: not an earthembed embedding table (no '{META_KEY.decode()}' metadata)")
     return json.loads(md[META_KEY])
@@ -128,7 +156,7 @@ def read_embeddings(path: str | Path, column: str = "emb_fused") -> tuple[Any, n
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: embedding table not found")
-    table = pq.read_table(path)
+    table = read_table(path)
     cols = embedding_columns(table)
     if column not in cols:
         raise KeyError(f"{path}: no embedding column {column!r} (it has {cols})")

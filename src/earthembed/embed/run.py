@@ -28,7 +28,9 @@ from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore, find_store_above
+from earthembed.embed.engines import ENGINES
 from earthembed.embed.io import META_KEY, fixed_size_list, is_embedding_table, parquet_options
+from earthembed.embed.shards import DATASET_FORMAT, DATASET_VERSION, wants_dataset
 from earthembed.errors import OutputError
 from earthembed.outputs import OutputLock, dumps, write_json
 
@@ -37,17 +39,19 @@ TABLE_TMP = "table.parquet.tmp"  # the final table while it is assembled, inside
 
 
 class _BatchReader(torch.utils.data.Dataset):
-    """Item i is the i-th contiguous batch of chips: one vectorised store read per batch."""
+    """Item i is the i-th contiguous batch of chips: one vectorised store read per batch (batches end at
+    ``stop``, the end of a shard, or of the store)."""
 
-    def __init__(self, dataset: ChipDataset, starts: Sequence[int], batch_size: int) -> None:
+    def __init__(self, dataset: ChipDataset, starts: Sequence[int], batch_size: int, stop: int | None = None) -> None:
         self.dataset, self.starts, self.batch_size = dataset, list(starts), batch_size
+        self.stop = len(dataset) if stop is None else int(stop)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.starts[i]
-        e = min(s + self.batch_size, len(self.dataset))
+        e = min(s + self.batch_size, self.stop)
         return self.dataset.read_batch(np.arange(s, e))
 
 
@@ -127,11 +131,25 @@ def embed_store(
     device: str = "cpu",
     prefetch: bool | None = None,
     overwrite: bool = False,
+    engine: str = "local",
+    shard_chips: int | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    tta: str | None = None,
 ) -> Path:
     """Write one GeoParquet row per chip with the fused and per-modality embeddings.
 
     ``overwrite`` allows replacing an existing embedding table at ``out`` (never any other file); see the
     module docstring for what else is refused.
+
+    **Sharded output** (``out`` ending with ``/`` or a directory, or ``engine="ray"`` / ``shard_chips``): an
+    embedding dataset of one file per shard of ``shard_chips`` chips with commit markers, resumable shard by
+    shard (:mod:`earthembed.embed.shards`), run by ``engine`` ``local`` or ``ray`` (``workers`` actors with
+    ``gpus_per_worker`` each, on the cluster at ``address`` or a local one: :mod:`earthembed.embed.engines`).
+
+    ``tta``: ``"none"`` or ``"d4"`` overrides the encoder's test-time augmentation at embed time (the default
+    recipes export an 8-view average, 8x the compute per chip); the table's ``model_id`` then says so.
 
     ``prefetch``: read the next batch in a background thread while the model runs. ``None`` (default) turns
     it on for accelerators and off on CPU, where the model already keeps every core busy and a reader
@@ -151,12 +169,20 @@ def embed_store(
             raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
         model_path = meta.get("path", "")
     store = store if isinstance(store, ChipStore) else ChipStore(store)
-    out = Path(out)
     request = resolve_request(meta["modalities"], store, modalities, bands)
     check_products(meta.get("products") or {}, store, request)
+    model_id = tta_model_id(model, str(meta.get("model_id", "unknown")), tta)
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if wants_dataset(out, engine, shard_chips):
+        return _embed_dataset(model, model_path, meta, store, Path(out), request, model_id, batch_size, device,
+                              prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
+                              progress)
+    if tta is not None:
+        set_tta(model, tta)
+    out = Path(out)
     normalizer = Normalizer.from_dict(meta["normalization"])
     dataset = ChipDataset(store, request, normalizer=normalizer)
-    model_id = str(meta.get("model_id", "unknown"))
     manifest = {
         "model_id": model_id,
         "store": str(store.path.resolve()),
@@ -170,6 +196,65 @@ def embed_store(
         check_output(out, overwrite)  # again under the lock: another process may have just finished
         _embed(model, model_path, meta, store, out, request, dataset, manifest, batch_size, num_workers, resume,
                progress, device, prefetch)
+    return out
+
+
+TTA_CHOICES = ("none", "d4")
+
+
+def tta_model_id(model: torch.nn.Module, model_id: str, tta: str | None) -> str:
+    """The id of embeddings made with an embed-time ``tta`` override: the export's id when it changes nothing,
+    else ``<id>+tta=<value>`` (the same weights averaged differently embed differently)."""
+    if tta is None:
+        return model_id
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
+    own = getattr(model, "tta", None)
+    if not hasattr(model, "tta"):
+        if tta == "d4":
+            raise ValueError(f"--tta d4: {type(model).__name__} ({getattr(model, 'architecture', '?')}) has no "
+                             "test-time augmentation; embed without --tta")
+        return model_id
+    return model_id if (own or "none") == tta else f"{model_id}+tta={tta}"
+
+
+def set_tta(model: torch.nn.Module, tta: str | None) -> None:
+    """Apply an embed-time ``tta`` override (checked by :func:`tta_model_id`) to ``model``."""
+    if tta is not None and hasattr(model, "tta"):
+        model.tta = None if tta == "none" else tta
+
+
+def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
+                   request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
+                   overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
+                   address: str | None, tta: str | None, progress: bool) -> Path:
+    """The sharded path of :func:`embed_store`: plan, lock, run the pending shards on ``engine``, finish."""
+    from earthembed.embed.engines import ShardJob, run_local, run_ray
+    from earthembed.embed.shards import LOCK, committed, finish, plan_shards, prepare_dataset
+
+    shards = plan_shards(len(store), store.layout(next(iter(request))).chunk_chips, shard_chips)
+    manifest = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION, "model_id": model_id,
+                "store": str(store.path.resolve()), "n_chips": len(store), "bands": request,
+                "batch_size": batch_size, "shards": [[s.start, s.end] for s in shards], "complete": False}
+    table_meta = {"model_id": model_id, "store": manifest["store"], "n_chips": len(store), "bands": request,
+                  "model_path": model_path, "embed_dim": int(model.embed_dim), "modalities": list(request),
+                  "architecture": meta.get("architecture"),
+                  "store_products": {m: store.modality(m).product for m in request},
+                  "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}}
+    label = f"{model_id} ({model_path})"
+    with OutputLock(out, out / LOCK):
+        prepare_dataset(out, manifest, overwrite)
+        pending = [s for s in shards if committed(out, s) is None]
+        if pending:
+            job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,
+                           device, model_id, label, table_meta, tta, prefetch)
+            if engine == "ray":
+                errors = run_ray(job, pending, workers, gpus_per_worker, address, progress)
+                if errors and len(errors) == len(pending):
+                    raise ValueError(f"{out}: every shard failed; the first: {errors[0]}")
+            else:
+                run_local(job, pending, model=model, progress=progress)
+        finish(out, manifest, shards, table_meta)
     return out
 
 
@@ -246,13 +331,7 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-write") as writer:
         pending: Future[int] | None = None
         for start, batch in zip(starts, loader, strict=True):
-            present = {k: batch[f"{k}_present"] for k in request}
-            x = {k: batch[k].to(device, non_blocking=True) for k in request}
-            x.update({f"{k}_month": batch[f"{k}_month"] for k in request})  # the calendar of time-aware models
-            res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
-            emb = {"fused": res.fused.float().cpu().numpy(),
-                   **{k: res.modality[k].float().cpu().numpy() for k in request}}
-            _check_finite(emb, present, batch["idx"].numpy(), chips, f"{model_id} ({model_path})")
+            emb, present = embed_batch(model, batch, request, device, chips, f"{model_id} ({model_path})")
             committed(pending)
             pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
                                     model_id)
@@ -262,6 +341,18 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
                            "modalities": list(request), "architecture": meta.get("architecture"),
                            "store_products": {m: store.modality(m).product for m in request},
                            "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}})
+
+
+def embed_batch(model: torch.nn.Module, batch: dict[str, Any], request: dict[str, list[str]], device: str,
+                chips: pa.Table, label: str) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """(``{"fused"|modality: [B, D]}``, presence) of one read batch; non-finite embeddings are an error."""
+    present = {k: batch[f"{k}_present"] for k in request}
+    x = {k: batch[k].to(device, non_blocking=True) for k in request}
+    x.update({f"{k}_month": batch[f"{k}_month"] for k in request})  # the calendar of time-aware models
+    res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
+    emb = {"fused": res.fused.float().cpu().numpy(), **{k: res.modality[k].float().cpu().numpy() for k in request}}
+    _check_finite(emb, present, batch["idx"].numpy(), chips, label)
+    return emb, present
 
 
 def _check_finite(emb: dict[str, np.ndarray], present: dict[str, torch.Tensor], idx: np.ndarray, chips: pa.Table,

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import read_metadata, to_matrix
+from earthembed.embed.io import read_metadata, read_table, to_matrix
 from earthembed.evaluate.features import FeatureSet
 
 RANDOM_INIT = "random_init"
@@ -115,7 +114,7 @@ def rcf_feature_set(store: ChipStore, out_dir: str | Path, name: str = RCF, **op
     side (a chip lacking a modality is excluded, as for ``band_stats``)."""
     path = rcf_table(store, out_dir, **options)
     meta = read_metadata(path)
-    table = pq.read_table(path)
+    table = read_table(path)
     X = np.hstack([to_matrix(table.column(f"emb_{k}")) for k in meta["modalities"]])
     ids = np.asarray(table.column("chip_id").to_pylist(), dtype=str)
     ok = np.isfinite(X).all(axis=1)

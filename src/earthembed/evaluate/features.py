@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from earthembed.data.store import ChipStore
-from earthembed.embed.io import embedding_columns, read_metadata, to_matrix
+from earthembed.embed.io import embedding_columns, read_metadata, read_table, to_matrix
 
 STATS = ("mean", "std", "p10", "p50", "p90")
 
@@ -51,7 +50,7 @@ def load_feature_sets(
     if not path.exists():
         raise FileNotFoundError(f"{path}: embedding table not found")
     meta = read_metadata(path)
-    table = pq.read_table(path)
+    table = read_table(path)
     avail = embedding_columns(table)
     cols = list(columns) if columns else avail
     missing = [c for c in cols if c not in avail]

@@ -1,0 +1,189 @@
+"""Where shards are embedded: ``local`` (this process, shard after shard) or ``ray`` (a Ray Data actor pool).
+
+Both run :class:`ShardWorker` (the model loaded once per worker, a shard read in chunk-aligned batches, one
+GeoParquet file and a commit marker per shard: :mod:`earthembed.embed.shards`), so the output and its resume
+are the same whichever engine made them. Ray is an optional extra (``pip install earthembed[ray]``):
+``ray.data.from_items(shards).map_batches(ShardWorkerActor, concurrency=N)`` gives retries, backpressure and
+placement on a cluster (``--address``) or a local one; outputs are written by the workers themselves, never by
+``Dataset.write_parquet`` (its file names are random, which breaks resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from earthembed.embed.shards import (
+    Shard,
+    order_check,
+    record_failure,
+    shard_table,
+    table_metadata,
+    write_shard,
+)
+
+ENGINES = ("local", "ray")
+
+
+@dataclasses.dataclass
+class ShardJob:
+    """What a worker needs to embed any shard (picklable: sent to Ray actors).
+
+    ``export``: the model's export directory (None only for the local engine given a model object).
+    ``table_meta``: the earthembed metadata every shard file carries. ``tta``: an embed-time override of the
+    encoder's test-time augmentation (None: as exported)."""
+
+    export: str | None
+    store: str
+    out: str
+    request: dict[str, list[str]]
+    normalization: dict[str, Any]
+    batch_size: int
+    device: str
+    model_id: str
+    label: str
+    table_meta: dict[str, Any]
+    tta: str | None = None
+    prefetch: bool | None = None
+
+
+class ShardWorker:
+    """Embeds shards of one store with one model (loaded once)."""
+
+    def __init__(self, job: ShardJob, model: torch.nn.Module | None = None) -> None:
+        from earthembed.data.dataset import ChipDataset
+        from earthembed.data.normalize import Normalizer
+        from earthembed.data.store import ChipStore
+        from earthembed.embed.run import _chip_columns, set_tta
+        from earthembed.models.export import load_model
+
+        self.job = job
+        if model is None:
+            if job.export is None:
+                raise ValueError("a shard worker needs the model's export directory")
+            model, _ = load_model(job.export)
+        set_tta(model, job.tta)
+        self.model = model.to(job.device).eval()
+        self.store = ChipStore(job.store)
+        self.dataset = ChipDataset(self.store, job.request, normalizer=Normalizer.from_dict(job.normalization))
+        self.chips = _chip_columns(self.store.index)
+        self.meta = table_metadata(job.table_meta, Path(job.out))
+
+    def run(self, shard: Shard) -> dict[str, Any]:
+        """Embed ``shard``, write its file and commit it; a failure is recorded (``_failed/``) and re-raised."""
+        from earthembed.embed.run import _batch_table, _BatchReader, _prefetch, embed_batch
+
+        out, job = Path(self.job.out), self.job
+        try:
+            starts = list(range(shard.start, shard.end, job.batch_size))
+            reader = _BatchReader(self.dataset, starts, job.batch_size, stop=shard.end)
+            prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
+            batches = _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader)))
+            tables = []
+            with torch.inference_mode():
+                for batch in batches:
+                    emb, present = embed_batch(self.model, batch, job.request, job.device, self.chips, job.label)
+                    tables.append(_batch_table(batch["idx"].numpy(), self.chips, emb, present, job.request,
+                                               job.model_id))
+            table = shard_table(tables, self.meta)
+            order_check(table, shard)
+            return write_shard(out, shard, table)
+        except Exception as e:
+            record_failure(out, shard, e)
+            raise
+
+
+def run_local(job: ShardJob, shards: Sequence[Shard], model: torch.nn.Module | None = None,
+              progress: bool = True) -> None:
+    """Every shard in this process, in order; the first failure stops the run (a re-run resumes)."""
+    from earthembed.progress import progress as make_progress
+
+    worker = ShardWorker(job, model)
+    bar = make_progress(total=sum(len(s) for s in shards), unit="chip", desc=f"embed {Path(job.store).name}",
+                        quiet=not progress)
+    for s in shards:
+        worker.run(s)
+        bar.update(len(s))
+    bar.close()
+
+
+class ShardWorkerActor:
+    """Ray Data callable class: one :class:`ShardWorker` per actor; a batch is one or more shards. A failed
+    shard is recorded and reported in the output row, so the other shards go on."""
+
+    def __init__(self, job: ShardJob, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, int(threads)))
+        self.worker = ShardWorker(job)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names, rows, errors = [], [], []
+        for start, end in zip(batch["start"], batch["end"], strict=True):
+            shard = Shard(int(start), int(end))
+            try:
+                rows.append(int(self.worker.run(shard)["rows"]))
+                errors.append("")
+            except Exception as e:  # recorded in _failed/ by the worker
+                rows.append(0)
+                errors.append(f"{type(e).__name__}: {e}"[:500])
+            names.append(shard.name)
+        return {"shard": np.array(names), "rows": np.array(rows), "error": np.array(errors)}
+
+
+def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_worker: float = 0.0,
+            address: str | None = None, progress: bool = True) -> list[str]:
+    """Every shard on a Ray Data actor pool of ``workers`` actors; returns the errors of failed shards."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ValueError("--engine ray needs Ray: pip install 'earthembed[ray]' (or ray[data])") from None
+    from earthembed.progress import progress as make_progress
+
+    if job.export is None:
+        raise ValueError("--engine ray embeds with an exported model (--checkpoint or --encoder), not an in-memory one")
+    started = False
+    if not ray.is_initialized():
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)  # one line per shard is ours to print, not Ray's
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kw)
+        started = True
+    try:
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        per = max(1.0, cpus // max(1, workers)) if not gpus_per_worker else 1.0
+        import warnings
+
+        with warnings.catch_warnings():  # Ray's own deprecation notes about its defaults are not the user's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items([{"start": s.start, "end": s.end} for s in shards],
+                                 override_num_blocks=len(shards))
+        res = ds.map_batches(ShardWorkerActor, fn_constructor_kwargs={"job": job, "threads": int(per)},
+                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=int(workers)), num_cpus=per,
+                             num_gpus=float(gpus_per_worker) or None, zero_copy_batch=True)
+        by_name = {s.name: len(s) for s in shards}
+        bar = make_progress(total=sum(by_name.values()), unit="chip", desc=f"embed {Path(job.store).name} (ray)",
+                            quiet=not progress)
+        errors = []
+        for row in res.iter_rows():
+            if row["error"]:
+                errors.append(f"{row['shard']}: {row['error']}")
+            bar.update(by_name.get(str(row["shard"]), 0))
+        bar.close()
+        return errors
+    finally:
+        if started:
+            ray.shutdown()
