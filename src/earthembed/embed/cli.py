@@ -120,7 +120,11 @@ def _published_export(
         if weights is not None:
             raise ValueError(f"{encoder}: an earthembed export carries its weights; drop --weights")
         return Path(spec.name), mods
+    from earthembed.outputs import check_output
+
     target = export_dir or out.with_name(out.stem + ".model")
+    # before anything is fitted: a new or empty directory, or an earlier model export (which is replaced)
+    check_output(target, "export", inputs=[store], overwrite=True, option="--export-dir")
     with echo_warnings(PublishedWeightsWarning):
         path = export_encoder(spec, store, target, weights=weights, modality=mods, extra_bands=extra_bands,
                               input_size=input_size, download=download, options=options)

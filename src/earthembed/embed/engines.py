@@ -122,6 +122,8 @@ class ShardWorkerActor:
         self.worker = ShardWorker(job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import resource
+
         names, rows, errors = [], [], []
         for start, end in zip(batch["start"], batch["end"], strict=True):
             shard = Shard(int(start), int(end))
@@ -132,12 +134,15 @@ class ShardWorkerActor:
                 rows.append(0)
                 errors.append(f"{type(e).__name__}: {e}"[:500])
             names.append(shard.name)
-        return {"shard": np.array(names), "rows": np.array(rows), "error": np.array(errors)}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux: a worker's memory so far
+        return {"shard": np.array(names), "rows": np.array(rows), "error": np.array(errors),
+                "pid": np.array([os.getpid()] * len(names)), "peak_rss_mib": np.array([peak] * len(names))}
 
 
 def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_worker: float = 0.0,
-            address: str | None = None, progress: bool = True) -> list[str]:
-    """Every shard on a Ray Data actor pool of ``workers`` actors; returns the errors of failed shards."""
+            address: str | None = None, progress: bool = True, report: dict[str, Any] | None = None) -> list[str]:
+    """Every shard on a Ray Data actor pool of ``workers`` actors; returns the errors of failed shards.
+    ``report`` (a dict) receives each worker's peak resident memory (``peak_rss_mib`` by pid)."""
     try:
         import ray
         import ray.data
@@ -178,10 +183,14 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_w
         bar = make_progress(total=sum(by_name.values()), unit="chip", desc=f"embed {Path(job.store).name} (ray)",
                             quiet=not progress)
         errors = []
+        peaks: dict[int, float] = {}
         for row in res.iter_rows():
             if row["error"]:
                 errors.append(f"{row['shard']}: {row['error']}")
+            peaks[int(row["pid"])] = max(peaks.get(int(row["pid"]), 0.0), float(row["peak_rss_mib"]))
             bar.update(by_name.get(str(row["shard"]), 0))
+        if report is not None:
+            report["peak_rss_mib"] = {str(k): v for k, v in peaks.items()}
         bar.close()
         return errors
     finally:

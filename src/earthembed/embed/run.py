@@ -27,7 +27,7 @@ import torch
 from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
-from earthembed.data.store import ChipStore, find_store_above
+from earthembed.data.store import ChipStore
 from earthembed.embed.engines import ENGINES
 from earthembed.embed.io import META_KEY, fixed_size_list, is_embedding_table, parquet_options
 from earthembed.embed.shards import DATASET_FORMAT, DATASET_VERSION, wants_dataset
@@ -245,16 +245,20 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
     with OutputLock(out, out / LOCK):
         prepare_dataset(out, manifest, overwrite)
         pending = [s for s in shards if committed(out, s) is None]
+        run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,
                            device, model_id, label, table_meta, tta, prefetch)
             if engine == "ray":
-                errors = run_ray(job, pending, workers, gpus_per_worker, address, progress)
+                errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
                 if errors and len(errors) == len(pending):
                     raise ValueError(f"{out}: every shard failed; the first: {errors[0]}")
             else:
+                import resource
+
                 run_local(job, pending, model=model, progress=progress)
-        finish(out, manifest, shards, table_meta)
+                run["peak_rss_mib"] = {str(os.getpid()): resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        finish(out, {**manifest, "last_run": run}, shards, table_meta)
     return out
 
 
@@ -262,9 +266,11 @@ def check_output(out: Path, overwrite: bool) -> None:
     """Refuse what ``embed`` must never replace or remove: see the module docstring."""
     if out.is_dir():
         raise OutputError(f"{out}: is a directory; --out names the table to write, e.g. {out / 'embeddings.parquet'}")
-    store = find_store_above(out.parent)
-    if store is not None:
-        raise OutputError(f"{out}: is inside the chip store {store}; write embedding tables outside stores")
+    from earthembed.outputs import protected_dir_above
+
+    inside = protected_dir_above(out)
+    if inside is not None:
+        raise OutputError(f"{out}: is inside the {inside[1]} {inside[0]}; write embedding tables outside stores and runs")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputError(f"{out}: already exists; pass --overwrite to replace it")

@@ -102,11 +102,11 @@ def _ours(p: Path) -> bool:
 
 def prepare_dataset(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` or check it may be resumed (same plan) / replaced (``overwrite``, our files only)."""
-    from earthembed.data.store import find_store_above
+    from earthembed.outputs import protected_dir_above
 
-    store = find_store_above(out)
-    if store is not None:
-        raise OutputError(f"{out}: is inside the chip store {store}; write embeddings outside stores")
+    inside = protected_dir_above(out)
+    if inside is not None:
+        raise OutputError(f"{out}: is inside the {inside[1]} {inside[0]}; write embeddings outside stores and runs")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; a sharded embedding dataset is a directory "
                           "(give a .parquet path for one table)")
@@ -134,6 +134,8 @@ def prepare_dataset(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
 
 
 PLAN_KEYS = ("model_id", "store", "n_chips", "bands", "batch_size", "shards")
+"""What a resume must match; other manifest keys (``last_run``: engine, shards run, peak memory per worker) may
+differ between runs."""
 
 
 def _plan_of(manifest: dict[str, Any]) -> dict[str, Any]:

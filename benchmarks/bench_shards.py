@@ -1,0 +1,123 @@
+"""Sharded embedding: the engine's overhead (``--engine ray`` with 2 workers vs ``--engine local`` on the same
+store, one run) and memory per worker as the store grows (10k -> 100k chips: it must stay flat, a worker holds
+one shard at a time).
+
+    .venv/bin/python benchmarks/bench_shards.py --chips 10000,100000 --chip-size 16 --shard-chips 2048
+
+Each size gets its own synthetic store (S2 only, generated in a child process) and a small export
+(``resnet18_small`` on S2, ``--model``). Throughput: chips per second of the whole command (model load, reads,
+forward, shard writes and commits; Ray's cluster start excluded: ``ray.init`` is timed apart). Memory: the peak
+resident set of the process doing the work: the local engine in a child process (``ru_maxrss``), each Ray
+worker from its own ``ru_maxrss`` (reported by the worker with every shard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _make(work: Path, chips: int, size: int, model: str) -> tuple[Path, Path]:
+    store = work / f"store{chips}"
+    if not (store / "earthembed.json").exists():
+        gen = ("from earthembed.data.synth import generate_synthetic_aoi as g; from earthembed.data.store import ChipStore; "
+               f"g({str(store)!r}, chips={chips}, chip_size={size}, overwrite=True)")
+        subprocess.run([sys.executable, "-c", gen], check=True)
+    from earthembed.data.normalize import Normalizer
+    from earthembed.data.store import ChipStore
+    from earthembed.models.export import export_model
+    from earthembed.models.registry import build_model
+
+    st = ChipStore(store)
+    torch.manual_seed(0)
+    export = work / f"export_{model}"
+    if not (export / "model.json").exists():
+        export_model(build_model(model, modalities={"s2": st.band_names("s2")}), export, Normalizer.from_store(st))
+    return store, export
+
+
+def _local(q: mp.Queue, export: str, store: str, out: str, shard_chips: int, batch: int) -> None:
+    from earthembed.embed.run import embed_store
+
+    t0 = time.perf_counter()
+    embed_store(export, store, out + "/", shard_chips=shard_chips, batch_size=batch, modalities=["s2"], progress=False)
+    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def run_local(export: Path, store: Path, out: Path, shard_chips: int, batch: int) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of the local engine in a fresh child process."""
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=_local, args=(q, str(export), str(store), str(out), shard_chips, batch))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def run_ray(export: Path, store: Path, out: Path, shard_chips: int, batch: int, workers: int) -> tuple[float, dict]:
+    """(seconds, the dataset's ``last_run`` record: peak RSS of each Ray worker) on the running Ray cluster."""
+    from earthembed.embed.run import embed_store
+
+    t0 = time.perf_counter()
+    embed_store(export, store, f"{out}/", engine="ray", workers=workers, shard_chips=shard_chips, batch_size=batch,
+                modalities=["s2"], progress=False)
+    seconds = time.perf_counter() - t0
+    return seconds, json.loads((out / "_manifest.json").read_text())["last_run"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chips", default="10000,100000")
+    ap.add_argument("--chip-size", type=int, default=16)
+    ap.add_argument("--shard-chips", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="resnet18_small")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import ray
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_shards_"))
+    t0 = time.perf_counter()
+    ray.init(num_cpus=mp.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray_start = time.perf_counter() - t0
+    rows = []
+    try:
+        for n in [int(x) for x in args.chips.split(",")]:
+            store, export = _make(work, n, args.chip_size, args.model)
+            for d in ("local", "ray"):
+                shutil.rmtree(work / f"out_{d}{n}", ignore_errors=True)
+            tl, rss_local = run_local(export, store, work / f"out_local{n}", args.shard_chips, args.batch_size)
+            tr, rep = run_ray(export, store, work / f"out_ray{n}", args.shard_chips, args.batch_size, args.workers)
+            shutil.rmtree(work / f"out_local{n}", ignore_errors=True)  # 100k chips of embeddings: keep the disk free
+            shutil.rmtree(work / f"out_ray{n}", ignore_errors=True)
+            peaks = rep.get("peak_rss_mib", {})
+            rows.append({"chips": n, "local_s": tl, "ray_s": tr, "local_chips_per_s": n / tl, "ray_chips_per_s": n / tr,
+                         "ray_vs_local": tl / tr, "local_peak_rss_mib": rss_local,
+                         "ray_worker_peak_rss_mib": max(peaks.values()) if peaks else None, "ray_workers_seen": len(peaks)})
+    finally:
+        ray.shutdown()
+    print(f"{args.model} on S2, {args.chip_size} px chips, shards of {args.shard_chips}, batch {args.batch_size}, "
+          f"{args.workers} Ray workers on {mp.cpu_count()} CPUs (ray.init {ray_start:.1f} s, not counted)")
+    print("| chips | local chips/s | ray chips/s | ray / local | local peak RSS MiB | ray worker peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['chips']} | {r['local_chips_per_s']:.0f} | {r['ray_chips_per_s']:.0f} | {r['ray_vs_local']:.2f} | "
+              f"{r['local_peak_rss_mib']:.0f} | {r['ray_worker_peak_rss_mib'] or float('nan'):.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ray_init_s": ray_start, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
