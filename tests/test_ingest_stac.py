@@ -203,6 +203,12 @@ def test_unreadable_cog_is_named(catalog, tmp_path):
     out = tmp_path / "store"
     with pytest.raises(IngestError, match=r"item S1_a of collection 's1-grd', asset 'data': .*S1_a.tif"):
         ingest_stac(cat, ["s2-l2a", "s1-grd"], out, PRODUCTS, chip_size=16, bbox=catalog["bbox"])
+    assert not out.exists()  # every asset's header is read before anything is written
+    # a header that reads but data that does not (truncated): named mid-way, the store left incomplete
+    good = (catalog["catalog"].parent.parent / "S1_a.tif").read_bytes()
+    bad.write_bytes(good[: len(good) - 3000])
+    with pytest.raises(IngestError, match=r"S1_a.tif: cannot read window .* re-run the same command to resume"):
+        ingest_stac(cat, ["s2-l2a", "s1-grd"], out, PRODUCTS, chip_size=16, bbox=catalog["bbox"])
     with pytest.raises(StoreError, match="incomplete"):
         ChipStore(out)  # nothing partially written looks complete
     assert json.loads((out / "earthembed.json").read_text())["complete"] is False

@@ -13,7 +13,12 @@ as it was given:
 * a polygon labels each chip it covers by at least ``min_cover`` of the chip's area (largest cover wins);
   a polygon that covers no chip that much is reported as ``outside`` (touches no chip) or ``too_small``;
 * several features on one chip: classes by majority (a tie is reported under ``conflicts`` and the chip
-  left unlabelled), numbers averaged; a feature with no value is reported under ``no_value``.
+  left unlabelled), numbers averaged; a feature with no value (null, NaN, empty) is reported under ``no_value``.
+
+A value that is not a label at all is an error naming the file, the column and how many features carry it:
+an infinite number (inf/-inf), which would otherwise reach the estimator. A join that labels no chip is an
+error too, saying why: the file (layer) has no feature, no feature has a value, every feature lies outside the
+store's chips or covers too little of one, or every labelled chip has tied conflicting labels (with counts).
 
 Kinds: a float column is a regression target (``fraction`` when every value is in [0, 1]); strings,
 integers and booleans are classes.
@@ -61,6 +66,7 @@ def read_label_file(path: str | Path, column: str, layer: str | None = None) -> 
             if layer is not None and layer not in layers:
                 raise ValueError(f"{path}: no layer {layer!r} (it has {layers})")
             gdf = gpd.read_file(path, layer=layer)
+            layer = layer if layer is not None else (layers[0] if layers else None)
     except (ValueError, KeyError):
         raise
     except Exception as e:  # pyogrio / pyarrow errors for unreadable files
@@ -73,7 +79,55 @@ def read_label_file(path: str | Path, column: str, layer: str | None = None) -> 
     kinds = set(gdf.geometry.dropna().geom_type)
     if kinds - {"Point", "MultiPoint", "Polygon", "MultiPolygon"}:
         raise ValueError(f"{path}: labels must be points or polygons, found {sorted(kinds)}")
+    if layer is not None:
+        gdf.attrs["layer"] = layer  # named in the join report and its errors
     return gdf
+
+
+def _where(what: str, layer: str | None, column: str) -> str:
+    return f"{what} (layer {layer!r}, column {column!r})" if layer else f"{what} (column {column!r})"
+
+
+def _check_finite(value: pd.Series, where: str) -> None:
+    """Infinite numbers are not labels: an error naming the file, column and how many features have one."""
+    if not pd.api.types.is_numeric_dtype(value) or pd.api.types.is_bool_dtype(value):
+        return
+    v = value.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(np.isinf(v))
+    if len(bad):
+        shown = ", ".join(f"#{i} ({v[i]:+})" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(
+            f"{where}: {len(bad)} of {len(v)} features have an infinite value ({shown}); a label must be a finite "
+            "number (leave it empty for no label)"
+        )
+
+
+def nothing_labelled(report: dict[str, Any]) -> str:
+    """Why a join labelled no chip, from its report: the one-line message of the error it raises."""
+    where = _where(report["file"], report.get("layer"), report["column"])
+    n = report["features"]
+    if n == 0:
+        what = f"layer {report['layer']!r}" if report.get("layer") else "the file"
+        return f"{where}: {what} has no features (0 rows), so no chip can be labelled; is it the right file or layer?"
+    counts = {k: report.get(f"n_{k}", 0) for k in ("no_value", "outside", "too_small", "conflicts")}
+    if counts["no_value"] == n:
+        return (f"{where}: none of its {n} features has a value (all empty, null or NaN, or without a geometry), "
+                "so no chip can be labelled")
+    if counts["conflicts"]:
+        ex = report["conflicts"][0]
+        rest = "; ".join(f"{c} {t}" for t, c in (("outside every chip", counts["outside"]),
+                                                  ("cover too little of a chip", counts["too_small"]),
+                                                  ("without a value", counts["no_value"])) if c)
+        return (f"{where}: every chip a label falls on has tied conflicting labels: {counts['conflicts']} chip(s) "
+                f"from {report['features_used']} of {n} features (e.g. chip {ex['chip_id']}: {', '.join(ex['values'])})"
+                f"{'; ' + rest if rest else ''}; no chip is labelled: give each chip one label (or a majority)")
+    parts = [f"{counts['outside']} outside every chip"]
+    if counts["too_small"]:
+        parts.append(f"{counts['too_small']} polygon(s) covering too little of any chip (--min-cover)")
+    if counts["no_value"]:
+        parts.append(f"{counts['no_value']} without a value")
+    return (f"{where}: no label falls on a chip of the store: of {n} features, {', '.join(parts)}; check the "
+            "file covers the store's area (and its CRS)")
 
 
 def _kind(values: pd.Series) -> str:
@@ -92,17 +146,23 @@ def _feature(i: int, value: Any, geom: Any) -> dict[str, Any]:
 def join_labels(
     labels: Any, column: str, chips: pd.DataFrame, chip_size: int, min_cover: float = 0.5, what: str = "labels"
 ) -> JoinedLabels:
-    """Join point/polygon ``labels`` (GeoDataFrame) to ``chips`` (chip_id + crs/transform/geometry)."""
+    """Join point/polygon ``labels`` (GeoDataFrame) to ``chips`` (chip_id + crs/transform/geometry).
+
+    ValueError (one line naming ``what``, its layer and ``column``) for an infinite value, or when no chip gets a
+    label (:func:`nothing_labelled` says why, with counts)."""
     import geopandas as gpd
     import shapely
 
     if not 0 < min_cover <= 1:
         raise ValueError(f"min_cover must be in (0, 1], got {min_cover}")
+    layer = labels.attrs.get("layer")
     gdf = labels.reset_index(drop=True)
     value = gdf[column]
+    _check_finite(value, _where(what, layer, column))
     kind = _kind(value)
-    report: dict[str, Any] = {"file": what, "column": column, "features": len(gdf), "no_value": [], "outside": [],
-                              "too_small": [], "multi_chip": [], "conflicts": []}
+    report: dict[str, Any] = {"file": what, **({"layer": layer} if layer else {}), "column": column,
+                              "features": len(gdf), "no_value": [], "outside": [], "too_small": [], "multi_chip": [],
+                              "conflicts": []}
     missing = value.isna() | gdf.geometry.isna() | (value.astype(str).str.strip() == "")
     for i in np.flatnonzero(missing.to_numpy()):
         report["no_value"].append(_feature(i, None, gdf.geometry.iloc[i]))
@@ -181,12 +241,15 @@ def join_labels(
         report[f"n_{k}"] = len(report[k])
         if len(report[k]) > MAX_LISTED:
             report[k] = report[k][:MAX_LISTED]
+    if not out:
+        raise ValueError(nothing_labelled(report))
     return JoinedLabels(pd.Series(out, dtype=object if kind == "class" else np.float64), kind, report)
 
 
 def summarise(report: dict[str, Any]) -> list[str]:
     """Human-readable lines of a join report (printed by the CLI)."""
-    lines = [f"{report['file']}: {report['features']} features, {report['features_used']} used, "
+    layer = f" (layer {report['layer']!r})" if report.get("layer") else ""
+    lines = [f"{report['file']}{layer}: {report['features']} features, {report['features_used']} used, "
              f"{report['chips_labelled']} chips labelled"]
     texts = {
         "outside": "outside every chip of the store (not used)",

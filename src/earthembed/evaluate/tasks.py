@@ -2,7 +2,9 @@
 
 The store keeps labels as written by the ingester (strings, lists, floats); estimators need integer codes,
 indicator matrices or floats, and evaluation needs to know which chips carry a label at all. Chips without
-a label are dropped here, once, and counted, so every later step sees the same labelled set.
+a label (null/NaN, empty) are dropped here, once, and counted, so every later step sees the same labelled set.
+An infinite number is not a missing label but a broken one: an error naming the store's index, the column and
+how many chips carry one (an estimator would otherwise fail with its own message, or a class "inf" appear).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from earthembed.data.store import ChipStore
+from earthembed.data.store import INDEX_FILE, ChipStore
 
 TaskKind = Literal["classification", "multilabel", "regression"]
 
@@ -73,11 +75,36 @@ def _missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip() == ""
 
 
+def _is_inf(v: Any, numeric: bool) -> bool:
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isinf(v))
+    if numeric and isinstance(v, str):  # a regression label read as text: "inf", "-Infinity"
+        try:
+            return bool(np.isinf(float(v)))
+        except ValueError:
+            return False
+    return False
+
+
+def _check_finite(st: ChipStore, column: str, kind: str, values: list[Any], chip_ids: pd.Series) -> None:
+    if kind == "multilabel":
+        return
+    bad = [i for i, v in enumerate(values) if _is_inf(v, kind == "regression")]
+    if bad:
+        shown = ", ".join(str(chip_ids.iloc[i]) for i in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise ValueError(
+            f"{st.path / INDEX_FILE}: label column {column!r} has an infinite value on {len(bad)} of "
+            f"{len(values)} chips ({shown}); a label must be a finite number (null for no label): fix the column "
+            "or choose another --task"
+        )
+
+
 def load_task(store: str | Path | ChipStore, column: str) -> Task:
     """Targets of label ``column`` of ``store`` for every chip that has a label.
 
     Missing labels (None, NaN, empty string) are dropped and counted in ``n_dropped``. For ``multilabel``
-    an empty list is a valid label (no class present), not a missing one.
+    an empty list is a valid label (no class present), not a missing one. An infinite value is a ValueError
+    naming the store's index file, the column and the number of chips (see the module docstring).
     """
     st = store if isinstance(store, ChipStore) else ChipStore(store)
     schema = st.labels
@@ -93,6 +120,7 @@ def load_task(store: str | Path | ChipStore, column: str) -> Task:
     kind = _KIND[spec["kind"]]
     idx = st.index
     values = idx[column].tolist()
+    _check_finite(st, column, kind, values, idx["chip_id"])
     keep = np.array([not _missing(v) for v in values], dtype=bool)
     chip_ids = idx["chip_id"].to_numpy(dtype=str)[keep]
     split = idx["split"].fillna("").to_numpy(dtype=str)[keep]

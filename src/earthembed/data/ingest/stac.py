@@ -5,12 +5,22 @@ catalog.json without the item-search API), by walking it with pystac and filteri
 datetime. Each collection becomes one store modality (``--modality``: its registered product, e.g. S2 L2A,
 S1 dB, elevation; the store key is the product's name: ``s2``, ``s1``, ``dem``).
 
-Grid: one for all collections, so an S2, an S1 and a DEM chip are the same ground. CRS: ``crs``, else the
-``proj:code``/``proj:epsg`` of the first collection's first item (the native UTM zone of S2), else the UTM
-zone of the bbox centre; pixel size: ``resolution``, else the first product's resolution. The bbox (lon/lat)
-is transformed into it and snapped outwards to multiples of the pixel size, so S2 10 m pixels are read without
-resampling. Tiles as in ``ingest rasters`` (full chips, edge remainders dropped; chip id ``<aoi>_<row>_<col>``;
-spatial-block splits); every chip keeps its CRS and pixel transform.
+Grid: one for all collections, so an S2, an S1 and a DEM chip are the same ground. CRS: ``crs``, else the CRS
+of the first collection's first item's first band asset, read from the raster itself (the native UTM zone of
+S2), when it is projected, else the UTM zone of the bbox centre; pixel size: ``resolution``, else the first
+product's resolution. The bbox (lon/lat) is transformed into it and snapped outwards to multiples of the pixel
+size, so S2 10 m pixels are read without resampling. Tiles as in ``ingest rasters`` (full chips, edge remainders
+dropped; chip id ``<aoi>_<row>_<col>``; spatial-block splits); every chip keeps its CRS and pixel transform.
+A grid of more than ``max_chips`` chips (a whole-world ``--bbox``) is refused before anything is searched or
+written, with its size: estimated from the bbox's area before the search, counted exactly once the grid is known.
+
+Metadata is checked against the rasters, and the rasters win: every band asset is opened (header only) before
+anything is written. An item whose ``proj:code``/``proj:epsg`` disagrees with its assets' CRS, or whose
+geometry (bbox) does not overlap its assets' footprint, is used where its rasters really are, and the
+disagreement is reported: a :class:`StacWarning` naming the item and both values, and the ``warnings`` list of
+``ingest_report.json``. An item whose assets do not overlap ``--bbox`` at all is skipped with that reason
+(``skipped`` in the report); when no item of a collection is left, the error names each item, where its assets
+are and where its geometry says they are.
 
 Reading: every band asset is read as a (Cloud-Optimised) GeoTIFF through a :class:`rasterio.vrt.WarpedVRT`
 aligned to the grid, chip window by chip window (bilinear, nearest for categorical products), with the same
@@ -26,10 +36,10 @@ else the asset whose ``eo:bands`` / ``bands`` entry has that name, else the Eart
 (``red``, ``nir08``, ``swir16`` ...), else, for a one-band product, the item's only data asset. An item lacking
 a band is an error naming the item, the band and the assets it has, raised before anything is written.
 
-Bad input: an unknown collection, no item in the bbox/datetime, a band without an asset, and an asset that
-cannot be read (named, with the item) raise :class:`IngestError`. Nothing is written before the items and
-their band assets are resolved; a read failure mid-way leaves an incomplete store (readers refuse it) that
-the same command resumes.
+Bad input: an unknown collection, no item in the bbox/datetime, a band without an asset, an asset that
+cannot be read or has no CRS (named, with the item), no item's assets in the bbox, and a grid too large raise
+:class:`IngestError`. Nothing is written before the items, their band assets and the grid are checked; a read
+failure mid-way leaves an incomplete store (readers refuse it) that the same command resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +69,9 @@ from earthembed.data.ingest.rasters import (
 )
 from earthembed.data.ingest.splits import block_size_for, block_splits
 from earthembed.data.modalities import Modality, get_modality
-from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+from earthembed.data.store import LOCK_FILE, REPORT_FILE, ChipRecord, ChipStore, StoreWriter
+from earthembed.errors import LockedError
+from earthembed.outputs import OutputLock, write_json
 from earthembed.progress import progress as make_progress
 
 # Earth Search (element84) asset keys of Sentinel-2 bands
@@ -67,6 +81,14 @@ S2_ASSET_ALIASES: dict[str, tuple[str, ...]] = {
     "B10": ("cirrus",), "B11": ("swir16",), "B12": ("swir22",),
 }
 _DATA_MEDIA = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff")
+
+#: the most chips one ingest lays out (about 1 GB of bookkeeping; 64 px S2 chips of 10 m cover 410 000 km2)
+MAX_CHIPS = 1_000_000
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+class StacWarning(UserWarning):
+    """Catalogue metadata that disagrees with the rasters (which were trusted); also in ``ingest_report.json``."""
 
 
 @dataclasses.dataclass
@@ -87,6 +109,15 @@ class ItemBands:
     date: str
     cloud: float | None
     window: tuple[int, int, int, int] | None = None  # (col0, row0, col1, row1) on the grid
+
+
+@dataclasses.dataclass
+class AssetInfo:
+    """What an asset's raster says of itself: CRS, bounds in it, and its footprint in lon/lat."""
+
+    crs: Any  # rasterio CRS
+    bounds: tuple[float, float, float, float]
+    lonlat: tuple[float, float, float, float]
 
 
 # -- finding items ----------------------------------------------------------------------------------------
@@ -286,13 +317,118 @@ def _item_date(item: Any) -> str:
     return _item_interval(item)[0].date().isoformat()
 
 
-def _item_crs(item: Any) -> str | None:
+def _item_crs(item: Any) -> tuple[str, str] | None:
+    """(property, CRS) the item declares: ``proj:code``, else ``proj:epsg`` as ``EPSG:<n>``; None without one."""
     p = item.properties
     if p.get("proj:code"):
-        return str(p["proj:code"])
+        return "proj:code", str(p["proj:code"])
     if p.get("proj:epsg"):
-        return f"EPSG:{int(p['proj:epsg'])}"
+        try:
+            return "proj:epsg", f"EPSG:{int(p['proj:epsg'])}"
+        except (TypeError, ValueError):
+            return "proj:epsg", str(p["proj:epsg"])
     return None
+
+
+def _fmt_box(b: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in b) + "]"
+
+
+def _open_asset(href: str) -> Any:
+    return open_raster(href) if "://" not in href else _open_remote(href)
+
+
+def probe_assets(collection: str, items: Sequence[ItemBands]) -> dict[str, AssetInfo]:
+    """Open every band asset of ``items`` (header only): its CRS and footprint, read from the raster itself.
+    IngestError naming the item and asset for one that cannot be read, has no CRS or lacks the band wanted."""
+    from rasterio.warp import transform_bounds
+
+    out: dict[str, AssetInfo] = {}
+    for x in items:
+        for src in x.bands:
+            if src.href in out:
+                continue
+            where = f"item {x.item.id} of collection {collection!r}, asset {src.asset!r}"
+            try:
+                with _open_asset(src.href) as ds:
+                    crs, bounds, count = ds.crs, tuple(ds.bounds), ds.count
+            except IngestError as e:
+                raise IngestError(f"{where}: {e}") from e
+            if crs is None:
+                raise IngestError(f"{src.href}: {where} has no CRS")
+            if src.bidx > count:
+                raise IngestError(f"{src.href}: {where} has {count} band(s), band {src.bidx} wanted")
+            try:
+                lonlat = tuple(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
+            except Exception as e:  # a CRS PROJ cannot transform
+                raise IngestError(f"{src.href}: {where}: its bounds cannot be placed in lon/lat ({e})") from e
+            out[src.href] = AssetInfo(crs, bounds, lonlat)  # type: ignore[arg-type]
+    return out
+
+
+def _footprint(x: ItemBands, info: dict[str, AssetInfo]) -> tuple[float, float, float, float]:
+    """The lon/lat box of all the item's band assets."""
+    boxes = [info[s.href].lonlat for s in x.bands]
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def check_metadata(collection: str, items: list[ItemBands], info: dict[str, AssetInfo],
+                   bbox: Sequence[float] | None) -> tuple[list[ItemBands], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The items to use, the disagreements found (item metadata vs its rasters) and the items skipped.
+
+    A ``proj:code``/``proj:epsg`` unlike the assets' CRS, or a geometry (bbox) away from the assets, is a
+    disagreement (the rasters are used as they are); an item whose assets do not overlap ``bbox`` is skipped.
+    IngestError when every item is skipped, naming each, its assets' footprint and its geometry."""
+    from rasterio.crs import CRS
+
+    keep, notes, skipped = [], [], []
+    for x in items:
+        iid = x.item.id
+        declared = _item_crs(x.item)
+        if declared is not None:
+            prop, value = declared
+            for src in x.bands:
+                actual = info[src.href].crs
+                try:
+                    same = CRS.from_user_input(value) == actual
+                except Exception:  # not a CRS at all
+                    same = False
+                if not same:
+                    msg = (f"item {iid} of collection {collection!r}: {prop} says {value} but its asset "
+                           f"{src.asset!r} is in {crs_string(actual)} (read from {src.href}); the asset's CRS is used")
+                    notes.append({"item": iid, "collection": collection, "kind": "crs", "declared": value,
+                                  "property": prop, "asset": src.asset, "asset_crs": crs_string(actual),
+                                  "message": msg})
+                    break
+        fp = _footprint(x, info)
+        away = bool(x.item.bbox) and not _bbox_overlaps(x.item.bbox, fp)
+        geom = f"its geometry's bbox {_fmt_box(x.item.bbox)}" if x.item.bbox else "it has no geometry"
+        if bbox is not None and not _bbox_overlaps(fp, bbox):
+            skipped.append({"item": f"item {iid}", "collection": collection, "footprint": list(fp),
+                            "geometry_bbox": list(x.item.bbox) if x.item.bbox else None,
+                            "reason": f"item {iid} of collection {collection!r}: its assets cover "
+                                      f"{_fmt_box(fp)} (lon/lat, read from the rasters), outside --bbox "
+                                      f"{_fmt_box(bbox)}" + (f"; {geom} does not overlap them" if away else "")})
+            continue
+        if away:
+            msg = (f"item {iid} of collection {collection!r}: {geom} does not overlap its assets, which cover "
+                   f"{_fmt_box(fp)} (lon/lat, read from the rasters); the assets are used where they are")
+            notes.append({"item": iid, "collection": collection, "kind": "geometry", "geometry_bbox": list(x.item.bbox),
+                          "footprint": list(fp), "message": msg})
+        keep.append(x)
+    if not keep:
+        shown = "; ".join(
+            f"{s['item']}'s assets cover {_fmt_box(s['footprint'])}"
+            + (f" but its geometry says {_fmt_box(s['geometry_bbox'])}" if s["geometry_bbox"] else "")
+            for s in skipped[:5]
+        )
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise IngestError(
+            f"collection {collection!r}: no item's assets overlap --bbox {_fmt_box(bbox or ())}, although the "
+            f"search matched {len(items)} item(s) by their geometry: {shown}{more}; the catalogue's geometries "
+            "disagree with where the rasters are"
+        )
+    return keep, notes, skipped
 
 
 # -- grid ---------------------------------------------------------------------------------------------------------
@@ -312,11 +448,77 @@ def stac_grid(bbox: Sequence[float], crs: str, resolution: float) -> tuple[Any, 
         raise ValueError(f"resolution must be positive, got {resolution}")
     c = CRS.from_user_input(crs)
     left, bottom, right, top = transform_bounds("EPSG:4326", c, *bbox, densify_pts=21)
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise IngestError(f"bbox {list(bbox)} cannot be placed in {crs} (it gives {[left, bottom, right, top]}); "
+                          "narrow --bbox or choose another --crs")
     left = math.floor(left / resolution) * resolution
     top = math.ceil(top / resolution) * resolution
     width = math.ceil((right - left) / resolution - 1e-9)
     height = math.ceil((top - bottom) / resolution - 1e-9)
     return c, from_origin(left, top, resolution, resolution), width, height
+
+
+def _is_geographic(crs: str) -> bool:
+    from rasterio.crs import CRS
+
+    try:
+        return bool(CRS.from_user_input(crs).is_geographic)
+    except Exception as e:
+        raise ValueError(f"--crs {crs!r}: not a CRS ({e})") from e
+
+
+def _estimate_chips(bbox: Sequence[float], res: float, chip_size: int, geographic: bool) -> int:
+    """Chips of a ``res`` grid over ``bbox`` (lon/lat) from its area on the sphere (degrees when ``geographic``)."""
+    if geographic:
+        return int((bbox[2] - bbox[0]) / res / chip_size) * int((bbox[3] - bbox[1]) / res / chip_size)
+    area = (_EARTH_RADIUS_M ** 2 * math.radians(bbox[2] - bbox[0])
+            * abs(math.sin(math.radians(bbox[3])) - math.sin(math.radians(bbox[1]))))
+    return int(area / (res * chip_size) ** 2)
+
+
+def _check_grid_size(n: int, bbox: Sequence[float], user_bbox: bool, chip_size: int, res: float, max_chips: int,
+                     estimated: bool = False, size: tuple[int, int] | None = None, geographic: bool = False) -> None:
+    if n <= max_chips:
+        return
+    what = f"--bbox {_fmt_box(bbox)}" if user_bbox else f"the items' extent {_fmt_box(bbox)} (no --bbox given)"
+    unit = "degrees" if geographic else "m"
+    px = f", a grid of {size[0]:,} x {size[1]:,} px" if size else ""
+    raise IngestError(
+        f"{what}: {'about ' if estimated else ''}{n:,} chips of {chip_size} px at {res:g} {unit}{px}, more than "
+        f"the {max_chips:,} one ingest lays out; nothing was {'searched or ' if estimated else ''}written. Give --bbox the area you need "
+        "(a whole-world or continental bbox is rarely meant), or larger --chip-size / --resolution"
+    )
+
+
+def _grid_window(x: ItemBands, info: dict[str, AssetInfo], gcrs: Any, inv: Any) -> tuple[int, int, int, int] | None:
+    """(col0, row0, col1, row1) of the item's assets on the grid (None: not placeable, read everywhere)."""
+    from rasterio.warp import transform_bounds
+
+    cols, rows = [], []
+    for src in x.bands:
+        a = info[src.href]
+        try:
+            left, bottom, right, top = transform_bounds(a.crs, gcrs, *a.bounds, densify_pts=21)
+        except Exception:
+            return None
+        for c, r in (inv @ p for p in ((left, top), (right, bottom))):
+            cols.append(c)
+            rows.append(r)
+    if not all(math.isfinite(v) for v in cols + rows):
+        return None
+    return math.floor(min(cols)), math.floor(min(rows)), math.ceil(max(cols)), math.ceil(max(rows))
+
+
+def _record_notes(out: Path, notes: list[dict[str, Any]]) -> None:
+    """Add the metadata disagreements to the store's ``ingest_report.json`` (``warnings``), under its lock."""
+    report = out / REPORT_FILE
+    if not notes or not report.exists():
+        return
+    # on the way out of a failed ingest too: a writer that holds the lock by then must not hide the first error
+    with contextlib.suppress(LockedError), OutputLock(out, out / LOCK_FILE):
+        data = json.loads(report.read_text())
+        data["warnings"], data["n_warnings"] = list(notes), len(notes)
+        write_json(report, data)
 
 
 def _parse_bbox(value: str | Sequence[float] | None) -> list[float] | None:
@@ -346,14 +548,10 @@ class _CollectionReader:
     def _vrt(self, item: ItemBands, src: BandSource) -> Any:
         v = self._vrts.get(src.href)
         if v is None:
-            try:
-                ds = self.stack.enter_context(open_raster(src.href) if "://" not in src.href else _open_remote(src.href))
+            try:  # CRS and band count were checked by probe_assets before anything was written
+                ds = self.stack.enter_context(_open_asset(src.href))
             except IngestError as e:
                 raise IngestError(f"item {item.item.id} of collection {self.collection!r}, asset {src.asset!r}: {e}") from e
-            if ds.crs is None:
-                raise IngestError(f"{src.href}: asset {src.asset!r} of item {item.item.id} has no CRS")
-            if src.bidx > ds.count:
-                raise IngestError(f"{src.href}: asset {src.asset!r} has {ds.count} band(s), band {src.bidx} wanted")
             src_nodata = ds.nodata if ds.nodata is not None else self.modality.nodata
             v = self.stack.enter_context(_warped(
                 ds, self.grid, self.modality.kind == "categorical", self.nodata,
@@ -435,14 +633,16 @@ def ingest_stac(
     batch_size: int = 64,
     *,
     progress: bool = False,
+    max_chips: int = MAX_CHIPS,
 ) -> ChipStore:
     """Chips of ``collections`` of a STAC ``catalog`` over ``bbox`` (lon/lat) and ``datetime`` into a store.
 
     ``products`` maps each collection to a registered product (its store key is the product's name);
     ``assets`` maps ``{collection: {band: asset key}}`` where the automatic band -> asset rules fail.
-    ``progress=True`` reports progress per chip window on stderr.
+    ``progress=True`` reports progress per chip window on stderr. ``max_chips``: a larger grid is refused.
+    Metadata that disagrees with the rasters is warned about (:class:`StacWarning`) and recorded in
+    ``ingest_report.json`` (see the module docstring).
     """
-    from rasterio.warp import transform_bounds
     from rasterio.windows import transform as window_transform
 
     collections = [c for c in collections if c]
@@ -460,10 +660,21 @@ def ingest_stac(
     keys = [m.name for m in mods.values()]
     if len(set(keys)) != len(keys):
         raise ValueError(f"two collections map to the same store modality: {dict(zip(collections, keys, strict=True))}")
+    first = mods[collections[0]]
+    res = resolution or first.resolution_m
+    if res is None:
+        raise ValueError(f"product {first.product!r} has no resolution; pass --resolution")
+    if bbox is not None:  # a whole-world bbox: refused before a search that would list every item of the planet
+        geographic = crs is not None and _is_geographic(crs)
+        _check_grid_size(_estimate_chips(bbox, float(res), chip_size, geographic), bbox, True, chip_size, res,
+                         max_chips, estimated=True)
     # a DEM's acquisition date says nothing about the scene: --datetime is not applied to elevation products
     timeless = [c for c in collections if mods[c].kind == "elevation"]
     found = find_items(catalog, collections, bbox, datetime, timeless)
     per: dict[str, list[ItemBands]] = {}
+    info: dict[str, AssetInfo] = {}
+    notes: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for c in collections:
         lst = []
         for it in found[c]:
@@ -472,30 +683,32 @@ def ingest_stac(
                                  float(cloud) if cloud is not None else None))
         # least cloudy first, then newest; ids break ties so the order never depends on the catalog's
         lst.sort(key=lambda x: (x.cloud is None, x.cloud or 0.0, -_item_interval(x.item)[0].timestamp(), x.item.id))
-        per[c] = lst
-    if bbox is None:
-        bbs = [x.item.bbox for x in per[collections[0]] if x.item.bbox]
-        if not bbs:
-            raise ValueError("no --bbox given and the items have no bbox")
+        info.update(probe_assets(c, lst))
+        per[c], n, sk = check_metadata(c, lst, info, bbox)
+        notes += n
+        skipped += sk
+    user_bbox = bbox is not None
+    if bbox is None:  # the items' extent: where their rasters are when a geometry says otherwise
+        bbs = [x.item.bbox if x.item.bbox and _bbox_overlaps(x.item.bbox, _footprint(x, info)) else _footprint(x, info)
+               for x in per[collections[0]]]
         bbox = [min(b[0] for b in bbs), min(b[1] for b in bbs), max(b[2] for b in bbs), max(b[3] for b in bbs)]
-    first = mods[collections[0]]
-    crs = crs or _item_crs(per[collections[0]][0].item) or utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
-    res = resolution or first.resolution_m
-    if res is None:
-        raise ValueError(f"product {first.product!r} has no resolution; pass --resolution")
+    native = info[per[collections[0]][0].bands[0].href].crs
+    if crs is None:
+        crs = crs_string(native) if native.is_projected else utm_crs((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     grid = stac_grid(bbox, crs, float(res))
     gcrs, transform, width, height = grid
     if gcrs.is_geographic and resolution is None:
-        raise ValueError(f"{crs} is geographic: pass --resolution in degrees")
+        raise ValueError(f"--crs {crs} is geographic: pass --resolution in degrees")
     if width < chip_size or height < chip_size:
         raise IngestError(f"bbox {bbox} is {width}x{height} px at {res} in {crs}, smaller than one chip ({chip_size} px)")
+    _check_grid_size((height // chip_size) * (width // chip_size), bbox, user_bbox, chip_size, res, max_chips,
+                     size=(width, height), geographic=gcrs.is_geographic)
     inv = ~transform
     for c in collections:
         for x in per[c]:
-            if x.item.bbox:
-                left, bottom, right, top = transform_bounds("EPSG:4326", gcrs, *x.item.bbox, densify_pts=21)
-                cols, rows = zip(*(inv @ p for p in ((left, top), (right, bottom))), strict=True)
-                x.window = (math.floor(min(cols)), math.floor(min(rows)), math.ceil(max(cols)), math.ceil(max(rows)))
+            x.window = _grid_window(x, info, gcrs, inv)
+    for note in notes:
+        warnings.warn(note["message"], StacWarning, stacklevel=2)
     n_rows, n_cols = height // chip_size, width // chip_size
     block = block_size_for(((r, c) for r in range(n_rows) for c in range(n_cols)), SPLIT_BLOCK, MIN_SPLIT_BLOCKS)
     split_of = block_splits(aoi, ((r // block, c // block) for r in range(n_rows) for c in range(n_cols)))
@@ -517,9 +730,12 @@ def ingest_stac(
     }
     note = f"; chips committed so far stay in the incomplete store {out}: re-run the same command to resume"
     with contextlib.ExitStack() as stack:
+        stack.callback(_record_notes, Path(out), notes)  # after the writer let go of the store, even on failure
         readers = [_CollectionReader(mods[c].name, c, mods[c], per[c], grid, stack) for c in collections]
         with StoreWriter(out, list(mods.values()), chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
+            for sk in skipped:
+                w.skip(sk["item"], sk["reason"])
             tiles = list(pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size))
             for i, j, chip_id, win in make_progress(tiles, desc=f"ingest stac {Path(out).name}", unit="window",
                                                     quiet=not progress):
