@@ -162,11 +162,14 @@ def test_embed_refuses_an_output_inside_a_store(model_dir, store):
     assert (store / "index.parquet").read_bytes() == index and not (store / "emb.parquet").exists()
 
 
-def test_embed_refuses_a_directory_before_computing(model_dir, store, tmp_path):
-    out = tmp_path / "results"
+def test_embed_refuses_a_directory_it_did_not_make_before_computing(model_dir, store, tmp_path):
+    out = tmp_path / "results"  # a directory --out is a sharded embedding dataset: never among a user's files
     out.mkdir()
-    one_line_error(cli("embed", "--checkpoint", model_dir, "--store", store, "--out", out, "--quiet"), "is a directory")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "store"]
+    (out / "thesis.tex").write_text("months of work")
+    for extra in ([], ["--overwrite"]):
+        one_line_error(cli("embed", "--checkpoint", model_dir, "--store", store, "--out", out, "--quiet", *extra),
+                       str(out), "is not an earthembed embedding dataset")
+    assert _files(out) == ["thesis.tex"] and sorted(p.name for p in tmp_path.iterdir()) == ["results", "store"]
 
 
 def test_embed_never_removes_a_parts_folder_it_did_not_make(model_dir, store, tmp_path):
@@ -399,7 +402,7 @@ def test_nan_inside_an_embedding_is_named_as_nan_in_the_table(clean_store, emb_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 
-def test_a_store_given_where_a_table_is_expected_is_named_as_such(clean_store, tmp_path):
+def test_a_store_given_where_a_table_is_expected_is_named_as_such(clean_store, model_dir, tmp_path):
     for args in (["index", "--embeddings", clean_store],
                  ["search", "--embeddings", clean_store, "--positive", "synth_r0000_c0000", "--out", tmp_path / "h.parquet"],
                  ["predict", "--embeddings", clean_store, "--store", clean_store, "--task", "landcover",
@@ -407,6 +410,13 @@ def test_a_store_given_where_a_table_is_expected_is_named_as_such(clean_store, t
         one_line_error(cli(*args), str(clean_store), "--embeddings is a chip store, not an embedding table",
                        "earthembed embed --store")
     assert list(tmp_path.iterdir()) == []
+    other = tmp_path / "other"
+    other.mkdir()
+    one_line_error(cli("index", "--embeddings", other), "other: --embeddings is a directory, not an embedding table")
+    # a sharded embedding dataset is a directory too, and a table
+    assert cli("embed", "--checkpoint", model_dir, "--store", clean_store, "--out", f"{tmp_path / 'ds'}/",
+               "--quiet").exit_code == 0
+    assert cli("index", "--embeddings", tmp_path / "ds", "--quiet").exit_code == 0
 
 
 def test_a_damaged_faiss_index_or_sidecar_names_the_file_and_the_way_out(emb_table, tmp_path):

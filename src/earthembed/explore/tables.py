@@ -20,13 +20,15 @@ import numpy as np
 def table_path(path: str | Path, option: str = "--embeddings") -> Path:
     """``path`` as a Path when it can be an embedding table; a one-line error naming ``option`` otherwise."""
     from earthembed.data.store import is_store_dir
+    from earthembed.embed.shards import is_dataset_dir
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_dataset_dir(path):  # a sharded embedding dataset is a table
         if is_store_dir(path):
             raise ValueError(f"{path}: {option} is a chip store, not an embedding table; embed it first "
                              f"(earthembed embed --store {path} --out EMB.parquet) and pass the table")
-        raise ValueError(f"{path}: {option} is a directory, not an embedding table (a .parquet file)")
+        raise ValueError(f"{path}: {option} is a directory, not an embedding table (a .parquet file or an "
+                         "embedding dataset directory)")
     if not path.exists():
         raise FileNotFoundError(f"{path}: {option} not found (embedding table)")
     return path
@@ -69,15 +71,14 @@ def check_embedding_table(path: str | Path, columns: Sequence[str] | None = None
     """:func:`table_path` and :func:`check_finite` on ``columns`` (default every ``emb_*`` column) of a table
     read elsewhere (e.g. by the few-shot feature sets, which would take a damaged row for a missing one)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from earthembed.embed.io import embedding_columns, to_matrix
+    from earthembed.embed.io import embedding_columns, read_schema, read_table, to_matrix
 
     path = table_path(path, option)
     try:
         avail = embedding_columns(path)
         cols = [c for c in (columns or avail) if c in avail]
-        table = pq.read_table(path, columns=[*cols, *(["chip_id"] if "chip_id" in pq.read_schema(path).names else [])])
+        table = read_table(path, columns=[*cols, *(["chip_id"] if "chip_id" in read_schema(path).names else [])])
     except (OSError, pa.ArrowException) as e:
         raise ValueError(f"{path}: {option} cannot be read as an embedding table ({e})") from e
     ids = table.column("chip_id").to_numpy() if "chip_id" in table.column_names else np.arange(table.num_rows)
