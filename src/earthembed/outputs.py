@@ -188,7 +188,8 @@ DIR_KINDS: dict[str, DirKind] = {
         "config.yaml", "checkpoints", "logs", "metrics.csv", "export", ".earthembed-run.lock"}),
         (frozenset({"config.yaml"}), frozenset({"checkpoints"})), protected=True),
     "demo": DirKind("demo output directory", frozenset({
-        "store", "run", "emb_pretrained.parquet", "emb_pretrained_rgb.parquet", "emb_random_init.parquet", "fewshot",
+        "store", "run", "emb_pretrained.parquet", "emb_pretrained_rgb.parquet", "emb_random_init.parquet",
+        "emb_galileo.parquet", "emb_galileo.model", "fewshot",
         "embeddings_pca.png", "report.md", "labels_points.gpkg", "predictions.parquet", "maps", "search",
         "report.html"}), (frozenset({"store", "run", "report.md"}),)),
     "export": DirKind("model export", frozenset({"model.json", "model.safetensors"}), (frozenset({"model.json"}),),
