@@ -304,10 +304,9 @@ def test_cli_embed_with_galileo_and_its_errors(tmp_path, monkeypatch):
 
 
 def test_segment_starts_from_galileo_and_random_copies_it(tmp_path):
-    from test_segment import FAST, _mask_store
-
     from earthembed.evaluate.inits import resolve_inits
     from earthembed.evaluate.segment import run_segment
+    from test_segment import FAST, _mask_store
 
     st = _mask_store(tmp_path / "masks")  # RGB chips of 16 px
     srcs = resolve_inits(["galileo:nano", "random"], st, weights=WEIGHTS, options={"patch_size": 4})

@@ -269,3 +269,29 @@ def test_eurosat_real(shared_data, tmp_path):
     with rasterio.open(src / "Forest" / "Forest_1.tif") as d:
         np.testing.assert_array_equal(st.read("s2", i, bands=["B8A", "B02"]), d.read([13, 2]))
     assert idx.geometry.notna().all()
+
+
+def test_a_scene_sized_first_image_does_not_set_the_chip_size(tmp_path):
+    """Without --chip-size the first image sets it: a 3000 px scene first would have made 3000 px chips (every
+    smaller image skipped; at 12000 px the codec failed mid-ingest). Refused before anything is written, naming
+    the file and the options that cut or resample it; a chip too large for a chunk is refused by the writer."""
+    from earthembed.data.store import StoreWriter
+
+    src = tmp_path / "ds"
+    (src / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((3000, 2500, 3), "uint8")).save(src / "a" / "big.png")
+    _png(src / "b" / "x.png", 9)
+    with pytest.raises(IngestError, match=r"big\.png: 3000x2500 px, the first image, would set the chip size to "
+                                          r"2500 px .*--chip-size .*--tile"):
+        ingest_folder(src, tmp_path / "st")
+    assert not (tmp_path / "st").exists()
+    store = ingest_folder(src, tmp_path / "st", chip_size=500, tile=True)
+    assert len(store) == 30  # 6x5 tiles of the scene; the 20 px image is smaller than a chip
+    with pytest.raises(ValueError, match=r"chip size 30000 px: one 'rgb' chip .* 2\.5 GiB, more than a compressed "
+                                         r"chunk can hold"):
+        StoreWriter(tmp_path / "huge", [get_modality("rgb")], 30000)
+    assert not (tmp_path / "huge").exists()
+    from earthembed.data.store import _fitting_chunk_chips
+
+    assert _fitting_chunk_chips({"rgb": get_modality("rgb")}, 12000, 16) == 4  # 432 MB chips: 4 to a 2 GiB chunk
+    assert _fitting_chunk_chips({"rgb": get_modality("rgb")}, 64, 16) == 16

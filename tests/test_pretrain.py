@@ -285,7 +285,7 @@ def test_datamodule_splits_and_rank_sharding(tiny_store):
     assert first != list(s) and len(s) == 5
     dm = ChipDataModule(tiny_store, modalities={"s2": ["B04", "B03", "B02"]}, batch_size=4, crop_size=8)
     b = next(iter(dm.train_dataloader()))
-    assert b["s2"].shape == (4, 3, 8, 8) and set(b) == {"idx", "s2", "s2_present"}
+    assert b["s2"].shape == (4, 3, 8, 8) and set(b) == {"idx", "s2", "s2_present", "s2_month"}
 
 
 MPMAE_FAST = ["model.timm_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "objective_args.decoder_dim=16",

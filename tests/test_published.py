@@ -84,7 +84,7 @@ def test_pickle_that_runs_code_is_refused_in_one_line(tmp_path):
     assert "\n" not in msg and str(bad) in msg and "os.makedirs" in msg and "refused" in msg
     assert not marker.exists()
     r = CliRunner().invoke(app, ["embed", "--encoder", RN18, "--weights", str(bad), "--store", str(tmp_path),
-                                 "--out", str(tmp_path / "e.parquet")])
+                                 "--out", str(tmp_path.parent / f"{tmp_path.name}-e.parquet")])
     assert r.exit_code == 1 and "refused" in r.output and not marker.exists()
     # the plain training arguments MMEarth / ConvNeXt-V2 checkpoints carry are allowed
     ok = tmp_path / "args.pth"

@@ -181,3 +181,29 @@ def test_normalizer_zscores_and_invalid_pixels():
     np.testing.assert_allclose(out.numpy(), [[[0.0, 0.0]], [[1.0, 0.0]]])
     with pytest.raises(BandMismatchError):
         norm(x, "m", ["a", "c"])
+
+
+def test_a_duplicate_chip_id_is_refused_at_open(tiny_store, tmp_path):
+    """A repeated chip id (an edited or merged index) would join labels and embeddings to the wrong chips: every
+    open refuses it (not only `verify`), naming the index and the ids."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from earthembed.cli import app
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    t = pq.read_table(store / "index.parquet")
+    ids = t.column("chip_id").to_pylist()
+    ids[5] = ids[4]
+    pq.write_table(t.set_column(t.schema.get_field_index("chip_id"), "chip_id", pa.array(ids)),
+                   store / "index.parquet")
+    with pytest.raises(StoreError, match=rf"index\.parquet: duplicate chip ids \['{ids[4]}'\]"):
+        ChipStore(store)
+    for cmd in (["info", str(store)], ["pretrain", "--store", str(store), "--out", str(tmp_path / "run")]):
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code != 0 and "duplicate chip ids" in r.output, (cmd, r.output)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -46,6 +46,7 @@ from earthembed.outputs import (
 
 FOREIGN = b"someone's work: months of it\n"
 READ_ONLY = {"info": "reads a store", "verify": "reads a store",
+             "embed-status": "reads a sharded embedding dataset's manifest and markers",
              "stats": "writes statistics into the store it is given, under the store's own lock"}
 """Commands that write no output of their own (and why); every other command needs a case."""
 

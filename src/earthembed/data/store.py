@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,22 @@ from earthembed.errors import OutputError, StoreError
 from earthembed.outputs import OutputLock, check_output_location, write_json
 
 FORMAT_VERSION = "1.0"
+
+
+class WriteError(OSError):
+    """Writing ``filename`` failed (disk full, quota, I/O error); ``str()`` is one line: the path, the cause and
+    what to do (:func:`write_error`). An ``OSError``, so ``errno`` still tells ENOSPC from other failures."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def write_error(path: str | Path, e: OSError, hint: str) -> WriteError:
+    """The :class:`WriteError` for ``e``, raised while writing ``path``: ``PATH: <cause> while writing it; <hint>``."""
+    if isinstance(e, WriteError):
+        return e
+    cause = e.strerror or str(e) or type(e).__name__
+    return WriteError(e.errno, f"{cause} while writing it; {hint}", str(path))
 
 # Arrays are read and written through the zarrs (Rust) codec pipeline when it is installed: on 16-chip chunks
 # reads are 4-6x faster than with zarr-python's asyncio pipeline (benchmarks/README.md). Its rayon thread pool
@@ -225,6 +241,28 @@ def _fill_value(m: Modality) -> Any:
     return m.nodata
 
 
+# blosc compresses at most INT32_MAX bytes minus its header per call, i.e. per Zarr chunk
+MAX_CHUNK_BYTES = 2**31 - 1 - 32
+
+
+def _fitting_chunk_chips(modalities: Mapping[str, Modality], chip_size: int, chunk_chips: int) -> int:
+    """``chunk_chips``, lowered until a chunk of the largest modality fits the codec (huge chips get fewer per
+    chunk); a chip size whose single chip does not fit is refused before anything is written."""
+    if chip_size <= 0:
+        raise ValueError(f"chip size must be positive, got {chip_size}")
+    out = max(1, chunk_chips)
+    for k, m in modalities.items():
+        chip_bytes = m.num_bands * chip_size * chip_size * np.dtype(m.dtype).itemsize
+        if chip_bytes > MAX_CHUNK_BYTES:
+            raise ValueError(
+                f"chip size {chip_size} px: one {k!r} chip ({m.num_bands} bands of {np.dtype(m.dtype).name}) is "
+                f"{chip_bytes / 2**30:.1f} GiB, more than a compressed chunk can hold (2 GiB); use a smaller chip "
+                "size (e.g. --chip-size 256, with --tile to cut large images into chips)"
+            )
+        out = min(out, max(1, MAX_CHUNK_BYTES // chip_bytes))
+    return out
+
+
 class StoreWriter:
     """Writes chips into a new store, or resumes an interrupted one at ``path``.
 
@@ -261,7 +299,7 @@ class StoreWriter:
                 raise ValueError(f"label {name!r}: kind must be one of {LABEL_KINDS}")
         self.source = dict(source or {})
         self.batch_size = int(batch_size)
-        self.chunk_chips = int(chunk_chips)
+        self.chunk_chips = _fitting_chunk_chips(self.modalities, self.chip_size, int(chunk_chips))
         self._buffer: list[tuple[ChipRecord, dict[str, list[float]]]] = []
         self._skipped: list[dict[str, str]] = []
         self._closed = False

@@ -170,7 +170,13 @@ def _content_problems(store: ChipStore, check_stats: bool) -> list[str]:
         store.presence()
     except StoreError as e:
         return [str(e)]
-    out = []
+    from earthembed.data.store import INDEX_FILE
+
+    f = store.path / INDEX_FILE
+    try:
+        out = _chip_id_problems(f, pq.read_table(f, columns=["chip_id"]).column("chip_id"))
+    except (KeyError, pa.ArrowException) as e:
+        out = [f"{f}: no readable chip_id column ({e})"]
     for name in array_names(store):
         out += _missing_chunks(store, name)
     if check_stats:
@@ -199,6 +205,20 @@ class VerifyReport:
         return not self.problems
 
 
+def _chip_id_problems(f: Path, ids_column: Any) -> list[str]:
+    """Missing or repeated chip ids: every reader keys chips, labels and embedding rows by them, so a repeated id
+    would silently join the wrong rows."""
+    ids = ids_column.to_pandas()
+    out = []
+    if ids.isna().any():
+        out.append(f"{f}: {int(ids.isna().sum())} rows have no chip_id")
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        out.append(f"{f}: duplicate chip ids {list(dup[:5])}{' ...' if len(dup) > 5 else ''} (each chip needs its "
+                   "own id; the index was edited or merged)")
+    return out
+
+
 def _index_problems(store: ChipStore) -> list[str]:
     from earthembed.data.store import INDEX_FILE, SPLITS
 
@@ -210,12 +230,7 @@ def _index_problems(store: ChipStore) -> list[str]:
     out = []
     if "chip_id" not in t.column_names:
         return [f"{f}: no chip_id column"]
-    ids = t.column("chip_id").to_pandas()
-    if ids.isna().any():
-        out.append(f"{f}: {int(ids.isna().sum())} rows have no chip_id")
-    dup = ids[ids.duplicated()].unique()
-    if len(dup):
-        out.append(f"{f}: duplicate chip ids {list(dup[:5])}{' ...' if len(dup) > 5 else ''}")
+    out += _chip_id_problems(f, t.column("chip_id"))
     if "idx" in t.column_names:
         idx = t.column("idx").to_numpy(zero_copy_only=False)
         if not np.array_equal(idx, np.arange(len(idx))):

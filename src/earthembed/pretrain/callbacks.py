@@ -8,7 +8,9 @@ scores them on val, and logs ``probe/<task>/<estimator>_<metric>`` into ``metric
 ``test`` split: probe numbers are for tuning and stopping, and reported results come from ``fewshot``.
 
 Estimators and metrics are the ones ``fewshot`` uses (no second implementation to drift), on full chips
-as ``embed`` sees them (no crop, no augmentation, encoder in eval mode).
+as ``embed`` sees them (no crop, no augmentation, encoder in eval mode). Probing leaves the training run's random
+states as it found them (a run with the probe trains exactly as one without), and a resumed run neither repeats
+nor skips a probe row.
 """
 
 from __future__ import annotations
@@ -120,20 +122,30 @@ class OnlineProbe(L.Callback):
         out["probe/seconds"] = time.perf_counter() - t0
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = int(state_dict.get("last_step", -1))
+
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.utilities.seed import isolate_rng
+
         step = int(trainer.global_step)
         if step == self._last_step or not self.active:
             return
         self._last_step = step
         if not trainer.is_global_zero:
             return
-        metrics = self.score(pl_module.model)
+        with isolate_rng():
+            metrics = self.score(pl_module.model)
         self.history.append({"step": float(step), **metrics})
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._run(trainer, pl_module)
+        if trainer.global_step == 0:  # a resumed run probed its steps before the checkpoint already
+            self._run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

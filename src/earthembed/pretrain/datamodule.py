@@ -19,11 +19,20 @@ Two samplers (``sampler``):
   decoded once per epoch. A batch then mixes chips of ``shuffle_window`` random chunks instead of the
   whole store: with the default 16 chunks of 16 chips a batch of 64 draws from 256 chips at random places
   of the store. The price is less mixing *within* an epoch; over epochs every chip still meets every other.
+
+Exact resume: both samplers are functions of (seed, epoch, rank), every batch knows its place in the run
+(:class:`SampledBatch`: epoch, rank, number in the epoch) and the random crop is drawn from that place, never
+from a DataLoader worker's random state (which no checkpoint can hold, and which differs with the number of
+workers). The loader (:class:`ResumableLoader`) follows Lightning's stateful-loader protocol: its
+``state_dict`` is the epoch and the batches the training loop has processed in it, and ``load_state_dict``
+makes the next iteration start after them, so a run resumed mid-epoch sees exactly the batches an
+uninterrupted run would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +88,49 @@ def random_crop(batch: dict[str, Any], keys: Sequence[str], size: int, rng: np.r
     return out
 
 
-class ShuffledBatches(Sampler[list[int]]):
+class SampledBatch(list):
+    """A batch of dataset positions (a list, usable wherever a batch is) and its place in the run: ``epoch``,
+    ``rank`` and ``number`` (its index among the rank's batches of the epoch). Whatever is random about reading
+    it (the crop) is drawn from that place, so it does not depend on which worker reads it, or on whether the
+    run was resumed."""
+
+    def __init__(self, positions: Sequence[int], epoch: int = 0, rank: int = 0, number: int = 0) -> None:
+        super().__init__(positions)
+        self.epoch, self.rank, self.number = int(epoch), int(rank), int(number)
+
+    @property
+    def place(self) -> tuple[int, int, int]:
+        return self.epoch, self.rank, self.number
+
+    def __reduce__(self):  # pickled to DataLoader workers with its place
+        return (SampledBatch, (list(self), *self.place))
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """Base of the batch samplers: batches of an epoch are a function of (seed, epoch, rank); :meth:`resume`
+    makes the next iteration skip the batches a checkpointed run had already processed in its epoch."""
+
+    epoch: int = 0
+    _skip: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self._skip = 0  # a resume position holds for its own epoch only
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Start the next iteration at batch ``batches_done`` of ``epoch``."""
+        self.epoch, self._skip = int(epoch), int(batches_done)
+
+    def epoch_batches(self, epoch: int) -> Iterator[SampledBatch]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[SampledBatch]:
+        skip, self._skip = self._skip, 0  # read now: DataLoader.__iter__ calls iter(sampler) eagerly
+        return itertools.islice(self.epoch_batches(self.epoch), skip, None)
+
+
+class ShuffledBatches(ResumableBatches):
     """Shuffled batches of positions, sharded across ``world_size`` ranks; reshuffled by :meth:`set_epoch`.
 
     Lightning's automatic ``DistributedSampler`` would yield single indices, not batches, so the module
@@ -92,25 +143,22 @@ class ShuffledBatches(Sampler[list[int]]):
         per_rank = n // world_size
         self.drop_last = per_rank >= batch_size  # tiny stores still give one (short) batch per epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+    def epoch_batches(self, epoch: int) -> Iterator[SampledBatch]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
         perm = torch.randperm(self.n, generator=g)
         per_rank = self.n // self.world_size
         mine = perm[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
-        for i in range(0, len(mine), self.batch_size):
+        for j, i in enumerate(range(0, len(mine), self.batch_size)):
             b = mine[i : i + self.batch_size]
             if len(b) == self.batch_size or not self.drop_last:
-                yield b
+                yield SampledBatch(b, epoch, self.rank, j)
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
-class ChunkShuffledBatches(Sampler[list[int]]):
+class ChunkShuffledBatches(ResumableBatches):
     """Shuffled batches that read few Zarr chunks each: chunk order shuffled per epoch, chips shuffled within
     windows of ``window`` chunks, then cut into batches (see the module docstring).
 
@@ -135,13 +183,10 @@ class ChunkShuffledBatches(Sampler[list[int]]):
         bounds = np.searchsorted(inverse[order], np.arange(len(chunks) + 1))
         self._members = [order[bounds[i] : bounds[i + 1]] for i in range(len(chunks))]  # positions per chunk
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self, with_windows: bool = False):
-        """This epoch's order of all positions (before sharding across ranks); with ``with_windows`` also
-        the window index of each."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def order(self, with_windows: bool = False, epoch: int | None = None):
+        """The order of all positions in ``epoch`` (default: the current one) before sharding across ranks; with
+        ``with_windows`` also the window index of each."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         perm = rng.permutation(len(self._members))
         out, wins = [], []
         for j, w in enumerate(range(0, len(perm), self.window)):
@@ -151,32 +196,34 @@ class ChunkShuffledBatches(Sampler[list[int]]):
         order = np.concatenate(out) if out else np.empty(0, dtype=np.int64)
         return (order, np.concatenate(wins) if wins else order.copy()) if with_windows else order
 
-    def __iter__(self) -> Iterator[WindowBatch]:
+    def epoch_batches(self, epoch: int) -> Iterator[WindowBatch]:
         per_rank = self.n // self.world_size
-        order, window_of = self.order(with_windows=True)
+        order, window_of = self.order(with_windows=True, epoch=epoch)
         lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
         mine, win = order[lo:hi], window_of[lo:hi]
-        for i in range(0, len(mine), self.batch_size):
+        for j, i in enumerate(range(0, len(mine), self.batch_size)):
             b = mine[i : i + self.batch_size]
             if len(b) == self.batch_size or not self.drop_last:
                 w = np.unique(win[i : i + self.batch_size])  # usually one window; two where a batch straddles
-                yield WindowBatch(b.tolist(), np.sort(mine[np.isin(win, w)]), (self.epoch, *w.tolist()))
+                yield WindowBatch(b.tolist(), np.sort(mine[np.isin(win, w)]), (epoch, *w.tolist()),
+                                  (epoch, self.rank, j))
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
-class WindowBatch(list):
-    """A batch of positions (a list, usable wherever a batch is) plus the sorted positions of the shuffle
-    window(s) it was drawn from and a key naming them, so a reader can read each window once."""
+class WindowBatch(SampledBatch):
+    """A :class:`SampledBatch` plus the sorted positions of the shuffle window(s) it was drawn from and a key
+    naming them, so a reader can read each window once."""
 
-    def __init__(self, positions: Sequence[int], window: np.ndarray, key: tuple[int, ...]) -> None:
-        super().__init__(positions)
+    def __init__(self, positions: Sequence[int], window: np.ndarray, key: tuple[int, ...],
+                 place: tuple[int, int, int] = (0, 0, 0)) -> None:
+        super().__init__(positions, *place)
         self.window, self.key = window, key
 
-    def __reduce__(self):  # pickled to DataLoader workers with its window
-        return (WindowBatch, (list(self), self.window, self.key))
+    def __reduce__(self):  # pickled to DataLoader workers with its window and place
+        return (WindowBatch, (list(self), self.window, self.key, self.place))
 
 
 class _BatchReader(Dataset):
@@ -186,7 +233,6 @@ class _BatchReader(Dataset):
         self.dataset = dataset
         self.crop_size = crop_size
         self.seed = seed
-        self._calls = 0
         self._window: tuple[tuple[int, ...], np.ndarray, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
@@ -207,12 +253,32 @@ class _BatchReader(Dataset):
         pos = np.sort(np.asarray(positions, dtype=np.int64))
         batch = self.read(pos, positions if isinstance(positions, WindowBatch) else None)
         if self.crop_size:
-            info = torch.utils.data.get_worker_info()
-            wid = info.id if info is not None else 0
-            self._calls += 1
-            rng = np.random.default_rng([self.seed, wid, self._calls, int(pos[0])])
+            # drawn from the batch's place in the run (or, for a bare list, its chips): the same crops whichever
+            # worker reads it, with any number of workers, uninterrupted or resumed
+            place = positions.place if isinstance(positions, SampledBatch) else (int(pos[0]), len(pos), 0)
+            rng = np.random.default_rng([self.seed, *place])
             batch = random_crop(batch, self.dataset.pixel_keys, self.crop_size, rng)
         return batch
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableBatches` sampler that Lightning saves in checkpoints and restores
+    (its stateful-loader protocol: ``state_dict`` / ``load_state_dict``, called by the fit loop).
+
+    ``position()`` returns ``(epoch, batches the training loop has processed in it)``: counted by the loop,
+    not by the loader, whose workers and Lightning's fetcher read ahead of training."""
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self._position()
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        assert isinstance(self.sampler, ResumableBatches)
+        self.sampler.resume(int(state["epoch"]), int(state["batches_done"]))
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -277,15 +343,22 @@ class ChipDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if self.sampler == "chunks":
             chunk_of = self.dataset.indices // store_chunk_chips(self.store, list(self.dataset.bands))
-            sampler: Sampler[Any] = ChunkShuffledBatches(chunk_of, self.batch_size, self.shuffle_window, rank, world,
+            sampler: ResumableBatches = ChunkShuffledBatches(chunk_of, self.batch_size, self.shuffle_window, rank, world,
                                                          self.seed)
         else:
             sampler = ShuffledBatches(len(self.dataset), self.batch_size, rank, world, self.seed)
-        return DataLoader(
+        return ResumableLoader(
             _BatchReader(self.dataset, self.crop_size, self.seed),
             sampler=sampler,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            position=lambda: self._position(sampler),
         )
+
+    def _position(self, sampler: ResumableBatches) -> tuple[int, int]:
+        """(epoch, batches processed in it) of the training loop, for the loader's checkpoint state."""
+        trainer = getattr(self, "trainer", None)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        return sampler.epoch, int(done)

@@ -204,22 +204,6 @@ def _validate(cfg: dict[str, Any], where: str) -> None:
     cls.validate_config(cfg, where)
 
 
-def _merge_metrics(run_csv: Path, target: Path) -> None:
-    """Append this run's metrics to ``target``; the CSV logger starts afresh on every (resumed) run."""
-    import pandas as pd
-
-    if not run_csv.exists():
-        return
-    new = pd.read_csv(run_csv)
-    if target.exists() and "step" in new and len(new):
-        old = pd.read_csv(target)
-        if "step" in old:
-            new = pd.concat([old[old["step"] < new["step"].min()], new], ignore_index=True)
-    tmp = target.with_name(target.name + ".tmp")
-    new.to_csv(tmp, index=False)
-    tmp.replace(target)
-
-
 def _probe(p: Mapping[str, Any], chips: Any, bands: dict[str, list[str]], seed: int) -> Any:
     """The :class:`~earthembed.pretrain.callbacks.OnlineProbe` of the ``probe`` section, or None when it is
     off or the store has no label with chips in both train and val (said once, so the user knows why)."""
@@ -339,16 +323,97 @@ def pretrain(
 
     ``config`` None picks the default CPU recipe for the store (:func:`default_recipe`) and says which.
     ``init``: start from this SPEC (``timm:``, ``torchgeo:``, ``mmearth:`` or an export; see the module doc),
-    with ``weights`` / ``download`` / ``extra_bands`` as for :func:`earthembed.models.published.load_encoder`."""
+    with ``weights`` / ``download`` / ``extra_bands`` as for :func:`earthembed.models.published.load_encoder`.
+
+    The run directory's lock is taken first: a second ``pretrain`` on the same ``out`` stops before it reads or
+    writes anything there (or loads anything at all), naming the holder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _pretrain_locked(config, store, out, overrides, resume, init, weights, extra_bands, download)
+
+
+def _check_same_run(out: Path, resolved: dict[str, Any], store_path: str, store_mods: dict[str, Any], where: str
+                    ) -> None:
+    """Refuse to resume a run of ``out`` trained with another model, objective, init, plan or store."""
+    before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    keys = ("model", "objective", "objective_args", "init",
+            *(("plan",) if "plan" in before or "plan" in resolved else ()))
+    changed = [k for k in keys if before.get(k) != resolved.get(k)]
+    if changed:
+        raise ValueError(
+            f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
+            "- use a new --out (or delete its checkpoints/ to start over)"
+        )
+    # runs recorded before store_modalities existed are compared by path only
+    diff = [k for k in ("store", "store_modalities") if k in before and before[k] != resolved[k]]
+    if diff:
+        if "store" in diff:
+            what = f"store {before.get('store')} (now {store_path})"
+        else:
+            was = before["store_modalities"] or {}
+            keys = tuple(k for k in {**was, **store_mods} if was.get(k) != store_mods.get(k))
+            what = "store content (" + "; ".join(f"{k}: {was.get(k)} -> now {store_mods.get(k)}" for k in keys) + ")"
+        raise ValueError(
+            f"{where}: {out} holds a run pretrained on a different {what}; resuming it would silently mix "
+            "training data - use a new --out for this store (or delete its checkpoints/ to start over)"
+        )
+
+
+def _resume_checkpoint(last: Path) -> Path | None:
+    """``last`` when a run can resume from it, after checking that it is whole (memory-mapped: cheap); None when
+    there is none. Temporary files of a checkpoint write that was killed are removed (the run is locked)."""
+    from earthembed.models.export import read_checkpoint
+
+    if last.parent.is_dir():
+        for tmp in last.parent.glob(f".{last.name}.*.tmp{last.suffix}"):
+            tmp.unlink(missing_ok=True)
+    if not last.exists():
+        return None
+    try:
+        read_checkpoint(last, mmap=True)  # a truncated, corrupt or code-carrying file is refused, never half-read
+    except ValueError as e:
+        raise ValueError(f"{e} - it cannot be resumed from; move it away (or delete {last.parent}) to start the "
+                         "run over") from None
+    return last
+
+
+def _write_config(out: Path, resolved: dict[str, Any]) -> None:
+    from earthembed.data.store import write_error
+    from earthembed.outputs import atomic_path
+
+    path = out / "config.yaml"
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    except OSError as e:
+        raise write_error(path, e, "free space and re-run the same command") from e
+
+
+def _write_run_metrics(out: Path, logger: Any, resumer: Any, resumed: bool) -> None:
+    """``out/metrics.csv``: every row of the run, those before a resume from the checkpoint (or, for a checkpoint
+    written before checkpoints carried them, from the previous ``metrics.csv``)."""
+    from earthembed.pretrain.resume import rows_before, write_metrics
+
+    rows = logger.rows
+    if resumed and not resumer.restored_rows:
+        first = min((int(r["step"]) for r in rows), default=0)
+        rows = [*rows_before(out / "metrics.csv", first), *rows]
+    if rows:
+        write_metrics(rows, out / "metrics.csv")
+
+
+def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Path, out: Path,
+                     overrides: list[str] | None, resume: bool, init: str | None, weights: str | Path | None,
+                     extra_bands: str, download: bool) -> Path:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.utilities import rank_zero_info
 
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_model, modality_products
     from earthembed.pretrain.datamodule import ChipDataModule
+    from earthembed.pretrain.resume import AtomicCheckpointIO, ExactResume, RunLogger
     from earthembed.trainer_output import StepProgress, quiet_lightning
 
     opened = None
@@ -363,7 +428,6 @@ def pretrain(
         print(f"pretrain: no --config given, using the default CPU recipe {config!r} for this store ({why}); "
               f"its file: {packaged_config(config)}")
     cfg, where = load_config(config, overrides)
-    out = Path(out)
     cls = _objective_class(cfg["objective"], where)
     model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
     init_model, init_meta = None, None
@@ -381,133 +445,109 @@ def pretrain(
     t, d = cfg["train"], cfg["data"]
     model_args["modalities"] = bands
 
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):  # one writer per run directory (checkpoints, config, export)
-        store_path = str(Path(store).resolve())
-        store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
-        resolved = {
-            **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
+    store_path = str(Path(store).resolve())
+    store_mods = {k: {**v, "bands": chips.band_names(k)} for k, v in modality_products(chips.modalities).items()}
+    resolved = {
+        **cfg, "store": store_path, "store_modalities": store_mods, "model": {**cfg["model"], "modalities": bands},
+        **({"plan": plan.summary} if plan.summary else {}),
+    }
+    if init_meta is not None:
+        pub = init_meta.get("published") or {}
+        resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
+                            "weights_sha256": pub.get("weights_sha256")}
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = _resume_checkpoint(last) if resume else None
+    if ckpt is not None and (out / "config.yaml").exists():
+        _check_same_run(out, resolved, store_path, store_mods, where)
+    _write_config(out, resolved)
+
+    logger = RunLogger(out / "logs", name="", version="")
+    resumer = ExactResume(last, int(t["checkpoint_every_n_steps"]), logger)
+    callbacks: list[Any] = [resumer]
+    probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
+    if probe is not None:
+        callbacks.append(probe)
+    callbacks.append(StepProgress(f"pretrain {cfg['objective']}", quiet=not bool(t["progress_bar"])))
+    quiet_lightning()
+    max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
+    log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        max_epochs=t["max_epochs"],
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        strategy=t["strategy"],
+        num_nodes=int(t["num_nodes"]),
+        precision=t["precision"],
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,  # ExactResume writes last.ckpt (see earthembed.pretrain.resume)
+        default_root_dir=out,
+        log_every_n_steps=log_every,
+        gradient_clip_val=t["gradient_clip_val"],
+        accumulate_grad_batches=int(t["accumulate_grad_batches"]),
+        use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
+        enable_progress_bar=False,  # StepProgress: steps / max_steps, plain lines when not on a terminal
+        enable_model_summary=False,
+    )
+    lr = float(t["lr"])
+    if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
+        lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
+    for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
+                                                           if t["base_lr"] is not None else "")]:
+        rank_zero_info(note)
+
+    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
+    module = cls(
+        model_name=cfg["model"]["name"],
+        model_args=model_args,
+        lr=lr,
+        weight_decay=float(t["weight_decay"]),
+        warmup_steps=int(t["warmup_steps"]),
+        betas=[float(b) for b in t["betas"]],
+        augment=cfg["augment"],
+        gather_distributed=bool(t["gather_distributed"]),
+        **cfg["objective_args"],
+        **plan.args,
+    )
+    if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
+        try:
+            module.model.load_state_dict(init_model.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        del init_model
+    exported = _export_variant(module.model, cfg["model"]["name"], model_args, cfg["export"], where)
+    dm = ChipDataModule(
+        chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
+        splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
+        shuffle_window=int(d["shuffle_window"]),
+    )
+    # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt is not None else None, weights_only=True)
+    trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
+    export = out / "export"
+    if trainer.is_global_zero:
+        info = {
+            "objective": cfg["objective"],
+            "global_step": int(trainer.global_step),
+            "store": str(Path(store).resolve()),
+            "n_chips": len(dm.dataset) if dm.dataset is not None else None,
+            "lr": lr,
             **({"plan": plan.summary} if plan.summary else {}),
+            "config": resolved,
         }
+        extra: dict[str, Any] = {"pretrain": info}
         if init_meta is not None:
-            pub = init_meta.get("published") or {}
-            resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
-                                "weights_sha256": pub.get("weights_sha256")}
-        last = out / "checkpoints" / "last.ckpt"
-        if resume and last.exists():  # checked first (memory-mapped, cheap): a corrupt or code-carrying file is refused
-            from earthembed.models.export import read_checkpoint
-
-            read_checkpoint(last, mmap=True)
-        if resume and last.exists() and (out / "config.yaml").exists():
-            before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-            keys = ("model", "objective", "objective_args", "init",
-                    *(("plan",) if "plan" in before or "plan" in resolved else ()))
-            changed = [k for k in keys if before.get(k) != resolved.get(k)]
-            if changed:
-                raise ValueError(
-                    f"{where}: {out} holds a run with a different {', '.join(changed)} config; resuming it would fail "
-                    "- use a new --out (or delete its checkpoints/ to start over)"
-                )
-            # runs recorded before store_modalities existed are compared by path only
-            diff = [k for k in ("store", "store_modalities") if k in before and before[k] != resolved[k]]
-            if diff:
-                if "store" in diff:
-                    what = f"store {before.get('store')} (now {store_path})"
-                else:
-                    was = before["store_modalities"] or {}
-                    keys = [k for k in {**was, **store_mods} if was.get(k) != store_mods.get(k)]
-                    what = "store content (" + "; ".join(f"{k}: {was.get(k)} -> now {store_mods.get(k)}" for k in keys) + ")"
-                raise ValueError(
-                    f"{where}: {out} holds a run pretrained on a different {what}; resuming it would silently mix "
-                    "training data - use a new --out for this store (or delete its checkpoints/ to start over)"
-                )
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-
-        ckpt_dir = out / "checkpoints"
-        callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                                every_n_train_steps=int(t["checkpoint_every_n_steps"]))]
-        probe = _probe(cfg["probe"], chips, bands, int(t["seed"]))
-        if probe is not None:
-            callbacks.append(probe)
-        callbacks.append(StepProgress(f"pretrain {cfg['objective']}", quiet=not bool(t["progress_bar"])))
-        quiet_lightning()
-        max_steps = int(t["max_steps"]) if t["max_steps"] is not None else -1
-        log_every = int(t["log_every_n_steps"]) if max_steps <= 0 else max(1, min(int(t["log_every_n_steps"]), max_steps))
-        trainer = L.Trainer(
-            max_steps=max_steps,
-            max_epochs=t["max_epochs"],
-            accelerator=t["accelerator"],
-            devices=t["devices"],
-            strategy=t["strategy"],
-            num_nodes=int(t["num_nodes"]),
-            precision=t["precision"],
-            logger=CSVLogger(out / "logs", name="", version=""),
-            callbacks=callbacks,
-            default_root_dir=out,
-            log_every_n_steps=log_every,
-            gradient_clip_val=t["gradient_clip_val"],
-            accumulate_grad_batches=int(t["accumulate_grad_batches"]),
-            use_distributed_sampler=False,  # ChipDataModule shards batches per rank itself
-            enable_progress_bar=False,  # StepProgress: steps / max_steps, plain lines when not on a terminal
-            enable_model_summary=False,
-        )
-        lr = float(t["lr"])
-        if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
-            lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
-        for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
-                                                               if t["base_lr"] is not None else "")]:
-            rank_zero_info(note)
-
-        L.seed_everything(int(t["seed"]), workers=True, verbose=False)
-        module = cls(
-            model_name=cfg["model"]["name"],
-            model_args=model_args,
-            lr=lr,
-            weight_decay=float(t["weight_decay"]),
-            warmup_steps=int(t["warmup_steps"]),
-            betas=[float(b) for b in t["betas"]],
-            augment=cfg["augment"],
-            gather_distributed=bool(t["gather_distributed"]),
-            **cfg["objective_args"],
-            **plan.args,
-        )
-        if init_model is not None:  # a resumed run then restores its own weights from last.ckpt
-            try:
-                module.model.load_state_dict(init_model.state_dict(), strict=True)
-            except RuntimeError as e:
-                raise ValueError(f"{where}: the model.* settings change the weight shapes of --init {init}: "
-                                 f"{' '.join(str(e).split())[:300]}") from None
-            del init_model
-        exported = _export_variant(module.model, cfg["model"]["name"], model_args, cfg["export"], where)
-        dm = ChipDataModule(
-            chips, bands, batch_size=int(d["batch_size"]), crop_size=d["crop_size"], num_workers=int(d["num_workers"]),
-            splits=d["splits"], seed=int(t["seed"]), normalizer=normalizer, reads=plan.reads, sampler=d["sampler"],
-            shuffle_window=int(d["shuffle_window"]),
-        )
-        # resuming reads our own checkpoint with torch.load(weights_only=True): tensors and plain containers only
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
-        trainer.save_checkpoint(last, weights_only=False)  # the final state (with optimizer, for resuming)
-        export = out / "export"
-        if trainer.is_global_zero:
-            info = {
-                "objective": cfg["objective"],
-                "global_step": int(trainer.global_step),
-                "store": str(Path(store).resolve()),
-                "n_chips": len(dm.dataset) if dm.dataset is not None else None,
-                "lr": lr,
-                **({"plan": plan.summary} if plan.summary else {}),
-                "config": resolved,
-            }
-            extra: dict[str, Any] = {"pretrain": info}
-            if init_meta is not None:
-                extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
-                                 "published": init_meta.get("published")}
-            if exported is not module.model:
-                exported.load_state_dict(module.model.state_dict(), strict=True)
-            export_model(exported, export, normalizer, extra=extra,
-                         products=modality_products(chips.modalities, bands))
-            _merge_metrics(out / "logs" / "metrics.csv", out / "metrics.csv")
-        del trainer, module, dm
-        gc.collect()
-        _destroy_process_group()
-        return export
+            extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
+                             "published": init_meta.get("published")}
+        if exported is not module.model:
+            exported.load_state_dict(module.model.state_dict(), strict=True)
+        export_model(exported, export, normalizer, extra=extra,
+                     products=modality_products(chips.modalities, bands))
+        _write_run_metrics(out, logger, resumer, resumed=ckpt is not None)
+    del trainer, module, dm
+    gc.collect()
+    _destroy_process_group()
+    return export

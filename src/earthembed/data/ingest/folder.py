@@ -225,6 +225,11 @@ def _centre_crop(a: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
     return a[:, top : top + size, left : left + size], top, left
 
 
+MAX_INFERRED_CHIP = 2048
+"""Without ``--chip-size`` the first image sets the chip size; a larger first image is a scene, not a chip (every
+smaller image would then be skipped), so it is refused with the options that cut or resample it."""
+
+
 def ingest_folder(
     src: str | Path,
     out: str | Path,
@@ -275,6 +280,13 @@ def ingest_folder(
     mod = resolve_modality(modality, bands, probe[0], probe[1].shape[0])
     if chip_size is None:
         chip_size = int(min(probe[1].shape[1:]))
+        if chip_size > MAX_INFERRED_CHIP:
+            h, wd = probe[1].shape[1:]
+            raise IngestError(
+                f"{probe[0]}: {h}x{wd} px, the first image, would set the chip size to {chip_size} px (no "
+                f"--chip-size given); give --chip-size (e.g. 256) with --tile to cut large images into chips, or "
+                "--resize to resample them; nothing was written"
+            )
     if chip_size <= 0:
         raise ValueError(f"chip size must be positive, got {chip_size}")
     key = store_key(mod)
