@@ -132,6 +132,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("search", "--out"): Case(lambda e, o: ["search", "--embeddings", e.emb, "--positive", e.chip, "--k", 5, "--store",
                                             e.store, "--exact", "--out", o], ".parquet", input=lambda e: e.emb,
                               siblings=(".png",)),
+    ("change", "--out"): Case(lambda e, o: ["change", "--embeddings", e.emb, "--method", "zscore", "--plot", "top:3",
+                                            "--out", o], ".parquet", input=lambda e: e.emb, siblings=(".png",)),
     ("report", "--out"): Case(lambda e, o: ["report", "--image", e.img_html, "--out", o], ".html",
                               input=lambda e: e.img_html),
     ("demo", "--out"): Case(lambda e, o: ["demo", "--out", o, "--chips", 16], overwrite=False),

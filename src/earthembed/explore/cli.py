@@ -1,4 +1,4 @@
-"""CLI of the explore stage: ``plot-embeddings``, ``map``, ``index``, ``search`` and ``report``."""
+"""CLI of the explore stage: ``plot-embeddings``, ``map``, ``index``, ``search``, ``change`` and ``report``."""
 
 from __future__ import annotations
 
@@ -31,19 +31,32 @@ def plot_embeddings(
 
 
 def map_(
-    table: Path = typer.Option(..., "--table", help="per-chip table: predictions, embeddings, or a store directory"),
-    column: str = typer.Option(..., "--column", help="class, probability, fraction or embedding (emb_*) column"),
+    table: Path = typer.Option(..., "--table", help="per-chip table: predictions, embeddings, a change table, or a store directory"),
+    column: str = typer.Option(None, "--column", help="class, probability, fraction or embedding (emb_*) column "
+                               "(a change table: score and mask by default, or score | changed)"),
     out: Path = typer.Option(..., "--out", help="Cloud-Optimised GeoTIFF to write (a .png preview goes beside it)"),
     store: Path = typer.Option(None, "--store", help="store with the chips' CRS/transform (default: recorded in the table)"),
     crs: str = typer.Option(None, "--crs", help="reproject every chip into this CRS (default: one map per CRS)"),
     pixel_size: float = typer.Option(None, "--pixel-size", help="map pixel size in CRS units (default: see docs)"),
+    date: str = typer.Option(None, "--date", help="change table of a series method: map this date's scores "
+                             "(default: each chip's highest score)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace earlier earthembed maps and previews at --out (never any other file)"),
 ) -> None:
-    """Rasterise per-chip values back onto the AOI grid as a COG, with a PNG preview."""
-    from earthembed.explore.maps import write_map
+    """Rasterise per-chip values back onto the AOI grid as a COG, with a PNG preview (a change table: the
+    score, and the changed mask as OUT_mask.tif when it was thresholded)."""
+    from earthembed.explore.change import is_change_table
+    from earthembed.explore.maps import write_change_map, write_map
 
     with fail_on():
-        paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size, overwrite=overwrite)
+        if is_change_table(table):
+            paths = write_change_map(table, out, column=column, date=date, store=store, crs=crs,
+                                     pixel_size=pixel_size, overwrite=overwrite)
+        else:
+            if column is None:
+                raise ValueError(f"{table}: --column is required (which column of the table to map)")
+            if date is not None:
+                raise ValueError(f"{table}: --date applies to change tables (earthembed change --out ...)")
+            paths = write_map(table, column, out, store=store, crs=crs, pixel_size=pixel_size, overwrite=overwrite)
     for p in paths:
         typer.echo(f"wrote {p} (preview {p.with_suffix('.png')})")
 
@@ -112,6 +125,49 @@ def search(
         typer.echo(f"  #{r.rank} {r.chip_id} {r.score:.4f}")
 
 
+def change(
+    embeddings: list[Path] = typer.Option(..., "--embeddings", help="per-date embedding table (embed --dates); "
+                                          "repeatable: tables of one model are read as one"),
+    out: Path = typer.Option(..., "--out", help="change table (GeoParquet) to write"),
+    column: str = typer.Option("emb_fused", "--column", help="embedding column"),
+    date_from: str = typer.Option(None, "--from", help="first date (date key or YYYY-MM-DD): cosine change to --to"),
+    date_to: str = typer.Option(None, "--to", help="second date"),
+    method: str = typer.Option(None, "--method", help="cosine (with --from/--to) | zscore | loo-medoid | consecutive"),
+    threshold: str = typer.Option(None, "--threshold", help="percentile:Q | otsu | fixed:X | fitted:LABELS.csv "
+                                  "(chip_id[,date],changed 0/1): adds the changed column"),
+    plot: list[str] = typer.Option([], "--plot", help="chip id(s) or top:K whose scores over time are drawn into "
+                                   "OUT.png (series methods; comma-separated, repeatable)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier earthembed change table (and its "
+                                   "plot) at --out (never any other file)"),
+) -> None:
+    """Change per chip between two dates, or per chip and date over a series, from per-date embeddings."""
+    from earthembed.explore.change import detect_change
+
+    with fail_on():
+        res = detect_change(embeddings, out, column=column, method=method, date_from=date_from, date_to=date_to,
+                            threshold=threshold, plot=_ids(plot), overwrite=overwrite)
+    m = res.meta
+    span = f"{m['from']} -> {m['to']}" if m["method"] == "cosine" else f"{len(m['dates'])} dates"
+    typer.echo(f"change ({m['method']}, {m['column']}, {span}): {m['n_rows']:,} score(s) for {m['n_chips']:,} of "
+               f"{m['n_chips_input']:,} chips")
+    for note in res.notes:
+        typer.echo(f"  {note}")
+    thr = m["threshold"]
+    if thr:
+        line = f"threshold {thr['spec']} = {thr['value']:.4g}: {thr['n_changed']:,} changed"
+        if thr["kind"] == "fitted":
+            lo, hi = thr["threshold_ci"]
+            f_lo, f_hi = thr["f1_ci"]
+            line += (f" (F1 {thr['f1']:.3f} [{f_lo:.3f}, {f_hi:.3f}] on {thr['n_labels']} labels, cut 95% CI "
+                     f"[{lo:.4g}, {hi:.4g}])")
+        typer.echo(line)
+    top = res.table.sort_values("score", ascending=False).head(5)
+    for r in top.to_dict("records"):
+        when = " -> ".join(str(r[c]) for c in m["date_columns"])
+        typer.echo(f"  {r['chip_id']} {when} {r['score']:.4f}")
+    typer.echo(f"wrote {res.path}" + (f" (plot {res.plot})" if res.plot else ""))
+
+
 def report(
     out: Path = typer.Option(..., "--out", help="HTML page to write (self-contained)"),
     store: Path = typer.Option(None, "--store", help="chip store to summarise"),
@@ -122,6 +178,8 @@ def report(
     map_: list[Path] = typer.Option([], "--map", help="map COG (repeatable)"),
     image: list[str] = typer.Option([], "--image", help="PNG[=CAPTION] to include with the maps (repeatable)"),
     hits: list[Path] = typer.Option([], "--hits", help="search hits GeoParquet (repeatable; its .png is shown)"),
+    change_: list[Path] = typer.Option([], "--change", help="change table (repeatable): score histogram, top changed "
+                                       "chips, threshold, scores over time of the top chips"),
     title: str = typer.Option("earthembed report", "--title"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier earthembed report at --out (never any other file)"),
 ) -> None:
@@ -131,7 +189,7 @@ def report(
     imgs = [(Path(p), c or Path(p).stem) for p, _, c in (i.partition("=") for i in image)]
     with fail_on(ImportError):
         path = write_report(out, store=store, fewshot=fewshot, embeddings=embeddings, color_by=color_by,
-                            predictions=predictions, maps=map_, images=imgs, hits=hits, title=title,
+                            predictions=predictions, maps=map_, images=imgs, hits=hits, changes=change_, title=title,
                             overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
@@ -141,4 +199,5 @@ def register(app: typer.Typer) -> None:
     app.command("map")(map_)
     app.command("index")(index)
     app.command("search")(search)
+    app.command("change")(change)
     app.command("report")(report)

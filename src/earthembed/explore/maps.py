@@ -20,6 +20,10 @@ its own grid, no resampling); with ``crs=`` every chip box is reprojected (densi
 and all go into one COG, the boxes no longer aligned to the pixel grid (a pixel takes the chip that covers
 its centre). Rejected: always reprojecting to EPSG:4326, which distorts areas and resamples every map.
 
+A change table (``earthembed change``, :func:`write_change_map`) gives the score (float32) and, when it was
+thresholded, the changed mask beside it (``OUT_mask.tif``, classes unchanged / changed); a series table maps one
+date's scores or each chip's highest.
+
 Output policy (:mod:`earthembed.outputs`): the COG(s) and their previews are all checked before anything is
 computed (an existing file is replaced only with ``overwrite`` and only when earthembed wrote it: the
 ``earthembed_output`` tag of a map, the text chunk of a PNG); each is written under a temporary name beside it
@@ -52,7 +56,7 @@ CLASS_COLOURS: dict[str, str] = {
     "water": "#0064c8", "tree_cover": "#006400", "forest": "#006400", "shrubland": "#ffbb22",
     "grassland": "#ffff4c", "cropland": "#f096ff", "built_up": "#fa0000", "bare": "#b4b4b4",
     "bare_sparse": "#b4b4b4", "snow_ice": "#f0f0f0", "herbaceous_wetland": "#0096a0", "mangroves": "#00cf75",
-    "moss_lichen": "#fae6a0",
+    "moss_lichen": "#fae6a0", "changed": "#d62728", "unchanged": "#d9d9d9",
 }
 
 
@@ -265,6 +269,19 @@ def _write_cog(path: Path, data: np.ndarray, crs: Any, transform: Any, values: M
             chk.read(1, out_shape=(1, 1))
 
 
+def _target_crs(out: Path, crs: str | None) -> str | None:
+    """``crs`` as a CRS string (None: one map per CRS); ValueError unless ``out`` is a .tif path."""
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{out}: the map is a GeoTIFF; give a .tif path")
+    if crs is None:
+        return None
+    from rasterio.crs import CRS
+
+    from earthembed.data.ingest.common import crs_string
+
+    return crs_string(CRS.from_user_input(crs))
+
+
 def write_map(
     table: str | Path,
     column: str,
@@ -282,53 +299,112 @@ def write_map(
     ``overwrite``: replace earlier earthembed maps and previews at those paths (never any other file).
     """
     out = Path(out)
-    if crs is not None:
-        from rasterio.crs import CRS
-
-        from earthembed.data.ingest.common import crs_string
-
-        crs = crs_string(CRS.from_user_input(crs))
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"{out}: the map is a GeoTIFF; give a .tif path")
+    crs = _target_crs(out, crs)
     check_output(out, "map", [table, store], overwrite)
     df, meta = read_chip_table(table)
+    values = map_values(df, column, meta, str(table))
+    return _write_layers(df, meta, [(out, column, values, {})], table, store, crs, pixel_size, preview, overwrite)
+
+
+CHANGE_CLASSES = ["unchanged", "changed"]
+
+
+def write_change_map(
+    table: str | Path,
+    out: str | Path,
+    column: str | None = None,
+    date: str | None = None,
+    store: str | Path | None = None,
+    crs: str | None = None,
+    pixel_size: float | None = None,
+    preview: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Maps of a change table (``earthembed change``): the score at ``out`` (float32) and, when the table was
+    thresholded, the changed mask at ``OUT_mask.tif`` (classes unchanged / changed). ``column``: only
+    ``score`` or only ``changed`` (written at ``out``). Series tables (a score per chip and date) map ``date``'s
+    scores, by default each chip's highest score over its dates. Every output is checked before any is written.
+    """
+    from earthembed.explore.change import peak_per_chip, read_change
+
+    out = Path(out)
+    crs = _target_crs(out, crs)
+    if column not in (None, "score", "changed"):
+        raise ValueError(f"{table}: --column {column!r}: a change table maps score or changed (default: both)")
+    check_output(out, "map", [table, store], overwrite)
+    df, meta = read_change(table, geometry=True)
+    thresholded = "changed" in df.columns
+    if column == "changed" and not thresholded:
+        raise ValueError(f"{table}: the change table has no changed column (run change with --threshold)")
+    names = [column] if column else (["score", "changed"] if thresholded else ["score"])
+    paths = {n: out if (column or n == "score") else out.with_name(f"{out.stem}_mask{out.suffix}") for n in names}
+    for p in paths.values():
+        check_output(p, "map", [table, store], overwrite)
+        if preview:
+            check_output(p.with_suffix(".png"), "png", [table, store], overwrite, option="the .png preview of --out")
+    df = peak_per_chip(df, meta, date).reset_index(drop=True)
+    when = (f"{meta.get('from')} -> {meta.get('to')}" if not meta.get("series")
+            else f"date {date}" if date else "highest score over the dates")
+    tags = {"earthembed_change": json.dumps({"method": meta.get("method"), "column": meta.get("column"),
+                                             "when": when, "threshold": (meta.get("threshold") or {}).get("spec")})}
+    layers = []
+    for n in names:
+        if n == "score":
+            v = MapValues("continuous", df["score"].to_numpy(np.float64)[:, None], "float32", float("nan"),
+                          note=f"{meta.get('method')} change score ({when})")
+        else:
+            ok = np.isfinite(df["score"].to_numpy(np.float64))
+            code = np.where(ok, df["changed"].to_numpy(bool).astype(np.float64), np.nan)
+            thr = meta.get("threshold") or {}
+            v = MapValues("class", code[:, None], "uint8", CLASS_NODATA, list(CHANGE_CLASSES),
+                          note=f"changed: score > {thr.get('value', float('nan')):.4g} ({thr.get('spec')}, {when})")
+        layers.append((paths[n], n, v, tags))
+    return _write_layers(df, meta, layers, table, store, crs, pixel_size, preview, overwrite)
+
+
+def _write_layers(df: pd.DataFrame, meta: dict[str, Any], layers: list[tuple[Path, str, MapValues, dict[str, str]]],
+                  table: str | Path, store: str | Path | None, crs: str | None, pixel_size: float | None,
+                  preview: bool, overwrite: bool) -> list[Path]:
+    """Rasterise each layer (path, column, values, extra tags) of the per-chip ``df``; every output (per CRS) is
+    checked and every grid sized before anything is written."""
     what = str(table)
-    values = map_values(df, column, meta, what)
     df, chip_size = locate(df, meta, store, what)
     fr = chip_frames(df, chip_size, what)
-    geo = fr["left"].notna().to_numpy() & np.isfinite(values.values).all(axis=1)
-    if not geo.any():
-        raise ValueError(f"{what}: no georeferenced chip with a value in {column!r}; nothing to map")
-    groups = [(crs, np.flatnonzero(geo))] if crs else [
-        (c, np.flatnonzero(geo & (fr["crs"].to_numpy() == c))) for c in pd.unique(fr["crs"][geo])
-    ]
     plan = []
-    for target, rows in groups:  # every output checked and every grid sized before anything is written
-        path = out if len(groups) == 1 else out.with_name(f"{out.stem}_{_crs_tag(target)}{out.suffix}")
-        check_output(path, "map", [table, store], overwrite)
-        if preview:
-            check_output(path.with_suffix(".png"), "png", [table, store], overwrite, option="the .png preview of --out")
-        sub = fr.iloc[rows]
-        if crs is None or sub["crs"].nunique() == 1 and str(sub["crs"].iloc[0]) == str(crs):
-            gcrs, pixel, boxes = _grid_boxes(sub, chip_size, pixel_size, None, what)
-        else:
-            parts = [(_grid_boxes(sub[sub["crs"] == c], chip_size, pixel_size, crs, what), np.flatnonzero(sub["crs"] == c))
-                     for c in pd.unique(sub["crs"])]
-            pixel = pixel_size or min(p[0][1] for p in parts)
-            boxes = [None] * len(sub)
-            for (_, _, bx), pos in parts:
-                for p, bxi in zip(pos, bx, strict=True):
-                    boxes[p] = bxi
-            gcrs = crs
-        _check_grid_size(boxes, pixel, values, path)
-        plan.append((path, rows, gcrs, pixel, boxes))
+    for out, column, values, extra in layers:
+        geo = fr["left"].notna().to_numpy() & np.isfinite(values.values).all(axis=1)
+        if not geo.any():
+            raise ValueError(f"{what}: no georeferenced chip with a value in {column!r}; nothing to map")
+        groups = [(crs, np.flatnonzero(geo))] if crs else [
+            (c, np.flatnonzero(geo & (fr["crs"].to_numpy() == c))) for c in pd.unique(fr["crs"][geo])
+        ]
+        for target, rows in groups:
+            path = out if len(groups) == 1 else out.with_name(f"{out.stem}_{_crs_tag(target)}{out.suffix}")
+            check_output(path, "map", [table, store], overwrite)
+            if preview:
+                check_output(path.with_suffix(".png"), "png", [table, store], overwrite,
+                             option="the .png preview of --out")
+            sub = fr.iloc[rows]
+            if crs is None or sub["crs"].nunique() == 1 and str(sub["crs"].iloc[0]) == str(crs):
+                gcrs, pixel, boxes = _grid_boxes(sub, chip_size, pixel_size, None, what)
+            else:
+                parts = [(_grid_boxes(sub[sub["crs"] == c], chip_size, pixel_size, crs, what),
+                          np.flatnonzero(sub["crs"] == c)) for c in pd.unique(sub["crs"])]
+                pixel = pixel_size or min(p[0][1] for p in parts)
+                boxes = [None] * len(sub)
+                for (_, _, bx), pos in parts:
+                    for p, bxi in zip(pos, bx, strict=True):
+                        boxes[p] = bxi
+                gcrs = crs
+            _check_grid_size(boxes, pixel, values, path)
+            plan.append((path, column, values, extra, rows, gcrs, pixel, boxes))
     paths = []
-    for path, rows, gcrs, pixel, boxes in plan:
+    for path, column, values, extra, rows, gcrs, pixel, boxes in plan:
         data, transform = _rasterise(values, rows, boxes, pixel)
         tags = {
             OUTPUT_KEY: "map", "earthembed_column": column, "earthembed_kind": values.kind,
             "earthembed_table": str(table), "earthembed_chips": str(len(rows)),
-            **({"earthembed_note": values.note} if values.note else {}),
+            **({"earthembed_note": values.note} if values.note else {}), **extra,
         }
         if values.classes:
             tags.update({f"class_{i}": c for i, c in enumerate(values.classes)})

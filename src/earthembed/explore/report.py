@@ -1,4 +1,5 @@
-"""One self-contained HTML page for a run: store summary, label efficiency, embedding space, maps, search hits.
+"""One self-contained HTML page for a run: store summary, label efficiency, embedding space, maps, search hits,
+change between dates.
 
 Everything is inline (CSS, images as base64 PNG data URIs), so the page can be mailed or archived as one
 file and opened offline. Every part is optional: the page shows what it is given. A few lines of script at
@@ -214,6 +215,41 @@ def _hits_section(hits: Path) -> str:
     return "".join(parts)
 
 
+def _change_section(path: Path, tmp: Path, k: int) -> str:
+    """A change table: what was compared, the threshold, the score histogram, the top changed chips and (series
+    methods) the scores over time of the top 5 chips."""
+    from earthembed.explore.change import plot_change_series, plot_score_histogram, read_change
+
+    df, meta = read_change(path)
+    method, series = meta.get("method"), meta.get("series")
+    span = f"{meta.get('from')} -> {meta.get('to')}" if not series else f"{len(meta.get('dates', []))} dates"
+    parts = [f"<h3>{html.escape(path.name)}: {html.escape(str(method))} change of "
+             f"{html.escape(str(meta.get('column')))} ({html.escape(span)})</h3>"
+             f"<p>{meta.get('n_rows')} score(s) for {meta.get('n_chips')} of {meta.get('n_chips_input')} chips, model "
+             f"{html.escape(str(meta.get('model_id')))}.</p>"]
+    thr = meta.get("threshold")
+    if thr:
+        line = f"Threshold {thr['spec']}: score &gt; {thr['value']:.4g}, {thr['n_changed']} changed"
+        if thr.get("kind") == "fitted":
+            line += (f"; F1 {thr['f1']:.3f} (95% CI {thr['f1_ci'][0]:.3f}-{thr['f1_ci'][1]:.3f}) on "
+                     f"{thr['n_labels']} labelled chips ({thr['n_changed']} changed), cut 95% CI "
+                     f"{thr['threshold_ci'][0]:.4g}-{thr['threshold_ci'][1]:.4g}; {html.escape(thr.get('note', ''))}")
+        parts.append(f"<p>{line}.</p>")
+    else:
+        parts.append("<p>No threshold (scores only; <code>earthembed change --threshold</code> adds one).</p>")
+    if meta.get("notes"):
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in meta["notes"]) + "</ul>")
+    hist = plot_score_histogram(df, meta, tmp / f"change_hist_{k}.png")
+    parts.append(_figure(hist, f"{method} change scores" + (f" and the threshold ({thr['spec']})" if thr else "")))
+    cols = [c for c in ("chip_id", *meta.get("date_columns", []), "score", "changed", "prob_changed", "split")
+            if c in df.columns]
+    parts.append("<h4>Top changed chips</h4>" + _table(df.sort_values("score", ascending=False)[cols], max_rows=20))
+    if series:
+        png = plot_change_series(df, meta, ["top:5"], tmp / f"change_series_{k}.png", own=True)
+        parts.append(_figure(png, "scores over time of the 5 chips with the highest score"))
+    return "".join(parts)
+
+
 def write_report(
     out: str | Path,
     store: str | Path | None = None,
@@ -224,6 +260,7 @@ def write_report(
     maps: Sequence[str | Path] = (),
     images: Sequence[tuple[str | Path, str]] = (),
     hits: Sequence[str | Path] = (),
+    changes: Sequence[str | Path] = (),
     title: str = "earthembed report",
     notes: Sequence[str] = (),
     overwrite: bool = False,
@@ -237,7 +274,8 @@ def write_report(
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{out}: the report is an HTML page; give a .html path")
-    inputs = [*predictions, *maps, *hits, *(i for i, _ in images), *(x for x in (fewshot, embeddings, store) if x)]
+    inputs = [*predictions, *maps, *hits, *changes, *(i for i, _ in images),
+              *(x for x in (fewshot, embeddings, store) if x)]
     check_output(out, "html", inputs, overwrite)
     for p in inputs:
         if not Path(p).exists():
@@ -245,6 +283,12 @@ def write_report(
     imgs = [(Path(p), c, image_type(p)) for p, c in images]
     if fewshot is not None:
         check_fewshot_dir(Path(fewshot))
+    if changes:
+        from earthembed.explore.change import is_change_table
+
+        for c in changes:  # a table that is not one: named before the page is made
+            if not is_change_table(c):
+                raise ValueError(f"{c}: --change is not an earthembed change table (earthembed change --out ...)")
     st = ChipStore(store) if store is not None else None
     body = [f"<h1>{html.escape(title)}</h1><p class='meta'>written "
             f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} by earthembed</p>"]
@@ -263,6 +307,9 @@ def write_report(
             body.append(_map_section([Path(m) for m in maps], imgs, tmp))
         if hits:
             body.append("<h2>Similarity search</h2>" + "".join(_hits_section(Path(h)) for h in hits))
+        if changes:
+            body.append("<h2>Change between dates</h2>"
+                        + "".join(_change_section(Path(c), tmp, k) for k, c in enumerate(changes)))
         page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{HTML_MARKER}"
                 f"<title>{html.escape(title)}</title>"
                 f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{_CSS}</style></head>"
