@@ -109,6 +109,8 @@ def test_proj_crs_disagreement_through_the_cli_exits_0_with_the_report(stac_root
     st = ChipStore(tmp_path / "store")
     _same_store(st, reference)
     assert {w["item"] for w in st.report()["warnings"]} == {"S2_full", "S2_clear_left"}
+    warned = [line for line in r.output.splitlines() if line.startswith("warning: ")]  # one line each, no Python
+    assert len(warned) == 2 and all("S2_" in w for w in warned) and "StacWarning" not in r.output, r.output
 
 
 def _move(it, dlon: float) -> None:

@@ -102,7 +102,7 @@ def test_a_truncated_checkpoint_is_named_and_nothing_is_overwritten(tiny_store, 
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):
-    from earthembed.data.store import WriteError
+    from earthembed.outputs import WriteError
     from earthembed.pretrain.resume import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()

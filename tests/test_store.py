@@ -207,3 +207,41 @@ def test_a_duplicate_chip_id_is_refused_at_open(tiny_store, tmp_path):
         r = CliRunner().invoke(app, cmd)
         assert r.exit_code != 0 and "duplicate chip ids" in r.output, (cmd, r.output)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("No space left on device (os error 28)")])  # as zarrs reports it
+def test_a_full_disk_is_one_line_and_the_rerun_resumes_to_the_same_store(tmp_path, monkeypatch, failure):
+    """The disk fills in the third batch: one WriteError naming the store and the re-run; once space is freed the
+    same command resumes and the store equals one written without interruption."""
+    from earthembed.data.synth import generate_synthetic_aoi
+    from earthembed.outputs import WriteError
+
+    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, batch_size=8)
+    real = StoreWriter._write_rows
+
+    def filling(self, root, name, start, data):
+        if start >= 16:
+            raise failure
+        return real(self, root, name, start, data)
+
+    monkeypatch.setattr(StoreWriter, "_write_rows", filling)
+    with pytest.raises(WriteError) as e:
+        generate_synthetic_aoi(tmp_path / "st", chips=40, chip_size=16, batch_size=8)
+    msg = str(e.value)
+    assert msg == (f"{tmp_path / 'st'}: No space left on device while writing it; 16 chips are committed; free space "
+                   "and re-run the same command to resume") and e.value.errno == 28
+    monkeypatch.undo()
+    a, b = ref, generate_synthetic_aoi(tmp_path / "st", chips=40, chip_size=16, batch_size=8)
+    for k in a.modalities:
+        np.testing.assert_array_equal(a.array(k)[:], b.array(k)[:])  # NaN fill of absent chips compares equal
+    assert a.index.drop(columns="geometry").equals(b.index.drop(columns="geometry"))
+
+
+def test_a_bug_in_a_native_codec_keeps_its_traceback():
+    from earthembed.data.store import os_error_of
+
+    assert os_error_of(RuntimeError("index out of bounds")) is None
+    assert os_error_of(ValueError("no space in the band list")) is None
+    err = os_error_of(RuntimeError("failed to write chunk: Disk quota exceeded (os error 122)"))
+    assert err.errno == 122 and err.strerror == "Disk quota exceeded"

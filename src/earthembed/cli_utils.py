@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -22,8 +23,43 @@ into the next command run in the same process): errors then propagate with their
 _PASS_THROUGH = (typer.Exit, typer.Abort, typer.exceptions.TyperException)  # typer's own control flow
 
 
+def _output_params() -> list[str]:
+    """The output paths the running command was given (``--out``, ``--out-*``, ``--*-dir``, ``--*-out``)."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return []
+    out = []
+    for p in ctx.command.params:
+        flag = max(p.opts, key=len) if p.opts else ""
+        value = ctx.params.get(p.name or "")
+        if value and (flag == "--out" or flag.startswith("--out-") or flag.endswith(("-dir", "-out"))):
+            out.append(str(value))
+    return out
+
+
+def storage_message(e: BaseException) -> str | None:
+    """One line for a write that failed because of the storage (disk full, quota, read-only, I/O error) and whose
+    error names no file: the command's output path(s), the cause and the re-run; None for other errors."""
+    from earthembed.outputs import STORAGE_ERRNOS, WriteError, os_error_of
+
+    err = os_error_of(e)
+    if err is None or isinstance(e, WriteError) or err.errno not in STORAGE_ERRNOS or err.filename:
+        return None
+    where = " or ".join(_output_params()) or "this command's output"
+    return (f"{where}: {os.strerror(err.errno)} while writing it; free space and re-run the same command (what "
+            "an earlier run wrote is kept)")
+
+
 def error_message(e: BaseException) -> str:
     """The one line shown for ``e``. A bare ``KeyError('modalities')`` becomes "missing key 'modalities'"."""
+    storage = storage_message(e)
+    if storage is not None:
+        return storage
     if isinstance(e, KeyError):
         key = e.args[0] if e.args else None
         return key if isinstance(key, str) and " " in key else f"missing key {key!r}"

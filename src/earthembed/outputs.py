@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import functools
 import hashlib
 import json
@@ -309,6 +310,38 @@ def _umask() -> int:
     return mask
 
 
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+"""Errors of the storage, not of the input: a write that fails with one names the path it was writing."""
+
+
+class WriteError(OSError):
+    """Writing ``filename`` failed (disk full, quota, I/O error); ``str()`` is one line: the path, the cause and
+    what to do (:func:`write_error`). An ``OSError``, so ``errno`` still tells ENOSPC from other failures."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def os_error_of(e: BaseException) -> OSError | None:
+    """The operating-system error behind ``e``: ``e`` itself, or one that a native library (zarrs, safetensors)
+    reports as its own exception carrying Rust's ``(os error N)``; None for anything else (a bug must keep its
+    traceback)."""
+    import re
+
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"(.*?)\s*\(os error (\d+)\)", str(e)) if isinstance(e, Exception) else None
+    return OSError(int(m.group(2)), m.group(1).split(": ")[-1] or os.strerror(int(m.group(2)))) if m else None
+
+
+def write_error(path: str | Path, e: OSError, hint: str) -> WriteError:
+    """The :class:`WriteError` for ``e``, raised while writing ``path``: ``PATH: <cause> while writing it; <hint>``."""
+    if isinstance(e, WriteError):
+        return e
+    cause = os.strerror(e.errno) if isinstance(e.errno, int) and e.errno > 0 else (e.strerror or str(e) or type(e).__name__)
+    return WriteError(e.errno, f"{cause} while writing it; {hint}", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, kind: str | None = None, overwrite: bool = False,
                 option: str = "--out") -> Iterator[Path]:
@@ -326,9 +359,13 @@ def atomic_path(path: str | Path, kind: str | None = None, overwrite: bool = Fal
         if kind is not None and (path.exists() or path.is_symlink()):
             _refuse_existing_file(path, kind, overwrite, option)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        err = os_error_of(e) if isinstance(e, Exception) else None
+        if err is not None and err.errno in STORAGE_ERRNOS and not isinstance(e, WriteError):
+            keep = "the existing file is kept; " if path.exists() else ""
+            raise write_error(path, err, f"{keep}free space and re-run the same command") from e
         raise
 
 
@@ -380,9 +417,13 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        err = os_error_of(e) if isinstance(e, Exception) else None
+        if err is not None and err.errno in STORAGE_ERRNOS and not isinstance(e, WriteError):
+            keep = "the existing file is kept; " if path.exists() else ""
+            raise write_error(path, err, f"{keep}free space and re-run the same command") from e
         raise
 
 

@@ -45,25 +45,17 @@ import zarr
 
 from earthembed.data.modalities import Modality, band_indices
 from earthembed.errors import OutputError, StoreError
-from earthembed.outputs import OutputLock, check_output_location, write_json
+from earthembed.outputs import (
+    OutputLock,
+    WriteError,
+    check_output_location,
+    os_error_of,
+    write_error,
+    write_json,
+)
 
 FORMAT_VERSION = "1.0"
 
-
-class WriteError(OSError):
-    """Writing ``filename`` failed (disk full, quota, I/O error); ``str()`` is one line: the path, the cause and
-    what to do (:func:`write_error`). An ``OSError``, so ``errno`` still tells ENOSPC from other failures."""
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.strerror}"
-
-
-def write_error(path: str | Path, e: OSError, hint: str) -> WriteError:
-    """The :class:`WriteError` for ``e``, raised while writing ``path``: ``PATH: <cause> while writing it; <hint>``."""
-    if isinstance(e, WriteError):
-        return e
-    cause = e.strerror or str(e) or type(e).__name__
-    return WriteError(e.errno, f"{cause} while writing it; {hint}", str(path))
 
 # Arrays are read and written through the zarrs (Rust) codec pipeline when it is installed: on 16-chip chunks
 # reads are 4-6x faster than with zarr-python's asyncio pipeline (benchmarks/README.md). Its rayon thread pool
@@ -542,9 +534,26 @@ class StoreWriter:
             raise StoreError(f"{where}: {m.name} values [{a.min()}, {a.max()}] do not fit {m.dtype}")
         return a.astype(target, copy=False)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (disk full, quota, I/O error) is one :class:`WriteError` naming the store and the re-run
+        that resumes it; what was committed before stays (a batch commits with its index part, last)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            err = os_error_of(e)
+            if err is None or isinstance(e, WriteError):
+                raise
+            raise write_error(self.path, err, f"{self._n} chips are committed; free space and re-run the same "
+                                             "command to resume") from e
+
     def flush(self) -> None:
         if not self._buffer:
             return
+        with self._writing():
+            self._flush()
+
+    def _flush(self) -> None:
         pending, self._buffer = self._buffer, []
         batch = [r for r, _ in pending]
         b = len(batch)
@@ -617,7 +626,8 @@ class StoreWriter:
         if self._closed:
             return ChipStore(self.path)
         try:
-            self._finish(compute_stats, stats_max_chips)
+            with self._writing():
+                self._finish(compute_stats, stats_max_chips)
         finally:
             self._release()
         self._closed = True

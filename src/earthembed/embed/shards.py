@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from earthembed.embed.io import META_KEY, parquet_options
 from earthembed.errors import OutputError
-from earthembed.outputs import dumps, write_json
+from earthembed.outputs import dumps, write_error, write_json
 
 DATASET_FORMAT = "earthembed-embedding-dataset"
 DATASET_VERSION = 1
@@ -180,6 +180,9 @@ def write_shard(out: Path, shard: Shard, table: pa.Table) -> dict[str, Any]:
     try:
         pq.write_table(table, tmp, **parquet_options(table.schema))
         os.replace(tmp, f)
+    except OSError as e:
+        raise write_error(f, e, "the shard is not committed; free space and re-run the same command to resume "
+                          "(committed shards are kept)") from e
     finally:
         tmp.unlink(missing_ok=True)
     h = hashlib.sha256(f.read_bytes()).hexdigest()

@@ -42,7 +42,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from earthembed.data.store import write_error
+from earthembed.outputs import write_error
 
 
 def rng_states() -> dict[str, Any]:
@@ -181,4 +181,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
         except OSError as e:
             keep = "the previous checkpoint is kept; " if path.exists() else ""
-            raise write_error(path, e, f"{keep}free space and re-run the same command to resume") from e
+            cause = OSError(e.errno, e.strerror)  # atomic_path's own WriteError says less about resuming
+            raise write_error(path, cause, f"{keep}free space and re-run the same command to resume") from e

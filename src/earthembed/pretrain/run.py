@@ -379,8 +379,7 @@ def _resume_checkpoint(last: Path) -> Path | None:
 
 
 def _write_config(out: Path, resolved: dict[str, Any]) -> None:
-    from earthembed.data.store import write_error
-    from earthembed.outputs import atomic_path
+    from earthembed.outputs import atomic_path, write_error
 
     path = out / "config.yaml"
     try:

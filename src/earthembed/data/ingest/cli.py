@@ -173,12 +173,12 @@ def stac(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
-    from earthembed.cli_utils import fail_on
+    from earthembed.cli_utils import echo_warnings, fail_on
     from earthembed.data.ingest.common import echo_summary
-    from earthembed.data.ingest.stac import _assets, _products, ingest_stac
+    from earthembed.data.ingest.stac import StacWarning, _assets, _products, ingest_stac
     from earthembed.data.modalities import load_modalities_file
 
-    with fail_on():
+    with fail_on(), echo_warnings(StacWarning):  # catalogue disagreements: one `warning:` line each
         check_output(out, "store", [catalog, modalities_file], overwrite)
         if modalities_file is not None:
             load_modalities_file(modalities_file)
