@@ -16,7 +16,7 @@ Methods, all on unit-normalised embeddings (the annual-embedding-product convent
   with the least summed distance to the rest): robust to one odd date among the others. Needs >= 2 dates.
 * ``consecutive``: per chip and date step, the distance between consecutive available dates.
 
-Everything is vectorised over chips: rows are sorted by (chip, date) once; per-chip sums are ``reduceat`` /
+Everything is vectorised over chips: rows are sorted by (chip, date) once; per-chip sums are one sparse product /
 ``bincount``; medoids are computed for all chips with the same number of dates as one batched Gram matrix.
 No Python loop runs per chip (1M (chip, date) rows of 128 dims: ``benchmarks/bench_change.py``).
 
@@ -243,7 +243,7 @@ def read_series(embeddings: str | Path | Sequence[str | Path], column: str = "em
         for c in keep_cols:
             if c in tab.column_names:
                 extra.setdefault(c, []).append(tab.column(c).combine_chunks())
-        p["table"] = None  # free the Arrow copy of the embeddings
+        p["table"] = tab = None  # free the Arrow copy of the embeddings
     t = np.concatenate(t_arrs)
     ids_arr = pa.concat_arrays(chip_arrs) if len(chip_arrs) > 1 else chip_arrs[0]
     X = np.concatenate(mats) if len(mats) > 1 else mats[0]
@@ -256,7 +256,7 @@ def read_series(embeddings: str | Path | Sequence[str | Path], column: str = "em
     notes: list[str] = []
     # a chip's rows must be one place: footprint (and CRS) equal at every date
     per_row = {c: (pa.concat_arrays(v) if len(v) > 1 else v[0]) for c, v in extra.items() if len(v) == len(parts)}
-    norms = np.sqrt(np.einsum("nd,nd->n", X, X, dtype=np.float64)) if len(X) else np.zeros(0)
+    norms = np.sqrt(_rowdot(X)) if len(X) else np.zeros(0)
     null_rows = ~ok
     zero_rows = ok & ~(norms > 0)
     if zero_rows.any():
@@ -321,16 +321,26 @@ def _check_same_place(arr: Any, order: np.ndarray, chip: np.ndarray, starts: np.
 # -- scores ---------------------------------------------------------------------------------------------------
 def _rowdot(A: np.ndarray, B: np.ndarray | None = None, ia: np.ndarray | None = None, ib: np.ndarray | None = None
             ) -> np.ndarray:
-    """sum(A[ia] * B[ib], axis=1) in chunks (float64 accumulate), without materialising the gathered rows."""
+    """sum(A[ia] * B[ib], axis=1) as float64, in chunks: the gathered rows are never materialised whole."""
     B = A if B is None else B
-    n = len(ia) if ia is not None else len(A)
+    n = len(ia) if ia is not None else len(ib) if ib is not None else len(A)
     out = np.empty(n, dtype=np.float64)
     for a in range(0, n, CHUNK_ROWS):
         b = min(n, a + CHUNK_ROWS)
         x = A[ia[a:b]] if ia is not None else A[a:b]
         y = B[ib[a:b]] if ib is not None else B[a:b]
-        out[a:b] = np.einsum("nd,nd->n", x, y, dtype=np.float64)
+        out[a:b] = np.einsum("nd,nd->n", x, y)  # float32 sums of D products: ~1e-7 relative, 5x faster
     return out
+
+
+def chip_sums(U: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """[C, D] sums of the rows of each chip (rows sorted by chip, chip c from ``starts[c]``): one sparse
+    product (``np.add.reduceat`` over rows took 2.5 s for 1M x 128, this 0.14 s)."""
+    import scipy.sparse as sp
+
+    n = len(U)
+    M = sp.csr_matrix((np.ones(n, U.dtype), np.arange(n), np.r_[starts, n]), shape=(len(starts), n))
+    return np.asarray(M @ U)
 
 
 def _missing_report(s: Series, need: Sequence[int], skipped: dict[str, Any], notes: list[str]) -> np.ndarray:
@@ -397,9 +407,9 @@ def _enough_dates(s: Series, method: str, skipped: dict[str, Any], notes: list[s
 def zscore_scores(s: Series, keep: np.ndarray) -> dict[str, np.ndarray]:
     """Leave-one-out z-score of each date's distance to the mean of the chip's other dates."""
     C = len(s.chip_ids)
-    S = np.add.reduceat(s.U, s.starts, axis=0, dtype=np.float64)
-    S2 = np.einsum("cd,cd->c", S, S)
-    uS = _rowdot(s.U, S, ia=np.arange(len(s.U)), ib=s.chip)
+    S = chip_sums(s.U, s.starts)
+    S2 = np.einsum("cd,cd->c", S, S).astype(np.float64)
+    uS = _rowdot(s.U, S, ib=s.chip)
     n = s.counts[s.chip].astype(np.float64)
     # u . (S - u) / |S - u|, with |u| = 1
     with np.errstate(invalid="ignore", divide="ignore"):
