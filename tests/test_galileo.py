@@ -338,3 +338,36 @@ def test_several_dates_of_one_place_become_a_time_series(nano, tmp_path):
     undated = _store(tmp_path / "nodate", mods, x, 2)
     with pytest.raises(BandMismatchError, match=r"feed the same Galileo bands .* no date_<modality>"):
         fit_galileo(nano, undated)
+
+
+def test_pretraining_continues_from_galileo_and_resumes(tmp_path):
+    """`pretrain --init galileo:nano`: the recipe's CNN settings are left out (said), training starts from the
+    published weights (step 0 equals them), the export is a Galileo encoder that embeds, and the run resumes; a
+    different --patch-size on the same run directory is refused."""
+    from earthembed.models import load_model
+    from earthembed.models.published import load_encoder
+
+    st = _store(tmp_path / "s2", {"s2": get_modality("s2_l1c")}, {"s2": _s2(12)}, 12)
+    out = tmp_path / "run"
+    args = ["pretrain", "--init", "galileo:nano", "--weights", WEIGHTS, "--store", st.path, "--out", out,
+            "--patch-size", "4", "train.max_steps=2", "data.batch_size=4", "data.crop_size=16", "probe.every_n_steps=0",
+            "train.progress_bar=false"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    from earthembed.pretrain.run import _config_for_init
+
+    doc, _, notes = _config_for_init("cpu_single_modality", "galileo", "galileo:nano")
+    assert set(doc["model"]) <= {"name", "modalities"} and "model.backbone" in notes[0] and "export.tta" in notes[1]
+    model, meta = load_model(out / "export")
+    assert meta["architecture"] == "galileo" and meta["config"]["patch_size"] == 4
+    start, _ = load_encoder("galileo:nano", st, weights=WEIGHTS, options={"patch_size": 4})
+    trained, init = model.state_dict(), start.state_dict()
+    assert trained.keys() == init.keys() and any(not torch.equal(trained[k], init[k]) for k in init)
+    model._meta = meta
+    emb = _embed(model, st).fused
+    assert emb.shape == (12, 128) and torch.isfinite(emb).all()
+    r = cli(*args[:-4], "train.max_steps=3", *args[-3:])  # a larger budget resumes
+    assert r.exit_code == 0, r.output
+    assert load_model(out / "export")[1]["pretrain"]["global_step"] == 3
+    r = cli(*[a if a != "4" else "8" for a in args[:-4]], "train.max_steps=4", *args[-3:])
+    assert r.exit_code == 1 and "holds a run with a different model, init config" in r.output

@@ -89,10 +89,11 @@ def read_config(config: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
 
 
 def resolve_config(defaults: dict[str, Any], config: str | Path | Mapping[str, Any] | None,
-                   overrides: Sequence[str] | None = None, free_sections: Sequence[str] = ()
-                   ) -> tuple[dict[str, Any], str]:
-    """(defaults + config file + dotted overrides, the config's name for messages); nothing validated beyond
-    key names (the caller checks values)."""
+                   overrides: Sequence[str] | None = None, free_sections: Sequence[str] = (),
+                   name: str | None = None) -> tuple[dict[str, Any], str]:
+    """(defaults + config file + dotted overrides, the config's name for messages, ``name`` if given); nothing
+    validated beyond key names (the caller checks values)."""
     doc, where = read_config(config) if config is not None else ({}, "<defaults>")
+    where = name or where
     cfg = merge_config(defaults, doc, where, free_sections)
     return merge_config(cfg, parse_overrides(overrides, where), f"{where} (overrides)", free_sections), where

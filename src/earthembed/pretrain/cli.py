@@ -20,11 +20,12 @@ def pretrain(
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=20 model.embed_dim=32"),
     init: str = typer.Option(
         None, "--init",
-        help="start from published weights: timm:<model name>, torchgeo:<weights name>, mmearth:<checkpoint file> "
-        "or an earthembed export (the model is then its architecture; docs/published_weights.md)"),
+        help="start from published weights: timm:<model name>, torchgeo:<weights name>, mmearth:<checkpoint file>, "
+        "galileo:<size> or an earthembed export (the model is then its architecture; docs/published_weights.md)"),
     weights: Path = typer.Option(None, "--weights", help="weights file of --init (default: the usual caches)"),
     extra_bands: str = typer.Option("add", help="store bands --init never saw: add (zero-initialised channels) | ignore"),
     download: bool = typer.Option(False, help="--init: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
+    patch_size: int = typer.Option(None, "--patch-size", help="--init galileo:<size>: the patch size (default 8)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (same as train.progress_bar=false)"),
 ) -> None:
     """Pretrain an encoder on a chip store and export it; re-running the same command resumes.
@@ -37,7 +38,7 @@ def pretrain(
         check_run_dir(out, store, config, weights, init)
         ov = list(overrides or []) + (["train.progress_bar=false"] if quiet else [])
         export = run_pretrain(config, store, out, overrides=ov, init=init, weights=weights,
-                              extra_bands=extra_bands, download=download)
+                              extra_bands=extra_bands, download=download, options={"patch_size": patch_size})
     typer.echo(f"exported model to {export}")
 
 

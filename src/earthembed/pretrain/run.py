@@ -164,9 +164,10 @@ def default_recipe(store: Any) -> tuple[str, str]:
                                        "augmented views, mean+std pool averaged over 8 rotations/flips")
 
 
-def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
+def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None,
+                name: str | None = None) -> tuple[dict[str, Any], str]:
     """(resolved config, its name for messages): YAML file, packaged config name or dict, plus overrides."""
-    cfg, where = resolve_config(DEFAULTS, config, overrides, _FREE_SECTIONS)
+    cfg, where = resolve_config(DEFAULTS, config, overrides, _FREE_SECTIONS, name)
     _validate(cfg, where)
     return cfg, where
 
@@ -250,40 +251,51 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _open_init(init: str, weights: str | Path | None, download: bool) -> tuple[Any, str]:
-    """(published weights or export path, its architecture) of ``--init``, read before the config is checked."""
-    from earthembed.models.export import read_model_meta
-    from earthembed.models.published import open_published, parse_spec
+def _open_init(init: str, weights: str | Path | None, download: bool) -> Any:
+    """The opened ``--init`` SPEC (:func:`earthembed.models.published.open_source`, the one opener every command
+    uses): its architecture is known before the config is checked."""
+    from earthembed.models.published import open_source
 
-    spec = parse_spec(init)
-    if spec.family == "export":
-        if weights is not None:
-            raise ValueError(f"--init {init}: an earthembed export carries its weights; drop --weights")
-        meta, _ = read_model_meta(spec.name)
-        return spec, str(meta["architecture"])
-    pub = open_published(spec, weights, download)
-    return pub, pub.architecture
+    return open_source(init, weights, download)
 
 
-def _fit_init(opened: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, where: str) -> tuple[Any, dict[str, Any]]:
+def _config_for_init(config: str | Path | Mapping[str, Any], architecture: str, init: str
+                     ) -> tuple[dict[str, Any], str, list[str]]:
+    """(config document, its name, notes) for a run that starts from ``init``: the init decides the model, so the
+    recipe's ``model.*`` and ``export.*`` settings (written for the recipe's own model: a CNN's ``backbone``,
+    ``pool``, ``tta``) are left out with a note; the user's overrides still apply and are still checked."""
+    from earthembed.config import read_config
+
+    doc, where = read_config(config)
+    notes = []
+    for section in ("model", "export"):
+        part = dict(doc.get(section) or {})
+        dropped = [k for k in part if k not in ("name", "modalities")]
+        if dropped:
+            notes.append(f"--init {init} decides the model ({architecture}): {where}'s "
+                         f"{', '.join(f'{section}.{k}' for k in dropped)} (set for its own model) are left out")
+            doc[section] = {k: v for k, v in part.items() if k not in dropped}
+    return doc, where, notes
+
+
+def _fit_init(source: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, options: dict[str, Any] | None,
+              where: str) -> tuple[Any, dict[str, Any]]:
     """(initial encoder, its model.json-style meta) of an opened ``--init`` for this store and config."""
-    from earthembed.models.export import load_model
-    from earthembed.models.published import Spec, adapt_to_store
+    from earthembed.models.published.load import MULTI_INPUT
 
     mods = cfg["model"]["modalities"]
     mods = [mods] if isinstance(mods, str) else mods
-    if not isinstance(opened, Spec):  # published weights
-        if mods is not None and len(mods) != 1:
-            raise ValueError(f"{where}: model.modalities {mods}: published weights read one store modality")
-        return adapt_to_store(opened, chips, mods[0] if mods else None, extra_bands,
-                              cfg["model"].get("input_size"))
-    model, meta = load_model(opened.name)
-    if mods is not None and sorted(mods) != sorted(meta["modalities"]):
-        raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta['modalities'])}")
-    from earthembed.embed.run import check_products
+    if source.is_export:
+        model, meta = source.fit(options=options)
+        if mods is not None and sorted(mods) != sorted(meta["modalities"]):
+            raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta['modalities'])}")
+        from earthembed.embed.run import check_products
 
-    check_products(meta.get("products") or {}, chips, meta["modalities"])
-    return model, {**meta, "path": str(opened.name)}
+        check_products(meta.get("products") or {}, chips, meta["modalities"])
+        return model, meta
+    if source.spec.family in MULTI_INPUT:  # fitted to the store as a whole (its own band mapping)
+        return source.fit(chips, mods, options=options)
+    return source.fit(chips, mods, extra_bands, cfg["model"].get("input_size"), options)
 
 
 RUN_LOCK_FILE = ".earthembed-run.lock"
@@ -318,19 +330,22 @@ def pretrain(
     weights: str | Path | None = None,
     extra_bands: str = "add",
     download: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Pretrain an encoder on ``store`` and export it; returns the export directory ``out/export``.
 
     ``config`` None picks the default CPU recipe for the store (:func:`default_recipe`) and says which.
-    ``init``: start from this SPEC (``timm:``, ``torchgeo:``, ``mmearth:`` or an export; see the module doc),
-    with ``weights`` / ``download`` / ``extra_bands`` as for :func:`earthembed.models.published.load_encoder`.
+    ``init``: start from this SPEC (``timm:``, ``torchgeo:``, ``mmearth:``, ``galileo:`` or an export; see the
+    module doc), with ``weights`` / ``download`` / ``extra_bands`` / family ``options`` (``patch_size``) as for
+    :func:`earthembed.models.published.load_encoder`.
 
     The run directory's lock is taken first: a second ``pretrain`` on the same ``out`` stops before it reads or
     writes anything there (or loads anything at all), naming the holder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        return _pretrain_locked(config, store, out, overrides, resume, init, weights, extra_bands, download)
+        return _pretrain_locked(config, store, out, overrides, resume, init, weights, extra_bands, download,
+                                options)
 
 
 def _check_same_run(out: Path, resolved: dict[str, Any], store_path: str, store_mods: dict[str, Any], where: str
@@ -404,7 +419,7 @@ def _write_run_metrics(out: Path, logger: Any, resumer: Any, resumed: bool) -> N
 
 def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Path, out: Path,
                      overrides: list[str] | None, resume: bool, init: str | None, weights: str | Path | None,
-                     extra_bands: str, download: bool) -> Path:
+                     extra_bands: str, download: bool, options: dict[str, Any] | None) -> Path:
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_info
 
@@ -415,23 +430,29 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
     from earthembed.pretrain.resume import AtomicCheckpointIO, ExactResume, RunLogger
     from earthembed.trainer_output import StepProgress, quiet_lightning
 
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     opened = None
     if init is not None:
-        opened, arch = _open_init(init, weights, download)
-        overrides = [*(overrides or []), f"model.name={arch}"]  # the init decides the architecture
-    elif weights is not None:
-        raise ValueError("--weights goes with --init")
+        opened = _open_init(init, weights, download)
+        overrides = [*(overrides or []), f"model.name={opened.architecture}"]  # the init decides the architecture
+    elif weights is not None or options:
+        raise ValueError(f"{'--weights' if weights is not None else ', '.join(options or {})} goes with --init")
     chips = ChipStore(store)
     if config is None:
         config, why = default_recipe(chips)
         print(f"pretrain: no --config given, using the default CPU recipe {config!r} for this store ({why}); "
               f"its file: {packaged_config(config)}")
-    cfg, where = load_config(config, overrides)
+    init_notes: list[str] = []
+    if opened is not None:
+        config, name, init_notes = _config_for_init(config, opened.architecture, init or "")
+        cfg, where = load_config(config, overrides, name)
+    else:
+        cfg, where = load_config(config, overrides)
     cls = _objective_class(cfg["objective"], where)
     model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
     init_model, init_meta = None, None
     if opened is not None:
-        init_model, init_meta = _fit_init(opened, chips, cfg, extra_bands, where)
+        init_model, init_meta = _fit_init(opened, chips, cfg, extra_bands, options, where)
         normalizer = Normalizer.from_dict(init_meta["normalization"])
         model_args = {**{k: v for k, v in init_meta["config"].items() if k != "modalities"}, **model_args}
         # the init decides the inputs (its modalities and bands); the objective plans the rest from the store
@@ -453,7 +474,7 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
     if init_meta is not None:
         pub = init_meta.get("published") or {}
         resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
-                            "weights_sha256": pub.get("weights_sha256")}
+                            "weights_sha256": pub.get("weights_sha256"), **({"options": options} if options else {})}
     last = out / "checkpoints" / "last.ckpt"
     ckpt = _resume_checkpoint(last) if resume else None
     if ckpt is not None and (out / "config.yaml").exists():
@@ -493,7 +514,7 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
     lr = float(t["lr"])
     if t["base_lr"] is not None:  # the linear scaling rule, with the world size the Trainer found
         lr = float(t["base_lr"]) * int(d["batch_size"]) * trainer.world_size * int(t["accumulate_grad_batches"]) / 256
-    for note in [*plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
+    for note in [*init_notes, *plan.notes, f"learning rate {lr:.3g}" + (f" (base_lr {t['base_lr']} x effective batch / 256)"
                                                            if t["base_lr"] is not None else "")]:
         rank_zero_info(note)
 
