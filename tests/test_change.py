@@ -350,6 +350,25 @@ def test_accuracy_against_truth_columns(tmp_path):
     assert acc.loc["chip_date", "n_changed"] == 5 and acc.loc["chip", "n"] == 20
     with pytest.raises(ValueError, match="no change_t"):
         change_accuracy(tmp_path / "cons.parquet", truth[["chip_id"]])
+    # --truth: a store with the truth columns; the accuracy is printed and kept in the metadata
+    from earthembed.data.store import ChipStore
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    st = generate_synthetic_aoi(tmp_path / "store", chips=16, chip_size=8)
+    ids = st.index["chip_id"].tolist()
+    emb = per_date_table(tmp_path / "s.parquet", ids, DATES[:4], X[:16], store=st.path)
+    idx = st.index.copy()
+    for k in range(4):
+        idx[f"change_t{k}"] = [k == 2 and i < 5 for i in range(16)]
+    idx.to_parquet(st.path / "index.parquet")  # as synth --dates will write them
+    assert "change_t2" in ChipStore(st.path).index.columns
+    r = cli("change", "--embeddings", emb, "--method", "consecutive", "--threshold", "fixed:0.5", "--truth", st.path,
+            "--out", tmp_path / "t.parquet")
+    assert r.exit_code == 0, r.output
+    assert "accuracy per chip and date: ROC AUC 1.000, F1 1.000 (best cut 1.000), 5 of 48 changed" in r.output
+    _, meta = read_change(tmp_path / "t.parquet")
+    assert meta["accuracy"]["levels"][0] == {"level": "chip", "n": 16, "n_changed": 5, "auc": 1.0, "f1": 1.0,
+                                             "best_f1": 1.0}
 
 
 def test_plot_map_and_report(tmp_path):
@@ -395,3 +414,7 @@ def test_plot_map_and_report(tmp_path):
     assert text.count("<img") == 2 and chips[3] in text
     with pytest.raises(ValueError, match="not an earthembed change table"):
         write_report(tmp_path / "r2.html", changes=[emb])
+    from test_report import render
+
+    dom, log = render(page, tmp_path)  # every image decodes in a browser (skipped without chromium)
+    assert 'data-images="2 images, 0 broken"' in dom and "earthembed report" not in log

@@ -743,13 +743,16 @@ def detect_change(
     threshold: str | None = None,
     plot: Sequence[str] = (),
     overwrite: bool = False,
+    truth: str | Path | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> ChangeResult:
     """Score change in per-date embeddings and write the change table ``out`` (see the module docstring).
 
     ``plot``: chip ids (or ``top:K``, the K highest-scoring chips) whose scores over time are drawn into
-    ``out`` with ``.png`` (series methods). ``overwrite``: replace an earlier earthembed change table (and plot)."""
+    ``out`` with ``.png`` (series methods). ``truth``: a store with ``change_t<k>`` columns: the accuracy
+    (:func:`change_accuracy`) goes into the metadata (``accuracy``). ``overwrite``: replace an earlier earthembed
+    change table (and plot)."""
     paths = [Path(embeddings)] if isinstance(embeddings, str | Path) else [Path(p) for p in embeddings]
     out = Path(out)
     if out.suffix.lower() not in (".parquet", ".geoparquet"):
@@ -757,10 +760,10 @@ def detect_change(
     labels = threshold.partition(":")[2] if threshold and threshold.strip().lower().startswith("fitted") else None
     if threshold:
         parse_threshold(threshold)
-    check_output(out, KIND, [*paths, labels], overwrite)
+    check_output(out, KIND, [*paths, labels, truth], overwrite)
     png = out.with_suffix(".png") if plot else None
     if png is not None:
-        check_output(png, "png", [*paths, labels], overwrite, option="the .png plot beside --out")
+        check_output(png, "png", [*paths, labels, truth], overwrite, option="the .png plot beside --out")
     if labels is not None and not Path(labels).exists():
         raise FileNotFoundError(f"{labels}: change labels not found (--threshold fitted:LABELS.csv)")
     s = read_series(paths, column)
@@ -790,6 +793,10 @@ def detect_change(
         "skipped": skipped, "notes": notes,
         **({"zscore_std_floor": ZSCORE_STD_FLOOR} if method == "zscore" else {}),
     }
+    if truth is not None:
+        acc = change_accuracy(res, truth, meta)
+        meta["accuracy"] = {"truth": str(Path(truth).resolve()), "levels": acc.drop(columns=["method", "column"])
+                            .astype(object).where(acc.notna(), None).to_dict("records")}
     with atomic_path(out, KIND, overwrite) as tmp:
         _write_table(res, s.per_chip, tmp, meta)
     table = res.drop(columns="_chip")

@@ -137,6 +137,8 @@ def change(
                                   "(chip_id[,date],changed 0/1): adds the changed column"),
     plot: list[str] = typer.Option([], "--plot", help="chip id(s) or top:K whose scores over time are drawn into "
                                    "OUT.png (series methods; comma-separated, repeatable)"),
+    truth: Path = typer.Option(None, "--truth", help="store with change_t<k> truth columns (earthembed synth "
+                               "--dates): print F1 / ROC AUC per chip (and per date) and keep them in the metadata"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier earthembed change table (and its "
                                    "plot) at --out (never any other file)"),
 ) -> None:
@@ -145,7 +147,7 @@ def change(
 
     with fail_on():
         res = detect_change(embeddings, out, column=column, method=method, date_from=date_from, date_to=date_to,
-                            threshold=threshold, plot=_ids(plot), overwrite=overwrite)
+                            threshold=threshold, plot=_ids(plot), overwrite=overwrite, truth=truth)
     m = res.meta
     span = f"{m['from']} -> {m['to']}" if m["method"] == "cosine" else f"{len(m['dates'])} dates"
     typer.echo(f"change ({m['method']}, {m['column']}, {span}): {m['n_rows']:,} score(s) for {m['n_chips']:,} of "
@@ -161,6 +163,11 @@ def change(
             line += (f" (F1 {thr['f1']:.3f} [{f_lo:.3f}, {f_hi:.3f}] on {thr['n_labels']} labels, cut 95% CI "
                      f"[{lo:.4g}, {hi:.4g}])")
         typer.echo(line)
+    for a in (m.get("accuracy") or {}).get("levels", []):
+        f1 = "-" if a["f1"] is None else f"{a['f1']:.3f}"
+        auc = "-" if a["auc"] is None else f"{a['auc']:.3f}"
+        typer.echo(f"accuracy per {a['level'].replace('_', ' and ')}: ROC AUC {auc}, F1 {f1} (best cut "
+                   f"{'-' if a['best_f1'] is None else format(a['best_f1'], '.3f')}), {a['n_changed']} of {a['n']} changed")
     top = res.table.sort_values("score", ascending=False).head(5)
     for r in top.to_dict("records"):
         when = " -> ".join(str(r[c]) for c in m["date_columns"])
