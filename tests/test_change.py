@@ -292,8 +292,16 @@ def test_bad_inputs_are_one_line(flip, tmp_path):
     b = per_date_table(tmp_path / "b.parquet", chips, DATES[2:4], X[:, :2], geometry=geo)
     line = _err(cli("change", "--embeddings", a, "--embeddings", b, "--method", "consecutive", "--out", out))
     assert "chip c3 has another footprint (geometry) at 2021-06-01" in line and "not the same place" in line
-    damaged = X.copy()
-    damaged[2, 1, 0] = np.inf
+    # the same chip in two CRSs at two dates: error; chips in several CRSs (each chip in one): a note
+    t = pq.read_table(emb)
+    crs = np.where(np.asarray(t.column("chip_id").to_pylist()) == "c4", "EPSG:32634", "EPSG:32633")
+    pq.write_table(t.append_column("crs", pa.array(crs)), tmp_path / "zones.parquet")
+    r = cli("change", "--embeddings", tmp_path / "zones.parquet", "--method", "zscore", "--out", tmp_path / "z.parquet")
+    assert r.exit_code == 0 and "chips in 2 CRSs (EPSG:32633: 4, EPSG:32634: 1)" in r.output, r.output
+    crs[np.asarray(t.column("t")) == 1] = "EPSG:32634"
+    pq.write_table(t.append_column("crs", pa.array(crs)), tmp_path / "mixed.parquet")
+    line = _err(cli("change", "--embeddings", tmp_path / "mixed.parquet", "--method", "zscore", "--out", out))
+    assert "chip flip has another CRS at 2020-06-01 than at 2019-06-01 (4 chip(s) differ)" in line
     t = pq.read_table(emb)
     flat = np.asarray(t.column("emb_fused").combine_chunks().flatten()).copy()
     flat[(1 * 5 + 2) * 4] = np.inf  # date-major rows: (t=1, chip 2)

@@ -779,6 +779,11 @@ def detect_change(
         if thr.prob is not None:
             res["prob_changed"] = thr.prob
     _store_frames(s)
+    if "crs" in s.per_chip:
+        crs = pd.Series(s.per_chip["crs"].to_numpy(zero_copy_only=False)).value_counts()
+        if len(crs) > 1:
+            notes.append(f"chips in {len(crs)} CRSs ({', '.join(f'{c}: {n}' for c, n in crs.items())}): scored alike; "
+                         "`earthembed map` writes one COG per CRS (or --crs for one grid)")
     date_cols = ["date_from", "date_to"] if method == "cosine" else (["date_from", "date"] if method == "consecutive"
                                                                      else ["date"])
     meta = {
