@@ -278,6 +278,8 @@ def test_bad_inputs_are_one_line(flip, tmp_path):
     assert "holds one date" in _err(cli("change", "--embeddings", one, "--method", "loo-medoid", "--out", out))
     assert "needs a series of at least 3 dates" in _err(cli("change", "--embeddings", per_date_table(
         tmp_path / "two.parquet", chips, DATES[:2], X[:, :2]), "--method", "zscore", "--out", out))
+    line = _err(cli("change", "--embeddings", emb, "--embeddings", emb, "--method", "zscore", "--out", out))
+    assert "has more than one row for date 2019-06-01 (15 duplicated (chip, date) row(s) in all)" in line
     assert "give both --from and --to" in _err(cli("change", "--embeddings", emb, "--from", DATES[0], "--out", out))
     assert "drop --from/--to" in _err(cli("change", "--embeddings", emb, "--from", DATES[0], "--to", DATES[1],
                                           "--method", "zscore", "--out", out))

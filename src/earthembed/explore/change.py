@@ -105,7 +105,7 @@ def _examples(ids: np.ndarray, k: int = 3) -> str:
     return ", ".join(ids) + (", ..." if len(ids) == k else "")
 
 
-def _matrix(col: Any, what: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+def _matrix(col: Any) -> tuple[np.ndarray, np.ndarray]:
     """([N, D] float32 with NaN rows for nulls, valid [N]) of a FixedSizeList column, one copy per chunk."""
     import pyarrow as pa
 
@@ -236,7 +236,7 @@ def read_series(embeddings: str | Path | Sequence[str | Path], column: str = "em
         remap[dp["t"].to_numpy(np.int64)] = [pos[str(k)] for k in dp["key"]]
         t_arrs.append(remap[tab.column("t").to_numpy().astype(np.int64)])
         chip_arrs.append(pc.cast(tab.column("chip_id"), pa.string()).combine_chunks())
-        X, ok = _matrix(tab.column(column), str(p["path"]), column)
+        X, ok = _matrix(tab.column(column))
         _check_finite(X, ok, chip_arrs[-1].to_numpy(zero_copy_only=False), str(p["path"]), column)
         mats.append(X)
         valids.append(ok)
@@ -273,9 +273,8 @@ def read_series(embeddings: str | Path | Sequence[str | Path], column: str = "em
     dup = np.flatnonzero(ks[1:] == ks[:-1])
     if dup.size:
         r = order[dup[0]]
-        raise ValueError(f"--embeddings: chip {chip_ids[codes[r]]} has {int(dup.size) + 1 if dup.size == 1 else 'several'}"
-                         f" rows for date {dates[t[r]]} ({dup.size} duplicated (chip, date) rows in all); "
-                         "give each date once")
+        raise ValueError(f"--embeddings: chip {chip_ids[codes[r]]} has more than one row for date {dates[t[r]]} "
+                         f"({dup.size} duplicated (chip, date) row(s) in all); give each date of a chip once")
     chip_sorted = codes[order]
     first = np.r_[True, chip_sorted[1:] != chip_sorted[:-1]] if len(order) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(first)
