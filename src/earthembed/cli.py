@@ -45,8 +45,13 @@ def demo(
     seeds: int = typer.Option(3, help="few-shot seeds"),
     seed: int = typer.Option(0, help="seed of the synthetic AOI and of training"),
     full_grid: bool = typer.Option(False, "--full-grid", help="few-shot with the random forest and the 500-chip budget too (several minutes more)"),
+    download: bool = typer.Option(False, "--download", help="fetch the published Galileo-nano weights (4 MB, sha256-checked) "
+                                  "into the user cache if absent, so the few-shot table includes galileo:emb_fused"),
 ) -> None:
-    """Synthetic AOI -> tiny pretraining -> embed -> few-shot vs baselines -> plots and report.md."""
+    """Synthetic AOI -> tiny pretraining -> embed -> few-shot vs baselines -> plots and report.md.
+
+    Galileo-nano joins the few-shot table when its weights are in the user cache (or with --download);
+    otherwise one line says how to add it."""
     from earthembed.cli_utils import fail_on
     from earthembed.demo import run_demo
     from earthembed.outputs import prepare_output_dir
@@ -54,7 +59,7 @@ def demo(
     with fail_on():
         prepare_output_dir(out, "demo")  # new, empty or an earlier demo's: never a directory it did not make
         run_demo(out, chips=chips, chip_size=chip_size, seed=seed, max_steps=max_steps, seeds=tuple(range(seeds)),
-                 full_grid=full_grid)
+                 full_grid=full_grid, download=download)
 
 
 def main() -> None:

@@ -131,21 +131,51 @@ def segment(
     seeds: int = typer.Option(3, "--seeds", help="number of seeds: 0..N-1 (fraction draws and training)"),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="train the decoder only (encoder frozen)"),
     model: str = typer.Option(None, "--model", help="architecture of a 'random' init (registered model name)"),
+    weights: Path = typer.Option(None, "--weights", help="weights file (or, for galileo:, its folder) of the one "
+                                 "published init among --init/--compare (default: the usual caches)"),
+    download: bool = typer.Option(False, help="published inits: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
+    patch_size: int = typer.Option(None, "--patch-size", help="galileo: pixels per token side, 1-8 (default 8; "
+                                   "4 gives 4x the tokens: finer maps, slower)"),
     config: str = typer.Option("segment", "--config", help="YAML config or packaged name (earthembed/configs/segment.yaml)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=200 decoder.name=hypercolumn"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress (a bar on a terminal, a line every 10% otherwise)"),
 ) -> None:
-    """Segmentation with few labels: fine-tune a U-Net from each init at each label fraction, score on test."""
-    from earthembed.evaluate.segment import run_segment
+    """Segmentation with few labels: fine-tune a U-Net from each init at each label fraction, score on test.
 
-    with fail_on():
+    A published init (e.g. `--init galileo:nano --weights DIR --compare random`) is fitted to the store by band
+    name; `random` then copies its architecture (same patch size), so only the weights differ."""
+    from earthembed.evaluate.segment import run_segment
+    from earthembed.models.published import PublishedWeightsWarning
+
+    with fail_on(), echo_warnings(PublishedWeightsWarning):
         if seeds < 1:
             raise ValueError("--seeds must be >= 1")
+        inits = [init, *compare]
+        options = _published_options(inits, {"patch_size": patch_size})
         ov = list(overrides or []) + ([f"model.name={model}"] if model else [])
-        run_segment(store, task, [init, *compare], out, fractions=fractions, seeds=tuple(range(seeds)), config=config,
-                    overrides=ov, freeze_encoder=True if freeze_encoder else None, progress=not quiet)
+        run_segment(store, task, inits, out, fractions=fractions, seeds=tuple(range(seeds)), config=config,
+                    overrides=ov, freeze_encoder=True if freeze_encoder else None, progress=not quiet,
+                    weights=weights, download=download, options=options)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"results: {out / 'results.csv'}  plots: {out / 'label_fraction.png'}, {out / 'predictions.png'}")
+
+
+def _published_options(inits: list[str], options: dict) -> dict:
+    """The set family ``options`` (``--patch-size``), checked against every published SPEC among ``inits``
+    before anything is opened: an option no published init takes is refused, naming the flag."""
+    from earthembed.evaluate.inits import _is_published, parse_init_args
+    from earthembed.models.published import parse_spec
+    from earthembed.models.published.load import check_options
+
+    opts = {k: v for k, v in options.items() if v is not None}
+    published = [spec for _, spec in parse_init_args(inits) if _is_published(spec)]
+    if opts and not published:
+        flags = ", ".join("--" + k.replace("_", "-") for k in opts)
+        raise ValueError(f"{flags} goes with a published init (e.g. --init galileo:nano); an export carries its "
+                         "settings and a random init copies them")
+    for spec in published:
+        check_options(parse_spec(spec), opts)
+    return opts
 
 
 def register(app: typer.Typer) -> None:
