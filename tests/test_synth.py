@@ -5,7 +5,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from earthembed.data.ingest.cli import synth as command
+from earthembed.data.cli import synth as command
 from earthembed.data.store import ChipStore, StoreError
 from earthembed.data.synth import CLASSES, WORLDCOVER_CODES, SyntheticAOI, generate_synthetic_aoi
 

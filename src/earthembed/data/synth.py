@@ -10,6 +10,19 @@ Content (Sentinel-2 L2A, Sentinel-1 dB, InSAR coherence, elevation, WorldCover) 
 relations a model should be able to learn: water is dark in NIR, low in SAR and coherence and sits in low
 terrain; vegetation has a red-edge jump; built-up is flat and bright optically and in SAR; bare soil is
 bright in SWIR. Cropland comes in rectangular parcels with per-parcel crop stage.
+
+**Dates** (``dates=N``, ``earthembed synth --dates N``): the time-varying modalities (Sentinel-2, Sentinel-1) are
+written N times as ``s2``, ``s2_t2``, ... ``s2_tN`` (and ``s1``...; :func:`earthembed.data.dates.date_key`), about a
+year apart in different months (:func:`date_of`), so each date is another season. Between dates the ground varies
+without changing: vegetation phenology (leaf-off forest and dormant grass in winter), per-parcel crop stage (crops
+rotate and are harvested), soil moisture (wet soil: brighter in SAR, darker in SWIR), sun, clouds, noise and
+missing acquisitions. On top of that, on about :data:`P_CHANGE` of the chips per date step one change is injected
+in a disc of the chip: ``flood`` (low-lying land becomes water), ``clearing`` (forest becomes bare soil) or
+``construction`` (vegetated or bare land becomes built-up), lasting in later dates. The truth is in the index:
+``change_t<k>`` (the chip changed between date index k-1 and k, 0-based as ``embed --dates`` counts: between
+``s2_t<k>`` and ``s2_t<k+1>``), ``change_kind_t<k>`` and ``change_frac_t<k>`` (changed pixels / chip pixels),
+registered in the label schema so ``fewshot`` and ``change --truth`` read them. Date 1 is exactly the
+single-date store: ``dates=1`` writes the same bytes as before dates existed.
 """
 
 from __future__ import annotations
@@ -45,6 +58,19 @@ P_NODATA_STRIPE = 0.02
 PRESENT_MIN_FRACTION = 0.10
 GENERATOR_VERSION = 1
 
+# time (dates > 1): date index t is year 2023 + t, in the month DATE_MONTHS[t], so seasons differ between dates
+TIME_VARYING = ("s2", "s1")
+DATE_MONTHS = (7, 4, 10, 1, 8, 5, 11, 2, 6, 9, 12, 3)
+DATE_DAYS = (1, 12, 23, 5, 17, 28, 9, 20)
+S1_DAYS_AFTER_S2 = 2
+CHANGE_KINDS: tuple[str, ...] = ("none", "flood", "clearing", "construction")
+P_CHANGE = 0.2
+"""Fraction of chips given a change (where their land cover allows one) at each date step."""
+P_MISSING_S2_LATER = 0.03
+"""Later Sentinel-2 dates are missing on this fraction of chips (no usable acquisition that season)."""
+MIN_CHANGE_FRACTION = 0.03
+"""A change covers at least this fraction of the chip, or it is not made."""
+
 # Endmembers mixed per pixel (rows of the tables below): water, forest, green crop, harvested field,
 # grassland, built-up, bare; cropland pixels blend the two crop rows by the parcel's crop stage.
 # Sentinel-2 L2A reflectance x 10000 for B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12.
@@ -65,6 +91,15 @@ _CLOUD_SPECTRUM = np.array([6500, 6800, 6900, 7000, 7000, 7000, 7000, 7000, 6900
 _S1_DB = np.array(
     [[-21, -28], [-7.5, -13], [-10, -16.5], [-12.5, -21], [-11.5, -19], [-4, -12], [-14, -23]], dtype=np.float32
 )
+# Leaf-off forest and dormant grass (winter ends of the phenology cycle; summer is the table above).
+_FOREST_WINTER = np.array([300, 300, 430, 380, 600, 1100, 1350, 1450, 1500, 500, 1500, 900], dtype=np.float32)
+_GRASS_WINTER = np.array([600, 700, 950, 1050, 1300, 1700, 1900, 2000, 2100, 750, 2700, 1900], dtype=np.float32)
+# dB added to each endmember's backscatter by fully wet soil (water and roofs hardly, bare and fields most)
+_S1_WET_DB = np.array([0.0, 0.8, 2.0, 3.0, 2.0, 0.5, 3.0], dtype=np.float32)
+# endmember row of each class when a pixel becomes wholly that class (a change): cropland as green crop
+_CLASS_ENDMEMBER = np.array([0, 1, 2, 4, 5, 6])
+# class a change leaves, by kind (none, flood, clearing, construction): water, bare, built-up
+_KIND_CLASS = np.array([-1, 0, 5, 4], dtype=np.int16)
 _COHERENCE = np.array([0.1, 0.3, 0.45, 0.6, 0.45, 0.8, 0.8], dtype=np.float32)
 _SPECKLE_LOOKS = 4.4
 
@@ -84,7 +119,8 @@ _FIELDS: dict[str, tuple[int, float, float]] = {
     "illumination": (12, 400, 1500),
 }
 _SALT = {"fields": 11, "noise": 13, "s1": 17, "coh": 19, "stripe": 23, "parcel_w": 29, "parcel_shift": 31,
-         "parcel_stage": 37, "built_tex": 41, "split": 43}
+         "parcel_stage": 37, "built_tex": 41, "split": 43, "s2_t": 47, "moisture": 53, "cloud_shift": 59,
+         "change": 61, "change_kind": 67, "change_disc": 71}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +194,31 @@ class SynthBatch:
     fractions: np.ndarray  # [B, 6] class fractions of the mask
     geometry: np.ndarray  # shapely polygons in EPSG:4326
     splits: np.ndarray
+    # dates > 1 (column t: date index t; column 0 is the first date, never a change)
+    classes_t: np.ndarray | None = None  # [B, T, H, W] class index at each date (t = 0: ``mask``)
+    change: np.ndarray | None = None  # [B, T] bool: changed between dates t-1 and t
+    change_kind: np.ndarray | None = None  # [B, T] index into CHANGE_KINDS
+    change_frac: np.ndarray | None = None  # [B, T] changed pixels / chip pixels
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays.values()) + self.mask.nbytes)
+
+
+@dataclasses.dataclass
+class _Scene:
+    """What rendering another date of a batch reuses from the first: the ground (soft class probabilities,
+    terrain, textures, illumination) and the parcels. ``parcels``: (parcel keys, pixel -> parcel index)."""
+
+    idx: np.ndarray
+    y0: np.ndarray
+    x0: np.ndarray
+    probs: np.ndarray  # [B, 6, H, W]
+    e_std: np.ndarray  # [B, H, W] standardised elevation
+    texture: np.ndarray  # [B, 7, H, W] endmember texture factors
+    illum: np.ndarray  # [B, H, W]
+    tex: np.ndarray  # [B, H, W]
+    parcels: tuple[np.ndarray, np.ndarray]
 
 
 class SyntheticAOI:
@@ -170,14 +227,16 @@ class SyntheticAOI:
     Every chip is a pure function of (seed, chip index), so :meth:`batch` can produce any range on its own.
     """
 
-    def __init__(self, chips: int = 1024, chip_size: int = 32, seed: int = 0) -> None:
+    def __init__(self, chips: int = 1024, chip_size: int = 32, seed: int = 0, dates: int = 1) -> None:
+        if dates < 1:
+            raise ValueError(f"dates must be >= 1, got {dates}")
         if chips < 1:
             raise ValueError(f"chips must be >= 1, got {chips}")
         if chip_size < 4:
             raise ValueError(f"chip_size must be >= 4, got {chip_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.chips, self.chip_size, self.seed = int(chips), int(chip_size), int(seed)
+        self.chips, self.chip_size, self.seed, self.dates = int(chips), int(chip_size), int(seed), int(dates)
         self.n_cols = math.ceil(math.sqrt(self.chips))
         self.n_rows = math.ceil(self.chips / self.n_cols)
         rng = np.random.default_rng([self.seed, _SALT["fields"]])
@@ -254,7 +313,7 @@ class SyntheticAOI:
         # built-up clusters and bare ground (on high terrain) claim the land first, the rest is vegetation
         built = _sigmoid((g("built") - 1.15) / 0.05)
         bare = _sigmoid((0.6 * g("bare") + 0.8 * e_std - 1.1) / 0.06)
-        crop_score, stage = self._parcels(y, x)
+        crop_score, stage, parcels = self._parcels(y, x)
         veg_scores = np.stack(
             [g("forest") + 0.4 * e_std + self.bias[0], crop_score - 0.4 * e_std + self.bias[1],
              g("grass") + self.bias[2] - 0.1],
@@ -326,7 +385,7 @@ class SyntheticAOI:
             "lc": np.ones(b, bool),
         }
         bc = self.block_chips
-        return SynthBatch(
+        bt = SynthBatch(
             indices=idx,
             rows=rows,
             cols=cols,
@@ -337,9 +396,104 @@ class SyntheticAOI:
             geometry=self.footprints(rows, cols),
             splits=self._split_of_block[rows // bc, cols // bc],
         )
+        if self.dates > 1:
+            scene = _Scene(idx, y0, x0, probs, e_std, texture, illum, tex, parcels)
+            self._add_dates(bt, scene)
+        return bt
 
-    def _parcels(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cropland score constant per rectangular parcel (so fields are rectangles) and per-parcel crop stage."""
+    # -- time -----------------------------------------------------------------------------------------
+    def _add_dates(self, bt: SynthBatch, sc: _Scene) -> None:
+        """Dates 1..T-1 of the batch: changes first (each step on the land cover the previous one left), then
+        every date rendered with its season; arrays ``<key>_t<t+1>`` and the truth go into ``bt``."""
+        from earthembed.data.dates import date_key
+
+        b, cs, n = len(sc.idx), self.chip_size, self.dates
+        classes = np.empty((b, n, cs, cs), dtype=np.int16)
+        classes[:, 0] = bt.mask
+        change = np.zeros((b, n), dtype=bool)
+        kind = np.zeros((b, n), dtype=np.int16)
+        frac = np.zeros((b, n), dtype=np.float64)
+        changed_any = np.zeros((b, cs, cs), dtype=bool)
+        for t in range(1, n):
+            cur = classes[:, t - 1]
+            pixels, kind[:, t] = self._change_step(sc, cur, t)
+            classes[:, t] = np.where(pixels, _KIND_CLASS[kind[:, t]][:, None, None], cur)
+            changed_any |= pixels
+            change[:, t] = pixels.any(axis=(1, 2))
+            frac[:, t] = pixels.mean(axis=(1, 2))
+            s2, s1 = self._render_date(sc, t, classes[:, t], changed_any)
+            for k, x in (("s2", s2), ("s1", s1)):
+                bt.arrays[date_key(k, t)] = x
+            bt.has[date_key("s2", t)] = _hash_uniform(self.seed, _SALT["s2_t"], sc.idx, t) >= P_MISSING_S2_LATER
+            bt.has[date_key("s1", t)] = _hash_uniform(self.seed, _SALT["s1"], sc.idx, t) >= P_MISSING_S1
+        bt.classes_t, bt.change, bt.change_kind, bt.change_frac = classes, change, kind, frac
+
+    def _change_step(self, sc: _Scene, cur: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(changed pixels [B, H, W], kind [B] into CHANGE_KINDS) of date step t-1 -> t, given the classes ``cur``.
+
+        A chip drawn for a change (:data:`P_CHANGE`) gets one in a seeded disc: its drawn kind if the disc holds
+        enough pixels it applies to (:data:`MIN_CHANGE_FRACTION`), else the next kind that does, else none."""
+        cs = self.chip_size
+        u = _hash_uniform(self.seed, _SALT["change"], sc.idx, t)
+        cy, cx, r = (_hash_uniform(self.seed, _SALT["change_disc"], sc.idx, t * 4 + j) for j in range(3))
+        pix = np.arange(cs) + 0.5
+        disc = ((pix[None, :, None] - cs * cy[:, None, None]) ** 2 + (pix[None, None, :] - cs * cx[:, None, None]) ** 2
+                < (cs * (0.3 + 0.35 * r))[:, None, None] ** 2)
+        water, forest, built = cur == 0, cur == 1, cur == 4
+        low = sc.e_std <= np.nanmedian(np.where(disc, sc.e_std, np.nan).reshape(len(cur), -1), axis=1)[:, None, None]
+        applies = np.stack([disc & ~water & ~built & low, disc & forest, disc & ~water & ~built], axis=1)  # [B, 3, H, W]
+        ok = (applies.mean(axis=(2, 3)) >= MIN_CHANGE_FRACTION) & (u < P_CHANGE)[:, None]
+        first = (_hash_uniform(self.seed, _SALT["change_kind"], sc.idx, t) * 3).astype(np.int64)
+        order = (first[:, None] + np.arange(3)[None]) % 3  # drawn kind first, then the others
+        ok_in_order = np.take_along_axis(ok, order, axis=1)
+        pick = np.where(ok_in_order.any(axis=1), order[np.arange(len(cur)), ok_in_order.argmax(axis=1)], -1)
+        pixels = np.where((pick >= 0)[:, None, None], applies[np.arange(len(cur)), np.maximum(pick, 0)], False)
+        return pixels, (pick + 1).astype(np.int16)
+
+    def _render_date(self, sc: _Scene, t: int, cur: np.ndarray, changed_any: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sentinel-2 DN and Sentinel-1 dB at date index ``t`` >= 1: the scene with this date's season (crop stage,
+        phenology, soil moisture, sun), clouds, noise and stripes; changed pixels are wholly their new class."""
+        cs, b = self.chip_size, len(sc.idx)
+        month = DATE_MONTHS[t % len(DATE_MONTHS)]
+        pheno = 0.5 * (1 + math.cos(2 * math.pi * (month - 7) / 12))  # 1 in July, 0 in January
+        wet = float(np.clip(0.5 * (1 - pheno) + 0.5 * (_hash_uniform(self.seed, _SALT["moisture"], t) - 0.5), 0, 1))
+        spectra = _S2_SPECTRA.copy()
+        spectra[1] = pheno * _S2_SPECTRA[1] + (1 - pheno) * _FOREST_WINTER
+        spectra[4] = pheno * _S2_SPECTRA[4] + (1 - pheno) * _GRASS_WINTER
+        spectra[[3, 6]] *= 1 - 0.1 * wet  # wet soil is darker, most in SWIR
+        spectra[[3, 4, 6], 10:] *= 1 - 0.2 * wet
+        s1_table = 10 ** ((_S1_DB + wet * _S1_WET_DB[:, None]) / 10)
+        u_stage = _hash_uniform(self.seed, _SALT["parcel_stage"], sc.parcels[0], t)[sc.parcels[1]].reshape(cur.shape)
+        stage = ((0.25 + 0.75 * u_stage) * (0.35 + 0.65 * pheno)).astype(np.float32)
+        p = sc.probs
+        base = np.stack([p[:, 0], p[:, 1], p[:, 2] * stage, p[:, 2] * (1 - stage), p[:, 3], p[:, 4], p[:, 5]], axis=1)
+        if changed_any.any():
+            onehot = (np.arange(7)[None, :, None, None] == _CLASS_ENDMEMBER[cur][:, None]).astype(base.dtype)
+            base = np.where(changed_any[:, None], onehot, base)
+        wts = base * sc.texture
+        s2_clear = np.einsum("behw,ec->bchw", wts, spectra)
+        s1_lin = np.einsum("behw,ec->bchw", wts, s1_table.astype(np.float32))
+        shift = 1e5 * _hash_uniform(self.seed, _SALT["cloud_shift"], np.arange(2), t)
+        cloud_field = self.fields["cloud"].grid(sc.y0 + shift[0], sc.x0 + shift[1], cs)
+        cloud = np.clip((cloud_field + 0.15 * sc.tex - 2.1) / 0.35, 0, 1)[:, None]
+        sun = 0.93 + 0.07 * pheno
+        s2 = s2_clear * (sc.illum * sun)[:, None] * (1 - cloud) + _CLOUD_SPECTRUM[None, :, None, None] * cloud
+        noise = np.empty((b, 12, cs, cs), np.float32)
+        looks = np.empty((b, 2, cs, cs), np.float32)
+        for j, i in enumerate(sc.idx.tolist()):
+            rng = np.random.default_rng([self.seed, _SALT["noise"], i, t])
+            rng.standard_normal(dtype=np.float32, out=noise[j])
+            rng.standard_gamma(_SPECKLE_LOOKS, dtype=np.float32, out=looks[j])
+        s2 += np.sqrt((0.02 * s2) ** 2 + 15**2) * noise
+        s2 = np.clip(np.rint(s2), 1, 65535).astype(np.uint16)
+        stripe = _hash_uniform(self.seed, _SALT["stripe"], sc.idx, t)
+        for j in np.flatnonzero(stripe < P_NODATA_STRIPE):
+            s2[j, :, :, int(cs * (0.4 + 20 * stripe[j])) :] = 0
+        return s2, 10 * np.log10(s1_lin * looks / _SPECKLE_LOOKS)
+
+    def _parcels(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Cropland score constant per rectangular parcel (so fields are rectangles), per-parcel crop stage, and
+        (parcel keys, pixel -> parcel) to draw the stage of other dates."""
         ph = 18
         prow = np.floor(y / ph).astype(np.int64)  # [B, H]
         pw = 18 + 22 * _hash_uniform(self.seed, _SALT["parcel_w"], prow)
@@ -353,18 +507,31 @@ class SyntheticAOI:
             shift[:, :, None], pcol.shape
         ).ravel()[first]
         score = self.fields["crop"].points((pr + 0.5) * ph, (pc + 0.5) * pwu - shu)
-        stage = 0.25 + 0.75 * _hash_uniform(self.seed, _SALT["parcel_stage"], pr * 1_000_003 + pc)
+        keys = pr * 1_000_003 + pc
+        stage = 0.25 + 0.75 * _hash_uniform(self.seed, _SALT["parcel_stage"], keys)
         shape = pcol.shape
-        return score[inv].reshape(shape).astype(np.float32), stage[inv].reshape(shape).astype(np.float32)
+        return (score[inv].reshape(shape).astype(np.float32), stage[inv].reshape(shape).astype(np.float32),
+                (keys, inv.reshape(-1)))
+
+    def key_dates(self) -> dict[str, str]:
+        """ISO acquisition date of every modality key (``s2``, ``s2_t2``, ...; see :func:`date_of`)."""
+        from earthembed.data.dates import date_key
+
+        out = dict(DATES)
+        out.update({date_key(k, t): date_of(t, k) for t in range(1, self.dates) for k in TIME_VARYING})
+        return out
 
     def records(self, start: int, stop: int) -> Iterator[ChipRecord]:
         """:class:`ChipRecord` objects for chips ``start..stop`` with arrays, labels, mask and metadata."""
         bt = self.batch(start, stop)
         ids = self.chip_ids(bt.indices)
         source = f"synthetic:seed={self.seed}"
+        key_dates = self.key_dates()
         for j in range(len(bt.indices)):
             arrays = {k: v[j] for k, v in bt.arrays.items() if bt.has[k][j]}
             labels = _labels(bt.fractions[j])
+            if self.dates > 1:
+                labels.update(_change_labels(bt, j))
             yield ChipRecord(
                 chip_id=ids[j],
                 arrays=arrays,
@@ -373,11 +540,33 @@ class SyntheticAOI:
                 transform=self.chip_transform(int(bt.rows[j]), int(bt.cols[j])),
                 aoi=AOI_NAME,
                 split=str(bt.splits[j]),
-                dates={k: d for k, d in DATES.items() if k in arrays},
+                dates={k: d for k, d in key_dates.items() if k in arrays},
                 labels=labels,
                 masks={"landcover_mask": bt.mask[j]},
                 source=source,
             )
+
+
+def date_of(t: int, modality: str = "s2") -> str:
+    """ISO date of date index ``t`` of a time-varying modality: Sentinel-2 in year 2023 + t, month
+    ``DATE_MONTHS[t]`` (July first, as the single-date store), Sentinel-1 two days later."""
+    import datetime as _dt
+
+    d = _dt.date(2023 + t, DATE_MONTHS[t % len(DATE_MONTHS)], DATE_DAYS[t % len(DATE_DAYS)])
+    if modality == "s1":
+        d += _dt.timedelta(days=S1_DAYS_AFTER_S2)
+    return d.isoformat()
+
+
+def _change_labels(bt: SynthBatch, j: int) -> dict[str, Any]:
+    """Truth of chip ``j`` at every date step: ``change_t<k>``, ``change_kind_t<k>``, ``change_frac_t<k>``."""
+    assert bt.change is not None and bt.change_kind is not None and bt.change_frac is not None
+    out: dict[str, Any] = {}
+    for t in range(1, bt.change.shape[1]):
+        out[f"change_t{t}"] = bool(bt.change[j, t])
+        out[f"change_kind_t{t}"] = CHANGE_KINDS[int(bt.change_kind[j, t])]
+        out[f"change_frac_t{t}"] = float(bt.change_frac[j, t])
+    return out
 
 
 def _labels(frac: np.ndarray) -> dict[str, Any]:
@@ -412,19 +601,24 @@ def _to_wgs84() -> Any:
     return _TRANSFORMER
 
 
-def synthetic_modalities() -> list[Modality]:
-    """The five modalities of the synthetic AOI, from the registry."""
+def synthetic_modalities(dates: int = 1) -> list[Modality]:
+    """The five modalities of the synthetic AOI, from the registry, then the later dates of S2 and S1."""
+    from earthembed.data.dates import date_key
+
+    later = [get_modality(p, date_key(k, t)) for t in range(1, dates)
+             for k, p in (("s2", "s2_l2a"), ("s1", "s1_grd_db"))]
     return [
         get_modality("s2_l2a"),
         get_modality("s1_grd_db"),
         get_modality("insar_coherence"),
         get_modality("elevation"),
         get_modality("worldcover"),
+        *later,
     ]
 
 
-def label_schema() -> dict[str, dict[str, Any]]:
-    """Label columns written by the generator (store label schema)."""
+def label_schema(dates: int = 1) -> dict[str, dict[str, Any]]:
+    """Label columns written by the generator (store label schema); change truth per date step when dates > 1."""
     schema: dict[str, dict[str, Any]] = {"landcover": {"kind": "class", "classes": list(CLASSES)}}
     schema.update({f"frac_{c}": {"kind": "fraction"} for c in CLASSES})
     schema["frac_vegetation"] = {"kind": "fraction", "description": "forest + cropland + grassland"}
@@ -434,6 +628,14 @@ def label_schema() -> dict[str, dict[str, Any]]:
         "description": f"classes covering >= {PRESENT_MIN_FRACTION:.0%} of the chip",
     }
     schema["landcover_mask"] = {"kind": "mask", "classes": list(CLASSES), "dtype": "int16", "nodata": -1}
+    for t in range(1, dates):
+        between = f"between date index {t - 1} and {t} (s2{'' if t == 1 else f'_t{t}'} -> s2_t{t + 1})"
+        schema[f"change_t{t}"] = {"kind": "class", "classes": ["False", "True"],
+                                  "description": f"synthetic change {between}"}
+        schema[f"change_kind_t{t}"] = {"kind": "class", "classes": list(CHANGE_KINDS),
+                                       "description": f"kind of the synthetic change {between}"}
+        schema[f"change_frac_t{t}"] = {"kind": "fraction",
+                                       "description": f"fraction of the chip's pixels changed {between}"}
     return schema
 
 
@@ -447,15 +649,17 @@ def generate_synthetic_aoi(
     *,
     chunk_chips: int = 16,
     progress: bool = False,
+    dates: int = 1,
 ) -> ChipStore:
     """Write a synthetic multimodal AOI as a chip store at ``out`` and return it.
 
-    Deterministic for a seed. An interrupted run resumes when called again with the same arguments.
+    ``dates``: dates of the time-varying modalities, with seasons and injected changes (module docstring); 1
+    writes the single-date store. Deterministic for a seed. An interrupted run resumes when called again with the same arguments.
     ``chunk_chips`` is the Zarr chunk length along the chip axis: 16 writes ~9x and streams ~6x faster
     than 1 chip per chunk at the same random-access cost, since Zarr's per-read overhead dominates
     (see benchmarks/README.md).
     """
-    aoi = SyntheticAOI(chips, chip_size, seed)
+    aoi = SyntheticAOI(chips, chip_size, seed, dates)
     source = {
         "generator": "earthembed.data.synth",
         "version": GENERATOR_VERSION,
@@ -466,10 +670,12 @@ def generate_synthetic_aoi(
         "crs": CRS,
         "origin_utm": list(aoi.origin),
         "pixel_m": PIXEL_M,
+        **({"dates": aoi.dates, "p_change": P_CHANGE} if aoi.dates > 1 else {}),
     }
     # resuming an interrupted generation made with other settings is refused by StoreWriter (source check)
     with StoreWriter(
-        out, synthetic_modalities(), aoi.chip_size, label_schema(), source=source, batch_size=batch_size,
+        out, synthetic_modalities(aoi.dates), aoi.chip_size, label_schema(aoi.dates), source=source,
+        batch_size=batch_size,
         chunk_chips=chunk_chips, overwrite=overwrite,
     ) as w:
         from earthembed.progress import progress as make_progress
