@@ -142,3 +142,157 @@ def test_synth_cli_dates(tmp_path):
     assert set(ChipStore(tmp_path / "s").modalities) >= {"s2_t2", "s1_t2"}
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "z"), "--dates", "0", "-q"])
     assert res.exit_code == 1 and "dates must be >= 1" in res.output
+
+
+# -- per-date embedding (embed --dates) ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory):
+    """A 3-date synthetic store (40 chips of 16 px) and a tiny multimodal_vit export over s2 + s1."""
+    import torch
+
+    from earthembed.data.normalize import Normalizer
+    from earthembed.models.export import export_model
+    from earthembed.models.registry import build_model
+
+    d = tmp_path_factory.mktemp("dated")
+    st = generate_synthetic_aoi(d / "store", chips=40, chip_size=16, seed=1, dates=3)
+    torch.manual_seed(0)
+    model = build_model("multimodal_vit", modalities={k: st.band_names(k) for k in ("s2", "s1")}, patch_size=8,
+                        embed_dim=16, depth=1, num_heads=2)
+    return st, export_model(model, d / "export", Normalizer.from_store(st))
+
+
+def _single_date_store(st: ChipStore, t: int, path) -> ChipStore:
+    """Date ``t`` of ``st`` as a store of its own: s2 and s1 hold s2_t<t+1> and s1_t<t+1> (and their dates); dem
+    keeps every chip in it, so its batches are the per-date run's."""
+    keys = {b: date_key(b, t) for b in ("s2", "s1")}
+    idx = st.index
+    with StoreWriter(path, [st.modality(k).renamed(b) for b, k in keys.items()] + [st.modality("dem")],
+                     st.chip_size, {}, batch_size=16) as w:
+        for i in range(len(st)):
+            arrays = {b: st.read(k, i) for b, k in keys.items() if st.present(k)[i]}
+            w.add(ChipRecord(idx["chip_id"].iloc[i], {**arrays, "dem": st.read("dem", i)},
+                             geometry=idx.geometry.iloc[i], crs=idx["crs"].iloc[i], aoi=idx["aoi"].iloc[i],
+                             split=idx["split"].iloc[i],
+                             dates={b: idx[f"date_{k}"].iloc[i] for b, k in keys.items() if b in arrays}))
+    return ChipStore(path)
+
+
+def test_per_date_rows_equal_each_date_embedded_alone(dated, tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from earthembed.embed.run import embed_store
+
+    st, export = dated
+    per = pq.read_table(embed_store(export, st, tmp_path / "per.parquet", dates="all", batch_size=16,
+                                    progress=False))
+    assert per.num_rows == 120 and per.column("t").type == "int16" and per.column("date").type == "date32[day]"
+    names = per.column_names
+    assert names[names.index("split") + 1:names.index("split") + 4] == ["t", "date", "date_key"]
+    assert not [n for n in names if "_t2" in n or "_t3" in n]  # columns by base: emb_s2, never emb_s2_t2
+    cols = [n for n in names if n not in ("t", "date", "date_key")]
+    for t in range(3):
+        rows = per.filter(pc.equal(per.column("t"), t))
+        assert set(rows.column("date_key").to_pylist()) == {date_key("s2", t)}
+        assert {str(d) for d in rows.column("date").to_pylist()} == {date_of(t)}
+        one = _single_date_store(st, t, tmp_path / f"date{t}")
+        alone = pq.read_table(embed_store(export, one, tmp_path / f"alone{t}.parquet", batch_size=16, progress=False))
+        assert rows.select(cols).equals(alone.select(cols)), t  # bit-equal rows
+    assert per.column("chip_id").to_pylist()[:40] == per.column("chip_id").to_pylist()[40:80]
+
+
+def test_per_date_table_is_what_change_reads_and_shards_alike(dated, tmp_path):
+    import pyarrow.parquet as pq
+
+    from earthembed.embed.io import read_metadata, read_table
+    from earthembed.embed.run import embed_store
+    from earthembed.explore.change import read_series
+
+    st, export = dated
+    one = embed_store(export, st, tmp_path / "e.parquet", dates="0,2025-10-23", batch_size=16, progress=False)
+    time = read_metadata(one)["time"]
+    assert time["mode"] == "per_date" and time["t"] == [0, 2] and time["static"] == []
+    assert time["series"] == {"s2": ["s2", "s2_t2", "s2_t3"], "s1": ["s1", "s1_t2", "s1_t3"]}
+    assert time["dates"] == [date_of(t) for t in range(3)]
+    s = read_series(one)
+    assert s.dates == ["s2", "s2_t3"] and s.iso == [date_of(0), date_of(2)] and len(s.chip_ids) == 40
+    ds = embed_store(export, st, str(tmp_path / "ds") + "/", dates=[0, "s2_t3"], shard_chips=16, batch_size=16,
+                     progress=False)
+    a, b = pq.read_table(one), read_table(ds)
+    assert b.sort_by([("t", "ascending"), ("idx", "ascending")]).equals(a.select(b.column_names))
+    assert read_metadata(ds)["time"] == time
+
+
+def test_per_date_bad_inputs_and_skipped_chips(dated, tiny_store, tmp_path):
+    from earthembed.embed.run import embed_store
+
+    st, export = dated
+    with pytest.raises(ValueError, match=r"--dates 2030-01-01: no chip has this date; the dates are t=0 2023-07-01 "
+                                         r"\(s2\); t=1 2024-04-12 \(s2_t2\); t=2 2025-10-23 \(s2_t3\)"):
+        embed_store(export, st, tmp_path / "x.parquet", dates="2030-01-01", progress=False)
+    with pytest.raises(ValueError, match="no date index 3"):
+        embed_store(export, st, tmp_path / "x.parquet", dates="1,3", progress=False)
+    with pytest.raises(ValueError, match="not a date index, an ISO date"):
+        embed_store(export, st, tmp_path / "x.parquet", dates="spring", progress=False)
+    with pytest.raises(ValueError, match="'s2_t2' is date 2 of the series s2 .* ask for 's2'"):
+        embed_store(export, st, tmp_path / "x.parquet", dates="all", modalities=["s2_t2"], progress=False)
+    flat = generate_synthetic_aoi(tmp_path / "flat", chips=8, chip_size=16, seed=1)
+    with pytest.raises(ValueError, match="no time series to embed per date: no modality has several dates"):
+        embed_store(export, flat, tmp_path / "x.parquet", dates="all", progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+
+    # s1 is missing at some dates of some chips: those (chip, date) rows are left out and counted
+    out = embed_store(export, st, tmp_path / "s1.parquet", dates="all", modalities=["s1"], progress=False)
+    from earthembed.data.dates import skipped_line
+    from earthembed.embed.io import read_metadata, read_table
+
+    missing = [int((~st.present(date_key("s1", t))).sum()) for t in range(3)]
+    assert min(missing) > 0 and read_table(out).num_rows == 120 - sum(missing)
+    time = read_metadata(out)["time"]
+    assert [r["chips"] for r in time["skipped"]] == missing
+    assert skipped_line(time) == (f"{sum(missing)} (chip, date) rows skipped: no imagery of s1 at that date "
+                                  f"(t=0 2023-07-03 (s1): {missing[0]}; t=1 2024-04-14 (s1_t2): {missing[1]}; "
+                                  f"t=2 2025-10-25 (s1_t3): {missing[2]})")
+
+
+def test_embed_cli_dates(dated, tmp_path):
+    from typer.testing import CliRunner
+
+    from earthembed.cli import app
+
+    st, export = dated
+    base = ["embed", "--checkpoint", str(export), "--store", str(st.path), "--quiet"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "e.parquet"), "--dates", "1,2", "--modalities", "s1"])
+    assert r.exit_code == 0, r.output
+    assert "2 dates of s1: t=1 2024-04-14, t=2 2025-10-25" in r.output
+    assert "(chip, date) rows skipped: no imagery of s1 at that date (t=1 2024-04-14 (s1_t2): " in r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "f.parquet"), "--dates", "2019-01-01"])
+    assert r.exit_code == 1 and r.output.startswith("error: --dates 2019-01-01: no chip has this date; the dates "
+                                                    "are t=0 2023-07-01 (s2)") and len(r.output.splitlines()) == 1
+
+
+def test_per_date_embed_resumes_after_kill(dated, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import earthembed.embed.run as run
+
+    st, export = dated
+    real, calls = run._write_part, {"n": 0}
+
+    def dying_write(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(run, "_write_part", dying_write)
+    out = tmp_path / "e.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run.embed_store(export, st, out, dates="all", batch_size=16, progress=False)
+    monkeypatch.setattr(run, "_write_part", real)
+    done = sorted(f.name for f in (tmp_path / "e.parquet.parts").glob("part-*.arrow"))
+    assert done == ["part-t00000-000000000.arrow", "part-t00000-000000016.arrow", "part-t00000-000000032.arrow"]
+    run.embed_store(export, st, out, dates="all", batch_size=16, progress=False)
+    full = run.embed_store(export, st, tmp_path / "full.parquet", dates="all", batch_size=16, progress=False)
+    assert pq.read_table(out).equals(pq.read_table(full))

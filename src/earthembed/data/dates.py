@@ -113,3 +113,185 @@ def date_series(store: Any) -> dict[str, DateSeries]:
 def time_series(store: Any) -> dict[str, DateSeries]:
     """The series of ``store`` with more than one date (what ``embed --dates`` and change detection use)."""
     return {b: s for b, s in date_series(store).items() if len(s) > 1}
+
+
+def later_keys(store: Any) -> set[str]:
+    """Keys that are a later date of a series (``s2_t2``, ``s2_t3``; not the base): what per-date reading renames."""
+    return {k for s in date_series(store).values() for k in s.keys if k != s.base}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatePlan:
+    """What per-date reading (``embed --dates``) reads at each date index ``t`` of the store's series.
+
+    ``series``: base -> its keys by date (the requested modalities with several dates); ``static``: requested
+    modalities with one date (elevation, a single-date product), fed at every date as a single-date store feeds
+    them; ``ts``: the date indices chosen; ``dates``/``date_keys``: per date index (the whole series, not only the
+    chosen ones) the ISO date and key of the first series that has one: a per-date table names one date per index.
+    ``skipped``: per chosen date index, chips with none of the series at that date (no row is written for them).
+    """
+
+    series: dict[str, tuple[str, ...]]
+    static: tuple[str, ...]
+    ts: tuple[int, ...]
+    dates: tuple[str | None, ...]
+    date_keys: tuple[str, ...]
+    skipped: dict[int, int]
+
+    def keys_at(self, t: int) -> dict[str, str]:
+        """Base -> store key read at date index ``t`` (series that reach ``t``, and the static modalities)."""
+        out = {b: keys[t] for b, keys in self.series.items() if t < len(keys)}
+        out.update({k: k for k in self.static})
+        return out
+
+    def label(self, t: int) -> str:
+        d = self.dates[t]
+        return f"t={t} {d} ({self.date_keys[t]})" if d else f"t={t} ({self.date_keys[t]})"
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``time`` entry of a per-date embedding table's metadata."""
+        return {"mode": "per_date", "series": {b: list(k) for b, k in self.series.items()}, "dates": list(self.dates),
+                "date_keys": list(self.date_keys), "t": list(self.ts), "static": list(self.static),
+                "skipped": [{"t": t, "date": self.dates[t], "date_key": self.date_keys[t], "chips": n}
+                            for t, n in self.skipped.items() if n]}
+
+
+
+def skipped_line(time: dict[str, Any]) -> str | None:
+    """One line counting the (chip, date) rows a per-date table left out for want of imagery, from its ``time``
+    metadata (:meth:`DatePlan.metadata`); None when none was."""
+    rows = time.get("skipped") or []
+    if not rows:
+        return None
+    parts = "; ".join(f"t={r['t']} {r['date'] or ''} ({r['date_key']}): {r['chips']}".replace("  ", " ") for r in rows)
+    return (f"{sum(r['chips'] for r in rows)} (chip, date) rows skipped: no imagery of "
+            f"{', '.join(time.get('series', {}))} at that date ({parts})")
+
+
+def base_modalities(store: Any) -> list[str]:
+    """The store's modalities without the later dates of its series (``s2``, ``s1``, ``dem``; not ``s2_t2``) and
+    without categorical maps: what per-date embedding feeds by default."""
+    return [b for b, s in date_series(store).items() if store.modality(b).kind != "categorical"]
+
+
+def series_of(store: Any, modalities: list[str], all_series: dict[str, DateSeries] | None = None
+              ) -> dict[str, DateSeries]:
+    """The series of each of ``modalities``, which must be base keys: a later date (``s2_t3``) is a one-line error
+    saying which base to ask for, since per-date reading reads every date of a series under its base name."""
+    all_series = date_series(store) if all_series is None else all_series
+    of_key = {k: s for s in all_series.values() for k in s.keys}
+    out: dict[str, DateSeries] = {}
+    for m in modalities:
+        s = of_key.get(m)
+        if s is None:
+            raise ValueError(f"{store.path}: no modality {m!r} (it has {list(store.modalities)})")
+        if s.base != m:
+            raise ValueError(f"--dates: {m!r} is date {s.keys.index(m) + 1} of the series {s.base} ({', '.join(s.keys)}); "
+                             f"per-date embedding reads every date of a series under its base name: ask for {s.base!r}")
+        out[m] = s
+    return out
+
+
+def plan_dates(store: Any, modalities: list[str], spec: str | list[str | int] = "all") -> DatePlan:
+    """The :class:`DatePlan` of reading ``modalities`` (base keys, e.g. ``s2``, ``s1``) of ``store`` per date.
+
+    ``spec``: ``"all"``, or date indices / ISO dates / date keys (a comma-separated string or a list). Errors are one
+    line: a later-date key asked for instead of its base, no series among ``modalities``, a date no chip has."""
+    all_series = date_series(store)
+    series: dict[str, DateSeries] = {}
+    static: list[str] = []
+    for m, s in series_of(store, modalities, all_series).items():
+        if len(s) > 1:
+            series[m] = s
+        else:
+            static.append(m)
+    if not series:
+        have = {b: list(s.keys) for b, s in all_series.items() if len(s) > 1}
+        why = (f"none of {modalities} has several dates (the store's series: {have})" if have else
+               "no modality has several dates (a series is keys of one product and bands with their date_<key>, "
+               "e.g. s2, s2_t2, ...: `ingest rasters --date KEY=YYYY-MM-DD`, `synth --dates N`)")
+        raise ValueError(f"{store.path}: --dates: no time series to embed per date: {why}")
+    n = max(len(s) for s in series.values())
+    first = [next(s for s in series.values() if t < len(s)) for t in range(n)]
+    dates = tuple(s.dates[t] for t, s in enumerate(first))
+    keys = tuple(s.keys[t] for t, s in enumerate(first))
+    has = np.zeros((n, len(store)), dtype=bool)
+    for s in series.values():
+        for t, k in enumerate(s.keys):
+            has[t] |= store.present(k)
+    plan = DatePlan({b: s.keys for b, s in series.items()}, tuple(static), (), dates, keys, {})
+    ts = _choose(plan, series, spec, has.any(axis=1))
+    return dataclasses.replace(plan, ts=ts, skipped={t: int((~has[t]).sum()) for t in ts})
+
+
+def _choose(plan: DatePlan, series: dict[str, DateSeries], spec: str | list[str | int], any_chip: np.ndarray
+            ) -> tuple[int, ...]:
+    """Date indices named by ``spec`` (see :func:`plan_dates`)."""
+    import datetime as _dt
+
+    n = len(plan.dates)
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return tuple(range(n))
+    items = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else [str(x).strip() for x in spec]
+    if not [x for x in items if x]:
+        raise ValueError("--dates: give all, or date indices / ISO dates / date keys separated by commas")
+    have = "; ".join(plan.label(t) for t in range(n))
+    out: list[int] = []
+    for x in filter(None, items):
+        if x.isdigit():
+            if int(x) >= n:
+                raise ValueError(f"--dates {x}: no date index {x}; the dates are {have}")
+            ts = [int(x)]
+        else:
+            iso = x
+            if x not in {k for s in series.values() for k in s.keys}:
+                try:
+                    iso = _dt.date.fromisoformat(x).isoformat()
+                except ValueError:
+                    raise ValueError(f"--dates {x}: not a date index, an ISO date (YYYY-MM-DD) or a date key; "
+                                     f"the dates are {have}") from None
+            ts = [t for t in range(n) if any(t < len(s) and iso in (s.keys[t], s.dates[t]) for s in series.values())]
+            if not ts:
+                raise ValueError(f"--dates {x}: no chip has this date; the dates are {have}")
+        for t in ts:
+            if not any_chip[t]:
+                raise ValueError(f"--dates {x}: no chip has imagery at {plan.label(t)}; the dates are {have}")
+        out += ts
+    return tuple(sorted(set(out)))
+
+
+class DateView:
+    """One date of a store seen as a single-date store: a :class:`~earthembed.data.dataset.ChipDataset` reading key
+    ``t`` of every series (and the static modalities) whose batches name them by their base (``s2_t3`` -> ``s2``,
+    with its presence and month), normalised with the base's statistics. A series without a date ``t`` reads as
+    absent. So a model trained on ``s2`` embeds ``s2_t3`` exactly as it would a store whose ``s2`` held it."""
+
+    def __init__(self, store: Any, request: dict[str, list[str]], normalizer: Any, keys: dict[str, str]) -> None:
+        from earthembed.data.dataset import ChipDataset
+        from earthembed.data.normalize import Normalizer
+
+        self.store, self.request = store, request
+        self.keys = {b: k for b, k in keys.items() if b in request}
+        stats = {k: normalizer.stats[b] for b, k in self.keys.items() if b in normalizer.stats}
+        nodata = {k: normalizer.nodata[b] for b, k in self.keys.items() if b in normalizer.nodata}
+        self.dataset = ChipDataset(store, {k: request[b] for b, k in self.keys.items()},
+                                   normalizer=Normalizer(stats, nodata))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        raw = self.dataset.read_batch(positions)
+        out: dict[str, Any] = {"idx": raw["idx"]}
+        n, cs = len(positions), self.store.chip_size
+        for b, bands in self.request.items():
+            k = self.keys.get(b)
+            if k is None:  # this series has no date t: absent, as a chip lacking the modality
+                out[b] = torch.zeros((n, len(bands), cs, cs), dtype=torch.float32)
+                out[f"{b}_present"] = torch.zeros(n, dtype=torch.bool)
+                out[f"{b}_month"] = torch.full((n,), -1, dtype=torch.int64)
+            else:
+                out.update({b: raw[k], f"{b}_present": raw[f"{k}_present"], f"{b}_month": raw[f"{k}_month"]})
+        return out

@@ -37,6 +37,10 @@ def embed(
                             "(the default recipes export an 8-view average, 8x the compute per chip)"),
     modalities: str = typer.Option(None, help="comma-separated subset, e.g. s2,s1 (default: all the model knows; "
                                    "with a published --encoder: the one store modality to feed)"),
+    dates: str = typer.Option(None, "--dates", help="one row per (chip, date) of the store's time series (s2, s2_t2, "
+                              "...): all, or date indices / ISO dates / date keys, e.g. 0,2 or 2023-07-01,2025-10-23; "
+                              "each date is embedded as a single-date store would be (--modalities names series by "
+                              "their base: s2)"),
     bands: str = typer.Option(None, help="band subset per modality, e.g. 's2:B04,B03,B02;s1:VV'"),
     batch_size: int = typer.Option(64, help="chips per forward pass"),
     num_workers: int = typer.Option(0, help="DataLoader workers reading the store"),
@@ -55,7 +59,8 @@ def embed(
     rcf_features: int = typer.Option(512, help="rcf features per modality (even; half as many filters)"),
     rcf_kernel: int = typer.Option(3, help="rcf filter size in pixels"),
 ) -> None:
-    """Embed every chip: one row per chip with fused and per-modality embeddings (resumable).
+    """Embed every chip: one row per chip with fused and per-modality embeddings (resumable); with --dates, one
+    row per chip and date.
 
     With --featurizer rcf, no model is needed: random convolutional features (MOSAIKS; TorchGeo's RCF) of
     every modality, e.g. `earthembed embed --featurizer rcf --store STORE --out rcf.parquet`."""
@@ -70,6 +75,11 @@ def embed(
                              "(published weights) and --featurizer rcf")
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
+        if dates is not None and mods is None and (encoder is not None or featurizer):
+            from earthembed.data.dates import base_modalities
+            from earthembed.data.store import ChipStore
+
+            mods = base_modalities(ChipStore(store))  # fitted to the series' bases, not to each date's key
         if encoder is not None:
             checkpoint, mods = _published_export(encoder, store, Path(out.rstrip("/")), weights, mods, extra_bands,
                                                  input_size, download, export_dir, {"patch_size": patch_size})
@@ -86,6 +96,7 @@ def embed(
             device=device,
             prefetch=prefetch,
             overwrite=overwrite,
+            dates=dates,
         )
         shard_kw = dict(engine=engine, shard_chips=shard_chips, workers=workers, gpus_per_worker=gpus_per_worker,
                         address=address, tta=tta)
@@ -102,6 +113,16 @@ def embed(
             path = embed_random_init(checkpoint, store, Path(out), seed=seed, **kw)
         else:
             path = embed_store(checkpoint, store, out, **kw, **shard_kw)
+        if dates is not None:
+            from earthembed.data.dates import skipped_line
+            from earthembed.embed.io import read_metadata
+
+            time = read_metadata(path)["time"]
+            typer.echo(f"{len(time['t'])} dates of {', '.join(time['series'])}: "
+                       + ", ".join(f"t={t} {time['dates'][t] or time['date_keys'][t]}" for t in time["t"]))
+            line = skipped_line(time)
+            if line:
+                typer.echo(line)
     typer.echo(f"wrote {path}")
 
 

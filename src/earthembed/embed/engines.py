@@ -37,7 +37,8 @@ class ShardJob:
 
     ``export``: the model's export directory (None only for the local engine given a model object).
     ``table_meta``: the earthembed metadata every shard file carries. ``tta``: an embed-time override of the
-    encoder's test-time augmentation (None: as exported)."""
+    encoder's test-time augmentation (None: as exported). ``time``: per-date embedding's plan (None: one row per
+    chip)."""
 
     export: str | None
     store: str
@@ -51,16 +52,15 @@ class ShardJob:
     table_meta: dict[str, Any]
     tta: str | None = None
     prefetch: bool | None = None
+    time: Any = None  # earthembed.data.dates.DatePlan
 
 
 class ShardWorker:
     """Embeds shards of one store with one model (loaded once)."""
 
     def __init__(self, job: ShardJob, model: torch.nn.Module | None = None) -> None:
-        from earthembed.data.dataset import ChipDataset
-        from earthembed.data.normalize import Normalizer
         from earthembed.data.store import ChipStore
-        from earthembed.embed.run import _chip_columns, set_tta
+        from earthembed.embed.run import _chip_columns, make_passes, set_tta
         from earthembed.models.export import load_model
 
         self.job = job
@@ -71,28 +71,29 @@ class ShardWorker:
         set_tta(model, job.tta)
         self.model = model.to(job.device).eval()
         self.store = ChipStore(job.store)
-        self.dataset = ChipDataset(self.store, job.request, normalizer=Normalizer.from_dict(job.normalization))
+        self.passes = make_passes(self.store, job.request, job.normalization, job.time)
         self.chips = _chip_columns(self.store.index)
         self.meta = table_metadata(job.table_meta, Path(job.out))
 
     def run(self, shard: Shard) -> dict[str, Any]:
         """Embed ``shard``, write its file and commit it; a failure is recorded (``_failed/``) and re-raised."""
-        from earthembed.embed.run import _batch_table, _BatchReader, _prefetch, embed_batch
+        from earthembed.embed.run import _BatchReader, _prefetch, embed_batch
 
         out, job = Path(self.job.out), self.job
         try:
             starts = list(range(shard.start, shard.end, job.batch_size))
-            reader = _BatchReader(self.dataset, starts, job.batch_size, stop=shard.end)
             prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
-            batches = _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader)))
             tables = []
             with torch.inference_mode():
-                for batch in batches:
-                    emb, present = embed_batch(self.model, batch, job.request, job.device, self.chips, job.label)
-                    tables.append(_batch_table(batch["idx"].numpy(), self.chips, emb, present, job.request,
-                                               job.model_id))
+                for p in self.passes:  # one, or one per date index
+                    reader = _BatchReader(p.dataset, starts, job.batch_size, stop=shard.end)
+                    for batch in _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))):
+                        emb, present = embed_batch(self.model, batch, job.request, job.device, self.chips, job.label)
+                        tables.append(p.table(batch["idx"].numpy(), self.chips, emb, present, job.request,
+                                              job.model_id))
             table = shard_table(tables, self.meta)
-            order_check(table, shard)
+            if job.time is None:  # per date, a chip without imagery at a date has no row
+                order_check(table, shard)
             return write_shard(out, shard, table)
         except Exception as e:
             record_failure(out, shard, e)

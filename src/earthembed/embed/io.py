@@ -8,6 +8,15 @@ Columns: ``idx`` (store position), ``chip_id``, ``geometry``, ``aoi``, ``split``
 (comma-joined modalities that were present and requested), ``emb_fused`` and ``emb_<modality>``
 (FixedSizeList<float32>[D], null where the chip lacked that modality), ``present_<modality>``, ``model_id``.
 File-level metadata (key ``earthembed``) holds the model id, dimensions and the bands used.
+
+**Per-date tables** (``embed --dates``): one row per (chip, date), ``chip_id`` the same at every date of a chip,
+plus ``t`` (int16: the date index in the store's series, 0-based), ``date`` (date32: the series' date at ``t``,
+null where the store records none) and ``date_key`` (the store key read for the first series at ``t``, e.g.
+``s2_t3``) after ``split``. Embedding and presence columns are named by the series' base modality (``emb_s2``,
+``present_s2``; never ``emb_s2_t3``); rows are ordered by (``t``, ``idx``). Metadata ``time``: ``{"mode":
+"per_date", "series": {base: [keys by date]}, "dates": [ISO or null, per date index], "date_keys": [...], "t":
+[date indices embedded], "static": [modalities fed at every date], "skipped": [{"t", "date", "date_key",
+"chips"}: chips without imagery at that date, which have no row]}`` (:class:`earthembed.data.dates.DatePlan`).
 """
 
 from __future__ import annotations

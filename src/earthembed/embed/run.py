@@ -9,10 +9,18 @@ The output is protected before anything is computed: an existing ``--out`` is re
 and even then only an earthembed embedding table is replaced; a directory, a path inside a chip store and a
 ``<out>.parts/`` that earthembed did not make are refused; ``<out>.lock`` keeps a second process off the same
 output. A present modality whose embedding is not finite (e.g. NaN weights) is an error naming the chips.
+
+**Per date** (``dates``, ``embed --dates all|LIST``): one row per (chip, date) of the store's time series
+(:mod:`earthembed.data.dates`): the store is read once per date index t, key t of every series under its base name
+(:class:`~earthembed.data.dates.DateView`), so the model sees each date exactly as it sees a single-date store and
+the cost is T times one date. Rows carry ``t``, ``date`` and ``date_key`` (:mod:`earthembed.embed.io`); a chip
+with none of the series at a date gets no row there (counted in the metadata's ``time.skipped``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -25,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from earthembed.data.dataset import ChipDataset
+from earthembed.data.dates import DatePlan, DateView, later_keys, plan_dates, series_of
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
@@ -137,8 +146,13 @@ def embed_store(
     gpus_per_worker: float = 0.0,
     address: str | None = None,
     tta: str | None = None,
+    dates: str | Sequence[str | int] | None = None,
 ) -> Path:
     """Write one GeoParquet row per chip with the fused and per-modality embeddings.
+
+    ``dates``: ``"all"`` or date indices / ISO dates / date keys (a comma-separated string or a list): one row per
+    (chip, date) of the store's time series instead (module docstring); ``modalities`` then names series by their
+    base (``s2``, not ``s2_t3``), and by default the model's modalities that are not a later date of a series.
 
     ``overwrite`` allows replacing an existing embedding table at ``out`` (never any other file); see the
     module docstring for what else is refused.
@@ -169,20 +183,25 @@ def embed_store(
             raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
         model_path = meta.get("path", "")
     store = store if isinstance(store, ChipStore) else ChipStore(store)
+    if dates is not None and modalities is None:
+        later = later_keys(store)
+        modalities = [m for m in meta["modalities"] if m in store.modalities and m not in later] or None
+    elif dates is not None:
+        series_of(store, list(modalities))  # s2_t3 instead of s2: say so before the model is asked about it
     request = resolve_request(meta["modalities"], store, modalities, bands)
     check_products(meta.get("products") or {}, store, request)
+    plan = plan_dates(store, list(request), dates) if dates is not None else None
     model_id = tta_model_id(model, str(meta.get("model_id", "unknown")), tta)
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if wants_dataset(out, engine, shard_chips):
         return _embed_dataset(model, model_path, meta, store, Path(out), request, model_id, batch_size, device,
                               prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
-                              progress)
+                              progress, plan)
     if tta is not None:
         set_tta(model, tta)
     out = Path(out)
-    normalizer = Normalizer.from_dict(meta["normalization"])
-    dataset = ChipDataset(store, request, normalizer=normalizer)
+    passes = make_passes(store, request, meta["normalization"], plan)
     manifest = {
         "model_id": model_id,
         "store": str(store.path.resolve()),
@@ -190,13 +209,56 @@ def embed_store(
         "bands": request,
         "batch_size": batch_size,
         "part_format": PART_FORMAT,
+        **({"time": plan.metadata()} if plan is not None else {}),
     }
     check_output(out, overwrite)
     with OutputLock(out, out.with_name(out.name + ".lock")):
         check_output(out, overwrite)  # again under the lock: another process may have just finished
-        _embed(model, model_path, meta, store, out, request, dataset, manifest, batch_size, num_workers, resume,
+        _embed(model, model_path, meta, store, out, request, passes, manifest, batch_size, num_workers, resume,
                progress, device, prefetch)
     return out
+
+
+@dataclasses.dataclass
+class Pass:
+    """One read of the whole store: the only one of a plain embed (``t`` None), or date index ``t`` of a per-date
+    one, whose rows get ``t``, ``date`` and ``date_key`` and exist only where one of ``series`` is present."""
+
+    dataset: Any  # ChipDataset or DateView: read_batch(positions), len()
+    t: int | None = None
+    date: str | None = None
+    date_key: str | None = None
+    series: tuple[str, ...] = ()
+
+    def part(self, start: int) -> str:
+        """Part file stem of the batch at ``start`` (sorted names are the table's row order)."""
+        return f"part-{start:09d}" if self.t is None else f"part-t{self.t:05d}-{start:09d}"
+
+    def table(self, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], present: dict[str, torch.Tensor],
+              request: dict[str, list[str]], model_id: str) -> pa.Table:
+        """The rows of one embedded batch (:func:`_batch_table`, plus the date columns of a per-date pass)."""
+        table = _batch_table(idx, chips, emb, present, request, model_id)
+        if self.t is None:
+            return table
+        keep = np.logical_or.reduce([present[b].numpy().astype(bool) for b in self.series])
+        table = table.filter(pa.array(keep))
+        n, at = table.num_rows, table.column_names.index("split") + 1
+        date = _dt.date.fromisoformat(self.date) if self.date else None
+        for i, (name, col) in enumerate((("t", pa.array(np.full(n, self.t, np.int16))),
+                                         ("date", pa.array([date] * n, pa.date32())),
+                                         ("date_key", pa.array([self.date_key] * n, pa.string())))):
+            table = table.add_column(at + i, name, col)
+        return table
+
+
+def make_passes(store: ChipStore, request: dict[str, list[str]], normalization: dict[str, Any],
+                plan: DatePlan | None) -> list[Pass]:
+    """The reads of one embed: the store once, or once per chosen date index of ``plan``."""
+    normalizer = Normalizer.from_dict(normalization)
+    if plan is None:
+        return [Pass(ChipDataset(store, request, normalizer=normalizer))]
+    return [Pass(DateView(store, request, normalizer, plan.keys_at(t)), t, plan.dates[t], plan.date_keys[t],
+                 tuple(plan.series)) for t in plan.ts]
 
 
 TTA_CHOICES = ("none", "d4")
@@ -227,7 +289,7 @@ def set_tta(model: torch.nn.Module, tta: str | None) -> None:
 def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
                    request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
                    overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
-                   address: str | None, tta: str | None, progress: bool) -> Path:
+                   address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None) -> Path:
     """The sharded path of :func:`embed_store`: plan, lock, run the pending shards on ``engine``, finish."""
     from earthembed.embed.engines import ShardJob, run_local, run_ray
     from earthembed.embed.shards import LOCK, committed, finish, plan_shards, prepare_dataset
@@ -235,12 +297,14 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
     shards = plan_shards(len(store), store.layout(next(iter(request))).chunk_chips, shard_chips)
     manifest = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION, "model_id": model_id,
                 "store": str(store.path.resolve()), "n_chips": len(store), "bands": request,
-                "batch_size": batch_size, "shards": [[s.start, s.end] for s in shards], "complete": False}
+                "batch_size": batch_size, "shards": [[s.start, s.end] for s in shards], "complete": False,
+                **({"time": plan.metadata()} if plan is not None else {})}
     table_meta = {"model_id": model_id, "store": manifest["store"], "n_chips": len(store), "bands": request,
                   "model_path": model_path, "embed_dim": int(model.embed_dim), "modalities": list(request),
                   "architecture": meta.get("architecture"),
                   "store_products": {m: store.modality(m).product for m in request},
-                  "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}}
+                  "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request},
+                  **({"time": plan.metadata()} if plan is not None else {})}
     label = f"{model_id} ({model_path})"
     with OutputLock(out, out / LOCK):
         prepare_dataset(out, manifest, overwrite)
@@ -248,7 +312,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
         run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,
-                           device, model_id, label, table_meta, tta, prefetch)
+                           device, model_id, label, table_meta, tta, prefetch, plan)
             if engine == "ray":
                 errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
                 if errors and len(errors) == len(pending):
@@ -306,29 +370,24 @@ def _clear_parts(parts: Path, remove_dir: bool = False) -> None:
 
 
 def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
-           request: dict[str, list[str]], dataset: ChipDataset, manifest: dict[str, Any], batch_size: int,
+           request: dict[str, list[str]], passes: list[Pass], manifest: dict[str, Any], batch_size: int,
            num_workers: int, resume: bool, progress: bool, device: str, prefetch: bool | None) -> None:
     """The embedding loop of :func:`embed_store`, run while holding the output's lock."""
     model_id = manifest["model_id"]
     parts = out.with_name(out.name + ".parts")
     done = _prepare_parts(parts, manifest, resume)
-    starts = [s for s in range(0, len(dataset), batch_size) if s not in done]
+    n = len(store)
+    todo = [(p, [s for s in range(0, n, batch_size) if p.part(s) not in done]) for p in passes]
     model = model.to(device).eval()
     chips = _chip_columns(store.index)
-    reader = _BatchReader(dataset, starts, batch_size)
-    if num_workers > 0:
-        loader: Any = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, shuffle=False)
-    elif prefetch if prefetch is not None else torch.device(device).type != "cpu":
-        loader = _prefetch(reader, depth=2)
-    else:
-        loader = (reader[i] for i in range(len(reader)))
     from earthembed.progress import progress as make_progress
 
-    todo = sum(min(batch_size, len(dataset) - s) for s in starts)
-    resumed = f" (resumed, {len(dataset) - todo} chips done)" if todo < len(dataset) else ""
-    bar = make_progress(total=todo, unit="chip", desc=f"embed {store.path.name}{resumed}", quiet=not progress)
+    total = sum(min(batch_size, n - s) for _, starts in todo for s in starts)
+    resumed = f" (resumed, {n * len(passes) - total} chips done)" if total < n * len(passes) else ""
+    what = "chip" if len(passes) == 1 and passes[0].t is None else "chip-date"
+    bar = make_progress(total=total, unit=what, desc=f"embed {store.path.name}{resumed}", quiet=not progress)
     # part writes run one batch behind in a thread (Arrow IPC, cheap), so the main thread mostly runs the
-    # model. At most one write is in flight, so a failed write stops the run before a later batch is committed.
+    # model. At most one write is in flight, so a failed write stopped the run before a later batch is committed.
     from concurrent.futures import Future, ThreadPoolExecutor
 
     def committed(write: Future[int] | None) -> None:  # re-raises a failed write here
@@ -336,17 +395,30 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
 
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-write") as writer:
         pending: Future[int] | None = None
-        for start, batch in zip(starts, loader, strict=True):
-            emb, present = embed_batch(model, batch, request, device, chips, f"{model_id} ({model_path})")
-            committed(pending)
-            pending = writer.submit(_write_part, parts, start, batch["idx"].numpy(), chips, emb, present, request,
-                                    model_id)
+        for p, starts in todo:
+            for start, batch in zip(starts, _loader(p.dataset, starts, batch_size, num_workers, prefetch, device),
+                                    strict=True):
+                emb, present = embed_batch(model, batch, request, device, chips, f"{model_id} ({model_path})")
+                committed(pending)
+                pending = writer.submit(_write_part, parts, p, start, batch["idx"].numpy(), chips, emb, present,
+                                        request, model_id)
         committed(pending)
     bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
                            "modalities": list(request), "architecture": meta.get("architecture"),
                            "store_products": {m: store.modality(m).product for m in request},
                            "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}})
+
+
+def _loader(dataset: Any, starts: list[int], batch_size: int, num_workers: int, prefetch: bool | None,
+            device: str) -> Any:
+    """The batches at ``starts``: DataLoader workers, a reader thread (accelerators) or read in this thread."""
+    reader = _BatchReader(dataset, starts, batch_size)
+    if num_workers > 0:
+        return torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, shuffle=False)
+    if prefetch if prefetch is not None else torch.device(device).type != "cpu":
+        return _prefetch(reader, depth=2)
+    return (reader[i] for i in range(len(reader)))
 
 
 def embed_batch(model: torch.nn.Module, batch: dict[str, Any], request: dict[str, list[str]], device: str,
@@ -394,7 +466,7 @@ def _prefetch(reader: _BatchReader, depth: int = 2) -> Iterator[dict[str, Any]]:
             yield batch
 
 
-def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[int]:
+def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[str]:
     mf = parts / "manifest.json"
     if parts.exists() and resume and mf.exists():
         try:
@@ -404,7 +476,7 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[i
         if old == manifest:
             for t in parts.glob("*.tmp"):
                 t.unlink()
-            return {int(f.stem.split("-")[1]) for f in parts.glob("part-*.arrow")}
+            return {f.stem for f in parts.glob("part-*.arrow")}
     _clear_parts(parts)  # ours (checked by check_output): from another model, store or batch size
     parts.mkdir(parents=True, exist_ok=True)
     write_json(mf, manifest)
@@ -424,14 +496,15 @@ def _chip_columns(index: Any) -> pa.Table:
     })
 
 
-def _write_part(parts: Path, start: int, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray],
+def _write_part(parts: Path, p: Pass, start: int, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray],
                 present: dict[str, torch.Tensor], request: dict[str, list[str]], model_id: str) -> int:
-    """Commit one batch as an Arrow IPC part (renamed into place when complete); returns its chip count.
+    """Commit one batch of pass ``p`` as an Arrow IPC part (renamed into place when complete); returns its chip
+    count.
 
     Parts are Arrow IPC, not Parquet: writing them is little more than a copy, and only the final table
     pays for Parquet encoding."""
-    table = _batch_table(idx, chips, emb, present, request, model_id)
-    f = parts / f"part-{start:09d}.arrow"
+    table = p.table(idx, chips, emb, present, request, model_id)
+    f = parts / f"{p.part(start)}.arrow"
     tmp = f.with_suffix(".tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
         w.write_table(table)
@@ -462,8 +535,8 @@ def _batch_table(idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], p
 
 
 def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
-    """Stream the part files (named by their first chip, so sorted = chip order) into one GeoParquet file,
-    one part in memory at a time, then rename it into place and drop the parts."""
+    """Stream the part files (named by their date index and first chip, so sorted = row order) into one GeoParquet
+    file, one part in memory at a time, then rename it into place and drop the parts."""
     files = sorted(parts.glob("part-*.arrow"))
 
     def read(f: Path) -> pa.Table:
@@ -485,7 +558,9 @@ def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:
     with pq.ParquetWriter(tmp, schema, **parquet_options(schema)) as writer:
         for f in files:
             table = read(f)
-            idx = table.column("idx").to_numpy()
+            idx = table.column("idx").to_numpy().astype(np.int64)
+            if "t" in table.column_names:  # per date: rows in (t, chip) order
+                idx = idx + (table.column("t").to_numpy().astype(np.int64) << 40)
             if idx.size and (idx[0] <= last or np.any(np.diff(idx) <= 0)):
                 raise RuntimeError(f"{f}: embedding parts overlap or are out of order")
             last = int(idx[-1]) if idx.size else last

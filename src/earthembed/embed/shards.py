@@ -133,7 +133,7 @@ def prepare_dataset(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
     write_json(out / MANIFEST, manifest)
 
 
-PLAN_KEYS = ("model_id", "store", "n_chips", "bands", "batch_size", "shards")
+PLAN_KEYS = ("model_id", "store", "n_chips", "bands", "batch_size", "shards", "time")
 """What a resume must match; other manifest keys (``last_run``: engine, shards run, peak memory per worker) may
 differ between runs."""
 
