@@ -296,3 +296,21 @@ def test_per_date_embed_resumes_after_kill(dated, tmp_path, monkeypatch):
     run.embed_store(export, st, out, dates="all", batch_size=16, progress=False)
     full = run.embed_store(export, st, tmp_path / "full.parquet", dates="all", batch_size=16, progress=False)
     assert pq.read_table(out).equals(pq.read_table(full))
+
+
+def test_embed_cli_dates_published_encoder(dated, shared_data, tmp_path):
+    """A published model is fitted to the series' bases (not to s2_t2 as a second s2) and embeds every date."""
+    from typer.testing import CliRunner
+
+    from earthembed.cli import app
+    from earthembed.embed.io import read_metadata, read_table
+
+    st, _ = dated
+    out = tmp_path / "g.parquet"
+    r = CliRunner().invoke(app, ["embed", "--encoder", "galileo:nano", "--weights", str(shared_data / "weights" /
+                                 "galileo-nano"), "--store", str(st.path), "--out", str(out), "--dates", "all",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    time = read_metadata(out)["time"]
+    assert time["series"] == {"s2": ["s2", "s2_t2", "s2_t3"], "s1": ["s1", "s1_t2", "s1_t3"]}
+    assert time["static"] == ["dem"] and read_table(out).num_rows == 120

@@ -75,14 +75,16 @@ def embed(
                              "(published weights) and --featurizer rcf")
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
+        fit_mods = mods
         if dates is not None and mods is None and (encoder is not None or featurizer):
             from earthembed.data.dates import base_modalities
             from earthembed.data.store import ChipStore
 
-            mods = base_modalities(ChipStore(store))  # fitted to the series' bases, not to each date's key
+            fit_mods = base_modalities(ChipStore(store))  # fitted to the series' bases, not to each date's key
+            mods = fit_mods if featurizer else None
         if encoder is not None:
-            checkpoint, mods = _published_export(encoder, store, Path(out.rstrip("/")), weights, mods, extra_bands,
-                                                 input_size, download, export_dir, {"patch_size": patch_size})
+            checkpoint, _ = _published_export(encoder, store, Path(out.rstrip("/")), weights, fit_mods, extra_bands,
+                                              input_size, download, export_dir, {"patch_size": patch_size})
         elif weights is not None or patch_size is not None:
             raise ValueError("--weights and --patch-size go with --encoder; an export (--checkpoint) carries its "
                              "weights and settings")
