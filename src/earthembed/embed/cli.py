@@ -120,7 +120,7 @@ def embed(
             from earthembed.embed.io import read_metadata
 
             time = read_metadata(path)["time"]
-            typer.echo(f"{len(time['t'])} dates of {', '.join(time['series'])}: "
+            typer.echo(f"{len(time['t'])} date{'s' if len(time['t']) != 1 else ''} of {', '.join(time['series'])}: "
                        + ", ".join(f"t={t} {time['dates'][t] or time['date_keys'][t]}" for t in time["t"]))
             line = skipped_line(time)
             if line:
