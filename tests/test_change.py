@@ -428,3 +428,26 @@ def test_plot_map_and_report(tmp_path):
 
     dom, log = render(page, tmp_path)  # every image decodes in a browser (skipped without chromium)
     assert 'data-images="2 images, 0 broken"' in dom and "earthembed report" not in log
+
+
+def test_a_table_of_embed_dates_and_the_synthetic_truth(tmp_path):
+    """What `embed --dates` writes of `synth --dates` goes straight into change --truth, and its map."""
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    st = generate_synthetic_aoi(tmp_path / "st", chips=16, chip_size=8, dates=3)
+    emb = tmp_path / "e.parquet"
+    r = cli("embed", "--featurizer", "rcf", "--rcf-mode", "gaussian", "--rcf-features", 8, "--dates", "all", "--store", st.path, "--out", emb,
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "c.parquet"
+    r = cli("change", "--embeddings", emb, "--method", "consecutive", "--threshold", "otsu", "--truth", st.path,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "change (consecutive, emb_fused, 3 dates)" in r.output and "accuracy per chip and date: ROC AUC" in r.output
+    _, meta = read_change(out)
+    n_truth = int(sum(st.index[f"change_t{k}"].sum() for k in (1, 2)))
+    assert meta["accuracy"]["levels"][1]["n_changed"] == n_truth and meta["threshold"]["kind"] == "otsu"
+    r = cli("change", "--embeddings", emb, "--from", "s2", "--to", "s2_t3", "--out", tmp_path / "cos.parquet")
+    assert r.exit_code == 0 and "s2 (" in r.output, r.output
+    assert cli("map", "--table", out, "--out", tmp_path / "m.tif").exit_code == 0
+    assert (tmp_path / "m_mask.tif").exists()

@@ -149,7 +149,9 @@ def change(
         res = detect_change(embeddings, out, column=column, method=method, date_from=date_from, date_to=date_to,
                             threshold=threshold, plot=_ids(plot), overwrite=overwrite, truth=truth)
     m = res.meta
-    span = f"{m['from']} -> {m['to']}" if m["method"] == "cosine" else f"{len(m['dates'])} dates"
+    iso = {d["date_key"]: d["date"] for d in m["dates"]}
+    label = lambda k: k if iso.get(k) in (None, k) else f"{k} ({iso[k]})"  # noqa: E731
+    span = f"{label(m['from'])} -> {label(m['to'])}" if m["method"] == "cosine" else f"{len(m['dates'])} dates"
     typer.echo(f"change ({m['method']}, {m['column']}, {span}): {m['n_rows']:,} score(s) for {m['n_chips']:,} of "
                f"{m['n_chips_input']:,} chips")
     for note in res.notes:
