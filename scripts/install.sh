@@ -10,7 +10,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first, from the local CPU wheel, so nothing can resolve a CUDA build
 "$VENV/bin/python" -m pip install -q -c constraints.txt torch==2.13.0
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,search,ray]"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,search,ray,cloud]"
 # guard: no CUDA/nvidia/triton package may be present
 if "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(nvidia-|triton)'; then
   echo "install.sh: a CUDA package was installed; check constraints.txt" >&2

@@ -53,6 +53,7 @@ from earthembed.outputs import (
     write_error,
     write_json,
 )
+from earthembed.storage import ObjectPath, location, parquet_path, quiet_zarrs
 
 FORMAT_VERSION = "1.0"
 
@@ -135,6 +136,23 @@ class ChunkLayout:
         return next((f for f in self.files(chunk) if not os.path.exists(f)), None)
 
 
+@dataclasses.dataclass(frozen=True)
+class ObjectChunkLayout(ChunkLayout):
+    """:class:`ChunkLayout` of an array on object storage: the chunk objects are listed once (one LIST per 1,000
+    chunks) instead of one request per chunk checked."""
+
+    present: frozenset[str] = frozenset()
+
+    @classmethod
+    def listed(cls, store_path: ObjectPath, name: str, arr: zarr.Array) -> ObjectChunkLayout:
+        lay = ChunkLayout.of(store_path, name, arr)  # type: ignore[arg-type]  (URLs join like paths)
+        present = frozenset(str(p) for p, _ in (store_path / ARRAYS / name).walk_files())
+        return cls(lay.chunk_chips, lay.paths, present)
+
+    def missing(self, chunk: int) -> str | None:
+        return next((f for f in self.files(chunk) if f not in self.present), None)
+
+
 META_FILE = "earthembed.json"
 ARRAYS = "arrays.zarr"
 INDEX_FILE = "index.parquet"
@@ -165,7 +183,7 @@ class ChipRecord:
     source: str = ""
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def _read_meta(path: Path | ObjectPath) -> dict[str, Any]:
     f = path / META_FILE
     if not f.exists():
         raise StoreError(f"{path}: not an earthembed chip store (no {META_FILE})")
@@ -183,7 +201,7 @@ def is_store_dir(path: str | Path) -> bool:
 
     The only kind of directory ``--overwrite`` may replace."""
     try:
-        meta = json.loads((Path(path) / META_FILE).read_text())
+        meta = json.loads((location(path) / META_FILE).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
@@ -703,12 +721,16 @@ class ChipStore:
     Opening runs the cheap integrity checks (:func:`earthembed.data.verify.open_problems`: metadata, index and
     array row counts, chunk files of present chips, finite statistics) and raises :class:`StoreError` naming
     what is wrong. ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
+
+    ``path`` may be on object storage (``s3://bucket/store``, ``gs://...``: :mod:`earthembed.storage`): the
+    metadata and index are read through pyarrow's filesystem, the arrays through zarr's ``ObjectStore`` (the
+    zarrs pipeline included); such a store is read-only here (write it locally, then copy it up).
     """
 
     def __init__(self, path: str | Path, check: bool = True, check_stats: bool = True) -> None:
         from earthembed.data.verify import check_meta, open_problems
 
-        self.path = Path(path)
+        self.path: Path | ObjectPath = location(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: store not found")
         if not self.path.is_dir():
@@ -731,13 +753,53 @@ class ChipStore:
         self._presence: dict[str, np.ndarray] | None = None
         self._layouts: dict[str, ChunkLayout] = {}
         if check:
-            problems = open_problems(self, check_stats=check_stats)
+            problems = (self._object_store_problems(check_stats) if self.remote
+                        else open_problems(self, check_stats=check_stats))
             if problems:
                 more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
                 raise StoreError("; ".join(problems[:3]) + more + f". Run `earthembed verify {self.path}` for a full check")
 
     def __len__(self) -> int:
         return int(self.meta["n_chips"])
+
+    @property
+    def remote(self) -> bool:
+        """True for a store on object storage."""
+        return isinstance(self.path, ObjectPath)
+
+    def _object_store_problems(self, check_stats: bool) -> list[str]:
+        """:func:`earthembed.data.verify.open_problems` for a store on object storage: the index read once
+        through pyarrow's filesystem, the chunk objects listed once per array."""
+        from earthembed.data import verify
+
+        f = self.path / INDEX_FILE
+        src, fs = parquet_path(f)
+        try:
+            ids = pq.read_table(src, columns=["chip_id"], filesystem=fs).column("chip_id")
+        except FileNotFoundError:
+            return [f"{f}: missing (the store index was deleted)"]
+        except (OSError, pa.ArrowException, KeyError) as e:
+            return [f"{f}: unreadable or without a chip_id column ({e})"]
+        out = [] if len(ids) == len(self) else [
+            f"{f}: has {len(ids)} rows but {META_FILE} says {len(self)} chips (row i is array position i)"]
+        for name in verify.array_names(self):
+            try:
+                shape = tuple(self.array(name).shape)
+            except Exception as e:  # zarr raises KeyError, FileNotFoundError, JSON errors...
+                out.append(f"{self.path / ARRAYS / name}: array missing or unreadable ({type(e).__name__}: {e})")
+                continue
+            if shape != verify._expected_shape(self, name):
+                out.append(f"{self.path / ARRAYS / name}: shape {shape}, expected {verify._expected_shape(self, name)}")
+        if out:
+            return out
+        try:
+            self.presence()
+        except StoreError as e:
+            return [str(e)]
+        out = verify._chip_id_problems(f, ids)
+        for name in verify.array_names(self):
+            out += verify._missing_chunks(self, name)
+        return out + (verify.stats_problems(self.path, self.meta) if check_stats else [])
 
     def __repr__(self) -> str:
         return f"ChipStore({str(self.path)!r}, n={len(self)}, modalities={list(self.modalities)})"
@@ -752,7 +814,8 @@ class ChipStore:
     @property
     def root(self) -> zarr.Group:
         if self._root is None:
-            self._root = zarr.open_group(self.path / ARRAYS, mode="r")
+            where = self.path / ARRAYS
+            self._root = zarr.open_group(where.zarr_store() if isinstance(where, ObjectPath) else where, mode="r")
         return self._root
 
     def array(self, name: str) -> zarr.Array:
@@ -763,14 +826,16 @@ class ChipStore:
             self._root, self._arrays, self._pid = None, {}, os.getpid()
         arr = self._arrays.get(name)
         if arr is None:
-            arr = self._arrays[name] = open_array(self.root, name)
+            with quiet_zarrs():
+                arr = self._arrays[name] = open_array(self.root, name)
         return arr
 
     def layout(self, name: str) -> ChunkLayout:
         """Chunk-file layout of array ``name`` (cached with the array)."""
         lay = self._layouts.get(name)
         if lay is None:
-            lay = self._layouts[name] = ChunkLayout.of(self.path, name, self.array(name))
+            lay = self._layouts[name] = (ObjectChunkLayout.listed(self.path, name, self.array(name)) if self.remote
+                                         else ChunkLayout.of(self.path, name, self.array(name)))
         return lay
 
     @property
@@ -779,7 +844,8 @@ class ChipStore:
             import geopandas as gpd
 
             try:
-                self._index = gpd.read_parquet(self.path / INDEX_FILE)
+                src, fs = parquet_path(self.path / INDEX_FILE)
+                self._index = gpd.read_parquet(src, filesystem=fs)
             except Exception as e:  # any reader failure means a damaged file
                 raise StoreError(f"{self.path / INDEX_FILE}: cannot read the store index ({e})") from e
         return self._index
@@ -794,9 +860,10 @@ class ChipStore:
             masks = [n for n, sp in self.labels.items() if sp.get("kind") == "mask"]
             names += [f"has_mask_{n}" for n in masks]
             try:
-                schema = pq.read_schema(self.path / INDEX_FILE)
+                src, fs = parquet_path(self.path / INDEX_FILE)
+                schema = pq.read_schema(src, filesystem=fs)
                 cols = [c for c in names if c in schema.names]
-                t = pq.read_table(self.path / INDEX_FILE, columns=cols)
+                t = pq.read_table(src, columns=cols, filesystem=fs)
             except (OSError, pa.ArrowException) as e:
                 raise StoreError(f"{self.path / INDEX_FILE}: cannot read the store index ({e})") from e
             out: dict[str, np.ndarray] = {}
@@ -931,12 +998,19 @@ class ChipStore:
 
     def set_stats(self, stats: dict[str, Any]) -> None:
         """Save statistics into ``earthembed.json`` (atomically; the caller holds the store's lock)."""
+        self._local("compute statistics of")
         self.meta["stats"] = stats
         write_json(self.path / META_FILE, self.meta)
 
     def lock(self) -> OutputLock:
         """The store's exclusive writer lock (``with store.lock(): ...``), as held by ingest and ``stats``."""
+        self._local("write to")
         return OutputLock(self.path, self.path / LOCK_FILE)
+
+    def _local(self, what: str) -> None:
+        if self.remote:
+            raise StoreError(f"{self.path}: cannot {what} a store on object storage; do it on a local copy and "
+                             f"upload that (e.g. `aws s3 sync STORE {self.path}`)")
 
     def report(self) -> dict[str, Any]:
         f = self.path / REPORT_FILE

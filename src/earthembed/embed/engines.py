@@ -21,12 +21,14 @@ import torch
 
 from earthembed.embed.shards import (
     Shard,
+    committed,
     order_check,
     record_failure,
     shard_table,
     table_metadata,
     write_shard,
 )
+from earthembed.storage import location
 
 ENGINES = ("local", "ray")
 
@@ -73,13 +75,16 @@ class ShardWorker:
         self.store = ChipStore(job.store)
         self.passes = make_passes(self.store, job.request, job.normalization, job.time)
         self.chips = _chip_columns(self.store.index)
-        self.meta = table_metadata(job.table_meta, Path(job.out))
+        self.meta = table_metadata(job.table_meta, job.out)
 
     def run(self, shard: Shard) -> dict[str, Any]:
         """Embed ``shard``, write its file and commit it; a failure is recorded (``_failed/``) and re-raised."""
         from earthembed.embed.run import _BatchReader, _prefetch, embed_batch
 
-        out, job = Path(self.job.out), self.job
+        out, job = location(self.job.out), self.job
+        done = committed(out, shard)
+        if done is not None:  # committed by an earlier attempt (a retried task): never embedded or written again
+            return done
         try:
             starts = list(range(shard.start, shard.end, job.batch_size))
             prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"

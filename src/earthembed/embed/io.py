@@ -97,25 +97,31 @@ def write_embedding_table(
 
 
 def _files(path: str | Path) -> list[Path] | None:
-    """The shard files of a complete embedding dataset at ``path`` (None: ``path`` is not a dataset)."""
+    """The shard files of a complete embedding dataset at ``path`` (None: ``path`` is not a dataset). ``path``
+    may be on object storage (``s3://bucket/EMB/``: :mod:`earthembed.storage`)."""
     from earthembed.embed.shards import dataset_files, is_dataset_dir
+    from earthembed.storage import location
 
-    p = Path(path)
-    return dataset_files(p) if p.is_dir() and is_dataset_dir(p) else None
+    p = location(path)
+    return dataset_files(p) if p.is_dir() and is_dataset_dir(p) else None  # type: ignore[return-value]
 
 
 def read_schema(path: str | Path) -> pa.Schema:
+    from earthembed.storage import location, read_parquet_schema
+
     files = _files(path)
-    return pq.read_schema(files[0] if files else path)
+    return read_parquet_schema(files[0] if files else location(path))
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """One embedding table, or every shard of a complete dataset in store order, as one Arrow table (schema
     metadata included)."""
+    from earthembed.storage import location, read_parquet_tables
+
     files = _files(path)
     if files is None:
-        return pq.read_table(path, columns=columns)
-    tables = [pq.read_table(f, columns=columns) for f in files]
+        return read_parquet_tables([location(path)], columns=columns)[0]
+    tables = read_parquet_tables(files, columns=columns)
     return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
 
 
@@ -162,7 +168,9 @@ def to_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.
 
 def read_embeddings(path: str | Path, column: str = "emb_fused") -> tuple[Any, np.ndarray]:
     """(index DataFrame without embedding columns, [N, D] matrix of ``column``) sorted by ``idx``."""
-    path = Path(path)
+    from earthembed.storage import location
+
+    path = location(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: embedding table not found")
     table = read_table(path)

@@ -42,6 +42,7 @@ from earthembed.embed.io import META_KEY, fixed_size_list, is_embedding_table, p
 from earthembed.embed.shards import DATASET_FORMAT, DATASET_VERSION, wants_dataset
 from earthembed.errors import OutputError
 from earthembed.outputs import OutputLock, dumps, write_json
+from earthembed.storage import ObjectPath, location
 
 PART_FORMAT = "arrow-ipc-1"  # in the resume manifest: parts of another format are never mixed in
 TABLE_TMP = "table.parquet.tmp"  # the final table while it is assembled, inside <out>.parts/
@@ -195,7 +196,7 @@ def embed_store(
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if wants_dataset(out, engine, shard_chips):
-        return _embed_dataset(model, model_path, meta, store, Path(out), request, model_id, batch_size, device,
+        return _embed_dataset(model, model_path, meta, store, location(out), request, model_id, batch_size, device,
                               prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
                               progress, plan)
     if tta is not None:
@@ -286,13 +287,13 @@ def set_tta(model: torch.nn.Module, tta: str | None) -> None:
         model.tta = None if tta == "none" else tta
 
 
-def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
+def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path | ObjectPath,
                    request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
                    overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
                    address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None) -> Path:
     """The sharded path of :func:`embed_store`: plan, lock, run the pending shards on ``engine``, finish."""
     from earthembed.embed.engines import ShardJob, run_local, run_ray
-    from earthembed.embed.shards import LOCK, committed, finish, plan_shards, prepare_dataset
+    from earthembed.embed.shards import dataset_lock, finish, pending_shards, plan_shards, prepare_dataset
 
     shards = plan_shards(len(store), store.layout(next(iter(request))).chunk_chips, shard_chips)
     manifest = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION, "model_id": model_id,
@@ -306,9 +307,9 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
                   "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request},
                   **({"time": plan.metadata()} if plan is not None else {})}
     label = f"{model_id} ({model_path})"
-    with OutputLock(out, out / LOCK):
+    with dataset_lock(out):  # flock locally, a lease object (conditional put) on object storage
         prepare_dataset(out, manifest, overwrite)
-        pending = [s for s in shards if committed(out, s) is None]
+        pending = pending_shards(out, shards)
         run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,

@@ -14,9 +14,17 @@ An embedding *dataset* is a directory:
 * ``_manifest.json``: what the dataset is (model, store, bands, shard plan); ``complete`` once every shard is
   committed, with the table metadata readers need. ``_common_metadata``: the Arrow schema, for Parquet tools.
 
+* ``_lock``: while a job writes the dataset (flock locally; on object storage a lease object created by
+  put-if-absent and renewed while the job runs: :class:`earthembed.storage.ObjectLock`).
+
 A re-run with the same model, store, bands and shard size does only the shards without a marker; another
-plan in the same directory is refused (``overwrite`` clears earthembed's files there, nothing else). Engines
-(:mod:`earthembed.embed.engines`) only decide *where* :func:`embed_shard` runs; the layout is theirs in common.
+plan in the same directory is refused (``overwrite`` clears earthembed's files there, nothing else); a
+committed shard's file is never written again. Engines (:mod:`earthembed.embed.engines`) only decide *where*
+a shard is embedded; the layout is theirs in common.
+
+The directory may be on object storage (``s3://bucket/EMB/``, ``gs://...``): the same layout, written through
+:mod:`earthembed.storage` (Parquet through pyarrow's filesystem, markers by conditional put; each object is
+one PUT, so readers see whole files or none).
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,21 @@ import pyarrow.parquet as pq
 
 from earthembed.embed.io import META_KEY, parquet_options
 from earthembed.errors import OutputError
-from earthembed.outputs import dumps, write_error, write_json
+from earthembed.outputs import dumps, write_error
+from earthembed.storage import (
+    ObjectPath,
+    create,
+    file_sizes,
+    is_remote,
+    location,
+    output_lock,
+    read_parquet_schema,
+    remove,
+    write_bytes_atomic,
+    write_json,
+)
+
+Dir = Path | ObjectPath
 
 DATASET_FORMAT = "earthembed-embedding-dataset"
 DATASET_VERSION = 1
@@ -79,38 +100,65 @@ def plan_shards(n_chips: int, chunk_chips: int, shard_chips: int | None = None) 
     return [Shard(s, min(s + k, n_chips)) for s in range(0, n_chips, k)]
 
 
-def is_dataset_dir(path: str | Path) -> bool:
+def is_dataset_dir(path: str | Path | ObjectPath) -> bool:
     """True when ``path`` is a directory holding an earthembed embedding dataset's manifest."""
-    f = Path(path) / MANIFEST
+    f = location(path) / MANIFEST
     try:
-        return f.is_file() and json.loads(f.read_text()).get("format") == DATASET_FORMAT
-    except (OSError, ValueError):
+        return json.loads(f.read_text()).get("format") == DATASET_FORMAT
+    except (ValueError, AttributeError):
+        return False
+    except OSError as e:
+        if isinstance(f, ObjectPath) and not isinstance(e, FileNotFoundError):
+            raise  # an unreachable bucket is not "no dataset": say so
         return False
 
 
-def wants_dataset(out: str | Path, engine: str = "local", shard_chips: int | None = None) -> bool:
+def wants_dataset(out: str | Path | ObjectPath, engine: str = "local", shard_chips: int | None = None) -> bool:
     """Sharded output: ``--out`` ends with ``/`` or is a directory, or ``--engine ray`` / ``--shard-chips`` is
-    given; otherwise ``--out`` is one table, as before sharding existed."""
+    given, or is on object storage (where only datasets are written); otherwise ``--out`` is one table, as
+    before sharding existed."""
+    if is_remote(out):
+        if str(out).rstrip("/").endswith(".parquet"):
+            raise ValueError(f"{out}: on object storage embed writes a sharded dataset, not one .parquet table; "
+                             "give a directory URL ending with / (e.g. s3://bucket/emb/)")
+        return True
     return str(out).endswith(("/", os.sep)) or Path(out).is_dir() or engine != "local" or shard_chips is not None
 
 
-def _ours(p: Path) -> bool:
+def _ours(p: Dir) -> bool:
     n = p.name
     return (n in (MANIFEST, COMMON_METADATA, COMMITTED, FAILED, LOCK, f"{MANIFEST}.tmp")
             or (n.startswith("part-") and (n.endswith(".parquet") or n.endswith(".tmp"))))
 
 
-def prepare_dataset(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Create ``out`` or check it may be resumed (same plan) / replaced (``overwrite``, our files only)."""
+def dataset_lock(out: str | Path | ObjectPath) -> Any:
+    """The lock one job holds on a dataset directory while it writes (a second job is refused, naming it)."""
+    out = location(out)
+    return output_lock(out, out / LOCK)
+
+
+def _store_above(out: Dir) -> tuple[Dir, str] | None:
+    """The chip store or run directory that ``out`` would lie inside (outputs never go there)."""
+    if isinstance(out, ObjectPath):
+        from earthembed.data.store import is_store_dir
+
+        return next(((d, "chip store") for d in out.parents if is_store_dir(d)), None)
     from earthembed.outputs import protected_dir_above
 
     inside = protected_dir_above(out)
+    return (inside[0], inside[1]) if inside is not None else None
+
+
+def prepare_dataset(out: Dir, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Create ``out`` or check it may be resumed (same plan) / replaced (``overwrite``, our files only)."""
+    inside = _store_above(out)
     if inside is not None:
         raise OutputError(f"{out}: is inside the {inside[1]} {inside[0]}; write embeddings outside stores and runs")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; a sharded embedding dataset is a directory "
                           "(give a .parquet path for one table)")
-    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):  # the lock is taken before this check
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if any(p.name != LOCK for p in entries):  # the lock is taken before this check
         if not is_dataset_dir(out):
             raise OutputError(f"{out}: exists, is not empty and is not an earthembed embedding dataset (no "
                               f"{MANIFEST}); choose another --out, refusing to write among other files")
@@ -121,12 +169,12 @@ def prepare_dataset(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
             diff = [k for k in _plan_of(manifest) if _plan_of(old).get(k) != _plan_of(manifest).get(k)]
             raise OutputError(f"{out}: holds an embedding dataset of another plan (different {', '.join(diff)}); "
                               "pass --overwrite to replace it, or choose another --out")
-        foreign = [p.name for p in out.iterdir() if not _ours(p)]
+        foreign = [p.name for p in entries if not _ours(p)]
         if foreign:
             raise OutputError(f"{out}: holds files earthembed did not write ({foreign[:3]}); refusing to clear it")
-        for p in out.iterdir():
+        for p in entries:
             if p.name != LOCK:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                remove(p)
     out.mkdir(parents=True, exist_ok=True)
     (out / COMMITTED).mkdir(exist_ok=True)
     (out / FAILED).mkdir(exist_ok=True)
@@ -142,101 +190,125 @@ def _plan_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest.get(k) for k in PLAN_KEYS}
 
 
-def committed(out: Path, shard: Shard) -> dict[str, Any] | None:
+def committed(out: Dir, shard: Shard) -> dict[str, Any] | None:
     f = out / COMMITTED / f"{shard.name}.json"
     try:
         return json.loads(f.read_text())
-    except (OSError, ValueError):
+    except ValueError:
+        return None
+    except OSError as e:
+        if isinstance(f, ObjectPath) and not isinstance(e, FileNotFoundError):
+            raise  # unreachable storage is not "not committed"
         return None
 
 
-def status(out: str | Path) -> dict[str, Any]:
+def committed_names(out: Dir) -> set[str]:
+    """Names of the committed shards (one listing: on object storage one LIST per 1,000 shards)."""
+    return {n[: -len(".json")] for n in file_sizes(out / COMMITTED) if n.endswith(".json")}
+
+
+def pending_shards(out: str | Path | ObjectPath, shards: Sequence[Shard]) -> list[Shard]:
+    """The shards of ``shards`` without a commit marker in ``out``."""
+    done = committed_names(location(out))
+    return [s for s in shards if s.name not in done]
+
+
+def status(out: str | Path | ObjectPath) -> dict[str, Any]:
     """``{"done": [...], "pending": [...], "failed": {name: error}, ...}`` of a dataset (``embed-status``)."""
-    out = Path(out)
+    out = location(out)
     if not is_dataset_dir(out):
         raise FileNotFoundError(f"{out}: not an earthembed embedding dataset (no {MANIFEST})")
     m = json.loads((out / MANIFEST).read_text())
     shards = [Shard(*s) for s in m["shards"]]
-    done = [s.name for s in shards if committed(out, s) is not None]
+    names = committed_names(out)
+    done = [s.name for s in shards if s.name in names]
+    listed = file_sizes(out / FAILED)
     failed: dict[str, str] = {}
     for s in shards:
-        f = out / FAILED / f"{s.name}.json"
-        if s.name not in done and f.is_file():
+        if s.name not in names and f"{s.name}.json" in listed:
             try:
-                failed[s.name] = str(json.loads(f.read_text()).get("error", "?"))
+                failed[s.name] = str(json.loads((out / FAILED / f"{s.name}.json").read_text()).get("error", "?"))
+            except FileNotFoundError:
+                continue  # committed meanwhile
             except ValueError:
                 failed[s.name] = "(unreadable failure record)"
-    pending = [s.name for s in shards if s.name not in done and s.name not in failed]
+    pending = [s.name for s in shards if s.name not in names and s.name not in failed]
     return {"path": str(out), "model_id": m.get("model_id"), "store": m.get("store"), "shards": len(shards),
             "chips": m.get("n_chips"), "done": done, "pending": pending, "failed": failed,
             "complete": bool(m.get("complete"))}
 
 
-def write_shard(out: Path, shard: Shard, table: pa.Table) -> dict[str, Any]:
-    """Write one shard's file (through a temporary file beside it) and then its commit marker; returns the
-    marker. A marker already there (a retried shard that had finished) must describe the same bytes."""
+def _same_as_committed(mf: Dir, old: dict[str, Any] | None, h: str, shard: Shard) -> dict[str, Any]:
+    if old is None or old.get("sha256") != h:
+        raise OutputError(f"{mf}: shard {shard.name} was committed with other contents; the dataset is "
+                          "inconsistent (two different runs?) - re-run with --overwrite")
+    return old
+
+
+def write_shard(out: Dir, shard: Shard, table: pa.Table) -> dict[str, Any]:
+    """Write one shard's file (locally through a temporary file beside it, on object storage as one object)
+    and then its commit marker (put-if-absent); returns the marker. A shard that is already committed (a
+    retried shard that had finished) is not written again: its marker must describe the same bytes."""
     f = out / shard.file
-    tmp = out / f"{shard.file}.{os.getpid()}.tmp"
+    mf = out / COMMITTED / f"{shard.name}.json"
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **parquet_options(table.schema))
+    data = sink.getvalue().to_pybytes()
+    h = hashlib.sha256(data).hexdigest()
+    old = committed(out, shard)
+    if old is not None:  # never rewrite a committed shard
+        return _same_as_committed(mf, old, h, shard)
     try:
-        pq.write_table(table, tmp, **parquet_options(table.schema))
-        os.replace(tmp, f)
+        write_bytes_atomic(f, data)
     except OSError as e:
         raise write_error(f, e, "the shard is not committed; free space and re-run the same command to resume "
                           "(committed shards are kept)") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    h = hashlib.sha256(f.read_bytes()).hexdigest()
-    marker = {"shard": shard.name, "rows": table.num_rows, "bytes": f.stat().st_size, "sha256": h}
-    mf = out / COMMITTED / f"{shard.name}.json"
-    try:
-        with open(mf, "x") as fh:  # put-if-absent: the first complete write commits
-            fh.write(dumps(marker))
-    except FileExistsError:
-        old = committed(out, shard)
-        if old is None or old.get("sha256") != h:
-            raise OutputError(f"{mf}: shard {shard.name} was committed with other contents; the dataset is "
-                              "inconsistent (two different runs?) - re-run with --overwrite") from None
+    marker = {"shard": shard.name, "rows": table.num_rows, "bytes": len(data), "sha256": h}
+    if not create(mf, dumps(marker).encode()):  # put-if-absent: the first complete write commits
+        return _same_as_committed(mf, committed(out, shard), h, shard)
     (out / FAILED / f"{shard.name}.json").unlink(missing_ok=True)
     return marker
 
 
-def record_failure(out: Path, shard: Shard, error: BaseException | str) -> None:
+def record_failure(out: Dir, shard: Shard, error: BaseException | str) -> None:
     msg = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
     write_json(out / FAILED / f"{shard.name}.json", {"shard": shard.name, "error": msg[:2000]})
 
 
-def finish(out: Path, manifest: dict[str, Any], shards: Sequence[Shard], table_meta: dict[str, Any]) -> dict[str, Any]:
+def finish(out: Dir, manifest: dict[str, Any], shards: Sequence[Shard], table_meta: dict[str, Any]) -> dict[str, Any]:
     """Check every shard is committed and its file intact; mark the dataset complete (manifest + schema)."""
-    missing = [s.name for s in shards if committed(out, s) is None]
+    names = committed_names(out)
+    missing = [s.name for s in shards if s.name not in names]
     if missing:
         st = status(out)
         raise OutputError(
             f"{out}: {len(missing)} of {len(shards)} shards are not done ({len(st['failed'])} failed: "
             f"{next(iter(st['failed'].values()), '')[:200]}); see `earthembed embed-status {out}` and re-run the "
             "same command to retry them")
+    sizes = file_sizes(out)
     rows = 0
     for s in shards:
         mk = committed(out, s) or {}
-        f = out / s.file
-        if not f.is_file() or f.stat().st_size != mk.get("bytes"):
-            raise OutputError(f"{f}: missing or changed since it was committed; re-run with --overwrite")
+        if sizes.get(s.file) != mk.get("bytes"):
+            raise OutputError(f"{out / s.file}: missing or changed since it was committed; re-run with --overwrite")
         rows += int(mk["rows"])
-    schema = pq.read_schema(out / shards[0].file)
-    pq.write_metadata(schema, out / COMMON_METADATA)
+    sink = pa.BufferOutputStream()
+    pq.write_metadata(read_parquet_schema(out / shards[0].file), sink)
+    write_bytes_atomic(out / COMMON_METADATA, sink.getvalue().to_pybytes())
     done = {**manifest, "complete": True, "rows": rows, "files": [s.file for s in shards], "table": table_meta}
     write_json(out / MANIFEST, done)
     return done
 
 
-def dataset_files(out: str | Path) -> list[Path]:
+def dataset_files(out: str | Path | ObjectPath) -> list[Path] | list[ObjectPath]:
     """The shard files of a complete dataset, in store order (refuses an incomplete one, naming it)."""
-    out = Path(out)
+    out = location(out)
     m = json.loads((out / MANIFEST).read_text())
     if not m.get("complete"):
         st = status(out)
         raise OutputError(f"{out}: embedding dataset is incomplete ({len(st['done'])} of {st['shards']} shards "
                           f"done); finish it by re-running the embed command (`earthembed embed-status {out}`)")
-    return [out / f for f in m["files"]]
+    return [out / f for f in m["files"]]  # type: ignore[return-value]
 
 
 def shard_table(tables: Iterable[pa.Table], schema_meta: dict[bytes, bytes]) -> pa.Table:
@@ -245,7 +317,7 @@ def shard_table(tables: Iterable[pa.Table], schema_meta: dict[bytes, bytes]) -> 
     return t.replace_schema_metadata({**(t.schema.metadata or {}), **schema_meta})
 
 
-def table_metadata(meta: dict[str, Any], where: Path) -> dict[bytes, bytes]:
+def table_metadata(meta: dict[str, Any], where: str | Path) -> dict[bytes, bytes]:
     """Schema metadata of every shard: GeoParquet ``geo`` and earthembed's (no timestamps: deterministic)."""
     from pyproj import CRS
 

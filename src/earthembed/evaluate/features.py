@@ -46,7 +46,9 @@ def load_feature_sets(
 
     ``columns`` restricts (and orders) the columns; asking for a column the table lacks raises KeyError.
     """
-    path = Path(path)
+    from earthembed.storage import location
+
+    path = location(path)  # a Path, or an s3:// / gs:// URL
     if not path.exists():
         raise FileNotFoundError(f"{path}: embedding table not found")
     meta = read_metadata(path)

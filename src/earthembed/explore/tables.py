@@ -21,8 +21,9 @@ def table_path(path: str | Path, option: str = "--embeddings") -> Path:
     """``path`` as a Path when it can be an embedding table; a one-line error naming ``option`` otherwise."""
     from earthembed.data.store import is_store_dir
     from earthembed.embed.shards import is_dataset_dir
+    from earthembed.storage import location
 
-    path = Path(path)
+    path = location(path)  # a Path, or an s3:// / gs:// URL (earthembed.storage.ObjectPath)
     if path.is_dir() and not is_dataset_dir(path):  # a sharded embedding dataset is a table
         if is_store_dir(path):
             raise ValueError(f"{path}: {option} is a chip store, not an embedding table; embed it first "

@@ -1,0 +1,228 @@
+"""Stores and embedding datasets on object storage, against a real S3-compatible server (moto, in its own
+process) started by the test: store read (metadata, GeoParquet index, Zarr through obstore with the zarrs
+pipeline) -> sharded embed to s3:// -> embed-status -> fewshot reading both from S3; a failed shard and a
+killed job resume to byte-identical shards without rewriting committed ones; a second writer is refused by
+the lease lock (conditional put); a wrong endpoint, a missing bucket or store are one line naming the URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytest.importorskip("obstore")
+pytest.importorskip("moto")
+
+from earthembed.data.normalize import Normalizer  # noqa: E402
+from earthembed.data.store import ChipStore  # noqa: E402
+from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
+from earthembed.embed.io import read_table, to_matrix  # noqa: E402
+from earthembed.embed.run import embed_store  # noqa: E402
+from earthembed.embed.shards import COMMITTED, status  # noqa: E402
+from earthembed.errors import LockedError  # noqa: E402
+from earthembed.models.export import export_model  # noqa: E402
+from earthembed.models.registry import build_model  # noqa: E402
+from earthembed.storage import ObjectLock, ObjectPath, location, upload_dir  # noqa: E402
+from test_hostile_inputs import cli, one_line_error  # noqa: E402
+
+pytestmark = pytest.mark.s3
+
+BUCKET = "earthembed-test"
+# moto runs in a child process: the zarrs pipeline holds the GIL while it fetches, so a server thread inside
+# this process would stall until the request times out
+SERVER = """
+import sys, time
+from moto.server import ThreadedMotoServer
+ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False).start()
+time.sleep(1e9)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _part_bytes(d: ObjectPath) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.name.startswith("part-")}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free local port, the standard AWS variables pointing at it, one bucket, and a
+    40-chip synthetic store uploaded to s3://BUCKET/store (plus its local original and a tiny export)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+            mp.delenv(k, raising=False)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the moto S3 server did not start") from None
+                    time.sleep(0.1)
+            import boto3
+
+            boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+                Bucket=BUCKET)
+            root = tmp_path_factory.mktemp("s3")
+            local = generate_synthetic_aoi(root / "store", chips=40, chip_size=16, seed=3)
+            upload_dir(local.path, location(f"s3://{BUCKET}/store"))
+            torch.manual_seed(0)
+            model = build_model("resnet18_small", modalities={"s2": local.band_names("s2")}).eval()
+            export = export_model(model, root / "export", Normalizer.from_store(local))
+            yield {"local": local, "url": f"s3://{BUCKET}/store", "export": export, "root": root, "env": env}
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_store_embed_status_fewshot_on_s3(s3, tmp_path):
+    local, url, export = s3["local"], s3["url"], s3["export"]
+    st = ChipStore(url)
+    assert st.remote and len(st) == 40 and list(st.modalities) == list(local.modalities)
+    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), local.read("s2", slice(0, 40)))
+    assert st.index["chip_id"].tolist() == local.index["chip_id"].tolist() and st.index.crs == local.index.crs
+    assert ChipStore(Path(url)).path == st.path  # what a Path-typed CLI option makes of the URL
+
+    emb = f"s3://{BUCKET}/emb/"
+    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    out = location(emb)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_committed", "_common_metadata", "_manifest.json", "part-0000000000-0000000016.parquet",
+        "part-0000000016-0000000032.parquet", "part-0000000032-0000000040.parquet"]  # lock released, no _failed
+    ref = embed_store(export, local, tmp_path / "ref/", shard_chips=16, progress=False)
+    np.testing.assert_array_equal(to_matrix(read_table(emb).column("emb_fused")),
+                                  to_matrix(read_table(ref).column("emb_fused")))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["complete"] and manifest["store"] == url and "testing" not in (out / "_manifest.json").read_text()
+
+    r = cli("embed-status", emb)
+    assert r.exit_code == 0 and "complete: 3 done, 0 pending, 0 failed of 3 shards" in r.output, r.output
+
+    few = tmp_path / "few"
+    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
+            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
+            10, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert any(few.iterdir())
+
+
+def test_failed_and_killed_shards_resume_byte_identical_on_s3(s3, tmp_path, monkeypatch):
+    from earthembed.embed import engines
+    from earthembed.embed.shards import record_failure
+
+    url, export = s3["url"], s3["export"]
+    ref = location(f"s3://{BUCKET}/ref/")
+    embed_store(export, url, str(ref) + "/", shard_chips=16, progress=False)
+
+    real = engines.ShardWorker.run
+
+    def flaky(self, shard):
+        if shard.start == 16:
+            record_failure(location(self.job.out), shard, RuntimeError("network partition"))
+            raise RuntimeError("network partition")
+        return real(self, shard)
+
+    monkeypatch.setattr(engines.ShardWorker, "run", flaky)
+    out = location(f"s3://{BUCKET}/flaky/")
+    with pytest.raises(RuntimeError, match="network partition"):
+        embed_store(export, url, f"{out}/", shard_chips=16, progress=False)
+    st = status(out)
+    assert st["done"] == ["part-0000000000-0000000016"] and "network partition" in st["failed"][
+        "part-0000000016-0000000032"] and not st["complete"]
+    first = (out / "part-0000000000-0000000016.parquet").head()
+    monkeypatch.setattr(engines.ShardWorker, "run", real)
+    embed_store(export, url, f"{out}/", shard_chips=16, progress=False)
+    assert (out / "part-0000000000-0000000016.parquet").head()["e_tag"] == first["e_tag"]  # not rewritten
+    assert _part_bytes(out) == _part_bytes(ref) and not list((out / "_failed").iterdir())
+
+    # a job killed (SIGKILL) after committing a shard: its lease lock is left behind; the re-run on this host
+    # sees the holder is dead, takes the lock over and finishes with the same bytes
+    killed = location(f"s3://{BUCKET}/killed/")
+    code = ("import sys, time\nfrom earthembed.embed import engines\nfrom earthembed.embed.run import embed_store\n"
+            "real = engines.ShardWorker.run\n"
+            "def slow(self, shard):\n    out = real(self, shard)\n    time.sleep(30)\n    return out\n"
+            "engines.ShardWorker.run = slow\n"
+            "embed_store(sys.argv[1], sys.argv[2], sys.argv[3], shard_chips=16, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(export), url, f"{killed}/"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / COMMITTED).iterdir()):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "_lock").is_file() and len(list((killed / COMMITTED).iterdir())) == 1
+    embed_store(export, url, f"{killed}/", shard_chips=16, progress=False)
+    assert _part_bytes(killed) == _part_bytes(ref) and status(killed)["complete"]
+    assert not (killed / "_lock").is_file()
+
+
+def test_second_writer_is_refused_by_the_lease_lock(s3, tmp_path):
+    url, export = s3["url"], s3["export"]
+    out = location(f"s3://{BUCKET}/busy/")
+    with ObjectLock(out, out / "_lock") as held:
+        with pytest.raises(LockedError, match=rf"busy: is being written by pid {os.getpid()} on .*Lock: "
+                                              rf"s3://{BUCKET}/busy/_lock"):
+            embed_store(export, url, f"{out}/", shard_chips=16, progress=False)
+        assert not held.lost and not (out / "_manifest.json").is_file()
+    assert not (out / "_lock").is_file()
+
+    # a lock renewed recently by a job on another host is respected; one not renewed within its ttl is taken over
+    lock = out / "_lock"
+    holder = {"pid": 1, "host": "elsewhere", "command": "earthembed embed ...", "renewed": time.time(), "ttl_s": 1.0}
+    lock.write_text(json.dumps(holder))
+    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
+        ObjectLock(out, lock).acquire()
+    time.sleep(1.5)
+    with ObjectLock(out, lock) as mine:
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and not mine.lost
+    assert not lock.is_file()
+
+
+def test_bad_urls_are_one_line(s3, monkeypatch):
+    one_line_error(cli("embed-status", "s3://no-such-bucket-x/emb/"), "s3://no-such-bucket-x/emb",
+                   "bucket 'no-such-bucket-x' does not exist")
+    one_line_error(cli("info", f"s3://{BUCKET}/nothing-here"), f"s3://{BUCKET}/nothing-here", "store not found")
+    one_line_error(cli("embed", "--checkpoint", s3["export"], "--store", s3["url"], "--out",
+                       f"s3://{BUCKET}/one.parquet"), f"s3://{BUCKET}/one.parquet", "ending with /")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    t = time.time()
+    one_line_error(cli("embed-status", f"s3://{BUCKET}/emb/"), f"s3://{BUCKET}/emb",
+                   "cannot reach the object store at http://127.0.0.1:9")
+    assert time.time() - t < 15
+
+
+def test_shard_files_are_plain_geoparquet(s3):
+    """Any Parquet reader given the endpoint reads a shard: pyarrow's own S3 filesystem, nothing of ours."""
+    import pyarrow.fs as pafs
+
+    out = location(f"s3://{BUCKET}/emb/")
+    if not (out / "_manifest.json").is_file():
+        pytest.skip("runs after the end-to-end test")
+    fs = pafs.S3FileSystem(endpoint_override=s3["env"]["AWS_ENDPOINT_URL"].split("://")[1], scheme="http",
+                           region="us-east-1")
+    t = pq.read_table(f"{BUCKET}/emb/part-0000000000-0000000016.parquet", filesystem=fs)
+    assert t.num_rows == 16 and b"geo" in t.schema.metadata
