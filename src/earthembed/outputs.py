@@ -154,6 +154,7 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "embeddings": ("embedding table", _is_embedding_table),
     "predictions": ("predictions table", _table_of("predictions")),
     "hits": ("search hits table", _table_of("hits")),
+    "change": ("change table", _table_of("change")),
     "map": ("map GeoTIFF", _is_map),
     "png": ("PNG image", _is_png),
     "html": ("report page", _is_html),

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earthembed.outputs import FILE_KINDS, OUTPUT_KEY, _table_of, atomic_path, check_output
+from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output
 
 METHODS = ("cosine", "zscore", "loo-medoid", "consecutive")
 SERIES_METHODS = ("zscore", "loo-medoid", "consecutive")
@@ -64,9 +64,6 @@ CHUNK_ROWS = 1 << 16
 MEDOID_CELLS = 1 << 24  # Gram entries per batch of chips with the same number of dates
 N_BOOT = 200
 KIND = "change"
-
-# the change table is one more earthembed table kind of the write policy (recognised by its metadata key)
-FILE_KINDS.setdefault(KIND, ("change table", _table_of(KIND)))
 
 
 # -- reading --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The ``ingest`` and ``synth`` commands: thin typer wrappers that import their ingester only when run, so
+"""The ``ingest`` commands: thin typer wrappers that import their ingester only when run, so
 ``earthembed --help`` does not load zarr, pandas or rasterio (each ingester is a Python API of its own:
-``earthembed.data.ingest.<name>.ingest_<name>``, ``earthembed.data.synth.generate_synthetic_aoi``)."""
+``earthembed.data.ingest.<name>.ingest_<name>``)."""
 
 from __future__ import annotations
 
@@ -225,31 +225,6 @@ def pairs(
     echo_summary(store, "pairs")
     typer.echo(f"  mask classes {store.labels[MASK_LABEL]['classes']}; labelled chips "
                f"{int(store.index[f'has_mask_{MASK_LABEL}'].sum())}")
-
-
-def synth(
-    out: Path = typer.Option(..., "--out", help="store directory to create"),
-    chips: int = typer.Option(1024, help="number of chips"),
-    chip_size: int = typer.Option(32, help="chip side in pixels (10 m)"),
-    seed: int = typer.Option(0, help="random seed: same seed, same store"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
-    batch_size: int = typer.Option(256, help="chips generated and committed per batch"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
-) -> None:
-    """Generate a synthetic multimodal AOI (S2, S1, coherence, DEM, WorldCover + labels) as a chip store."""
-    import time
-
-    from earthembed.cli_utils import fail_on
-    from earthembed.data.synth import CLASSES, generate_synthetic_aoi
-
-    t0 = time.perf_counter()
-    with fail_on():
-        check_output(out, "store", [], overwrite)
-        store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=not quiet)
-    dt = time.perf_counter() - t0
-    counts = store.index["landcover"].value_counts().to_dict()
-    typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {out} in {dt:.1f} s")
-    typer.echo("dominant classes: " + ", ".join(f"{c}={counts.get(c, 0)}" for c in CLASSES))
 
 
 INGESTERS = ("eurosat", "bigearthnet", "sen1floods11", "folder", "rasters", "stac", "pairs")

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from earthembed.data.dates import typical_date
 from earthembed.data.modalities import BandMismatchError
 from earthembed.models.published.bands import BYTE, S2_DN, PublishedWeightsWarning, unit_scale
 from earthembed.models.published.checkpoint import (
@@ -293,16 +294,6 @@ def _modality_plan(m: Any) -> tuple[dict[str, str], list[str]]:
     return {b: g for b, g in mapping.items() if b not in partial}, partial
 
 
-def _typical_date(store: Any, key: str) -> str | None:
-    """The most common ``date_<key>`` of the store's chips (None when it has none)."""
-    col = f"date_{key}"
-    idx = store.index
-    if col not in idx.columns:
-        return None
-    dates = idx[col].dropna().astype(str)
-    return str(dates.mode().iloc[0]) if len(dates) else None
-
-
 def plan_inputs(store: Any, modalities: list[str] | None = None
                 ) -> tuple[dict[str, dict[str, str]], dict[str, int], dict[str, Any]]:
     """(``{store modality: {store band: Galileo band}}``, ``{modality: timestep}``, report) of what ``store``
@@ -338,7 +329,7 @@ def plan_inputs(store: Any, modalities: list[str] | None = None
             feeders.setdefault(g, []).append(k)
     clashing = sorted({k for ks in feeders.values() if len(ks) > 1 for k in ks})
     if clashing:
-        dates = {k: _typical_date(store, k) for k in clashing}
+        dates = {k: typical_date(store.index, k) for k in clashing}
         undated = [k for k, d in dates.items() if d is None]
         if undated:
             clash = {g: ks for g, ks in feeders.items() if len(ks) > 1}
