@@ -1,6 +1,6 @@
 """Stores and embedding datasets on object storage, against a real S3-compatible server (moto, in its own
 process) started by the test: store read (metadata, GeoParquet index, Zarr through obstore with the zarrs
-pipeline) -> sharded embed to s3:// -> embed-status -> fewshot reading both from S3; a failed shard and a
+pipeline) -> sharded embed to s3:// -> embed-status -> fewshot, predict and map reading both from S3; a failed shard and a
 killed job resume to byte-identical shards without rewriting committed ones; a second writer is refused by
 the lease lock (conditional put); a wrong endpoint, a missing bucket or store are one line naming the URL."""
 
@@ -127,7 +127,13 @@ def test_store_embed_status_fewshot_on_s3(s3, tmp_path):
             "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
             10, "--quiet")
     assert r.exit_code == 0, r.output
-    assert any(few.iterdir())
+    assert "own:emb_fused" in (few / "summary.md").read_text()
+
+    pred = tmp_path / "pred.parquet"
+    r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out", pred)
+    assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
+    r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from the S3 store
+    assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
 
 
 def test_failed_and_killed_shards_resume_byte_identical_on_s3(s3, tmp_path, monkeypatch):

@@ -116,6 +116,17 @@ class Settings:
         return self.endpoint or {"s3": f"AWS S3 ({self.region})", "gs": "Google Cloud Storage"}[self.scheme]
 
 
+SETTINGS_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_REGION", "AWS_DEFAULT_REGION",
+                "STORAGE_EMULATOR_HOST")
+"""The variables :class:`Settings` reads: where the service is, never who you are."""
+
+
+def settings_env() -> dict[str, str]:
+    """The :data:`SETTINGS_ENV` variables set here, to hand to workers on other machines (a Ray job's
+    ``runtime_env``); credentials are not among them: each node uses its own chain."""
+    return {k: os.environ[k] for k in SETTINGS_ENV if os.environ.get(k)}
+
+
 def _retry() -> dict[str, Any]:
     """Few, quick retries: a wrong endpoint fails in about a second instead of obstore's default 3 minutes."""
     ms = _dt.timedelta(milliseconds=100)

@@ -28,12 +28,12 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
     ``geometry`` (EPSG:4326 WKB) becomes shapely geometries. A store directory yields its index with
     ``{"store": path, "chip_size": N}`` as metadata, so every table kind is handled the same way.
     """
-    import pyarrow.parquet as pq
     import shapely
 
     from earthembed.embed.shards import is_dataset_dir
+    from earthembed.storage import location, read_parquet_tables
 
-    path = Path(path)
+    path = location(path)  # a Path, or an s3:// / gs:// URL (earthembed.storage.ObjectPath)
     meta: dict[str, Any] = {}
     if path.is_dir() and is_dataset_dir(path):  # a sharded embedding dataset: its shards as one table
         from earthembed.embed.io import read_table as read_embedding_table
@@ -49,7 +49,7 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
         raise FileNotFoundError(f"{path}: table not found")
     if not (path.is_dir() and is_dataset_dir(path)):
         try:
-            table = pq.read_table(path, columns=columns)
+            table = read_parquet_tables([path], columns=columns)[0]
         except Exception as e:  # pyarrow raises several types for a file that is not Parquet
             raise ValueError(f"{path}: cannot read as a Parquet table ({e})") from e
     md = table.schema.metadata or {}
@@ -65,11 +65,12 @@ def read_chip_table(path: str | Path, columns: list[str] | None = None) -> tuple
 def store_of(meta: dict[str, Any], store: str | Path | None) -> Any:
     """The ChipStore given, else the one recorded in a table's metadata (if it still exists), else None."""
     from earthembed.data.store import ChipStore
+    from earthembed.storage import location
 
     if store is not None:
         return store if isinstance(store, ChipStore) else ChipStore(store)
     recorded = meta.get("store")
-    if recorded and Path(recorded).exists():
+    if recorded and location(recorded).exists():
         return ChipStore(recorded)
     return None
 

@@ -28,7 +28,7 @@ from earthembed.embed.shards import (
     table_metadata,
     write_shard,
 )
-from earthembed.storage import location
+from earthembed.storage import location, settings_env
 
 ENGINES = ("local", "ray")
 
@@ -164,6 +164,8 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_w
 
         logging.getLogger("ray").setLevel(logging.WARNING)  # one line per shard is ours to print, not Ray's
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if settings_env():  # workers on other nodes talk to the same object store (never credentials: their own)
+            kw["runtime_env"] = {"env_vars": settings_env()}
         if address:
             ray.init(address=address, **kw)
         else:
