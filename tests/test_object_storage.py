@@ -232,3 +232,25 @@ def test_shard_files_are_plain_geoparquet(s3):
                            region="us-east-1")
     t = pq.read_table(f"{BUCKET}/emb/part-0000000000-0000000016.parquet", filesystem=fs)
     assert t.num_rows == 16 and b"geo" in t.schema.metadata
+
+
+def test_a_worker_without_the_export_gets_it_from_the_job(s3, tmp_path):
+    """--engine ray --address <cluster>: the export's files travel with the job, so a node without a shared
+    filesystem (and without the export's path) embeds the same bytes."""
+    import dataclasses
+
+    from earthembed.embed.engines import ShardJob, ShardWorker, _export_files
+    from earthembed.embed.shards import Shard
+
+    ref = location(f"s3://{BUCKET}/ref/")
+    if not (ref / "_manifest.json").is_file():
+        pytest.skip("runs after the resume test")
+    m = json.loads((ref / "_manifest.json").read_text())
+    out = location(f"s3://{BUCKET}/shipped/")
+    job = ShardJob("/nowhere/export", s3["url"], str(out), m["bands"], json.loads(
+        (Path(s3["export"]) / "model.json").read_text())["normalization"], m["batch_size"], "cpu", m["model_id"],
+        "x", m["table"])
+    job = dataclasses.replace(job, export_files=_export_files(str(s3["export"])))
+    ShardWorker(job).run(Shard(0, 16))
+    name = "part-0000000000-0000000016.parquet"
+    assert (out / name).read_bytes() == (ref / name).read_bytes()

@@ -55,6 +55,27 @@ class ShardJob:
     tta: str | None = None
     prefetch: bool | None = None
     time: Any = None  # earthembed.data.dates.DatePlan
+    export_files: dict[str, bytes] | None = None  # the export's files, for workers on nodes that cannot see it
+
+
+def _export_here(job: ShardJob) -> str:
+    """The export directory on this node: ``job.export`` where it exists, else a copy of ``job.export_files``
+    (a Ray worker on another machine, no shared filesystem) in a temporary directory."""
+    if job.export and (Path(job.export).is_dir() or Path(job.export).is_file()) or not job.export_files:
+        return str(job.export)
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="earthembed-export-"))
+    for name, data in job.export_files.items():
+        (d / name).write_bytes(data)
+    return str(d)
+
+
+def _export_files(export: str) -> dict[str, bytes]:
+    """The files of an export directory (model.json, weights) by name, to ship with a job."""
+    p = Path(export)
+    p = p.parent if p.is_file() else p
+    return {f.name: f.read_bytes() for f in sorted(p.iterdir()) if f.is_file()}
 
 
 class ShardWorker:
@@ -69,7 +90,7 @@ class ShardWorker:
         if model is None:
             if job.export is None:
                 raise ValueError("a shard worker needs the model's export directory")
-            model, _ = load_model(job.export)
+            model, _ = load_model(_export_here(job))
         set_tta(model, job.tta)
         self.model = model.to(job.device).eval()
         self.store = ChipStore(job.store)
@@ -182,6 +203,8 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_w
         with warnings.catch_warnings():  # Ray's own deprecation notes about its defaults are not the user's
             warnings.simplefilter("ignore", DeprecationWarning)
             ray.data.DataContext.get_current().enable_progress_bars = False
+        if address and not address.startswith("local"):  # a cluster: nodes may not share a filesystem, so
+            job = dataclasses.replace(job, export_files=_export_files(job.export))  # the export travels with the job
         ds = ray.data.from_items([{"start": s.start, "end": s.end} for s in shards],
                                  override_num_blocks=len(shards))
         res = ds.map_batches(ShardWorkerActor, fn_constructor_kwargs={"job": job, "threads": int(per)},
