@@ -214,6 +214,10 @@ def test_bad_urls_are_one_line(s3, monkeypatch):
     one_line_error(cli("info", f"s3://{BUCKET}/nothing-here"), f"s3://{BUCKET}/nothing-here", "store not found")
     one_line_error(cli("embed", "--checkpoint", s3["export"], "--store", s3["url"], "--out",
                        f"s3://{BUCKET}/one.parquet"), f"s3://{BUCKET}/one.parquet", "ending with /")
+    one_line_error(cli("embed", "--featurizer", "rcf", "--store", s3["url"], "--out", f"s3://{BUCKET}/rcf.parquet"),
+                   f"s3://{BUCKET}/rcf.parquet", "one local table")
+    one_line_error(cli("embed", "--encoder", "galileo:nano", "--store", s3["url"], "--out", f"s3://{BUCKET}/e/"),
+                   f"s3://{BUCKET}/e", "needs --export-dir")  # the fitted model is never written to ./s3:/...
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     t = time.time()
     one_line_error(cli("embed-status", f"s3://{BUCKET}/emb/"), f"s3://{BUCKET}/emb",

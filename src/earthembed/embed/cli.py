@@ -107,6 +107,12 @@ def embed(
             if unsharded or str(out).endswith("/"):
                 raise ValueError("--featurizer and --random-init write one table (a .parquet --out); "
                                  f"drop {', '.join('--' + k.replace('_', '-') for k in unsharded) or 'the trailing /'}")
+            from earthembed.storage import is_remote
+
+            if is_remote(out):
+                raise ValueError(f"{out}: --featurizer and --random-init write one local table; embed to a local "
+                                 ".parquet (the store may be on object storage) and upload it, or embed with "
+                                 "--checkpoint into a sharded s3:// dataset")
         if featurizer:
             rcf = {"mode": rcf_mode, "features": rcf_features, "kernel_size": rcf_kernel, "seed": seed}
             path = embed_rcf(store, Path(out), rcf=rcf, **kw)
@@ -144,7 +150,11 @@ def _published_export(
             raise ValueError(f"{encoder}: an earthembed export carries its weights; drop --weights")
         return Path(spec.name), mods
     from earthembed.outputs import check_output
+    from earthembed.storage import is_remote, location
 
+    if export_dir is None and is_remote(out):  # the fitted model is written locally, beside --out by default
+        raise ValueError(f"{location(out)}: --encoder with --out on object storage needs --export-dir (a local directory "
+                         "for the fitted model, which the embedding workers load)")
     target = export_dir or out.with_name(out.stem + ".model")
     # before anything is fitted: a new or empty directory, or an earlier model export (which is replaced)
     check_output(target, "export", inputs=[store], overwrite=True, option="--export-dir")
