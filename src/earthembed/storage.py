@@ -589,9 +589,12 @@ class ObjectLock:
                            "ttl_s": self.ttl}).encode()
 
     def _stale(self, holder: dict[str, Any], modified: float) -> bool:
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            return not _alive(holder["pid"])
-        return time.time() > modified + float(holder.get("ttl_s") or self.ttl)
+        """Its holder is a dead process on this host, or it was not renewed within its ttl (a holder elsewhere
+        died, or a live pid on this host is another process now)."""
+        if time.time() > modified + float(holder.get("ttl_s") or self.ttl):
+            return True
+        pid = holder.get("pid")
+        return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
 
     def acquire(self) -> ObjectLock:
         from earthembed.errors import LockedError
