@@ -162,6 +162,9 @@ def stac(
     out: Path = typer.Option(..., "--out", "-o", help="chip store directory to create"),
     bbox: str = typer.Option(None, "--bbox", help="MINLON,MINLAT,MAXLON,MAXLAT (default: the items' extent)"),
     datetime: str = typer.Option(None, "--datetime", help="START/END (ISO), START/.., ../END or one date"),
+    composite: str = typer.Option(None, "--composite", help="month | quarter | year | Nd: one composite per period of "
+                                  "--datetime (per-pixel median of the valid values; keys s2, s2_t2, ... in period "
+                                  "order, each chip dated by the median date of its items) instead of one mosaic"),
     chip_size: int = typer.Option(64, "--chip-size", help="chip size in px"),
     crs: str = typer.Option(None, "--crs", help="grid CRS (default: the first collection's native CRS)"),
     resolution: float = typer.Option(None, "--resolution", help="pixel size in CRS units (default: the first product's)"),
@@ -175,7 +178,7 @@ def stac(
     """Find items in a STAC API or static catalog and tile their COG assets into chips on one grid."""
     from earthembed.cli_utils import echo_warnings, fail_on
     from earthembed.data.ingest.common import echo_summary
-    from earthembed.data.ingest.stac import StacWarning, _assets, _products, ingest_stac
+    from earthembed.data.ingest.stac import StacWarning, _assets, _products, composite_note, ingest_stac
     from earthembed.data.modalities import load_modalities_file
 
     with fail_on(), echo_warnings(StacWarning):  # catalogue disagreements: one `warning:` line each
@@ -185,8 +188,11 @@ def stac(
         colls = [c.strip() for c in collections.split(",") if c.strip()]
         store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
                             datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
-                            overwrite=overwrite, batch_size=batch_size, progress=not quiet)
+                            overwrite=overwrite, batch_size=batch_size, progress=not quiet, composite=composite)
     echo_summary(store, f"STAC {catalog}")
+    note = composite_note(store.meta["source"])
+    if note:
+        typer.echo(note)
     idx = store.index
     for k in store.modalities:
         dates = sorted(idx[f"date_{k}"].dropna().unique())

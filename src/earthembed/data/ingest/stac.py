@@ -31,6 +31,12 @@ the date of the item that gave it the most pixels; the item ids per chip are in 
 Rejected: odc-stac/stackstac, which build the same aligned cube but bring xarray + dask + odc-geo for what a
 few WarpedVRT windows already do here, and load by time slice rather than by chip.
 
+Composites (``--composite month|quarter|year|Nd``): instead of one mosaic over the whole ``--datetime`` range, one
+per-period composite per dated collection, stored as a date series ``s2``, ``s2_t2``, ... in period order (read by
+:mod:`earthembed.data.dates`): per pixel the median of the period's valid values, each chip dated by the median
+acquisition date of the items it used, absent where no item of the period has a valid pixel; periods without any
+item are counted (one note), not written. The reducer and date choices are argued in :func:`ingest_stac`.
+
 Band -> asset: an explicit ``assets`` mapping, else the asset named like the band (``B04``, ``B4``, ``vv``),
 else the asset whose ``eo:bands`` / ``bands`` entry has that name, else the Earth Search name of an S2 band
 (``red``, ``nir08``, ``swir16`` ...), else, for a one-band product, the item's only data asset. An item lacking
@@ -44,6 +50,7 @@ failure mid-way leaves an incomplete store (readers refuse it) that the same com
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -56,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from earthembed.data.dates import date_key
 from earthembed.data.ingest.common import IngestError, crs_string, footprint_wgs84, open_raster
 from earthembed.data.ingest.rasters import (
     MIN_SPLIT_BLOCKS,
@@ -255,6 +263,79 @@ def find_items(
                 f"within datetime {datetime or 'any'}{ext_s}"
             )
     return out
+
+
+# -- composites (--composite) ---------------------------------------------------------------------------------
+CALENDAR_PERIODS = ("month", "quarter", "year")
+
+
+@dataclasses.dataclass(frozen=True)
+class Period:
+    """One composite period: its label (``2023-07``, ``2023-Q3``, ``2023``, ``2023-07-01/2023-07-10``) and first
+    and last day (inclusive, clipped to the time range)."""
+
+    label: str
+    start: _dt.date
+    end: _dt.date
+
+
+def parse_composite(value: str) -> str:
+    """``month``, ``quarter``, ``year`` or ``<N>d`` (N-day periods), normalised; ValueError naming the option."""
+    v = str(value).strip().lower()
+    if v in CALENDAR_PERIODS or (v.endswith("d") and v[:-1].isdigit() and int(v[:-1]) > 0):
+        return v if v in CALENDAR_PERIODS else f"{int(v[:-1])}d"
+    raise ValueError(f"--composite {value!r}: expected month, quarter, year or Nd (N-day periods, e.g. 10d)")
+
+
+def composite_periods(composite: str, first: _dt.date, last: _dt.date) -> list[Period]:
+    """The periods of ``composite`` (:func:`parse_composite`) covering ``first`` .. ``last``: calendar months,
+    quarters or years, or N-day periods from ``first``; the first and last clipped to the range."""
+    out: list[Period] = []
+    if composite.endswith("d"):
+        step = _dt.timedelta(days=int(composite[:-1]))
+        start = first
+        while start <= last:
+            end = min(start + step - _dt.timedelta(days=1), last)
+            out.append(Period(f"{start.isoformat()}/{end.isoformat()}", start, end))
+            start += step
+        return out
+    months = {"month": 1, "quarter": 3, "year": 12}[composite]
+    y, m = first.year, (first.month - 1) // months * months + 1
+    while _dt.date(y, m, 1) <= last:
+        ny, nm = (y + (m - 1 + months) // 12, (m - 1 + months) % 12 + 1)
+        label = {"month": f"{y}-{m:02d}", "quarter": f"{y}-Q{(m - 1) // 3 + 1}", "year": f"{y}"}[composite]
+        out.append(Period(label, max(_dt.date(y, m, 1), first),
+                          min(_dt.date(ny, nm, 1) - _dt.timedelta(days=1), last)))
+        y, m = ny, nm
+    return out
+
+
+def split_by_period(items: list[ItemBands], periods: list[Period]) -> list[list[ItemBands]]:
+    """``items`` per period (in their order), each by its acquisition date (an interval's start), clipped to the
+    periods' range so an item whose interval began before the range goes to the first period."""
+    starts = [p.start for p in periods]
+    out: list[list[ItemBands]] = [[] for _ in periods]
+    for x in items:
+        day = min(max(_item_interval(x.item)[0].date(), periods[0].start), periods[-1].end)
+        out[bisect.bisect_right(starts, day) - 1].append(x)
+    return out
+
+
+def composite_note(source: dict[str, Any]) -> str | None:
+    """One line counting the composite periods without any item per collection, from a store's
+    ``source`` metadata; None when every period had one (or the ingest made no composites)."""
+    comp = source.get("composite")
+    if not comp:
+        return None
+    parts = []
+    for c, empty in comp["empty"].items():
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            parts.append(f"collection {c!r}: {len(empty)} of {comp['n_periods']} periods without any item ({shown})")
+    if not parts:
+        return None
+    return (f"note: --composite {comp['period']}: {'; '.join(parts)}; no composite is written for those, "
+            "the others are " + ", ".join(f"{c} {' '.join(p['key'] for p in ps)}" for c, ps in comp["periods"].items()))
 
 
 # -- band -> asset ------------------------------------------------------------------------------------------
@@ -569,22 +650,25 @@ class _CollectionReader:
             ok &= a != nd
         return ok
 
-    def chip(self, window: Any, note: str) -> tuple[np.ndarray | None, str | None, list[str]]:
-        """(array [C, H, W] or None when no valid pixel, date of the main item, item ids used)."""
+    def _covering(self, window: Any) -> list[tuple[int, ItemBands]]:
+        """The items (with their position in ``self.items``) whose assets may cover ``window``."""
         c0, r0 = int(window.col_off), int(window.row_off)
         c1, r1 = c0 + int(window.width), r0 + int(window.height)
+        return [(n, it) for n, it in enumerate(self.items)
+                if it.window is None or (it.window[0] < c1 and c0 < it.window[2] and it.window[1] < r1
+                                         and r0 < it.window[3])]
+
+    def _read_item(self, it: ItemBands, window: Any, note: str) -> np.ndarray:
+        """[C, H, W] of ``it`` over ``window`` on the grid (nodata where it has none)."""
+        return np.stack([_read(self._vrt(it, src), Path(src.href), window, src.bidx, note) for src in it.bands])
+
+    def chip(self, window: Any, note: str) -> tuple[np.ndarray | None, str | None, list[str]]:
+        """(array [C, H, W] or None when no valid pixel, date of the main item, item ids used)."""
         out: np.ndarray | None = None
         valid: np.ndarray | None = None
         gained: dict[int, int] = {}
-        for n, it in enumerate(self.items):
-            w = it.window
-            if w is not None and not (w[0] < c1 and c0 < w[2] and w[1] < r1 and r0 < w[3]):
-                continue
-            bands = []
-            for src in it.bands:
-                a = _read(self._vrt(it, src), Path(src.href), window, src.bidx, note)
-                bands.append(a)
-            a = np.stack(bands)
+        for n, it in self._covering(window):
+            a = self._read_item(it, window, note)
             ok = self._valid(a)
             if out is None:
                 out, valid = a.copy(), ok
@@ -602,6 +686,34 @@ class _CollectionReader:
         used = [n for n, g in gained.items() if g > 0]
         main = max(used, key=lambda n: gained[n])
         return out, self.items[main].date, [self.items[n].item.id for n in used]
+
+
+class _MedianReader(_CollectionReader):
+    """The per-period composite of one collection (``--composite``): per pixel and band, the median of the valid
+    values of the period's items covering it (see :func:`ingest_stac`)."""
+
+    def chip(self, window: Any, note: str) -> tuple[np.ndarray | None, str | None, list[str]]:
+        """(median [C, H, W] or None when no item has a valid pixel there, the median acquisition date of the items
+        that gave the chip a valid pixel (the earlier middle one of an even count), their ids)."""
+        values, used = [], []
+        for _, it in self._covering(window):
+            a = self._read_item(it, window, note)
+            ok = self._valid(a)
+            if ok.any():
+                values.append(np.where(ok, a.astype(np.float64), np.nan))
+                used.append(it)
+        if not used:
+            return None, None, []
+        with warnings.catch_warnings():  # pixels no item has: an all-NaN slice, nodata below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(np.stack(values), axis=0)
+        valid = ~np.isnan(med)
+        if not self.floating:
+            med = np.rint(med)  # the middle of an even count (x.5) to the nearest integer, half to even
+        fill = np.nan if self.floating and self.modality.nodata is None else self.nodata
+        out = np.where(valid, med, fill).astype(self.modality.dtype)
+        dates = sorted(it.date for it in used)
+        return out, dates[(len(dates) - 1) // 2], [it.item.id for it in used]
 
 
 @contextlib.contextmanager
@@ -634,6 +746,7 @@ def ingest_stac(
     *,
     progress: bool = False,
     max_chips: int = MAX_CHIPS,
+    composite: str | None = None,
 ) -> ChipStore:
     """Chips of ``collections`` of a STAC ``catalog`` over ``bbox`` (lon/lat) and ``datetime`` into a store.
 
@@ -642,6 +755,22 @@ def ingest_stac(
     ``progress=True`` reports progress per chip window on stderr. ``max_chips``: a larger grid is refused.
     Metadata that disagrees with the rasters is warned about (:class:`StacWarning`) and recorded in
     ``ingest_report.json`` (see the module docstring).
+
+    ``composite`` (``month``, ``quarter``, ``year`` or ``<N>d``): instead of one mosaic over the whole time range,
+    one composite per period of every dated collection, stored as a date series ``s2``, ``s2_t2``, ... in period
+    order (:mod:`earthembed.data.dates`); periods are calendar months / quarters / years, or N days from the range's
+    start, within ``datetime`` (an open end: the items' first or last date). Per pixel and band a composite is the
+    **median** of the valid values of the period's items covering it: valid as in a mosaic (not NaN, not the
+    product's nodata, so clouds masked as nodata in the assets are left out; unmasked clouds are not detected),
+    the median because it needs no cloud mask to resist a minority of cloudy, shadowed or hazy values where a mean
+    takes a share of each, and it is always a value between observed ones (integer products: rounded, half to even).
+    Categorical products take the mosaic's first valid value per period instead (a median of class codes is no
+    class); elevation products are not composited (one key, as without ``composite``). A chip's
+    ``date_<key>`` is the **median acquisition date** of the items that gave it a valid pixel in that period
+    (the earlier middle one of an even count: always a real acquisition), not the period's middle: it says when the
+    pixels were seen (a month-aware model such as Galileo reads it). A chip no item of a period covers with a valid
+    pixel is absent for that key (never zero-filled). Periods without any item get no key and are counted in
+    ``source.composite.empty`` (:func:`composite_note`).
     """
     from rasterio.windows import transform as window_transform
 
@@ -670,6 +799,11 @@ def ingest_stac(
                          max_chips, estimated=True)
     # a DEM's acquisition date says nothing about the scene: --datetime is not applied to elevation products
     timeless = [c for c in collections if mods[c].kind == "elevation"]
+    if composite is not None:
+        composite = parse_composite(composite)
+        if len(timeless) == len(collections):
+            raise ValueError(f"--composite {composite}: no collection to composite over time ({collections} are "
+                             "elevation products, which are not filtered by date)")
     found = find_items(catalog, collections, bbox, datetime, timeless)
     per: dict[str, list[ItemBands]] = {}
     info: dict[str, AssetInfo] = {}
@@ -728,11 +862,38 @@ def ingest_stac(
         "items": {c: [{"id": x.item.id, "date": x.date, "cloud_cover": x.cloud} for x in per[c]] for c in collections},
         "split_block_cells": block,
     }
+    # the store keys and their items: one key per collection, or per composite period of each dated collection
+    keyed: list[tuple[str, str, Modality, list[ItemBands], type[_CollectionReader]]] = []
+    if composite is not None:
+        dated = [c for c in collections if c not in timeless]
+        first, last = parse_datetime(datetime)
+        days = [_item_interval(x.item)[0].date() for c in dated for x in per[c]]
+        periods = composite_periods(composite, first.date() if first else min(days), last.date() if last else max(days))
+        comp: dict[str, Any] = {"period": composite, "reducer": "median (categorical: first valid value)",
+                                "date": "median acquisition date of the items used per chip",
+                                "n_periods": len(periods), "periods": {}, "empty": {}}
+        for c in collections:
+            if c in timeless:
+                keyed.append((mods[c].name, c, mods[c], per[c], _CollectionReader))
+                continue
+            groups = split_by_period(per[c], periods)
+            full = [(p, g) for p, g in zip(periods, groups, strict=True) if g]
+            reader = _CollectionReader if mods[c].kind == "categorical" else _MedianReader
+            for j, (_, g) in enumerate(full):
+                key = date_key(mods[c].name, j)
+                keyed.append((key, c, mods[c].renamed(key), g, reader))
+            comp["periods"][c] = [{"key": date_key(mods[c].name, j), "period": p.label, "start": p.start.isoformat(),
+                                   "end": p.end.isoformat(), "items": [x.item.id for x in g]}
+                                  for j, (p, g) in enumerate(full)]
+            comp["empty"][c] = [p.label for p, g in zip(periods, groups, strict=True) if not g]
+        source["composite"] = comp
+    else:
+        keyed = [(mods[c].name, c, mods[c], per[c], _CollectionReader) for c in collections]
     note = f"; chips committed so far stay in the incomplete store {out}: re-run the same command to resume"
     with contextlib.ExitStack() as stack:
         stack.callback(_record_notes, Path(out), notes)  # after the writer let go of the store, even on failure
-        readers = [_CollectionReader(mods[c].name, c, mods[c], per[c], grid, stack) for c in collections]
-        with StoreWriter(out, list(mods.values()), chip_size, None, source=source, batch_size=batch_size,
+        readers = [cls(key, c, m, items, grid, stack) for key, c, m, items, cls in keyed]
+        with StoreWriter(out, [r.modality for r in readers], chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
             for sk in skipped:
                 w.skip(sk["item"], sk["reason"])
