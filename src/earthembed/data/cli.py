@@ -17,7 +17,8 @@ def info(
     store: Path = typer.Argument(..., help="chip store directory"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Chip count, modalities with band names and chip shape, label columns with class counts, splits."""
+    """Chip count, modalities with band names and chip shape, label columns with class counts, time series (keys
+    in date order, each one's typical date and chips, chips by how many dates they hold), splits."""
     from earthembed.data.store import ChipStore
 
     with fail_on():
@@ -33,6 +34,13 @@ def info(
     for k, lab in summary["labels"].items():
         extra = lab.get("class_counts") or {x: lab[x] for x in ("min", "mean", "max") if x in lab}
         typer.echo(f"label      {k} ({lab['kind']}): {extra}")
+    for ts in summary["time_series"]:
+        cover = ", ".join(f"{c} with {n}" for n, c in sorted(ts["coverage"].items(), key=lambda x: -int(x[0])))
+        typer.echo(f"series     {ts['base']}: {len(ts['keys'])} dates ({ts['product']}); chips by dates held: {cover}")
+        for d in ts["dates"]:
+            span = d["date_range"]
+            spread = f" (chips' dates {span[0]} .. {span[1]})" if span and span[0] != span[1] else ""
+            typer.echo(f"           {d['key']}: {d['date'] or 'no date'}, {d['chips']} chips{spread}")
     typer.echo(f"splits     {summary['splits']}")
     typer.echo(f"skipped    {summary['skipped']}")
 

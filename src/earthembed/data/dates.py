@@ -115,6 +115,27 @@ def time_series(store: Any) -> dict[str, DateSeries]:
     return {b: s for b, s in date_series(store).items() if len(s) > 1}
 
 
+def series_info(store: Any) -> list[dict[str, Any]]:
+    """What ``earthembed info`` says of each time series of ``store`` (:func:`time_series`): its base, keys in date
+    order, and per key the typical date, the chips that have it and the range of their own dates; ``coverage``:
+    how many chips have 0, 1, ... of the series' dates (the chips each date index would skip in ``embed --dates``)."""
+    out = []
+    index = store.index
+    for base, s in time_series(store).items():
+        has = np.stack([store.present(k) for k in s.keys])
+        chip_dates = s.chip_dates(index)
+        keys = []
+        for j, k in enumerate(s.keys):
+            d = chip_dates[has[j], j]
+            d = d[~np.isnat(d)]
+            keys.append({"key": k, "date": s.dates[j], "chips": int(has[j].sum()),
+                         "date_range": [str(d.min()), str(d.max())] if len(d) else None})
+        counts = np.bincount(has.sum(axis=0), minlength=len(s) + 1)
+        out.append({"base": base, "product": s.product, "keys": list(s.keys), "dates": keys,
+                    "coverage": {str(n): int(c) for n, c in enumerate(counts) if c}})
+    return out
+
+
 def later_keys(store: Any) -> set[str]:
     """Keys that are a later date of a series (``s2_t2``, ``s2_t3``; not the base): what per-date reading renames."""
     return {k for s in date_series(store).values() for k in s.keys if k != s.base}

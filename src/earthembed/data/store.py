@@ -1017,7 +1017,10 @@ class ChipStore:
         return json.loads(f.read_text()) if f.exists() else {"skipped": [], "n_skipped": 0}
 
     def info(self) -> dict[str, Any]:
-        """Summary for ``earthembed info``: chips, modalities, label columns with class counts, splits."""
+        """Summary for ``earthembed info``: chips, modalities, label columns with class counts, splits, and the time
+        series (:func:`earthembed.data.dates.series_info`)."""
+        from earthembed.data.dates import series_info
+
         idx = self.index
         mods = {}
         for k, m in self.modalities.items():
@@ -1062,4 +1065,5 @@ class ChipStore:
             "georeferenced": int(idx.geometry.notna().sum()),
             "skipped": int(self.meta.get("n_skipped", 0)),
             "has_stats": bool(self.stats),
+            "time_series": series_info(self),
         }
