@@ -9,6 +9,10 @@ import typer
 
 from earthembed.cli_utils import fail_on
 
+SHARD_HELP = ("Zarr sharding: one file (object) per K chips of each array instead of one per chunk of 16; for "
+              "object storage use 1024-4096 (docs/scale.md); default: not sharded")
+
+
 ingest_app = typer.Typer(help="Ingest datasets and AOI rasters into a chip store.", no_args_is_help=True,
                          rich_markup_mode=None)
 
@@ -22,7 +26,8 @@ def info(
     from earthembed.data.store import ChipStore
 
     with fail_on():
-        summary = ChipStore(store).info()
+        st = ChipStore(store)
+        summary = {**st.info(), "chunking": st.chunking()}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -43,6 +48,15 @@ def info(
             typer.echo(f"           {d['key']}: {d['date'] or 'no date'}, {d['chips']} chips{spread}")
     typer.echo(f"splits     {summary['splits']}")
     typer.echo(f"skipped    {summary['skipped']}")
+    typer.echo(f"files      {_chunking_line(summary['chunking'])}")
+
+
+def _chunking_line(chunking: dict) -> str:
+    """How the arrays are cut into files (chunks, or shards of chunks), in one line."""
+    c = next(iter(chunking.values()))
+    per = (f"shards of {c['shard_chips']} chips (chunks of {c['chunk_chips']} inside)" if c["shard_chips"]
+           else f"chunks of {c['chunk_chips']} chips, not sharded")
+    return f"{per}; {sum(v['files'] for v in chunking.values())} array files in all"
 
 
 def stats(
@@ -77,9 +91,11 @@ def verify(
         rep = verify_store(store, progress=not quiet and not as_json)
     if as_json:
         typer.echo(json.dumps({"path": str(rep.path), "ok": rep.ok, "chips": rep.chips, "arrays": rep.arrays,
-                               "chunks_checked": rep.chunks_checked, "problems": rep.problems}, indent=2))
+                               "chunks_checked": rep.chunks_checked, "shard_chips": rep.shard_chips,
+                               "problems": rep.problems}, indent=2))
     elif rep.ok:
-        typer.echo(f"{rep.path}: ok ({rep.chips} chips; {rep.chunks_checked} chunks of {rep.arrays} arrays decoded; "
+        what = f"shards of {rep.shard_chips} chips" if rep.shard_chips else "chunks"
+        typer.echo(f"{rep.path}: ok ({rep.chips} chips; {rep.chunks_checked} {what} of {rep.arrays} arrays decoded; "
                    "index, arrays and statistics consistent)")
     else:
         typer.secho(f"{rep.path}: {len(rep.problems)} problem(s)", err=True, fg=typer.colors.RED)
@@ -99,6 +115,7 @@ def synth(
                               "construction) recorded as change_t<k> labels; 1: a single-date store"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing store"),
     batch_size: int = typer.Option(256, help="chips generated and committed per batch"),
+    shard_chips: int | None = typer.Option(None, "--shard-chips", help=SHARD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
     """Generate a synthetic multimodal AOI (S2, S1, coherence, DEM, WorldCover + labels) as a chip store."""
@@ -111,7 +128,7 @@ def synth(
     with fail_on():
         check_output(out, "store", [], overwrite)
         store = generate_synthetic_aoi(out, chips, chip_size, seed, overwrite, batch_size, progress=not quiet,
-                                       dates=dates)
+                                       dates=dates, shard_chips=shard_chips)
     dt = time.perf_counter() - t0
     counts = store.index["landcover"].value_counts().to_dict()
     typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {out} in {dt:.1f} s")
@@ -122,11 +139,32 @@ def synth(
         typer.echo(f"{dates} dates; chips changed per date step (change_t<k>): {', '.join(steps)}")
 
 
+def _with_shard_chips(command):
+    """``command`` with a ``--shard-chips K`` option: the stores it creates are sharded (see
+    :func:`earthembed.data.store.shard_chips_default`), whatever ingester it runs."""
+    import functools
+    import inspect
+
+    from earthembed.data.store import shard_chips_default
+
+    @functools.wraps(command)
+    def run(*args, shard_chips: int | None = None, **kwargs):
+        with shard_chips_default(shard_chips):
+            return command(*args, **kwargs)
+
+    sig = inspect.signature(command)
+    opt = inspect.Parameter("shard_chips", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
+                            default=typer.Option(None, "--shard-chips", help=SHARD_HELP))
+    params = list(sig.parameters.values())
+    run.__signature__ = sig.replace(parameters=[*params[:-1], opt.replace(kind=params[-1].kind), params[-1]])
+    return run
+
+
 def register(app: typer.Typer) -> None:
     from earthembed.data.ingest import cli as ingest_cli
 
     for name in ingest_cli.INGESTERS:
-        ingest_app.command(name)(getattr(ingest_cli, name))
+        ingest_app.command(name)(_with_shard_chips(getattr(ingest_cli, name)))
     app.command("info")(info)
     app.command("stats")(stats)
     app.command("verify")(verify)

@@ -25,6 +25,7 @@ array and chip range of a missing or undecodable chunk. ``earthembed verify`` de
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import json
@@ -53,7 +54,7 @@ from earthembed.outputs import (
     write_error,
     write_json,
 )
-from earthembed.storage import ObjectPath, location, parquet_path, quiet_zarrs
+from earthembed.storage import ObjectPath, location, parquet_path, quiet_zarrs, remove
 
 FORMAT_VERSION = "1.0"
 
@@ -92,12 +93,13 @@ def codec_pipeline() -> str | None:
     return FAST_PIPELINE
 
 
-def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False) -> zarr.Array:
+def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False, atomic: bool = False) -> zarr.Array:
     """``group[name]`` with the array's codec pipeline chosen by :func:`codec_pipeline` (fixed at open).
 
     ``write_empty_chunks`` opens it with zarr's own pipeline, which (unlike zarrs) honours the setting: used to
-    write the rare all-fill chunk so that a missing chunk file always means damage (see :class:`ChunkLayout`)."""
-    pipeline = DEFAULT_PIPELINE if write_empty_chunks else codec_pipeline()
+    write the rare all-fill chunk so that a missing chunk file always means damage (see :class:`ChunkLayout`).
+    ``atomic`` opens it with zarr's own pipeline too, whose local store replaces a file by a rename."""
+    pipeline = DEFAULT_PIPELINE if write_empty_chunks or atomic else codec_pipeline()
     if pipeline is None:
         return group[name]
     cfg: dict[str, Any] = {"codec_pipeline.path": pipeline}
@@ -107,10 +109,18 @@ def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False) -
         return group[name]
 
 
+def file_chunks(arr: zarr.Array) -> tuple[int, ...]:
+    """The shape of what one file (object) of ``arr`` holds: its shard, or its chunk when it is not sharded."""
+    return tuple(int(c) for c in (arr.shards or arr.chunks))
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkLayout:
     """Where the chunk files of an array are, per chunk along the chip axis (one file each in a store: the
-    other axes are a single chunk). Built once per array so that checking a chunk costs one ``stat``."""
+    other axes are a single chunk). Built once per array so that checking a chunk costs one ``stat``.
+
+    In a sharded array (``--shard-chips``) the files are the shards: ``chunk_chips`` is then the chips per
+    shard (one object each), not the chips per inner chunk."""
 
     chunk_chips: int
     paths: tuple[tuple[str, str], ...]  # (before, after) the chip-chunk number in each file path
@@ -122,11 +132,12 @@ class ChunkLayout:
         import itertools
 
         base, mark = str(store_path / ARRAYS / name), 987654321
+        outer = file_chunks(arr)
         paths = []
-        for r in itertools.product(*[range(n) for n in arr.cdata_shape[1:]]):
+        for r in itertools.product(*[range(-(-n // c)) for n, c in zip(arr.shape[1:], outer[1:], strict=True)]):
             before, after = os.path.join(base, arr.metadata.encode_chunk_key((mark, *r))).split(str(mark))
             paths.append((before, after))
-        return cls(int(arr.chunks[0]), tuple(paths))
+        return cls(int(outer[0]), tuple(paths))
 
     def files(self, chunk: int) -> list[str]:
         return [f"{before}{chunk}{after}" for before, after in self.paths]
@@ -151,6 +162,21 @@ class ObjectChunkLayout(ChunkLayout):
 
     def missing(self, chunk: int) -> str | None:
         return next((f for f in self.files(chunk) if f not in self.present), None)
+
+
+_SHARD_CHIPS: contextvars.ContextVar[int | None] = contextvars.ContextVar("earthembed_shard_chips", default=None)
+
+
+@contextlib.contextmanager
+def shard_chips_default(shard_chips: int | None) -> Iterator[None]:
+    """Stores created inside this block (by any ingester, which passes no ``shard_chips`` of its own) are written
+    with Zarr sharding of ``shard_chips`` chips per shard object: how ``ingest ... --shard-chips K`` reaches the
+    ingesters' :class:`StoreWriter`."""
+    token = _SHARD_CHIPS.set(shard_chips)
+    try:
+        yield
+    finally:
+        _SHARD_CHIPS.reset(token)
 
 
 META_FILE = "earthembed.json"
@@ -286,6 +312,13 @@ class StoreWriter:
     ``overwrite`` replaces an existing store (only a directory whose marker proves it is one, and only if it
     holds nothing but store files). Non-finite pixels become the modality's nodata; a modality that is
     entirely nodata in a chip is stored as absent, and a chip with no valid modality is skipped with a reason.
+
+    ``shard_chips`` (default: :func:`shard_chips_default`, i.e. off) writes every array with Zarr sharding: one
+    file (object) per ``shard_chips`` chips (rounded up to whole chunks), holding that many chips' chunks and an
+    index of them, so a large store on object storage is thousands of objects instead of millions. A shard is
+    written whole, so chips are buffered and committed a shard at a time (``batch_size`` no longer applies; the
+    buffer holds up to one shard of chips in memory). A shard that already holds committed chips (after an
+    interrupted ingest) is rewritten with them by zarr's own pipeline, which replaces the file atomically.
     """
 
     def __init__(
@@ -299,6 +332,7 @@ class StoreWriter:
         chunk_chips: int = 16,
         overwrite: bool = False,
         inputs: Sequence[str | Path] = (),
+        shard_chips: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.modalities = {m.name: m for m in modalities}
@@ -310,6 +344,10 @@ class StoreWriter:
         self.source = dict(source or {})
         self.batch_size = int(batch_size)
         self.chunk_chips = _fitting_chunk_chips(self.modalities, self.chip_size, int(chunk_chips))
+        k = _SHARD_CHIPS.get() if shard_chips is None else shard_chips
+        if k is not None and int(k) <= 0:
+            raise ValueError(f"--shard-chips must be a positive number of chips, got {k}")
+        self.shard_chips = None if k is None else -(-int(k) // self.chunk_chips) * self.chunk_chips
         self._buffer: list[tuple[ChipRecord, dict[str, list[float]]]] = []
         self._skipped: list[dict[str, str]] = []
         self._closed = False
@@ -322,6 +360,8 @@ class StoreWriter:
             "modalities": {k: m.to_dict() for k, m in self.modalities.items()},
             "chip_size": self.chip_size,
             "labels": self.label_schema,
+            # only when sharded: an unsharded store's metadata stays byte for byte what it was
+            **({"shard_chips": self.shard_chips} if self.shard_chips else {}),
         }
 
     def _array_names(self) -> list[str]:
@@ -400,34 +440,32 @@ class StoreWriter:
 
     def _create_arrays(self) -> None:
         root = zarr.open_group(self.path / ARRAYS, mode="w")
-        for name, m in self.modalities.items():
+        arrays = [(name, m.num_bands, m.dtype, _fill_value(m)) for name, m in self.modalities.items()]
+        arrays += [(f"labels/{name}", 1, spec.get("dtype", "int16"), spec.get("nodata", -1))
+                   for name, spec in self.label_schema.items() if spec["kind"] == "mask"]
+        for name, bands, dtype, fill in arrays:
+            chip = (bands, self.chip_size, self.chip_size)
             root.create_array(
                 name,
-                shape=(0, m.num_bands, self.chip_size, self.chip_size),
-                chunks=(self.chunk_chips, m.num_bands, self.chip_size, self.chip_size),
-                dtype=m.dtype,
-                fill_value=_fill_value(m),
+                shape=(0, *chip),
+                chunks=(self.chunk_chips, *chip),
+                shards=(self.shard_chips, *chip) if self.shard_chips else None,
+                dtype=dtype,
+                fill_value=fill,
                 compressors=_compressor(),
                 dimension_names=("chip", "band", "y", "x"),
             )
-        for name, spec in self.label_schema.items():
-            if spec["kind"] == "mask":
-                root.create_array(
-                    f"labels/{name}",
-                    shape=(0, 1, self.chip_size, self.chip_size),
-                    chunks=(self.chunk_chips, 1, self.chip_size, self.chip_size),
-                    dtype=spec.get("dtype", "int16"),
-                    fill_value=spec.get("nodata", -1),
-                    compressors=_compressor(),
-                    dimension_names=("chip", "band", "y", "x"),
-                )
 
     def _check_same_ingest(self, meta: dict[str, Any]) -> None:
         """Refuse to resume an interrupted ingest of another definition or source (it would mix datasets)."""
         now = json.loads(json.dumps({**self._definition(), "source": self.source}))
-        stored = {k: meta.get(k) for k in ("modalities", "chip_size", "labels")}
+        keys = ("modalities", "chip_size", "labels", "shard_chips")
+        stored = {k: meta.get(k) for k in keys}
         stored["source"] = meta.get("source") or {}
-        differ = [k for k in ("modalities", "chip_size", "labels") if stored[k] != now[k]]
+        differ = [k for k in keys if stored[k] != now.get(k)]
+        if "shard_chips" in differ:
+            differ[differ.index("shard_chips")] = (f"--shard-chips ({stored['shard_chips'] or 'none'} there, "
+                                                   f"{now.get('shard_chips') or 'none'} now)")
         if stored["source"] != now["source"]:
             keys = sorted(
                 k for k in set(stored["source"]) | set(now["source"])
@@ -462,6 +500,18 @@ class StoreWriter:
             f.unlink()
         if self._n == 0:  # nothing committed: the arrays may not even exist yet (interrupted at creation)
             self._create_arrays()
+        else:  # drop what an interrupted batch wrote past the committed chips: the files it made are removed
+            root = zarr.open_group(self.path / ARRAYS, mode="r+")
+            for name in self._array_names():
+                arr = root[name]
+                if arr.shape[0] > self._n:
+                    # files (chunks or shards) holding no committed chip, removed here: zarr's resize would
+                    # remove a sharded array's by their inner chunks' keys, i.e. not all of them
+                    lay = ChunkLayout.of(self.path, name, arr)
+                    for i in range(-(-self._n // lay.chunk_chips), -(-arr.shape[0] // lay.chunk_chips)):
+                        for f in lay.files(i):
+                            remove(location(f))
+                    arr.resize((self._n, *arr.shape[1:]))
         rep = self.path / REPORT_FILE
         if rep.exists():
             with contextlib.suppress(ValueError, OSError):
@@ -503,8 +553,14 @@ class StoreWriter:
             self.skip(where, f"{where}: entirely nodata (or non-finite) in every modality; nothing to store")
             return
         self._buffer.append((dataclasses.replace(rec, arrays=arrays), valid))
-        if len(self._buffer) >= self.batch_size:
+        if self._flush_due():
             self.flush()
+
+    def _flush_due(self) -> bool:
+        """Every ``batch_size`` chips; in a sharded store when a shard is full (each shard written once)."""
+        if self.shard_chips:
+            return (self._n + len(self._buffer)) % self.shard_chips == 0
+        return len(self._buffer) >= self.batch_size
 
     def _validate(self, rec: ChipRecord) -> None:
         where = rec.source or rec.chip_id
@@ -621,8 +677,11 @@ class StoreWriter:
         """Write ``data`` at chips ``start:`` and make sure every chunk it touches has a file.
 
         zarrs skips chunks that are all fill value; writing those few through zarr's pipeline (which honours
-        ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage."""
-        arr = open_array(root, name)
+        ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage. A shard
+        that holds committed chips already (``start`` inside it) is rewritten by zarr's pipeline, which
+        replaces a file atomically: a kill during the rewrite cannot damage the chips committed in it."""
+        k = self.shard_chips
+        arr = open_array(root, name, atomic=bool(k) and start % k != 0)
         end = start + len(data)
         if arr.shape[0] < end:
             arr.resize((end, *arr.shape[1:]))
@@ -837,6 +896,20 @@ class ChipStore:
             lay = self._layouts[name] = (ObjectChunkLayout.listed(self.path, name, self.array(name)) if self.remote
                                          else ChunkLayout.of(self.path, name, self.array(name)))
         return lay
+
+    def chunking(self) -> dict[str, Any]:
+        """How the arrays are cut into files, for ``info`` and ``verify``: chips per Zarr chunk, chips per shard
+        (None when not sharded: one file per chunk) and files per array when every chip is present."""
+        from earthembed.data.verify import array_names
+
+        out: dict[str, Any] = {}
+        for name in array_names(self):
+            arr = self.array(name)
+            shard = int(arr.shards[0]) if arr.shards else None
+            per_file = shard or int(arr.chunks[0])
+            out[name] = {"chunk_chips": int(arr.chunks[0]), "shard_chips": shard,
+                         "files": -(-len(self) // per_file) * len(self.layout(name).paths)}
+        return out
 
     @property
     def index(self):  # geopandas.GeoDataFrame

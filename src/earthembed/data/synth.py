@@ -650,6 +650,7 @@ def generate_synthetic_aoi(
     chunk_chips: int = 16,
     progress: bool = False,
     dates: int = 1,
+    shard_chips: int | None = None,
 ) -> ChipStore:
     """Write a synthetic multimodal AOI as a chip store at ``out`` and return it.
 
@@ -657,7 +658,7 @@ def generate_synthetic_aoi(
     writes the single-date store. Deterministic for a seed. An interrupted run resumes when called again with the same arguments.
     ``chunk_chips`` is the Zarr chunk length along the chip axis: 16 writes ~9x and streams ~6x faster
     than 1 chip per chunk at the same random-access cost, since Zarr's per-read overhead dominates
-    (see benchmarks/README.md).
+    (see benchmarks/README.md). ``shard_chips``: Zarr sharding, one file per that many chips (:class:`StoreWriter`).
     """
     aoi = SyntheticAOI(chips, chip_size, seed, dates)
     source = {
@@ -676,7 +677,7 @@ def generate_synthetic_aoi(
     with StoreWriter(
         out, synthetic_modalities(aoi.dates), aoi.chip_size, label_schema(aoi.dates), source=source,
         batch_size=batch_size,
-        chunk_chips=chunk_chips, overwrite=overwrite,
+        chunk_chips=chunk_chips, overwrite=overwrite, shard_chips=shard_chips,
     ) as w:
         from earthembed.progress import progress as make_progress
 

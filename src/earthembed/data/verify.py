@@ -199,6 +199,8 @@ class VerifyReport:
     arrays: int = 0
     chunks_checked: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
+    shard_chips: int | None = None
+    """Chips per shard file when the store is sharded (``chunks_checked`` then counts shards)."""
 
     @property
     def ok(self) -> bool:
@@ -268,13 +270,14 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
     rep.problems += _content_problems(store, check_stats=True) + _index_problems(store)
     from earthembed.progress import progress as make_progress
 
-    bar = make_progress(total=sum(-(-len(store) // store.array(n).chunks[0]) for n in names), unit="chunk",
+    bar = make_progress(total=sum(-(-len(store) // store.layout(n).chunk_chips) for n in names), unit="chunk",
                         desc=f"verify {store.path.name}", quiet=not progress)
+    rep.shard_chips = next((c["shard_chips"] for c in store.chunking().values() if c["shard_chips"]), None)
     for name in names:
         arr = store.array(name)
         pres = store.presence()[name]
         nodata = store.modalities[name].nodata if name in store.modalities else None
-        cc = arr.chunks[0]
+        cc = store.layout(name).chunk_chips  # per file: a shard's chips in a sharded store
         empty: list[int] = []
         for c in range(-(-len(store) // cc)):
             s, e = c * cc, min((c + 1) * cc, len(store))
