@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from earthembed.data.modalities import get_modality
 from test_dates import _store
-from test_hostile_inputs import cli
+from test_galileo import WEIGHTS
+from test_hostile_inputs import cli, one_line_error
 
 
 def test_info_lists_each_time_series_with_dates_and_coverage(tmp_path):
@@ -45,3 +48,92 @@ def test_info_lists_each_time_series_with_dates_and_coverage(tmp_path):
     ]
     flat = _store(tmp_path / "flat", [("s2", s2)], [(["s2"], {"s2": d["s2"]})])
     assert flat.info()["time_series"] == [] and "series" not in cli("info", flat.path).output
+
+
+# -- embed --dates series ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def series_store(tmp_path_factory):
+    """A 3-date synthetic store (s2, s1 at 3 dates; dem) and a flat one, 8 chips of 16 px each."""
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    d = tmp_path_factory.mktemp("series")
+    return (generate_synthetic_aoi(d / "dated", chips=8, chip_size=16, seed=3, dates=3),
+            generate_synthetic_aoi(d / "flat", chips=8, chip_size=16, seed=3))
+
+
+@pytest.mark.skipif(not (WEIGHTS / "encoder.pt").exists(), reason="no Galileo-nano weights here")
+def test_dates_series_embeds_each_chips_series_as_one_vector_with_galileo(series_store, tmp_path):
+    import numpy as np
+
+    from earthembed.data.synth import date_of
+    from earthembed.embed.io import read_embeddings, read_metadata
+
+    st, _ = series_store
+    out = tmp_path / "g.parquet"
+    r = cli("embed", "--encoder", "galileo:nano", "--weights", WEIGHTS, "--store", st.path, "--out", out,
+            "--dates", "series", "--quiet")
+    assert r.exit_code == 0, r.output
+    time = read_metadata(out)["time"]
+    # Galileo orders the dates of the keys feeding the same bands: s1 is 2 days after s2 at each date index
+    keys = ["s2", "s1", "s2_t2", "s1_t2", "s2_t3", "s1_t3"]
+    assert time["mode"] == "series" and time["date_keys"] == keys and time["t"] == list(range(6))
+    assert time["dates"] == [date_of(t // 2, "s1" if t % 2 else "s2") for t in range(6)]
+    assert time["timesteps"] == {**{k: t for t, k in enumerate(keys)}, "dem": 0}
+    assert time["series"] == {"s2": keys[0::2], "s1": keys[1::2]} and time["static"] == ["dem"]
+    assert ("each chip's series of 6 dates of s2, s1 as one vector: t=0 2023-07-01, t=1 2023-07-03, "
+            "t=2 2024-04-12, t=3 2024-04-14") in r.output
+    index, emb = read_embeddings(out)
+    assert len(index) == len(st) and "t" not in index.columns  # one row per chip, not per (chip, date)
+    # the explicit name of what the fitted export does with a multi-date store: the same vectors
+    plain = tmp_path / "plain.parquet"
+    r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", plain, "--quiet")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(read_embeddings(plain)[1], emb)
+    assert "time" not in read_metadata(plain)
+
+    # --modalities names a series by its base: all its dates are read, and only those
+    one = tmp_path / "s2.parquet"
+    r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", one, "--dates", "series",
+            "--modalities", "s2", "--quiet")
+    assert r.exit_code == 0, r.output
+    time = read_metadata(one)["time"]
+    assert time["t"] == [0, 2, 4] and time["date_keys"] == keys  # the model's timesteps s2 fills
+    assert time["series"] == {"s2": ["s2", "s2_t2", "s2_t3"]} and time["static"] == []
+    assert time["timesteps"] == {"s2": 0, "s2_t2": 2, "s2_t3": 4}
+    assert "each chip's series of 3 dates of s2 as one vector: t=0 2023-07-01, t=2 2024-04-12, t=4 2025-10-23" in r.output
+    assert not np.array_equal(read_embeddings(one)[1], emb)  # without s1 and dem: another vector
+    r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", tmp_path / "x.parquet",
+            "--dates", "series", "--modalities", "s2_t2")
+    one_line_error(r, "'s2_t2' is date 2 of the series s2", "ask for 's2'")
+    # a store without a time series: no series to embed as one vector
+    _, flat = series_store
+    r = cli("embed", "--encoder", "galileo:nano", "--weights", WEIGHTS, "--store", flat.path, "--out",
+            tmp_path / "flat.parquet", "--dates", "series")
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert "--dates series: no time series to embed as one vector: no modality has several dates" in lines[0]
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "flat.parquet").exists()
+
+
+def test_dates_series_without_a_time_axis_is_one_line(series_store, tmp_path):
+    import torch
+
+    from earthembed.data.normalize import Normalizer
+    from earthembed.models.export import export_model
+    from earthembed.models.registry import build_model
+
+    st, _ = series_store
+    hint = "use --dates all for one row per (chip, date)"
+    r = cli("embed", "--featurizer", "rcf", "--store", st.path, "--out", tmp_path / "r.parquet", "--dates", "series")
+    one_line_error(r, "--dates series: the rcf featurizer has no time axis", hint)
+    assert not list(tmp_path.iterdir())  # not even the featurizer export
+    r = cli("embed", "--encoder", "timm:resnet18", "--store", st.path, "--out", tmp_path / "t.parquet", "--dates",
+            "series")
+    one_line_error(r, "--dates series: timm:resnet18 has no time axis", hint)  # refused before it is fitted
+    torch.manual_seed(0)
+    model = build_model("multimodal_vit", modalities={k: st.band_names(k) for k in ("s2", "s1")}, patch_size=8,
+                        embed_dim=16, depth=1, num_heads=2)
+    export = export_model(model, tmp_path / "vit", Normalizer.from_store(st))
+    r = cli("embed", "--checkpoint", export, "--store", st.path, "--out", tmp_path / "v.parquet", "--dates", "series")
+    one_line_error(r, "--dates series: multimodal_vit has no time axis", hint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit"]

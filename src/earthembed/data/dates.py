@@ -208,9 +208,57 @@ def series_of(store: Any, modalities: list[str], all_series: dict[str, DateSerie
             raise ValueError(f"{store.path}: no modality {m!r} (it has {list(store.modalities)})")
         if s.base != m:
             raise ValueError(f"--dates: {m!r} is date {s.keys.index(m) + 1} of the series {s.base} ({', '.join(s.keys)}); "
-                             f"per-date embedding reads every date of a series under its base name: ask for {s.base!r}")
+                             f"--dates reads every date of a series by its base name: ask for {s.base!r}")
         out[m] = s
     return out
+
+
+SERIES = "series"
+"""``embed --dates series``: each chip's whole series as one vector, by a model with a time axis (Galileo)."""
+
+
+def is_series(spec: Any) -> bool:
+    """True for ``--dates series`` (any case, spaces around)."""
+    return isinstance(spec, str) and spec.strip().lower() == SERIES
+
+
+def series_keys(store: Any, modalities: list[str]) -> list[str]:
+    """Every key of the series of each of ``modalities`` (base keys, as :func:`series_of` checks): ``s2`` ->
+    ``s2``, ``s2_t2``, ``s2_t3`` in date order; a single-date modality stays itself."""
+    return [k for s in series_of(store, modalities).values() for k in s.keys]
+
+
+def series_metadata(store: Any, timesteps: dict[str, int], keys: list[str]) -> dict[str, Any]:
+    """The ``time`` entry of a table embedding each chip's whole series as one vector (``embed --dates series``).
+
+    ``timesteps``: the date index (0-based) a model with a time axis feeds each store key at (Galileo's
+    ``timesteps``); ``keys``: the store keys read. As a per-date table's (:meth:`DatePlan.metadata`), ``dates`` and
+    ``date_keys`` name each date index of the model's whole axis (the typical date of its first dated key in store
+    order: a timestep is one date) and ``t`` the indices ``keys`` fill; ``series``/``static``: the keys read by
+    series. ValueError (one line) when ``keys`` fill a single date index: a time series of one date is no series."""
+    n = max(timesteps.values(), default=0) + 1
+    used = sorted({timesteps[k] for k in keys if k in timesteps})
+    if len(used) < 2:
+        have = {b: list(s.keys) for b, s in time_series(store).items()}
+        why = (f"{sorted(keys)} are read at one date (the store's series: {have}; embed a whole series with a model "
+               "fitted to all its dates)" if have else
+               "no modality has several dates (a series is keys of one product and bands with their date_<key>, "
+               "e.g. s2, s2_t2, ...: `ingest rasters --date KEY=YYYY-MM-DD`, `ingest stac --composite`, "
+               "`synth --dates N`)")
+        raise ValueError(f"{store.path}: --dates series: no time series to embed as one vector: {why}")
+    dates: list[str | None] = []
+    date_keys: list[str] = []
+    for t in range(n):
+        at = [k for k in store.modalities if timesteps.get(k) == t]
+        dated = [(k, d) for k in at if (d := typical_date(store.index, k))]
+        k, d = dated[0] if dated else (at[0] if at else "", None)
+        dates.append(d)
+        date_keys.append(k)
+    series = {b: [k for k in s.keys if k in keys] for b, s in date_series(store).items()}
+    return {"mode": SERIES, "t": used, "dates": dates, "date_keys": date_keys,
+            "timesteps": {k: t for k, t in timesteps.items() if k in keys},
+            "series": {b: ks for b, ks in series.items() if len(ks) > 1},
+            "static": [ks[0] for ks in series.values() if len(ks) == 1]}
 
 
 def plan_dates(store: Any, modalities: list[str], spec: str | list[str | int] = "all") -> DatePlan:

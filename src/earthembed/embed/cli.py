@@ -40,7 +40,8 @@ def embed(
     dates: str = typer.Option(None, "--dates", help="one row per (chip, date) of the store's time series (s2, s2_t2, "
                               "...): all, or date indices / ISO dates / date keys, e.g. 0,2 or 2023-07-01,2025-10-23; "
                               "each date is embedded as a single-date store would be (--modalities names series by "
-                              "their base: s2)"),
+                              "their base: s2). series: one row per chip embedding its whole series as one vector "
+                              "(models with a time axis: galileo)"),
     bands: str = typer.Option(None, help="band subset per modality, e.g. 's2:B04,B03,B02;s1:VV'"),
     batch_size: int = typer.Option(64, help="chips per forward pass"),
     num_workers: int = typer.Option(0, help="DataLoader workers reading the store"),
@@ -64,7 +65,8 @@ def embed(
 
     With --featurizer rcf, no model is needed: random convolutional features (MOSAIKS; TorchGeo's RCF) of
     every modality, e.g. `earthembed embed --featurizer rcf --store STORE --out rcf.parquet`."""
-    from earthembed.embed.run import embed_random_init, embed_rcf, embed_store, parse_bands
+    from earthembed.data.dates import is_series
+    from earthembed.embed.run import embed_random_init, embed_rcf, embed_store, no_time_axis, parse_bands
 
     with fail_on():
         mods = [m.strip() for m in modalities.split(",")] if modalities else None
@@ -76,7 +78,18 @@ def embed(
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
         fit_mods = mods
-        if dates is not None and mods is None and (encoder is not None or featurizer):
+        if is_series(dates):  # (the rcf featurizer is refused by embed_rcf, before its filters are computed)
+            if encoder is not None:
+                from earthembed.models.published import parse_spec
+
+                if parse_spec(encoder).family not in ("galileo", "export"):  # before it is fitted to the store
+                    raise no_time_axis(encoder)
+                if mods is not None:  # fitted to every date of the series named
+                    from earthembed.data.dates import series_keys
+                    from earthembed.data.store import ChipStore
+
+                    fit_mods = series_keys(ChipStore(store), mods)
+        elif dates is not None and mods is None and (encoder is not None or featurizer):
             from earthembed.data.dates import base_modalities
             from earthembed.data.store import ChipStore
 
@@ -126,8 +139,10 @@ def embed(
             from earthembed.embed.io import read_metadata
 
             time = read_metadata(path)["time"]
-            typer.echo(f"{len(time['t'])} date{'s' if len(time['t']) != 1 else ''} of {', '.join(time['series'])}: "
-                       + ", ".join(f"t={t} {time['dates'][t] or time['date_keys'][t]}" for t in time["t"]))
+            what = (f"each chip's series of {len(time['t'])} dates of {', '.join(time['series'])} as one vector"
+                    if time["mode"] == "series" else
+                    f"{len(time['t'])} date{'s' if len(time['t']) != 1 else ''} of {', '.join(time['series'])}")
+            typer.echo(f"{what}: " + ", ".join(f"t={t} {time['dates'][t] or time['date_keys'][t]}" for t in time["t"]))
             line = skipped_line(time)
             if line:
                 typer.echo(line)

@@ -15,6 +15,11 @@ output. A present modality whose embedding is not finite (e.g. NaN weights) is a
 (:class:`~earthembed.data.dates.DateView`), so the model sees each date exactly as it sees a single-date store and
 the cost is T times one date. Rows carry ``t``, ``date`` and ``date_key`` (:mod:`earthembed.embed.io`); a chip
 with none of the series at a date gets no row there (counted in the metadata's ``time.skipped``).
+
+**A whole series as one vector** (``dates="series"``, ``embed --dates series``): one row per chip, from a model with
+a time axis (its ``timesteps``: key -> date index, Galileo's) fed every date of each series at once; the metadata's
+``time`` says ``mode: series`` with the date and key of each timestep (:func:`earthembed.data.dates.series_metadata`).
+A model without one (any other architecture, the rcf featurizer) is a one-line error pointing to ``--dates all``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ import pyarrow.parquet as pq
 import torch
 
 from earthembed.data.dataset import ChipDataset
-from earthembed.data.dates import DatePlan, DateView, later_keys, plan_dates, series_of
+from earthembed.data.dates import (
+    DatePlan,
+    DateView,
+    is_series,
+    later_keys,
+    plan_dates,
+    series_keys,
+    series_metadata,
+    series_of,
+)
 from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
@@ -154,6 +168,8 @@ def embed_store(
     ``dates``: ``"all"`` or date indices / ISO dates / date keys (a comma-separated string or a list): one row per
     (chip, date) of the store's time series instead (module docstring); ``modalities`` then names series by their
     base (``s2``, not ``s2_t3``), and by default the model's modalities that are not a later date of a series.
+    ``"series"``: one row per chip embedding its whole series, for a model with a time axis (module docstring);
+    ``modalities`` names series by their base too, each read with all its dates.
 
     ``overwrite`` allows replacing an existing embedding table at ``out`` (never any other file); see the
     module docstring for what else is refused.
@@ -184,6 +200,12 @@ def embed_store(
             raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
         model_path = meta.get("path", "")
     store = store if isinstance(store, ChipStore) else ChipStore(store)
+    series = is_series(dates)
+    if series:
+        steps = time_axis(model, meta)
+        dates = None
+        if modalities is not None:
+            modalities = series_keys(store, list(modalities))
     if dates is not None and modalities is None:
         later = later_keys(store)
         modalities = [m for m in meta["modalities"] if m in store.modalities and m not in later] or None
@@ -192,13 +214,16 @@ def embed_store(
     request = resolve_request(meta["modalities"], store, modalities, bands)
     check_products(meta.get("products") or {}, store, request)
     plan = plan_dates(store, list(request), dates) if dates is not None else None
+    time = plan.metadata() if plan is not None else None
+    if series:
+        time = series_metadata(store, steps, list(request))
     model_id = tta_model_id(model, str(meta.get("model_id", "unknown")), tta)
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if wants_dataset(out, engine, shard_chips):
         return _embed_dataset(model, model_path, meta, store, location(out), request, model_id, batch_size, device,
                               prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
-                              progress, plan)
+                              progress, plan, time)
     if tta is not None:
         set_tta(model, tta)
     out = Path(out)
@@ -210,7 +235,7 @@ def embed_store(
         "bands": request,
         "batch_size": batch_size,
         "part_format": PART_FORMAT,
-        **({"time": plan.metadata()} if plan is not None else {}),
+        **({"time": time} if time is not None else {}),
     }
     check_output(out, overwrite)
     with OutputLock(out, out.with_name(out.name + ".lock")):
@@ -262,6 +287,22 @@ def make_passes(store: ChipStore, request: dict[str, list[str]], normalization: 
                  tuple(plan.series)) for t in plan.ts]
 
 
+def time_axis(model: torch.nn.Module, meta: dict[str, Any] | None) -> dict[str, int]:
+    """Store key -> date index of a model with a time axis (``timesteps``: Galileo); ``embed --dates series`` on any
+    other model is a one-line error saying to embed per date instead."""
+    steps = getattr(model, "timesteps", None)
+    if not isinstance(steps, dict):
+        raise no_time_axis((meta or {}).get("architecture") or getattr(model, "architecture", None)
+                           or type(model).__name__)
+    return {str(k): int(t) for k, t in steps.items()}
+
+
+def no_time_axis(what: str) -> ValueError:
+    """The error of ``--dates series`` for a model without a time axis."""
+    return ValueError(f"--dates series: {what} has no time axis (it embeds one date at a time; only Galileo embeds "
+                      "a whole series as one vector); use --dates all for one row per (chip, date)")
+
+
 TTA_CHOICES = ("none", "d4")
 
 
@@ -290,7 +331,8 @@ def set_tta(model: torch.nn.Module, tta: str | None) -> None:
 def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path | ObjectPath,
                    request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
                    overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
-                   address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None) -> Path:
+                   address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None,
+                   time: dict[str, Any] | None = None) -> Path:
     """The sharded path of :func:`embed_store`: plan, lock, run the pending shards on ``engine``, finish."""
     from earthembed.embed.engines import ShardJob, run_local, run_ray
     from earthembed.embed.shards import dataset_lock, finish, pending_shards, plan_shards, prepare_dataset
@@ -299,13 +341,13 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
     manifest = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION, "model_id": model_id,
                 "store": str(store.path.resolve()), "n_chips": len(store), "bands": request,
                 "batch_size": batch_size, "shards": [[s.start, s.end] for s in shards], "complete": False,
-                **({"time": plan.metadata()} if plan is not None else {})}
+                **({"time": time} if time is not None else {})}
     table_meta = {"model_id": model_id, "store": manifest["store"], "n_chips": len(store), "bands": request,
                   "model_path": model_path, "embed_dim": int(model.embed_dim), "modalities": list(request),
                   "architecture": meta.get("architecture"),
                   "store_products": {m: store.modality(m).product for m in request},
                   "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request},
-                  **({"time": plan.metadata()} if plan is not None else {})}
+                  **({"time": time} if time is not None else {})}
     label = f"{model_id} ({model_path})"
     with dataset_lock(out):  # flock locally, a lease object (conditional put) on object storage
         prepare_dataset(out, manifest, overwrite)
@@ -605,6 +647,8 @@ def embed_rcf(
     from earthembed.models.export import check_export_dir
     from earthembed.models.rcf import export_rcf
 
+    if is_series(kwargs.get("dates")):  # before the filters are computed
+        raise no_time_axis("the rcf featurizer")
     store = store if isinstance(store, ChipStore) else ChipStore(store)
     out = Path(out)
     # checked before the filters are computed; export_model checks again when it writes
