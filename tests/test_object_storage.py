@@ -259,3 +259,99 @@ def test_a_worker_without_the_export_gets_it_from_the_job(s3, tmp_path):
     ShardWorker(job).run(Shard(0, 16))
     name = "part-0000000000-0000000016.parquet"
     assert (out / name).read_bytes() == (ref / name).read_bytes()
+
+
+def _object_bytes(d: ObjectPath) -> dict[str, bytes]:
+    return {str(p.key)[len(d.key) + 1:]: p.read_bytes() for p, _ in d.walk_files()}
+
+
+def _local_bytes(d: Path) -> dict[str, bytes]:
+    return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def test_synth_writes_a_sharded_store_to_s3_that_embeds_like_the_local_one(s3, tmp_path):
+    """synth --out s3://... --shard-chips: the same array objects as the same store written locally (byte for byte),
+    one object per shard, no _parts or lock left; embed and fewshot read it; embeddings equal the local unsharded
+    store's."""
+    url = f"s3://{BUCKET}/synth-sharded"
+    r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0 and f"to {url} in" in r.output, r.output
+    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
+    st = ChipStore(url)
+    assert sorted(p.name for p in st.path.iterdir()) == [
+        "arrays.zarr", "earthembed.json", "index.parquet", "ingest_report.json"]
+    assert _object_bytes(st.path / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
+    assert [k for k in _object_bytes(st.path / "arrays.zarr/s2")] == ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0", "zarr.json"]
+    assert st.index.drop(columns="geometry").equals(ref.index.drop(columns="geometry")) and st.stats == ref.stats
+    r = cli("verify", url, "--quiet")
+    assert r.exit_code == 0 and f"{url}: ok (40 chips; 18 shards of 16 chips of 6 arrays" in r.output, r.output
+
+    emb = f"s3://{BUCKET}/emb-sharded/"
+    r = cli("embed", "--checkpoint", s3["export"], "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    plain = embed_store(s3["export"], s3["local"], tmp_path / "plain/", shard_chips=16, progress=False)
+    a, b = read_table(emb), read_table(plain)
+    for col in ("emb_fused", "emb_s2"):
+        assert a.column(col).equals(b.column(col))
+    few = tmp_path / "few"
+    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
+            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
+            10, "--quiet")
+    assert r.exit_code == 0 and "own:emb_fused" in (few / "summary.md").read_text(), r.output
+
+
+# A synth to s3:// that kills itself (SIGKILL) once it has written the first array of its second shard: a committed
+# shard, a half-written one and the lease lock are left on the bucket
+KILLED_SYNTH = """
+import os, signal, sys
+from earthembed.data.store import StoreWriter
+from earthembed.data.synth import generate_synthetic_aoi
+
+real = StoreWriter._write_rows
+
+def dying(self, root, name, start, data):
+    real(self, root, name, start, data)
+    if start >= 16:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+StoreWriter._write_rows = dying
+generate_synthetic_aoi(sys.argv[1], chips=40, chip_size=16, seed=3, shard_chips=16)
+"""
+
+
+def test_a_killed_write_to_s3_resumes_to_the_same_objects(s3, tmp_path):
+    url = location(f"s3://{BUCKET}/killed-store")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SYNTH, str(url)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.wait(timeout=300) == -9
+    assert (url / ".earthembed.lock").is_file() and [f.name for f in (url / "_parts").iterdir()] == [
+        "part-000000000.parquet"]
+    one_line_error(cli("info", url), str(url), "store is incomplete")
+    lock = url / ".earthembed.lock"
+    assert json.loads(lock.read_text())["pid"] == proc.pid
+    with ObjectLock(url, lock):  # its holder is dead on this host: taken over at once; a second writer is refused
+        r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "-q")
+        one_line_error(r, f"{url}: is being written by pid {os.getpid()}")
+    # the re-run of the same command finishes it: the same objects as an uninterrupted write
+    r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "-q")
+    assert r.exit_code == 0, r.output
+    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
+    assert _object_bytes(url / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
+    assert not (url / "_parts").is_dir() and not lock.is_file()
+    assert ChipStore(url).index.drop(columns="geometry").equals(ref.index.drop(columns="geometry"))
+    one_line_error(cli("synth", "--out", "s3://no-such-bucket-x/st", "--chips", 8, "-q"), "s3://no-such-bucket-x/st",
+                   "bucket 'no-such-bucket-x' does not exist")
+
+
+def test_ingest_eurosat_straight_to_s3(s3, shared_data, tmp_path):
+    src = shared_data / "eurosat-ms"
+    url = f"s3://{BUCKET}/eurosat"
+    r = cli("ingest", "eurosat", src, "--out", url, "--shard-chips", 64, "-q")
+    assert r.exit_code == 0 and f"200 chips in {url}" in r.output, r.output
+    r = cli("ingest", "eurosat", src, "--out", tmp_path / "local", "-q")
+    assert r.exit_code == 0, r.output
+    a, b = ChipStore(url), ChipStore(tmp_path / "local")
+    np.testing.assert_array_equal(a.read("s2", slice(0, 200)), b.read("s2", slice(0, 200)))
+    assert a.index.drop(columns="geometry").equals(b.index.drop(columns="geometry")) and a.stats == b.stats
+    assert a.chunking()["s2"] == {"chunk_chips": 16, "shard_chips": 64, "files": 4}
+    r = cli("info", url)
+    assert r.exit_code == 0 and "files      shards of 64 chips" in r.output, r.output

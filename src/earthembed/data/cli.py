@@ -131,7 +131,7 @@ def synth(
                                        dates=dates, shard_chips=shard_chips)
     dt = time.perf_counter() - t0
     counts = store.index["landcover"].value_counts().to_dict()
-    typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {out} in {dt:.1f} s")
+    typer.echo(f"wrote {len(store)} chips of {chip_size}x{chip_size} px to {store.path} in {dt:.1f} s")
     typer.echo("dominant classes: " + ", ".join(f"{c}={counts.get(c, 0)}" for c in CLASSES))
     if dates > 1:
         idx = store.index

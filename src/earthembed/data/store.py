@@ -14,7 +14,9 @@ Layout of a store directory::
 Writes are atomic per batch: arrays of a batch are written first, then its index part is renamed into
 place, so a batch exists only once its part file does. Re-running an interrupted ingest reopens the
 store, skips chips already committed, and finishes it. One writer at a time: a second one fails at once
-naming the first. ``--overwrite`` replaces only a directory that is provably a store (its ``earthembed.json``
+naming the first. On object storage (``s3://``, ``gs://``) the same protocol runs with one PUT per object (a part
+is visible whole or not at all) and a lease lock (docs/scale.md says what is not atomic there). ``--overwrite``
+replaces only a directory that is provably a store (its ``earthembed.json``
 marker says so) and holds nothing else, and never an input of the ingest.
 
 Opening a store (:class:`ChipStore`) runs the cheap checks of :mod:`earthembed.data.verify` (metadata,
@@ -30,7 +32,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -52,9 +53,19 @@ from earthembed.outputs import (
     check_output_location,
     os_error_of,
     write_error,
+)
+from earthembed.storage import (
+    ObjectPath,
+    file_sizes,
+    location,
+    output_lock,
+    parquet_path,
+    quiet_zarrs,
+    read_parquet_tables,
+    remove,
+    write_bytes_atomic,
     write_json,
 )
-from earthembed.storage import ObjectPath, location, parquet_path, quiet_zarrs, remove
 
 FORMAT_VERSION = "1.0"
 
@@ -105,7 +116,7 @@ def open_array(group: zarr.Group, name: str, write_empty_chunks: bool = False, a
     cfg: dict[str, Any] = {"codec_pipeline.path": pipeline}
     if write_empty_chunks:
         cfg["array.write_empty_chunks"] = True
-    with _config_lock, zarr.config.set(cfg):
+    with _config_lock, zarr.config.set(cfg), quiet_zarrs():
         return group[name]
 
 
@@ -162,6 +173,24 @@ class ObjectChunkLayout(ChunkLayout):
 
     def missing(self, chunk: int) -> str | None:
         return next((f for f in self.files(chunk) if f not in self.present), None)
+
+
+class HeadChunkLayout(ChunkLayout):
+    """:class:`ChunkLayout` of an array being written on object storage: a chunk checked by one HEAD request
+    (the writer checks the few chunks of its batch, not the whole listing)."""
+
+    def missing(self, chunk: int) -> str | None:
+        return next((f for f in self.files(chunk) if location(f).head() is None), None)
+
+
+def zarr_target(where: Path | ObjectPath, read_only: bool = True) -> Any:
+    """What ``zarr.open_group`` takes for a store's ``arrays.zarr``: the local path, or zarr's ``ObjectStore``."""
+    return where.zarr_store(read_only=read_only) if isinstance(where, ObjectPath) else where
+
+
+_WRITER_OPEN: contextvars.ContextVar[bool] = contextvars.ContextVar("earthembed_writer_open", default=False)
+"""Set by :class:`StoreWriter` while it computes statistics of the store it is finishing (and holds the lock of):
+:class:`ChipStore` then opens it before ``complete`` is set."""
 
 
 _SHARD_CHIPS: contextvars.ContextVar[int | None] = contextvars.ContextVar("earthembed_shard_chips", default=None)
@@ -334,7 +363,7 @@ class StoreWriter:
         inputs: Sequence[str | Path] = (),
         shard_chips: int | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path: Path | ObjectPath = location(path)
         self.modalities = {m.name: m for m in modalities}
         self.chip_size = int(chip_size)
         self.label_schema = dict(label_schema or {})
@@ -351,7 +380,7 @@ class StoreWriter:
         self._buffer: list[tuple[ChipRecord, dict[str, list[float]]]] = []
         self._skipped: list[dict[str, str]] = []
         self._closed = False
-        self._lock: OutputLock | None = None
+        self._lock: Any = None
         self._prepare(overwrite, inputs)
 
     # -- setup / resume ---------------------------------------------------------------------------
@@ -370,13 +399,14 @@ class StoreWriter:
     def _prepare(self, overwrite: bool, inputs: Sequence[str | Path]) -> None:
         """Check where we write (before touching anything), take the lock, then create, resume or replace."""
         p = self.path
-        check_output_location(p, inputs)
+        if not self.remote:  # an object store URL is none of the (local) inputs and lies inside none
+            check_output_location(p, inputs)
         if p.exists() and not p.is_dir():
             raise OutputError(f"{p}: exists and is not a directory; a chip store is a directory")
         if p.exists() and _entries(p) and not is_store_dir(p):
             raise StoreError(self._not_a_store(overwrite))
         p.mkdir(parents=True, exist_ok=True)
-        self._lock = OutputLock(p, p / LOCK_FILE).acquire()
+        self._lock = output_lock(p, p / LOCK_FILE).acquire()
         try:
             self._prepare_locked(overwrite)
         except BaseException:
@@ -429,17 +459,25 @@ class StoreWriter:
         meta = _read_meta(self.path)
         write_json(self.path / META_FILE, {**meta, "complete": False})  # readers refuse it from now on
         for name in _entries(self.path):
-            if name == META_FILE:
-                continue
-            f = self.path / name
-            if f.is_dir() and not f.is_symlink():
-                shutil.rmtree(f)
-            else:
-                f.unlink()
+            if name != META_FILE:
+                remove(self.path / name)
         (self.path / META_FILE).unlink()
 
+    @property
+    def remote(self) -> bool:
+        """True when the store is written to object storage."""
+        return isinstance(self.path, ObjectPath)
+
+    def _group(self, mode: str) -> zarr.Group:
+        return zarr.open_group(zarr_target(self.path / ARRAYS, read_only=False), mode=mode)
+
+    def _parts(self) -> list[Path | ObjectPath]:
+        """The committed index parts, in order (one LIST on object storage)."""
+        names = sorted(n for n in file_sizes(self.path / PARTS_DIR) if n.startswith("part-") and n.endswith(".parquet"))
+        return [self.path / PARTS_DIR / n for n in names]
+
     def _create_arrays(self) -> None:
-        root = zarr.open_group(self.path / ARRAYS, mode="w")
+        root = self._group("w")
         arrays = [(name, m.num_bands, m.dtype, _fill_value(m)) for name, m in self.modalities.items()]
         arrays += [(f"labels/{name}", 1, spec.get("dtype", "int16"), spec.get("nodata", -1))
                    for name, spec in self.label_schema.items() if spec["kind"] == "mask"]
@@ -485,29 +523,29 @@ class StoreWriter:
 
     def _resume(self) -> None:
         (self.path / PARTS_DIR).mkdir(exist_ok=True)
-        parts = sorted((self.path / PARTS_DIR).glob("part-*.parquet"))
         ids: list[str] = []
-        for f in parts:
+        for f in self._parts():
             try:
-                ids.extend(pq.read_table(f, columns=["chip_id"]).column("chip_id").to_pylist())
+                ids.extend(read_parquet_tables([f], columns=["chip_id"])[0].column("chip_id").to_pylist())
             except (OSError, pa.ArrowException) as e:
                 raise StoreError(
                     f"{f}: committed batch of the interrupted ingest is unreadable ({e}); start again with --overwrite"
                 ) from e
         self._n = len(ids)
         self._done = set(ids)
-        for f in (self.path / PARTS_DIR).glob("*.tmp"):
-            f.unlink()
+        if not self.remote:
+            for f in (self.path / PARTS_DIR).glob("*.tmp"):
+                f.unlink()
         if self._n == 0:  # nothing committed: the arrays may not even exist yet (interrupted at creation)
             self._create_arrays()
         else:  # drop what an interrupted batch wrote past the committed chips: the files it made are removed
-            root = zarr.open_group(self.path / ARRAYS, mode="r+")
+            root = self._group("r+")
             for name in self._array_names():
                 arr = root[name]
                 if arr.shape[0] > self._n:
                     # files (chunks or shards) holding no committed chip, removed here: zarr's resize would
                     # remove a sharded array's by their inner chunks' keys, i.e. not all of them
-                    lay = ChunkLayout.of(self.path, name, arr)
+                    lay = ChunkLayout.of(self.path, name, arr)  # type: ignore[arg-type]  (URLs join like paths)
                     for i in range(-(-self._n // lay.chunk_chips), -(-arr.shape[0] // lay.chunk_chips)):
                         for f in lay.files(i):
                             remove(location(f))
@@ -628,11 +666,14 @@ class StoreWriter:
             self._flush()
 
     def _flush(self) -> None:
+        if getattr(self._lock, "lost", False):
+            raise StoreError(f"{self.path}: this ingest lost its lock (not renewed in time, another job took it "
+                             f"over); {self._n} chips are committed; stop the other job and re-run to resume")
         pending, self._buffer = self._buffer, []
         batch = [r for r, _ in pending]
         b = len(batch)
         start, end = self._n, self._n + b
-        root = zarr.open_group(self.path / ARRAYS, mode="r+")
+        root = self._group("r+")
         rows: dict[str, list[Any]] = {
             "idx": list(range(start, end)),
             "chip_id": [r.chip_id for r in batch],
@@ -666,9 +707,14 @@ class StoreWriter:
                 rows[name] = [r.labels.get(name) for r in batch]
         table = pa.table(rows)
         part = self.path / PARTS_DIR / f"part-{start:09d}.parquet"
-        tmp = part.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, part)  # the commit point of this batch
+        if self.remote:  # one PUT, visible only once whole: the commit point of this batch
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            write_bytes_atomic(part, buf.getvalue().to_pybytes())
+        else:
+            tmp = part.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, part)  # the commit point of this batch
         self._n = end
         self._done.update(rows["chip_id"])
         self._write_report()
@@ -686,7 +732,7 @@ class StoreWriter:
         if arr.shape[0] < end:
             arr.resize((end, *arr.shape[1:]))
         arr[start:end] = data
-        layout = ChunkLayout.of(self.path, name, arr)
+        layout = (HeadChunkLayout if self.remote else ChunkLayout).of(self.path, name, arr)  # type: ignore[arg-type]
         cc = layout.chunk_chips
         missing = [i for i in range(start // cc, (end - 1) // cc + 1) if layout.missing(i)]
         if missing:
@@ -718,11 +764,10 @@ class StoreWriter:
                 f"{self.path}: no chip was ingested"
                 + (f"; {len(self._skipped)} items skipped, see {self.path / REPORT_FILE}" if self._skipped else "")
             )
-        parts = sorted((self.path / PARTS_DIR).glob("part-*.parquet"))
-        df = pd.concat([pq.read_table(f).to_pandas() for f in parts], ignore_index=True)
+        df = pd.concat([t.to_pandas() for t in read_parquet_tables(self._parts())], ignore_index=True)
         _write_index(df, self.path / INDEX_FILE)
         # arrays may be longer than the committed rows after an interrupted batch: trim them
-        root = zarr.open_group(self.path / ARRAYS, mode="r+")
+        root = self._group("r+")
         for name in self._array_names():
             arr = root[name]
             if arr.shape[0] != self._n:
@@ -734,11 +779,19 @@ class StoreWriter:
         if compute_stats:
             from earthembed.data.stats import compute_stats
 
-            meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips, _allow_incomplete=True)
+            if self.remote:  # read back as a store (index, arrays) through the object store; we hold its lock
+                token = _WRITER_OPEN.set(True)
+                try:
+                    meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips)
+                finally:
+                    _WRITER_OPEN.reset(token)
+            else:
+                meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips, _allow_incomplete=True)
         meta["complete"] = True
         meta["completed"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         write_json(self.path / META_FILE, meta)
-        shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove(self.path / PARTS_DIR)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -764,11 +817,18 @@ class StoreWriter:
             self._release()
 
 
-def _write_index(df: pd.DataFrame, path: Path) -> None:
+def _write_index(df: pd.DataFrame, path: Path | ObjectPath) -> None:
+    import io
+
     import geopandas as gpd
 
     geom = gpd.GeoSeries.from_wkb(df["geometry"], crs="EPSG:4326")
     gdf = gpd.GeoDataFrame(df.drop(columns=["geometry"]), geometry=geom, crs="EPSG:4326")
+    if isinstance(path, ObjectPath):  # one upload through pyarrow's filesystem, visible only once whole
+        buf = io.BytesIO()
+        gdf.to_parquet(buf, index=False)
+        write_bytes_atomic(path, buf.getvalue())
+        return
     tmp = path.with_name(path.name + ".tmp")
     gdf.to_parquet(tmp, index=False)
     os.replace(tmp, path)
@@ -783,7 +843,7 @@ class ChipStore:
 
     ``path`` may be on object storage (``s3://bucket/store``, ``gs://...``: :mod:`earthembed.storage`): the
     metadata and index are read through pyarrow's filesystem, the arrays through zarr's ``ObjectStore`` (the
-    zarrs pipeline included); such a store is read-only here (write it locally, then copy it up).
+    zarrs pipeline included). :class:`StoreWriter` writes one there too (``ingest``/``synth --out s3://...``).
     """
 
     def __init__(self, path: str | Path, check: bool = True, check_stats: bool = True) -> None:
@@ -795,7 +855,7 @@ class ChipStore:
         if not self.path.is_dir():
             raise StoreError(f"{self.path}: not a chip store (a store is a directory)")
         self.meta = _read_meta(self.path)
-        if not self.meta.get("complete"):
+        if not self.meta.get("complete") and not _WRITER_OPEN.get():
             raise StoreError(
                 f"{self.path}: store is incomplete (an ingest was interrupted); re-run the same ingest command to finish it"
             )
@@ -874,7 +934,7 @@ class ChipStore:
     def root(self) -> zarr.Group:
         if self._root is None:
             where = self.path / ARRAYS
-            self._root = zarr.open_group(where.zarr_store() if isinstance(where, ObjectPath) else where, mode="r")
+            self._root = zarr.open_group(zarr_target(where), mode="r")
         return self._root
 
     def array(self, name: str) -> zarr.Array:

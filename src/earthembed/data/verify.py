@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from earthembed.errors import StoreError
+from earthembed.storage import location, parquet_path, read_parquet_tables
 
 if TYPE_CHECKING:
     from earthembed.data.store import ChipStore
@@ -123,7 +124,8 @@ def _structure_problems(store: ChipStore) -> list[str]:
 
     idx = store.path / INDEX_FILE
     try:
-        rows = pq.read_metadata(idx).num_rows
+        src, fs = parquet_path(idx)
+        rows = pq.read_metadata(src, filesystem=fs).num_rows
     except FileNotFoundError:
         return [f"{idx}: missing (the store index was deleted)"]
     except (OSError, pa.ArrowException) as e:
@@ -174,7 +176,7 @@ def _content_problems(store: ChipStore, check_stats: bool) -> list[str]:
 
     f = store.path / INDEX_FILE
     try:
-        out = _chip_id_problems(f, pq.read_table(f, columns=["chip_id"]).column("chip_id"))
+        out = _chip_id_problems(f, read_parquet_tables([f], columns=["chip_id"])[0].column("chip_id"))
     except (KeyError, pa.ArrowException) as e:
         out = [f"{f}: no readable chip_id column ({e})"]
     for name in array_names(store):
@@ -226,7 +228,7 @@ def _index_problems(store: ChipStore) -> list[str]:
 
     f = store.path / INDEX_FILE
     try:
-        t = pq.read_table(f)
+        t = read_parquet_tables([f])[0]
     except (OSError, pa.ArrowException) as e:
         return [f"{f}: unreadable ({e})"]
     out = []
@@ -250,7 +252,7 @@ def verify_store(path: str | Path, progress: bool = False) -> VerifyReport:
     Also reports chips the index marks present whose pixels are all nodata (they would be embedded as data)."""
     from earthembed.data.store import ChipStore, valid_pixels
 
-    rep = VerifyReport(Path(path))
+    rep = VerifyReport(location(path))
     try:
         store = ChipStore(path, check=False)
     except StoreError as e:
