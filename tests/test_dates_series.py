@@ -74,14 +74,14 @@ def test_dates_series_embeds_each_chips_series_as_one_vector_with_galileo(series
             "--dates", "series", "--quiet")
     assert r.exit_code == 0, r.output
     time = read_metadata(out)["time"]
-    # Galileo orders the dates of the keys feeding the same bands: s1 is 2 days after s2 at each date index
-    keys = ["s2", "s1", "s2_t2", "s1_t2", "s2_t3", "s1_t3"]
-    assert time["mode"] == "series" and time["date_keys"] == keys and time["t"] == list(range(6))
-    assert time["dates"] == [date_of(t // 2, "s1" if t % 2 else "s2") for t in range(6)]
-    assert time["timesteps"] == {**{k: t for t, k in enumerate(keys)}, "dem": 0}
-    assert time["series"] == {"s2": keys[0::2], "s1": keys[1::2]} and time["static"] == ["dem"]
-    assert ("each chip's series of 6 dates of s2, s1 as one vector: t=0 2023-07-01, t=1 2023-07-03, "
-            "t=2 2024-04-12, t=3 2024-04-14") in r.output
+    # Galileo's timestep is a month: s1, 2 days after s2 at each date index, shares s2's timestep
+    keys = ["s2", "s2_t2", "s2_t3"]
+    assert time["mode"] == "series" and time["date_keys"] == keys and time["t"] == [0, 1, 2]
+    assert time["dates"] == [date_of(t, "s2") for t in range(3)]
+    assert time["timesteps"] == {"s2": 0, "s1": 0, "s2_t2": 1, "s1_t2": 1, "s2_t3": 2, "s1_t3": 2, "dem": 0}
+    assert time["series"] == {"s2": keys, "s1": ["s1", "s1_t2", "s1_t3"]} and time["static"] == ["dem"]
+    assert ("each chip's series of 3 dates of s2, s1 as one vector: t=0 2023-07-01, t=1 2024-04-12, "
+            "t=2 2025-10-23") in r.output
     index, emb = read_embeddings(out)
     assert len(index) == len(st) and "t" not in index.columns  # one row per chip, not per (chip, date)
     # the explicit name of what the fitted export does with a multi-date store: the same vectors
@@ -97,10 +97,10 @@ def test_dates_series_embeds_each_chips_series_as_one_vector_with_galileo(series
             "--modalities", "s2", "--quiet")
     assert r.exit_code == 0, r.output
     time = read_metadata(one)["time"]
-    assert time["t"] == [0, 2, 4] and time["date_keys"] == keys  # the model's timesteps s2 fills
+    assert time["t"] == [0, 1, 2] and time["date_keys"] == keys  # the model's timesteps s2 fills
     assert time["series"] == {"s2": ["s2", "s2_t2", "s2_t3"]} and time["static"] == []
-    assert time["timesteps"] == {"s2": 0, "s2_t2": 2, "s2_t3": 4}
-    assert "each chip's series of 3 dates of s2 as one vector: t=0 2023-07-01, t=2 2024-04-12, t=4 2025-10-23" in r.output
+    assert time["timesteps"] == {"s2": 0, "s2_t2": 1, "s2_t3": 2}
+    assert "each chip's series of 3 dates of s2 as one vector: t=0 2023-07-01, t=1 2024-04-12, t=2 2025-10-23" in r.output
     assert not np.array_equal(read_embeddings(one)[1], emb)  # without s1 and dem: another vector
     r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", tmp_path / "x.parquet",
             "--dates", "series", "--modalities", "s2_t2")

@@ -146,7 +146,7 @@ def test_absent_modality_equals_the_model_without_it_and_groups_need_all_bands(n
     from earthembed.data.normalize import Normalizer
 
     batch = ChipDataset(both, mb.modalities, normalizer=Normalizer.from_dict(meta["normalization"])).read_batch(np.arange(3))
-    batch["s1_present"] = torch.tensor([True, False, True])
+    batch = batch.with_obs("s1", present=torch.tensor([[True], [False], [True]]))
     with torch.no_grad():
         out = mb(batch)
     torch.testing.assert_close(out.fused[1], _embed(mo, only).fused[1], rtol=0, atol=1e-6)
@@ -338,6 +338,31 @@ def test_several_dates_of_one_place_become_a_time_series(nano, tmp_path):
     undated = _store(tmp_path / "nodate", mods, x, 2)
     with pytest.raises(BandMismatchError, match=r"feed the same Galileo bands .* no date_<modality>"):
         fit_galileo(nano, undated)
+
+
+def test_a_timestep_is_a_month_unless_one_month_holds_two_dates_of_the_same_bands(tmp_path):
+    from earthembed.models.published.galileo import plan_inputs
+
+    rgb, s1 = get_modality("rgb"), get_modality("s1_grd_db")
+    rng = np.random.default_rng(4)
+    x = {"a": rng.integers(0, 255, (2, 3, 16, 16)).astype(np.uint8),
+         "r": rng.normal(-12, 3, (2, 2, 16, 16)).astype(np.float32)}
+    arrays = {"a": x["a"], "a_t2": x["a"], "r": x["r"], "r_t2": x["r"]}
+    mods = {"a": rgb, "a_t2": rgb, "r": s1, "r_t2": s1}
+    # radar two days after the optical image, in the same month: one timestep per month, as Galileo was trained
+    st = _store(tmp_path / "month", mods, arrays, 2,
+                dates={"a": "2020-05-01", "r": "2020-05-03", "a_t2": "2021-08-10", "r_t2": "2021-08-12"})
+    assert plan_inputs(st)[1] == {"a": 0, "r": 0, "a_t2": 1, "r_t2": 1}
+    # two optical dates in one month cannot share a timestep: every date is its own
+    st = _store(tmp_path / "dates", mods, arrays, 2,
+                dates={"a": "2020-05-01", "r": "2020-05-03", "a_t2": "2020-05-20", "r_t2": "2021-08-12"})
+    assert plan_inputs(st)[1] == {"a": 0, "r": 1, "a_t2": 2, "r_t2": 3}
+    # the same bands on the same day: the user chooses
+    st = _store(tmp_path / "same", mods, arrays, 2,
+                dates={"a": "2020-05-01", "r": "2020-05-03", "a_t2": "2020-05-01", "r_t2": "2021-08-12"})
+    with pytest.raises(BandMismatchError, match=r"\['a', 'a_t2'\] feed the same Galileo bands on the same date "
+                                                r"2020-05-01; choose"):
+        plan_inputs(st)
 
 
 def test_pretraining_continues_from_galileo_and_resumes(tmp_path):

@@ -336,17 +336,31 @@ def plan_inputs(store: Any, modalities: list[str] | None = None
             raise BandMismatchError(
                 f"{store.path}: modalities {clashing} feed the same Galileo bands ({clash}) and {undated} have no "
                 "date_<modality> to order them in time; choose the ones to embed (--modalities)")
-        order = sorted(set(dates.values()))
-        timesteps.update({k: order.index(d) for k, d in dates.items()})
-        same = {d: [k for k in clashing if dates[k] == d] for d in order}
-        for d, ks in same.items():
-            bands = [g for k in ks for g in plan[k].values()]
-            if len(bands) != len(set(bands)):
-                raise BandMismatchError(f"{store.path}: modalities {ks} feed the same Galileo bands on the same date "
-                                        f"{d}; choose the ones to embed (--modalities)")
+        # Galileo's timestep is a month: sensors acquired in the same month (S2 and S1 two days apart) share one,
+        # unless two dates of the same bands fall in one month; then every date is its own timestep
+        when = {k: str(d)[:7] for k, d in dates.items()}
+        if _same_bands_at_once(plan, clashing, when):
+            when = {k: str(d) for k, d in dates.items()}
+            clash = _same_bands_at_once(plan, clashing, when)
+            if clash:
+                raise BandMismatchError(f"{store.path}: modalities {clash[1]} feed the same Galileo bands on the same "
+                                        f"date {clash[0]}; choose the ones to embed (--modalities)")
+        order = sorted(set(when.values()))
+        timesteps.update({k: order.index(d) for k, d in when.items()})
     report = {"ignored_store_bands": ignored, "incomplete_groups": partial,
               "timesteps": {k: t for k, t in timesteps.items() if clashing}}
     return plan, timesteps, report
+
+
+def _same_bands_at_once(plan: dict[str, dict[str, str]], keys: list[str], when: dict[str, str]
+                        ) -> tuple[str, list[str]] | None:
+    """(time, modalities) of the first timestep where two of ``keys`` would feed the same Galileo band, else None."""
+    for d in sorted(set(when.values())):
+        ks = [k for k in keys if when[k] == d]
+        bands = [g for k in ks for g in plan[k].values()]
+        if len(bands) != len(set(bands)):
+            return d, ks
+    return None
 
 
 def store_scale(store: Any, key: str) -> float:
