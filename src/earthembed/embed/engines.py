@@ -120,7 +120,7 @@ class ShardWorker:
             table = shard_table(tables, self.meta)
             if job.time is None:  # per date, a chip without imagery at a date has no row
                 order_check(table, shard)
-            return write_shard(out, shard, table)
+            return write_shard(out, shard, table, partition=job.time is not None)  # per date: by year
         except Exception as e:
             record_failure(out, shard, e)
             raise

@@ -22,7 +22,7 @@ null where the store records none) and ``date_key`` (the store key read for the 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +96,14 @@ def write_embedding_table(
     return path
 
 
-def _files(path: str | Path) -> list[Path] | None:
+def _files(path: str | Path, years: Iterable[int] | None = None) -> list[Path] | None:
     """The shard files of a complete embedding dataset at ``path`` (None: ``path`` is not a dataset). ``path``
     may be on object storage (``s3://bucket/EMB/``: :mod:`earthembed.storage`)."""
     from earthembed.embed.shards import dataset_files, is_dataset_dir
     from earthembed.storage import location
 
     p = location(path)
-    return dataset_files(p) if p.is_dir() and is_dataset_dir(p) else None  # type: ignore[return-value]
+    return dataset_files(p, years) if p.is_dir() and is_dataset_dir(p) else None  # type: ignore[return-value]
 
 
 def read_schema(path: str | Path) -> pa.Schema:
@@ -113,14 +113,25 @@ def read_schema(path: str | Path) -> pa.Schema:
     return read_parquet_schema(files[0] if files else location(path))
 
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+def read_table(path: str | Path, columns: Sequence[str] | None = None, years: Iterable[int] | None = None
+               ) -> pa.Table:
     """One embedding table, or every shard of a complete dataset in store order, as one Arrow table (schema
-    metadata included)."""
+    metadata included).
+
+    ``years``: only the rows of those years of a per-date dataset partitioned by year, reading only their files
+    (:func:`earthembed.embed.shards.dataset_files`); refused for anything else, naming it."""
     from earthembed.storage import location, read_parquet_tables
 
-    files = _files(path)
+    files = _files(path, years)
     if files is None:
+        if years is not None:
+            raise ValueError(f"{path}: years= needs an embedding dataset partitioned by year (embed --dates ... "
+                             "--out DIR/), not one table")
         return read_parquet_tables([location(path)], columns=columns)[0]
+    if not files:  # no file of those years: no rows, the dataset's schema
+        schema = read_schema(path)
+        return (schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns],
+                                                                         metadata=schema.metadata).empty_table())
     tables = read_parquet_tables(files, columns=columns)
     return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
 

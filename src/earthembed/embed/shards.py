@@ -14,6 +14,11 @@ An embedding *dataset* is a directory:
 * ``_manifest.json``: what the dataset is (model, store, bands, shard plan); ``complete`` once every shard is
   committed, with the table metadata readers need. ``_common_metadata``: the Arrow schema, for Parquet tools.
 
+* Per-date embeddings (``embed --dates``) are partitioned by year, hive-style: a shard's rows are written as
+  ``year=<YYYY>/part-<start>-<end>.parquet``, one file per year of their ``date`` (rows without a date under
+  ``year=__HIVE_DEFAULT_PARTITION__``), so any reader can prune by year (``pyarrow.dataset`` with
+  ``partitioning="hive"``, :func:`earthembed.embed.io.read_table` ``years=``); the shard's marker lists its
+  files, the manifest says ``partitioning`` and lists every file (shard order, years within a shard).
 * ``_lock``: while a job writes the dataset (flock locally; on object storage a lease object created by
   put-if-absent and renewed while the job runs: :class:`earthembed.storage.ObjectLock`).
 
@@ -33,12 +38,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from earthembed.embed.io import META_KEY, parquet_options
@@ -67,6 +74,10 @@ COMMITTED = "_committed"
 FAILED = "_failed"
 LOCK = "_lock"
 DEFAULT_SHARD_CHIPS = 4096
+PARTITIONING = {"flavor": "hive", "field": "year", "of": "date"}
+"""How a per-date dataset is partitioned (recorded in its manifest): directories ``year=<YYYY>`` of the ``date``
+column's year."""
+NULL_YEAR = "__HIVE_DEFAULT_PARTITION__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +138,7 @@ def wants_dataset(out: str | Path | ObjectPath, engine: str = "local", shard_chi
 
 def _ours(p: Dir) -> bool:
     n = p.name
-    return (n in (MANIFEST, COMMON_METADATA, COMMITTED, FAILED, LOCK, f"{MANIFEST}.tmp")
+    return (n in (MANIFEST, COMMON_METADATA, COMMITTED, FAILED, LOCK, f"{MANIFEST}.tmp") or n.startswith("year=")
             or (n.startswith("part-") and (n.endswith(".parquet") or n.endswith(".tmp"))))
 
 
@@ -245,25 +256,50 @@ def _same_as_committed(mf: Dir, old: dict[str, Any] | None, h: str, shard: Shard
     return old
 
 
-def write_shard(out: Dir, shard: Shard, table: pa.Table) -> dict[str, Any]:
-    """Write one shard's file (locally through a temporary file beside it, on object storage as one object)
-    and then its commit marker (put-if-absent); returns the marker. A shard that is already committed (a
-    retried shard that had finished) is not written again: its marker must describe the same bytes."""
-    f = out / shard.file
-    mf = out / COMMITTED / f"{shard.name}.json"
+def year_partitions(shard: Shard, table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """A per-date shard's rows by the year of their ``date``: ``[("year=YYYY/part-....parquet", rows), ...]``, years
+    ascending (rows without a date last), rows in their order within a year."""
+    years = pc.fill_null(pc.year(table.column("date")), -1).to_numpy(zero_copy_only=False)
+    out = []
+    for y in sorted(set(years.tolist()), key=lambda v: (v < 0, v)):
+        key = NULL_YEAR if y < 0 else str(y)
+        out.append((f"year={key}/{shard.file}", table.filter(pa.array(years == y))))
+    return out
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **parquet_options(table.schema))
-    data = sink.getvalue().to_pybytes()
-    h = hashlib.sha256(data).hexdigest()
+    return sink.getvalue().to_pybytes()
+
+
+def write_shard(out: Dir, shard: Shard, table: pa.Table, partition: bool = False) -> dict[str, Any]:
+    """Write one shard's file (locally through a temporary file beside it, on object storage as one object)
+    and then its commit marker (put-if-absent); returns the marker. A shard that is already committed (a
+    retried shard that had finished) is not written again: its marker must describe the same bytes.
+
+    ``partition`` (per-date rows with a ``date`` column): one file per year (:func:`year_partitions`), listed in
+    the marker's ``files``; the marker's sha256 then hashes the files' names and hashes."""
+    mf = out / COMMITTED / f"{shard.name}.json"
+    parts = year_partitions(shard, table) if partition and table.num_rows else [(shard.file, table)]
+    blobs = [(name, _parquet_bytes(t), t.num_rows) for name, t in parts]
+    files = {name: {"rows": n, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+             for name, data, n in blobs}
+    h = (files[shard.file]["sha256"] if list(files) == [shard.file] else
+         hashlib.sha256("".join(f"{k} {v['sha256']}\n" for k, v in files.items()).encode()).hexdigest())
     old = committed(out, shard)
     if old is not None:  # never rewrite a committed shard
         return _same_as_committed(mf, old, h, shard)
-    try:
-        write_bytes_atomic(f, data)
-    except OSError as e:
-        raise write_error(f, e, "the shard is not committed; free space and re-run the same command to resume "
-                          "(committed shards are kept)") from e
-    marker = {"shard": shard.name, "rows": table.num_rows, "bytes": len(data), "sha256": h}
+    for name, data, _ in blobs:
+        f = out / name
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(f, data)
+        except OSError as e:
+            raise write_error(f, e, "the shard is not committed; free space and re-run the same command to resume "
+                              "(committed shards are kept)") from e
+    marker = {"shard": shard.name, "rows": table.num_rows, "bytes": sum(len(d) for _, d, _ in blobs), "sha256": h,
+              **({"files": files} if list(files) != [shard.file] else {})}
     if not create(mf, dumps(marker).encode()):  # put-if-absent: the first complete write commits
         return _same_as_committed(mf, committed(out, shard), h, shard)
     (out / FAILED / f"{shard.name}.json").unlink(missing_ok=True)
@@ -285,30 +321,47 @@ def finish(out: Dir, manifest: dict[str, Any], shards: Sequence[Shard], table_me
             f"{out}: {len(missing)} of {len(shards)} shards are not done ({len(st['failed'])} failed: "
             f"{next(iter(st['failed'].values()), '')[:200]}); see `earthembed embed-status {out}` and re-run the "
             "same command to retry them")
-    sizes = file_sizes(out)
-    rows = 0
+    listed: dict[str, dict[str, int]] = {}  # one LIST per directory (the top, and each year=YYYY)
+    rows, files = 0, []
     for s in shards:
         mk = committed(out, s) or {}
-        if sizes.get(s.file) != mk.get("bytes"):
-            raise OutputError(f"{out / s.file}: missing or changed since it was committed; re-run with --overwrite")
+        for name, f in (mk.get("files") or {s.file: mk}).items():
+            d, base = posixpath.split(name)
+            if d not in listed:
+                listed[d] = file_sizes(out / d if d else out)
+            if listed[d].get(base) != f.get("bytes"):
+                raise OutputError(f"{out / name}: missing or changed since it was committed; re-run with --overwrite")
+            files.append(name)
         rows += int(mk["rows"])
     sink = pa.BufferOutputStream()
-    pq.write_metadata(read_parquet_schema(out / shards[0].file), sink)
+    pq.write_metadata(read_parquet_schema(out / files[0]), sink)
     write_bytes_atomic(out / COMMON_METADATA, sink.getvalue().to_pybytes())
-    done = {**manifest, "complete": True, "rows": rows, "files": [s.file for s in shards], "table": table_meta}
+    # every file by year: a per-date dataset begun before partitioning (flat shards) and resumed is read whole only
+    part = {"partitioning": PARTITIONING} if all(f.startswith("year=") for f in files) else {}
+    done = {**manifest, "complete": True, "rows": rows, "files": files, **part, "table": table_meta}
     write_json(out / MANIFEST, done)
     return done
 
 
-def dataset_files(out: str | Path | ObjectPath) -> list[Path] | list[ObjectPath]:
-    """The shard files of a complete dataset, in store order (refuses an incomplete one, naming it)."""
+def dataset_files(out: str | Path | ObjectPath, years: Iterable[int] | None = None) -> list[Path] | list[ObjectPath]:
+    """The shard files of a complete dataset, in store order (refuses an incomplete one, naming it).
+
+    ``years``: only the files of those years of a per-date dataset partitioned by year (the others are not read);
+    a dataset that is not partitioned is refused, naming it."""
     out = location(out)
     m = json.loads((out / MANIFEST).read_text())
     if not m.get("complete"):
         st = status(out)
         raise OutputError(f"{out}: embedding dataset is incomplete ({len(st['done'])} of {st['shards']} shards "
                           f"done); finish it by re-running the embed command (`earthembed embed-status {out}`)")
-    return [out / f for f in m["files"]]  # type: ignore[return-value]
+    names = m["files"]
+    if years is not None:
+        if m.get("partitioning") != PARTITIONING:
+            raise ValueError(f"{out}: embedding dataset is not partitioned by year (only per-date datasets, "
+                             "`embed --dates ... --out DIR/`, are); read it whole")
+        keep = {f"year={int(y)}" for y in years}
+        names = [f for f in names if f.split("/", 1)[0] in keep]
+    return [out / f for f in names]  # type: ignore[return-value]
 
 
 def shard_table(tables: Iterable[pa.Table], schema_meta: dict[bytes, bytes]) -> pa.Table:
