@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from earthembed.contract import AFFINE_KEY, ChipBatch, Observation
+
 
 @dataclasses.dataclass
 class AugmentConfig:
@@ -134,9 +136,9 @@ def random_affine(n: int, cfg: AugmentConfig, device: torch.device | str = "cpu"
     return torch.cat([lin, shift[:, :, None]], -1).to(device)
 
 
-AFFINE_KEY = "_affine"
-"""Key of the per-chip affine matrices [B, 2, 3] in :func:`augment_batch` output (output -> input
-coordinates), so dense objectives can pair pixels across views and segmentation can warp masks alike."""
+# AFFINE_KEY (imported from the contract): the key of the per-chip affine matrices [B, 2, 3] (output -> input
+# coordinates) in :func:`augment_batch` output, so dense objectives can pair pixels across views and
+# segmentation can warp masks alike (``ChipBatch.affine``)
 
 
 def apply_affine(x: Tensor, theta: Tensor, mode: str = "bilinear", size: int | None = None) -> Tensor:
@@ -259,18 +261,21 @@ def augment_batch(
     cfg: AugmentConfig,
     generator: torch.Generator | None = None,
     theta: Tensor | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor] | ChipBatch:
     """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry; per-modality jitter,
     blur, noise and dropout.
 
     Returns the augmented ``[B, C, H, W]`` tensor of each modality; for modalities with >= 2 band groups
     when ``cfg.group_dropout > 0``, its ``<k>_group_present`` mask ``[B, G]`` (bool, on the tensor's device)
     to pass to the model so dropped groups contribute no tokens; and the geometry used under
-    :data:`AFFINE_KEY` (``theta`` if given, else drawn by :func:`random_affine`).
+    :data:`AFFINE_KEY` (``theta`` if given, else drawn by :func:`random_affine`). A
+    :class:`~earthembed.contract.ChipBatch` gives a new ChipBatch of the augmented one-date observations (with
+    their presence and ``group_present``; no months: a view's calendar is not the chip's), its ``affine`` and
+    ``idx``; a dict gives a dict with the keys above.
     """
     keys = [k for k in groups if k in batch]
     if not keys:
-        return {}
+        return ChipBatch(idx=batch.idx) if isinstance(batch, ChipBatch) else {}
     ref = batch[keys[0]]
     theta = random_affine(ref.shape[0], cfg, ref.device, generator) if theta is None else theta.to(ref.device)
     out = {AFFINE_KEY: theta}
@@ -282,6 +287,10 @@ def augment_batch(
         if gmask is not None:
             out[f"{k}_group_present"] = gmask
         out[k] = x
+    if isinstance(batch, ChipBatch):
+        obs = {k: Observation.single(out[k], batch.present(k), group_present=out.get(f"{k}_group_present"))
+               for k in keys}
+        return ChipBatch(obs, affine=theta, idx=batch.idx)
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from earthembed.contract import NO_DATE, ChipBatch, Field, Observation
 from earthembed.data.chip_values import ChipValues
 from earthembed.data.modalities import band_indices
 from earthembed.data.normalize import Normalizer
@@ -60,27 +61,41 @@ class ReadRequest:
 
 def acquisition_months(index: Any, modality: str) -> np.ndarray:
     """``[N]`` int64 month (0 = January) of each chip's ``date_<modality>``; -1 where there is none."""
+    return acquisition_dates(index, modality)[0]
+
+
+def acquisition_dates(index: Any, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(``[N]`` int64 month, 0 = January, -1 where none; ``[N]`` int64 days since 1970-01-01 UTC,
+    :data:`~earthembed.contract.NO_DATE` where none) of each chip's ``date_<modality>``."""
     import pandas as pd
 
     col = f"date_{modality}"
     if col not in index.columns:
-        return np.full(len(index), -1, dtype=np.int64)
+        return np.full(len(index), -1, dtype=np.int64), np.full(len(index), NO_DATE, dtype=np.int64)
     dates = pd.to_datetime(index[col], errors="coerce", utc=True)
-    return np.where(dates.notna(), dates.dt.month.fillna(1).astype(np.int64) - 1, -1).astype(np.int64)
+    months = np.where(dates.notna(), dates.dt.month.fillna(1).astype(np.int64) - 1, -1).astype(np.int64)
+    epoch = pd.Timestamp(0, tz="UTC")
+    days = ((dates - epoch) // pd.Timedelta(days=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    days = np.where(np.isfinite(days), np.nan_to_num(days), NO_DATE).astype(np.int64)
+    return months, days
 
 
 class ChipDataset(Dataset):
-    """Items are ``{"idx": int, "<mod>": float32 [C, H, W], "<mod>_present": bool, "<mod>_month": int}`` plus, for each pixel label
-    in ``masks``, ``"mask_<name>": int64 [H, W]`` (the store's nodata value where unlabelled) and
-    ``"mask_<name>_present": bool``; for each modality in ``categorical``, ``"<mod>": int64 [1, H, W]`` raw
-    class codes (never normalised; the modality's nodata code where unlabelled) and ``"<mod>_present"``; for
-    each entry of ``values``, ``"value_<name>": [d]`` (float32 NaN or int64 -1 where missing) and
-    ``"value_<name>_present"``.
+    """Batches of a store as :class:`~earthembed.contract.ChipBatch` (:meth:`read_batch`, and
+    :meth:`collate` of items, the ``collate_fn`` for a ``DataLoader``): the normalised modalities as one-date
+    observations (``[B, 1, C, H, W]``, presence, acquisition month and date), each modality in ``categorical``
+    as raw int64 class codes ``[B, 1, 1, H, W]`` (never normalised; the modality's nodata code where unlabelled),
+    each pixel label in ``masks`` as int64 ``[B, H, W]`` (the store's nodata value where unlabelled) and each
+    entry of ``values`` as ``[B, d]`` (float32 NaN or int64 -1 where missing), each with its presence.
 
-    A chip lacking a modality yields zeros with ``<mod>_present = False`` (NaN for ``keep_nodata``
-    modalities); models drop it, never see zeros as data. ``<mod>_month`` is the month of its acquisition
-    date (0 = January; -1 when the store records none), for models with a calendar (Galileo). Everything comes from the same read as the
-    pixels, so pretraining, embedding and segmentation share one batch reader.
+    Items (``dataset[i]``, :meth:`__getitems__`) are one chip with the batch's string keys: ``{"idx": int,
+    "<mod>": [C, H, W], "<mod>_present": bool, "<mod>_month": int, "mask_<m>": [H, W], ...}``, what torch's
+    per-sample Dataset protocol expects; :meth:`collate` makes a :class:`ChipBatch` of them.
+
+    A chip lacking a modality yields zeros with presence False (NaN for ``keep_nodata`` modalities); models
+    drop it, never see zeros as data. The month is that of its acquisition date (0 = January; -1 when the store
+    records none), for models with a calendar (Galileo). Everything comes from the same read as the pixels, so
+    pretraining, embedding and segmentation share one batch reader.
     """
 
     def __init__(
@@ -107,7 +122,7 @@ class ChipDataset(Dataset):
                 raise ValueError(f"{self.store.path}: modality {k!r} asked for both normalised and categorical")
         # not just has_<mod>: an all-nodata image an older store marked present is absent too
         self._present = {k: self.store.present(k) for k in [*self.bands, *self.categorical]}
-        self._months = {k: acquisition_months(idx, k) for k in self.bands}
+        self._dates = {k: acquisition_dates(idx, k) for k in self.bands}  # (months, days)
         self.keep_nodata = set(keep_nodata)
         unknown = sorted(self.keep_nodata - set(self.bands))
         if unknown:
@@ -163,10 +178,31 @@ class ChipDataset(Dataset):
                 item[f"{k}_month"] = int(batch[f"{k}_month"][j])
         return items
 
-    def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> ChipBatch:
+        """The :class:`ChipBatch` of items of this dataset (``DataLoader(ds, batch_size=n, collate_fn=ds.collate)``)."""
+        if not items:
+            raise ValueError("collate: no items")
+
+        def stack(key: str) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(it[key]) for it in items])
+
+        def flag(key: str) -> torch.Tensor:
+            return torch.tensor([bool(it[key]) for it in items], dtype=torch.bool)
+
+        obs = {k: Observation.single(stack(k), flag(f"{k}_present"), month=stack(f"{k}_month"))
+               for k in self.bands}
+        return ChipBatch(
+            obs,
+            {k: Observation.single(stack(k), flag(f"{k}_present")) for k in self.categorical},
+            {m: Field(stack(f"mask_{m}"), flag(f"mask_{m}_present")) for m in self.masks},
+            {v: Field(stack(f"value_{v}"), flag(f"value_{v}_present")) for v in self.values},
+            idx=torch.tensor([int(it["idx"]) for it in items], dtype=torch.int64),
+        )
+
+    def read_batch(self, positions: np.ndarray) -> ChipBatch:
         """Vectorised read of several items (contiguous positions read as one slice): used by embed."""
         js = self.indices[positions]
-        out: dict[str, Any] = {"idx": torch.from_numpy(js)}
+        obs: dict[str, Observation] = {}
         for k, bands in self.bands.items():
             x = self.store.read(k, js, bands)
             fill = float("nan") if k in self.keep_nodata else 0.0
@@ -174,16 +210,13 @@ class ChipDataset(Dataset):
             present = self._present[k][js]
             if not present.all():
                 t[torch.from_numpy(~present)] = fill
-            out[k] = t
-            out[f"{k}_present"] = torch.from_numpy(present)
-            out[f"{k}_month"] = torch.from_numpy(self._months[k][js])
-        for k in self.categorical:
-            out[k] = torch.from_numpy(self.store.read(k, js).astype(np.int64))
-            out[f"{k}_present"] = torch.from_numpy(self._present[k][js])
-        for m in self.masks:
-            out[f"mask_{m}"] = torch.from_numpy(self.store.read_mask(m, js).astype(np.int64))
-            out[f"mask_{m}_present"] = torch.from_numpy(self._mask_present[m][js])
-        for name, v in self.values.items():
-            out[f"value_{name}"] = torch.from_numpy(v.values[js])
-            out[f"value_{name}_present"] = torch.from_numpy(self._value_present[name][js])
-        return out
+            months, days = self._dates[k]
+            obs[k] = Observation.single(t, torch.from_numpy(present), torch.from_numpy(days[js]),
+                                        torch.from_numpy(months[js]))
+        categorical = {k: Observation.single(torch.from_numpy(self.store.read(k, js).astype(np.int64)),
+                                             torch.from_numpy(self._present[k][js])) for k in self.categorical}
+        masks = {m: Field(torch.from_numpy(self.store.read_mask(m, js).astype(np.int64)),
+                          torch.from_numpy(self._mask_present[m][js])) for m in self.masks}
+        values = {name: Field(torch.from_numpy(v.values[js]), torch.from_numpy(self._value_present[name][js]))
+                  for name, v in self.values.items()}
+        return ChipBatch(obs, categorical, masks, values, idx=torch.from_numpy(js))

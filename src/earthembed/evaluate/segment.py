@@ -405,7 +405,7 @@ class _CellRunner:
         g = torch.Generator().manual_seed(int(t["seed"]) + seed)
         sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=steps * bs, generator=g)
         loader = torch.utils.data.DataLoader(train, batch_size=bs, sampler=sampler, num_workers=int(d["num_workers"]),
-                                             persistent_workers=False)
+                                             persistent_workers=False, collate_fn=train.collate)
         trainer = L.Trainer(
             max_steps=steps, max_epochs=-1, accelerator=t["accelerator"], devices=t["devices"], strategy=t["strategy"],
             num_nodes=int(t["num_nodes"]), precision=t["precision"], logger=False, enable_checkpointing=False,

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from earthembed.contract import ChipBatch
 from earthembed.data.dataset import ChipDataset, ReadRequest, resolve_bands
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import SPLITS, ChipStore
@@ -71,9 +72,10 @@ def select_indices(store: ChipStore, splits: str | Sequence[str] = "train") -> n
     return idx
 
 
-def random_crop(batch: dict[str, Any], keys: Sequence[str], size: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Crop every ``[B, ..., H, W]`` tensor in ``keys`` to ``size`` with one random window per chip."""
-    ref = batch[keys[0]]
+def random_crop(batch: ChipBatch, size: int, rng: np.random.Generator) -> ChipBatch:
+    """Crop every raster of ``batch`` (observations, categorical maps, masks) to ``size`` with one random
+    window per chip, shared by all of them."""
+    ref = next(iter(batch.obs.values())).x
     h, w = ref.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"data.crop_size {size} exceeds the chip size {h}x{w}")
@@ -81,11 +83,11 @@ def random_crop(batch: dict[str, Any], keys: Sequence[str], size: int, rng: np.r
         return batch
     ys = rng.integers(0, h - size + 1, ref.shape[0])
     xs = rng.integers(0, w - size + 1, ref.shape[0])
-    out = dict(batch)
-    for k in keys:
-        x = batch[k]
-        out[k] = torch.stack([x[i, ..., y : y + size, xx : xx + size] for i, (y, xx) in enumerate(zip(ys, xs, strict=True))])
-    return out
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[i, ..., y : y + size, xx : xx + size] for i, (y, xx) in enumerate(zip(ys, xs, strict=True))])
+
+    return batch.map_rasters(crop)
 
 
 class SampledBatch(list):
@@ -233,12 +235,12 @@ class _BatchReader(Dataset):
         self.dataset = dataset
         self.crop_size = crop_size
         self.seed = seed
-        self._window: tuple[tuple[int, ...], np.ndarray, dict[str, Any]] | None = None
+        self._window: tuple[tuple[int, ...], np.ndarray, ChipBatch] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def read(self, pos: np.ndarray, window: WindowBatch | None = None) -> dict[str, Any]:
+    def read(self, pos: np.ndarray, window: WindowBatch | None = None) -> ChipBatch:
         """Normalised batch of sorted positions ``pos``: one read, or rows of its shuffle window (read once
         and kept until the next window's first batch)."""
         if window is None:
@@ -247,9 +249,9 @@ class _BatchReader(Dataset):
             self._window = (window.key, window.window, self.dataset.read_batch(window.window))
         _, members, data = self._window
         rows = torch.from_numpy(np.searchsorted(members, pos))
-        return {k: v.index_select(0, rows) for k, v in data.items()}
+        return data.index_select(rows)
 
-    def __getitem__(self, positions: Sequence[int]) -> dict[str, Any]:
+    def __getitem__(self, positions: Sequence[int]) -> ChipBatch:
         pos = np.sort(np.asarray(positions, dtype=np.int64))
         batch = self.read(pos, positions if isinstance(positions, WindowBatch) else None)
         if self.crop_size:
@@ -257,7 +259,7 @@ class _BatchReader(Dataset):
             # worker reads it, with any number of workers, uninterrupted or resumed
             place = positions.place if isinstance(positions, SampledBatch) else (int(pos[0]), len(pos), 0)
             rng = np.random.default_rng([self.seed, *place])
-            batch = random_crop(batch, self.dataset.pixel_keys, self.crop_size, rng)
+            batch = random_crop(batch, self.crop_size, rng)
         return batch
 
 
@@ -282,8 +284,9 @@ class ResumableLoader(DataLoader):
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Training batches of a chip store: ``{"idx", "<mod>": [B, C, h, w], "<mod>_present": [B]}``, normalised,
-    plus what ``reads`` asks for (see :class:`~earthembed.data.dataset.ChipDataset`).
+    """Training batches of a chip store as :class:`~earthembed.contract.ChipBatch` (normalised one-date
+    observations ``[B, 1, C, h, w]`` with presence), plus what ``reads`` asks for (see
+    :class:`~earthembed.data.dataset.ChipDataset`).
 
     Pretraining is unlabelled, so ``splits="all"`` is allowed; the default uses train + unassigned chips and
     leaves val/test chips unseen for the few-shot evaluation. ``normalizer`` defaults to the store's statistics;
