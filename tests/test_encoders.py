@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from earthembed.augment import AFFINE_KEY, AugmentConfig, apply_affine, augment_batch, warp_mask
+from earthembed.contract import ChipBatch, ContractError, Observation
 from earthembed.data.dataset import ChipDataset
 from earthembed.data.modalities import BandMismatchError, get_modality
 from earthembed.data.normalize import Normalizer
@@ -59,6 +60,9 @@ def test_contract_forward_features_export(name, tiny_store, tmp_path):
     # row 1 has s2 only: its fused embedding is s2's (normalised, or as it is for a joint-attention model)
     alone = out.modality["s2"][1] if m.joint_fused else torch.nn.functional.normalize(out.modality["s2"][1], dim=0)
     torch.testing.assert_close(out.fused[1], alone)
+    # a ChipBatch embeds exactly as the dict with its string keys
+    typed = m(ChipBatch.from_mapping(b))
+    assert all(torch.equal(typed.modality[k], out.modality[k]) for k in MODS) and torch.equal(typed.fused, out.fused)
     feats = m.forward_features(b)
     for k in ("s2", "s1"):
         assert [f.shape[1] for f in feats[k]] == m.feature_channels
@@ -76,6 +80,51 @@ def test_contract_forward_features_export(name, tiny_store, tmp_path):
     loaded, meta = load_model(exp)
     assert meta["architecture"] == m.architecture and type(loaded) is type(m)
     torch.testing.assert_close(loaded(b).fused, out.fused, rtol=0, atol=0)
+
+
+class _MeanEncoder(Encoder):
+    """A backbone that implements only its per-modality features: the band means, and the pixels as its map."""
+
+    architecture = "test_mean"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modalities, self.band_groups = {"a": ["x", "y"], "b": ["z", "w"]}, {"a": [["x"], ["y"]], "b": [["z", "w"]]}
+        self.embed_dim, self.feature_channels, self.feature_strides = 2, [2], [1]
+        self.seen: list[torch.Tensor] = []
+
+    def embed_modality(self, k, inp):
+        self.seen.append(inp.present)
+        return self.model_input(k, inp).mean((2, 3))
+
+    def modality_features(self, k, inp):
+        self.seen.append(inp.present)
+        return [self.model_input(k, inp)]
+
+
+def test_the_template_gives_backbones_present_rows_and_fuses_them():
+    m = _MeanEncoder()
+    xa, xb = torch.rand(3, 2, 4, 4) + 1, torch.rand(3, 2, 4, 4) + 1
+    gp = torch.tensor([[True, False], [True, True], [True, True]])
+    batch = ChipBatch({"a": Observation.single(xa, group_present=gp),
+                       "b": Observation.single(xb, torch.tensor([False, True, False]))})
+    out = m(batch)
+    assert all(bool(p.all()) for p in m.seen)  # the backbone never sees an absent row
+    assert out.present["b"].tolist() == [False, True, False] and torch.all(out.modality["b"][[0, 2]] == 0)
+    torch.testing.assert_close(out.modality["b"][1], xb[1].mean((1, 2)))
+    torch.testing.assert_close(out.modality["a"][0], torch.stack([xa[0, 0].mean(), torch.tensor(0.0)]))  # y dropped
+    fused = torch.nn.functional.normalize(out.modality["a"][1], dim=0) + torch.nn.functional.normalize(out.modality["b"][1], dim=0)
+    torch.testing.assert_close(out.fused[1], torch.nn.functional.normalize(fused / 2, dim=0))
+    torch.testing.assert_close(out.fused[0], torch.nn.functional.normalize(out.modality["a"][0], dim=0))
+    feats = m.forward_features(batch)
+    assert torch.equal(feats["b"][0][1], xb[1]) and torch.all(feats["b"][0][[0, 2]] == 0)
+    none = m.forward_features(batch.with_obs("b", present=torch.zeros(3, 1, dtype=torch.bool)))
+    assert feats["b"][0].shape == none["b"][0].shape and torch.all(none["b"][0] == 0)
+    series = ChipBatch({"a": Observation(torch.rand(3, 2, 2, 4, 4), torch.ones(3, 2, dtype=torch.bool))})
+    with pytest.raises(ContractError, match="'a' has 2 dates; this encoder reads one date"):
+        m(series)
+    torch.testing.assert_close(m(ChipBatch({"a": series.obs["a"].date(1)})).modality["a"],
+                               series.obs["a"].x[:, 1].mean((2, 3)))
 
 
 def test_cnn_zero_slots_equal_missing_bands_and_group_present_zeroes_channels():

@@ -1,5 +1,12 @@
 """The encoder contract: what embed, fewshot, export, pretraining objectives and segmentation rely on.
 
+:class:`Encoder` is a template (as timm splits ``forward_features`` from ``forward_head``): the loop over the
+model's modalities, the absent rows and the fusion are written once here (:meth:`Encoder.forward`,
+:meth:`Encoder.forward_features`); a backbone implements only what it computes for one modality on the chips
+that have it (:meth:`Encoder.embed_modality`, :meth:`Encoder.modality_features`). Encoders whose modalities
+attend to each other (Galileo) override :meth:`Encoder.forward` / :meth:`Encoder.forward_features` as a whole.
+Batches are :class:`~earthembed.contract.ChipBatch` (one-date observations) or dicts with the same string keys.
+
 Every registered encoder is an :class:`Encoder`. It knows its input **bands by name** per modality (a
 store or a request may give any subset in any order; missing bands are zero slots, never a silent
 positional mismatch), returns a typed :class:`EncoderOutput` (one embedding per modality plus a fused
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from earthembed.contract import ChipBatch, ContractError
 from earthembed.data.modalities import BandMismatchError
 
 S2_BAND_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -98,12 +106,47 @@ def fuse_embeddings(embs: Mapping[str, Tensor], present: Mapping[str, Tensor]) -
 @dataclasses.dataclass
 class ModalityInput:
     """One modality of a batch after :meth:`Encoder.resolve_inputs`: pixels, their band names, the rows
-    present ``[B]`` and per-row band-group presence ``[B, G]`` (None: every given group on every row)."""
+    present ``[B]``, per-row band-group presence ``[B, G]`` (None: every given group on every row) and the
+    month of each row ``[B]`` (0 = January, -1 unknown; None: not given)."""
 
     x: Tensor
     bands: list[str]
     present: Tensor
     group_present: Tensor | None
+    month: Tensor | None = None
+
+    def select(self, rows: Tensor) -> ModalityInput:
+        """The rows ``rows`` (int positions) alone."""
+        return ModalityInput(self.x[rows], self.bands, self.present[rows],
+                             None if self.group_present is None else self.group_present[rows],
+                             None if self.month is None else self.month[rows])
+
+
+def _batch_entry(batch: Mapping[str, Any], k: str) -> tuple[Tensor, Any, Any, Any] | None:
+    """(pixels ``[B, C, H, W]``, presence, band-group presence, month) of modality ``k`` of a
+    :class:`~earthembed.contract.ChipBatch` (typed) or a dict with today's string keys; None if absent."""
+    if isinstance(batch, ChipBatch):
+        o = batch.obs.get(k)
+        if o is None:
+            return None
+        if o.num_dates != 1:
+            raise ContractError(f"modality {k!r} has {o.num_dates} dates; this encoder reads one date per modality "
+                                "(give it one date: Observation.date(t))")
+        return (o.x[:, 0], o.present[:, 0], None if o.group_present is None else o.group_present[:, 0],
+                None if o.month is None else o.month[:, 0])
+    if k not in batch:
+        return None
+    return batch[k], batch.get(f"{k}_present"), batch.get(f"{k}_group_present"), batch.get(f"{k}_month")
+
+
+def _rows_present(inp: ModalityInput) -> Tensor | None:
+    """Positions of the rows present, None when every row is."""
+    return None if bool(inp.present.all()) else inp.present.nonzero().flatten()
+
+
+def put_rows(n: int, rows: Tensor, t: Tensor) -> Tensor:
+    """``[n, ...]`` holding ``t`` at ``rows`` and zeros elsewhere (the rows of absent chips)."""
+    return t.new_zeros(n, *t.shape[1:]).index_copy(0, rows, t)
 
 
 class Encoder(nn.Module):
@@ -127,19 +170,65 @@ class Encoder(nn.Module):
         """JSON-able keyword arguments: ``build_model(architecture, **config)`` rebuilds the architecture."""
         raise NotImplementedError
 
+    # -- the template: the modality loop, absent rows and fusion, once for every encoder --------------
     def forward(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
                 present: Mapping[str, Any] | None = None, group_present: Mapping[str, Any] | None = None
                 ) -> EncoderOutput:
-        """Embed ``batch`` (``{k: [B, C, H, W]}``; other keys ignored). ``bands`` names each tensor's channels
-        (default: the model's bands), ``present`` / ``group_present`` default to ``batch["<k>_present"]`` /
-        ``batch["<k>_group_present"]``. Model modalities missing from ``batch`` count as absent."""
-        raise NotImplementedError
+        """Embed ``batch`` (a :class:`~earthembed.contract.ChipBatch` or ``{k: [B, C, H, W]}``; other keys
+        ignored). ``bands`` names each tensor's channels (default: the model's bands), ``present`` /
+        ``group_present`` default to the batch's (``<k>_present`` / ``<k>_group_present``). Model modalities
+        missing from ``batch`` count as absent.
+
+        For each model modality: the rows present go through :meth:`embed_modality`, their embeddings are put
+        back at their rows with zeros elsewhere, and the modalities are fused (:func:`fuse_embeddings`)."""
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        device = next(iter(inputs.values())).x.device
+        embs: dict[str, Tensor] = {}
+        pres: dict[str, Tensor] = {}
+        for k in self.modalities:
+            inp = inputs.get(k)
+            rows = None if inp is None else _rows_present(inp)
+            if inp is None or (rows is not None and not len(rows)):
+                embs[k], pres[k] = self.absent_output(n, device)
+            elif rows is None:
+                embs[k], pres[k] = self.embed_modality(k, inp), inp.present
+            else:
+                embs[k], pres[k] = put_rows(n, rows, self.embed_modality(k, inp.select(rows))), inp.present
+        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
 
     def forward_features(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
-                         present: Mapping[str, Any] | None = None) -> dict[str, list[Tensor]]:
+                         present: Mapping[str, Any] | None = None, group_present: Mapping[str, Any] | None = None
+                         ) -> dict[str, list[Tensor]]:
         """Multi-scale maps per modality in ``batch``: ``{k: [[B, C_i, H/s_i, W/s_i] for each level]}`` with
-        ``C_i = feature_channels[i]`` and ``s_i = feature_strides[i]``; rows of absent chips are zeros."""
+        ``C_i = feature_channels[i]`` and ``s_i = feature_strides[i]``; rows of absent chips are zeros (the rows
+        present go through :meth:`modality_features`)."""
+        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
+        out: dict[str, list[Tensor]] = {}
+        for k, inp in inputs.items():
+            rows = _rows_present(inp)
+            if rows is None:
+                out[k] = list(self.modality_features(k, inp))
+            elif not len(rows):
+                out[k] = list(self.absent_features(k, inp, n))
+            else:
+                out[k] = [put_rows(n, rows, m) for m in self.modality_features(k, inp.select(rows))]
+        return out
+
+    # -- what a backbone implements -------------------------------------------------------------------
+    def embed_modality(self, k: str, inp: ModalityInput) -> Tensor:
+        """``[m, embed_dim]`` float32 embeddings of modality ``k`` for the ``m`` rows of ``inp``, all present
+        (band-group presence per row in ``inp.group_present``)."""
         raise NotImplementedError
+
+    def modality_features(self, k: str, inp: ModalityInput) -> list[Tensor]:
+        """The maps of :meth:`forward_features` of modality ``k`` for the rows of ``inp``, all present."""
+        raise NotImplementedError
+
+    def absent_features(self, k: str, inp: ModalityInput, n: int) -> list[Tensor]:
+        """Zero maps of :meth:`forward_features` for a modality no row of the ``n`` has: shaped by running
+        :meth:`modality_features` on one zero row (backbones with a cheaper way to know the shapes override)."""
+        zero = ModalityInput(inp.x.new_zeros(1, *inp.x.shape[1:]), inp.bands, inp.present.new_ones(1), None)
+        return [m.new_zeros(n, *m.shape[1:]) for m in self.modality_features(k, zero)]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay: biases, norms and other 1-D parameters by default;
@@ -188,20 +277,19 @@ class Encoder(nn.Module):
         unknown = [k for k in named if k not in self.modalities]
         if unknown:
             raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
-        keys = [k for k in self.modalities if k in batch]
-        if not keys:
+        entries = {k: e for k in self.modalities if (e := _batch_entry(batch, k)) is not None}
+        if not entries:
             raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {list(batch)})")
-        n = int(batch[keys[0]].shape[0])
+        n = int(next(iter(entries.values()))[0].shape[0])
         out: dict[str, ModalityInput] = {}
-        for k in keys:
-            x = batch[k]
+        for k, (x, batch_pr, batch_gp, month) in entries.items():
             bnames = self.check_bands(k, bands.get(k, self.modalities[k]))
             if x.ndim != 4 or x.shape[1] != len(bnames):
                 raise ValueError(f"modality {k!r}: expected [B, {len(bnames)}, H, W] for bands {bnames}, got {tuple(x.shape)}")
-            pr = present[k] if present is not None and k in present else batch.get(f"{k}_present")
+            pr = present[k] if present is not None and k in present else batch_pr
             pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
             pr = pr.to(x.device).reshape(-1)
-            gp = group_present[k] if group_present is not None and k in group_present else batch.get(f"{k}_group_present")
+            gp = group_present[k] if group_present is not None and k in group_present else batch_gp
             if gp is not None:
                 gp = torch.as_tensor(gp, dtype=torch.bool).to(x.device)
                 ng = len(self.band_groups[k])
@@ -212,8 +300,21 @@ class Encoder(nn.Module):
                 pr = pr & gp.any(1)  # a row without any group is an absent modality
                 if bool((gp[pr] == given).all()):
                     gp = None  # every present row has every given group
-            out[k] = ModalityInput(x, bnames, pr, gp)
+            if month is not None:
+                month = torch.as_tensor(month, device=x.device).long().reshape(-1)
+            out[k] = ModalityInput(x, bnames, pr, gp, month)
         return n, out
+
+    def model_input(self, k: str, inp: ModalityInput) -> Tensor:
+        """``inp``'s pixels in the model's full band order of ``k`` (:meth:`scatter_bands`) with the channels of
+        band groups absent per row (``inp.group_present``) zeroed: what a backbone without token dropping sees."""
+        x = self.scatter_bands(k, inp.x, inp.bands)
+        if inp.group_present is not None:
+            chan = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            for g, idx in enumerate(self.group_channel_indices(k)):
+                chan[:, idx] = inp.group_present[:, g : g + 1]
+            x = x * chan.to(x.dtype)[:, :, None, None]
+        return x
 
     def absent_output(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """(zero embeddings [n, D], all-False presence [n]) for a model modality missing from the batch."""

@@ -517,7 +517,8 @@ class GalileoEncoder(Encoder):
 
     def build_input(self, batch: Mapping[str, Any], inputs: Mapping[str, ModalityInput]
                     ) -> tuple[GalileoInput, dict[tuple[str, int, int], str]]:
-        """(:class:`GalileoInput`, owner of each fed group ``(family, t, g) -> modality``) of resolved inputs."""
+        """(:class:`GalileoInput`, owner of each fed group ``(family, t, g) -> modality``) of resolved inputs
+        (months come with them, :attr:`ModalityInput.month`; ``batch`` is not read again)."""
         ref = next(iter(inputs.values())).x
         b, _, hh, ww = ref.shape
         dev, dtype = ref.device, ref.dtype
@@ -554,10 +555,8 @@ class GalileoEncoder(Encoder):
                     sp[:, c] = inp.x[:, j]
                     sp_fed[:, c] = on
                     channel_owner[("space", 0, gb)] = k
-            mk = batch.get(f"{k}_month")
-            if mk is not None:
-                mk = torch.as_tensor(mk, device=dev).long().reshape(-1)
-                months[:, t] = torch.where((months[:, t] < 0) & rows, mk, months[:, t])
+            if inp.month is not None:
+                months[:, t] = torch.where((months[:, t] < 0) & rows, inp.month, months[:, t])
         # derived bands, from the published units
         if self._derives("NDVI"):
             red, nir, c = ST_CHANNELS.index("B04"), ST_CHANNELS.index("B08"), ST_CHANNELS.index("NDVI")

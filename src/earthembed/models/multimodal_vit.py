@@ -45,11 +45,9 @@ from earthembed.data.modalities import BandMismatchError
 from earthembed.models.base import (
     S2_BAND_GROUPS,
     Encoder,
-    EncoderOutput,
     ModalityInput,
     check_band_groups,
     default_band_groups,
-    fuse_embeddings,
 )
 from earthembed.models.registry import register_model, variant
 
@@ -206,45 +204,46 @@ class MultiModalViT(Encoder):
         return t, len(tokens), h, w
 
     def _encode_rows(self, k: str, inp: ModalityInput) -> list[tuple[Tensor | None, Tensor, int, int, int]]:
-        """(rows or None for all rows, tokens, G, h, w) per group-presence pattern of the present rows."""
-        x, bnames, pr, gp = inp.x, inp.bands, inp.present, inp.group_present
-        if gp is None:
-            if bool(pr.all()):
-                return [(None, *self._encode(k, x, bnames))]
-            rows = pr.nonzero().flatten()
-            return [(rows, *self._encode(k, x[rows], bnames))] if len(rows) else []
-        rows_all = pr.nonzero().flatten()
-        if not len(rows_all):
-            return []
-        pats, inv = torch.unique(gp[rows_all].to(torch.uint8), dim=0, return_inverse=True)
+        """(rows or None for all rows, tokens, G, h, w) per group-presence pattern of the rows (all present)."""
+        if inp.group_present is None:
+            return [(None, *self._encode(k, inp.x, inp.bands))]
+        pats, inv = torch.unique(inp.group_present.to(torch.uint8), dim=0, return_inverse=True)
         out = []
         for i, pat in enumerate(pats.bool().tolist()):
-            rows = rows_all[inv == i]
-            out.append((rows, *self._encode(k, x[rows], bnames, keep=pat)))
+            rows = (inv == i).nonzero().flatten()
+            out.append((rows, *self._encode(k, inp.x[rows], inp.bands, keep=pat)))
         return out
 
-    def forward_features(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> dict[str, list[Tensor]]:
-        """One level per modality: the token map ``[B, D, H/p, W/p]`` (band groups averaged; absent rows 0)."""
-        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        out: dict[str, list[Tensor]] = {}
-        for k, inp in inputs.items():
-            h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in inp.x.shape[-2:])
-            full = torch.zeros(n, self.embed_dim, h, w, device=inp.x.device)
-            for rows, t, g, _, _ in self._encode_rows(k, inp):
-                m = len(t)
-                maps = t.float().reshape(m, g, h * w, -1).mean(1).transpose(1, 2).reshape(m, -1, h, w)
-                if rows is None:
-                    full = maps
-                else:
-                    full[rows] = maps
-            out[k] = [full]
-        return out
+    def _grid(self, x: Tensor) -> tuple[int, int]:
+        h, w = (_fit_size(s, self.patch_size) // self.patch_size for s in x.shape[-2:])
+        return h, w
+
+    def embed_modality(self, k: str, inp: ModalityInput) -> Tensor:
+        """The mean of the modality's normalised output tokens; ``group_present`` ``[B, G]`` drops band groups
+        per row (an absent group contributes no tokens, as if its bands were missing from ``bands``)."""
+        parts = self._encode_rows(k, inp)
+        if len(parts) == 1 and parts[0][0] is None:
+            return parts[0][1].float().mean(1)
+        e = torch.zeros(len(inp.x), self.embed_dim, device=inp.x.device)
+        for rows, t, *_ in parts:
+            e = e.index_copy(0, rows, t.float().mean(1))
+        return e
+
+    def modality_features(self, k: str, inp: ModalityInput) -> list[Tensor]:
+        """One level: the token map ``[B, D, H/p, W/p]`` (band groups averaged)."""
+        h, w = self._grid(inp.x)
+        full = torch.zeros(len(inp.x), self.embed_dim, h, w, device=inp.x.device)
+        for rows, t, g, _, _ in self._encode_rows(k, inp):
+            m = len(t)
+            maps = t.float().reshape(m, g, h * w, -1).mean(1).transpose(1, 2).reshape(m, -1, h, w)
+            if rows is None:
+                full = maps
+            else:
+                full[rows] = maps
+        return [full]
+
+    def absent_features(self, k: str, inp: ModalityInput, n: int) -> list[Tensor]:
+        return [torch.zeros(n, self.embed_dim, *self._grid(inp.x), device=inp.x.device)]
 
     def forward_tokens(
         self,
@@ -255,31 +254,6 @@ class MultiModalViT(Encoder):
     ) -> dict[str, Tensor]:
         """Per-modality token maps ``[B, D, h, w]``: the single level of :meth:`forward_features`."""
         return {k: v[0] for k, v in self.forward_features(batch, bands, present, group_present).items()}
-
-    def forward(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> EncoderOutput:
-        """Embed a batch (see :meth:`earthembed.models.base.Encoder.forward`): a modality's embedding is the
-        mean of its normalised output tokens; ``group_present`` ``[B, G]`` drops band groups per row (an
-        absent group contributes no tokens, as if its bands were missing from ``bands``)."""
-        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        ref = next(iter(inputs.values())).x
-        embs: dict[str, Tensor] = {}
-        pres: dict[str, Tensor] = {}
-        for k in self.modalities:
-            if k not in inputs:
-                embs[k], pres[k] = self.absent_output(n, ref.device)
-                continue
-            inp = inputs[k]
-            e = torch.zeros(n, self.embed_dim, device=inp.x.device)
-            for rows, t, *_ in self._encode_rows(k, inp):
-                e = t.float().mean(1) if rows is None else e.index_copy(0, rows, t.float().mean(1))
-            embs[k], pres[k] = e, inp.present
-        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
 
     def no_weight_decay(self) -> set[str]:
         """1-D parameters plus the modality and band-group embeddings (as CLIP / timm exempt pos embeddings)."""

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from earthembed.models.base import Encoder, EncoderOutput, ModalityInput, check_band_groups, fuse_embeddings
+from earthembed.models.base import Encoder, ModalityInput, check_band_groups
 from earthembed.models.registry import register_model
 
 RCF_MODES = ("gaussian", "empirical")
@@ -164,12 +164,7 @@ class RCFEncoder(Encoder):
         bank.weight.copy_(w)
 
     def _input(self, k: str, inp: ModalityInput) -> Tensor:
-        x = self.scatter_bands(k, inp.x, inp.bands).float()
-        if inp.group_present is not None:
-            chan = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-            for g, idx in enumerate(self.group_channel_indices(k)):
-                chan[:, idx] = inp.group_present[:, g : g + 1]
-            x = x * chan.to(x.dtype)[:, :, None, None]
+        x = self.model_input(k, inp).float()
         if min(x.shape[-2:]) < self.kernel_size:
             raise ValueError(f"rcf: modality {k!r} chips of {tuple(x.shape[-2:])} px are smaller than the {self.kernel_size} px kernel")
         return x
@@ -197,44 +192,16 @@ class RCFEncoder(Encoder):
             neg = self._pair(y)[1].mean(dim=(-2, -1))
         return torch.cat([pos, neg], dim=1)
 
-    def forward(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> EncoderOutput:
-        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        device = next(iter(inputs.values())).x.device
-        embs: dict[str, Tensor] = {}
-        pres: dict[str, Tensor] = {}
-        for k, bank in self.banks.items():
-            if k not in inputs:
-                embs[k], pres[k] = self.absent_output(n, device)
-                continue
-            x = self._input(k, inputs[k])
-            e = torch.cat([self._pooled(xs, bank) for xs in x.split(self._chunk_chips(x, bank))])
-            pr = inputs[k].present
-            embs[k], pres[k] = e * pr[:, None].to(e.dtype), pr
-        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
+    def embed_modality(self, k: str, inp: ModalityInput) -> Tensor:
+        x, bank = self._input(k, inp), self.banks[k]
+        return torch.cat([self._pooled(xs, bank) for xs in x.split(self._chunk_chips(x, bank))])
 
-    def forward_features(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> dict[str, list[Tensor]]:
-        """One map per modality at stride 1 (``same`` zero padding, so it aligns with the pixels; the pooled
-        embedding uses valid positions only, as TorchGeo)."""
-        _, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        out: dict[str, list[Tensor]] = {}
-        for k, inp in inputs.items():
-            bank = self.banks[k]
-            y = F.conv2d(self._input(k, inp), bank.weight, bank.bias, padding="same")
-            m = torch.cat(self._pair(y), dim=1)
-            out[k] = [m * inp.present[:, None, None, None].to(m.dtype)]
-        return out
+    def modality_features(self, k: str, inp: ModalityInput) -> list[Tensor]:
+        """One map at stride 1 (``same`` zero padding, so it aligns with the pixels; the pooled embedding uses
+        valid positions only, as TorchGeo)."""
+        bank = self.banks[k]
+        y = F.conv2d(self._input(k, inp), bank.weight, bank.bias, padding="same")
+        return [torch.cat(self._pair(y), dim=1)]
 
 
 register_model("rcf")(RCFEncoder)

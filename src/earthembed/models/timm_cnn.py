@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
-from earthembed.models.base import Encoder, EncoderOutput, ModalityInput, check_band_groups, fuse_embeddings
+from earthembed.models.base import Encoder, ModalityInput, check_band_groups
 from earthembed.models.registry import register_model, variant
 
 STEM_STRIDES = (1, 2, 4)
@@ -192,45 +192,15 @@ class TimmEncoder(Encoder):
             "tta": self.tta,
         }
 
-    def _prepare(self, k: str, inp: ModalityInput) -> tuple[Tensor | None, Tensor]:
-        """(present rows or None for all, model-ordered input of those rows with absent groups zeroed)."""
-        x = self.scatter_bands(k, inp.x, inp.bands)
-        if inp.group_present is not None:
-            chan = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-            for g, idx in enumerate(self.group_channel_indices(k)):
-                chan[:, idx] = inp.group_present[:, g : g + 1]
-            x = x * chan.to(x.dtype)[:, :, None, None]
+    def _prepare(self, k: str, inp: ModalityInput) -> Tensor:
+        """Model-ordered input of ``inp``'s rows with absent groups zeroed, resized to ``input_size`` if set."""
+        x = self.model_input(k, inp)
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        if bool(inp.present.all()):
-            return None, x
-        rows = inp.present.nonzero().flatten()
-        return rows, x[rows]
+        return x
 
-    def forward(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> EncoderOutput:
-        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        ref = next(iter(inputs.values())).x
-        embs: dict[str, Tensor] = {}
-        pres: dict[str, Tensor] = {}
-        for k, net in self.backbones.items():
-            if k not in inputs:
-                embs[k], pres[k] = self.absent_output(n, ref.device)
-                continue
-            rows, x = self._prepare(k, inputs[k])
-            if rows is not None and not len(rows):
-                embs[k], pres[k] = self.absent_output(n, ref.device)
-                continue
-            e = self._pooled(net, x)
-            if rows is not None:
-                e = torch.zeros(n, self.embed_dim, device=e.device, dtype=e.dtype).index_copy(0, rows, e)
-            embs[k], pres[k] = e, inputs[k].present
-        return EncoderOutput(embs, pres, fuse_embeddings(embs, pres))
+    def embed_modality(self, k: str, inp: ModalityInput) -> Tensor:
+        return self._pooled(self.backbones[k], self._prepare(k, inp))
 
     def _pooled(self, net: nn.Module, x: Tensor) -> Tensor:
         """[B, embed_dim] float32 embedding of one backbone (see ``pool`` and ``tta``)."""
@@ -247,26 +217,8 @@ class TimmEncoder(Encoder):
             return torch.cat([t for m in maps for t in (m.mean((2, 3)), m.std((2, 3), correction=0))], 1)
         return torch.cat([m.mean((2, 3)) for m in maps], 1)
 
-    def forward_features(
-        self,
-        batch: Mapping[str, Any],
-        bands: Mapping[str, Sequence[str]] | None = None,
-        present: Mapping[str, Any] | None = None,
-        group_present: Mapping[str, Any] | None = None,
-    ) -> dict[str, list[Tensor]]:
-        n, inputs = self.resolve_inputs(batch, bands, present, group_present)
-        out: dict[str, list[Tensor]] = {}
-        for k, inp in inputs.items():
-            rows, x = self._prepare(k, inp)
-            if rows is not None and not len(rows):
-                x = inp.x.new_zeros(1, len(self.modalities[k]), *x.shape[-2:])  # shapes only
-                maps = [m.new_zeros(n, *m.shape[1:]) for m in self.intermediates(self.backbones[k], x)]
-            else:
-                maps = self.intermediates(self.backbones[k], x)
-                if rows is not None:
-                    maps = [m.new_zeros(n, *m.shape[1:]).index_copy(0, rows, m) for m in maps]
-            out[k] = list(maps)
-        return out
+    def modality_features(self, k: str, inp: ModalityInput) -> list[Tensor]:
+        return self.intermediates(self.backbones[k], self._prepare(k, inp))
 
     def intermediates(self, net: nn.Module, x: Tensor) -> list[Tensor]:
         """The maps of :meth:`forward_features` for one backbone (timm's ``forward_intermediates``)."""
