@@ -14,6 +14,7 @@ from earthembed.models import (
     export_model,
     list_models,
     load_model,
+    modality_products,
     random_init_like,
 )
 
@@ -138,7 +139,9 @@ def test_export_load_roundtrip(tiny_store, tmp_path):
     norm = Normalizer.from_store(ChipStore(tiny_store))
     out = export_model(m, tmp_path / "exp", norm, extra={"note": "x"})
     meta = json.loads((out / "model.json").read_text())
-    assert meta["format"] == "earthembed-model" and meta["format_version"] == 1
+    assert meta["format"] == "earthembed-model" and meta["format_version"] == 2
+    assert meta["input_spec"]["modalities"]["s1"] == {"bands": ["VV", "VH"], "product": None, "units": None,
+                                                      "kind": None, "dates": 1}
     assert meta["modalities"]["s2"] == S2 and meta["modalities"]["s1"] == ["VV", "VH"]
     assert meta["normalization"]["stats"]["s2"]["bands"] == S2
     assert meta["embed_dim"] == 16 and meta["note"] == "x"
@@ -251,3 +254,31 @@ def test_export_records_products_and_rejects_truncated_weights(tiny_store, tmp_p
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"model\.safetensors: weights file is corrupt or truncated"):
         load_model(out)
+
+
+def test_model_json_v2_has_an_input_spec_and_v1_is_still_read(tiny_store, tmp_path):
+    """A version 1 model.json is what export_model wrote before format 2: the same keys without input_spec."""
+    from earthembed.contract import InputSpec
+    from earthembed.models.export import model_input_spec
+
+    m = _model()
+    st = ChipStore(tiny_store)
+    out = export_model(m, tmp_path / "v2", Normalizer.from_store(st), products=modality_products(st.modalities))
+    meta = json.loads((out / "model.json").read_text())
+    spec = model_input_spec(meta)
+    assert isinstance(spec, InputSpec) and spec.bands == MODS and spec["s1"].kind == "sar"
+    assert spec["s2"].product == st.modalities["s2"].product and spec["s2"].units == st.modalities["s2"].units
+    v1 = {k: v for k, v in meta.items() if k != "input_spec"} | {"format_version": 1}
+    (out / "model.json").write_text(json.dumps(v1))
+    loaded, meta1 = load_model(out)
+    assert meta1["format_version"] == 1 and model_input_spec(meta1) == spec
+    b = _batch()
+    torch.testing.assert_close(loaded(b).fused, m(b).fused, rtol=0, atol=0)
+    # a v2 spec that disagrees with the model's modalities, a malformed one, a newer format: one-line errors
+    for bad, match in ((meta | {"input_spec": InputSpec.from_bands({"s2": S2}).to_dict()}, "names other modalities"),
+                       (meta | {"input_spec": {"modalities": {"s2": {"bands": []}}}}, "'input_spec' is malformed"),
+                       (meta | {"format_version": 3}, r"format_version 3 is newer .*reads \[1, 2\]")):
+        (out / "model.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match) as e:
+            load_model(out)
+        assert "\n" not in str(e.value)

@@ -7,6 +7,12 @@ the pretraining store and, under ``"products"``, what each modality key meant in
 a model trained on ``s1_grd_db`` is not silently applied to ``s1_grd_linear`` data under the same key.
 Loading never unpickles: weights come from safetensors, metadata from JSON.
 
+``format_version`` 2 adds ``"input_spec"``: what the model consumes as one typed section
+(:class:`~earthembed.contract.InputSpec` as JSON: per modality its bands by name, product, units, kind and the
+dates it reads), which :func:`model_input_spec` returns. ``modalities`` and ``products`` are still written, so
+readers of version 1 keep working; version 1 files (no ``input_spec``) are still read, their spec derived from
+``modalities`` and ``products``.
+
 Lightning ``.ckpt`` files are pickles and are refused by :func:`load_model`; convert one with
 :func:`export_checkpoint` (which reads it with ``torch.load(weights_only=True)``, i.e. no arbitrary code).
 """
@@ -24,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from earthembed.contract import ContractError, InputSpec
 from earthembed.data.modalities import Modality
 from earthembed.data.normalize import Normalizer
 from earthembed.models.base import Encoder
@@ -31,7 +38,8 @@ from earthembed.models.registry import MODELS, build_model
 from earthembed.outputs import sha256_file, write_json
 
 FORMAT = "earthembed-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
@@ -111,6 +119,7 @@ def export_model(
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalizer.to_dict(),
         **({"products": products} if products is not None else {}),
+        "input_spec": InputSpec.from_bands(model.modalities, products).to_dict(),
         "model_id": model_id or f"{arch}-{_model_hash(weights, model.config)[:12]}",
         "embed_dim": model.embed_dim,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -138,8 +147,13 @@ def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ValueError(f"{meta_path}: corrupt model metadata ({e})") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: not an earthembed model (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta['format_version']} is newer than this earthembed supports")
+    try:
+        version = int(meta.get("format_version", 1))
+    except (TypeError, ValueError):
+        raise ValueError(f"{meta_path}: format_version must be a whole number, got {meta['format_version']!r}") from None
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: format_version {version} is newer than this earthembed supports "
+                         f"(it reads {list(READABLE_VERSIONS)})")
     if meta.get("architecture") not in MODELS:
         raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r} (registered: {MODELS.names()})")
     _check_meta(meta, meta_path)
@@ -162,6 +176,22 @@ def _check_meta(meta: dict[str, Any], meta_path: Path) -> None:
     missing = [k for k in meta["modalities"] if k not in norm.stats]
     if missing:
         raise ValueError(f"{meta_path}: 'normalization' has no statistics for modalities {missing}")
+    if "input_spec" in meta:
+        try:
+            spec = InputSpec.from_dict(meta["input_spec"])
+        except ContractError as e:
+            raise ValueError(f"{meta_path}: 'input_spec' is malformed ({e})") from e
+        if spec.bands != meta["modalities"]:
+            raise ValueError(f"{meta_path}: 'input_spec' names other modalities or bands ({spec.bands}) than "
+                             f"'modalities' ({meta['modalities']})")
+
+
+def model_input_spec(meta: Mapping[str, Any]) -> InputSpec:
+    """What the model of a ``model.json`` dict consumes: its ``input_spec`` (format 2), or for a version 1 file
+    (and model dicts built in memory without one) the spec made of its ``modalities`` and ``products``."""
+    if "input_spec" in meta:
+        return InputSpec.from_dict(meta["input_spec"])
+    return InputSpec.from_bands(meta["modalities"], meta.get("products"))
 
 
 
