@@ -301,6 +301,20 @@ def test_cli_embed_with_galileo_and_its_errors(tmp_path, monkeypatch):
     r = cli("embed", "--encoder", "timm:resnet18", "--patch-size", "4", "--store", tmp_path / "st", "--out",
             tmp_path / "f.parquet")
     one_line_error(r, "--patch-size does not apply to timm models", "galileo:")
+    # undated chips: the month fed is the publisher's June unless --default-month says otherwise (another model id)
+    r = cli("embed", "--encoder", "galileo:nano", "--weights", WEIGHTS, "--patch-size", "4", "--default-month", "1",
+            "--store", tmp_path / "st", "--out", tmp_path / "jan.parquet")
+    assert r.exit_code == 0, r.output
+    jan = json.loads((tmp_path / "jan.model" / "model.json").read_text())
+    assert jan["config"]["default_month"] == 0 and "-p4-m1@" in jan["model_id"] and "-m" not in meta["model_id"]
+    assert not np.allclose(read_embeddings(tmp_path / "jan.parquet")[1], emb)
+    r = cli("embed", "--encoder", "galileo:nano", "--weights", WEIGHTS, "--default-month", "13", "--store",
+            tmp_path / "st", "--out", tmp_path / "g.parquet")
+    one_line_error(r, "--default-month 13: a month is 1-12")
+    r = cli("embed", "--checkpoint", tmp_path / "e.model", "--default-month", "2", "--store", tmp_path / "st",
+            "--out", tmp_path / "g.parquet")
+    one_line_error(r, "--default-month go with --encoder")
+    assert not (tmp_path / "g.parquet").exists() and not (tmp_path / "g.model").exists()
 
 
 def test_segment_starts_from_galileo_and_random_copies_it(tmp_path):

@@ -19,6 +19,8 @@ def embed(
                                  "(default: the usual caches)"),
     patch_size: int = typer.Option(None, "--patch-size", help="galileo: pixels per token side, 1-8 (default 8; "
                                    "4 gives 4x the tokens: finer, slower)"),
+    default_month: int = typer.Option(None, "--default-month", help="galileo: month (1-12) fed for chips without a "
+                                      "date_<modality> (default 6, June, as the publisher)"),
     extra_bands: str = typer.Option("ignore", help="store bands --encoder never saw: ignore | add (zero-initialised channels)"),
     input_size: int = typer.Option(None, help="--encoder: resize chips to this size first (default: native size)"),
     download: bool = typer.Option(False, help="--encoder: fetch missing weights (only where HF_HUB_OFFLINE is unset)"),
@@ -97,10 +99,11 @@ def embed(
             mods = fit_mods if featurizer else None
         if encoder is not None:
             checkpoint, _ = _published_export(encoder, store, Path(out.rstrip("/")), weights, fit_mods, extra_bands,
-                                              input_size, download, export_dir, {"patch_size": patch_size})
-        elif weights is not None or patch_size is not None:
-            raise ValueError("--weights and --patch-size go with --encoder; an export (--checkpoint) carries its "
-                             "weights and settings")
+                                              input_size, download, export_dir,
+                                              {"patch_size": patch_size, "default_month": _month(default_month)})
+        elif weights is not None or patch_size is not None or default_month is not None:
+            raise ValueError("--weights, --patch-size and --default-month go with --encoder; an export (--checkpoint) "
+                             "carries its weights and settings")
         kw = dict(
             modalities=mods,
             bands=parse_bands(bands),
@@ -206,3 +209,12 @@ def embed_status(
 def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
     app.command("embed-status")(embed_status)
+
+
+def _month(month: int | None) -> int | None:
+    """``--default-month`` (1-12, as people count) as the model's 0-based month; None when not given."""
+    if month is None:
+        return None
+    if not 1 <= month <= 12:
+        raise ValueError(f"--default-month {month}: a month is 1-12 (6 = June)")
+    return month - 1

@@ -442,7 +442,10 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalization,
         "products": modality_products(st.modalities, list(plan)),
-        "model_id": f"{what}-p{model.patch_size}@{_state_id(model.state_dict())[:12]}",
+        # another default month embeds undated chips differently: another model id (the publisher's June adds nothing)
+        "model_id": f"{what}-p{model.patch_size}"
+                    + (f"-m{model.default_month + 1}" if model.default_month != DEFAULT_MONTH else "")
+                    + f"@{_state_id(model.state_dict())[:12]}",
         "embed_dim": model.embed_dim,
         "published": published,
     }
