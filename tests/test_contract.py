@@ -238,3 +238,26 @@ def test_as_chip_batch_keeps_a_batch_and_converts_a_dict():
     b = as_chip_batch({"s2": x, "s2_present": torch.tensor([True, False])})
     assert isinstance(b, ChipBatch) and as_chip_batch(b) is b and b["s2"].data_ptr() == x.data_ptr()
     assert b.present("s2").tolist() == [True, False] and b.month("s2") is None and "idx" not in b
+
+
+def test_segmentation_reads_a_chip_batch_by_its_fields_as_it_read_the_dict():
+    from earthembed.evaluate.finetune import SegmentationModule, labelled_mask
+    from earthembed.models import build_model
+    from earthembed.models.dense import Segmenter
+
+    bands = get_modality("s2_l1c").band_names
+    g = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, 3, (4, 16, 16), generator=g)
+    d = {"s2": torch.randn(4, 13, 16, 16, generator=g), "s2_present": torch.tensor([True, False, True, True]),
+         "mask_m": mask, "mask_m_present": torch.tensor([True, True, False, True])}
+    batch = ChipBatch.from_mapping(d)
+    assert torch.equal(labelled_mask(batch, "m", -1), labelled_mask(d, "m", -1))
+    assert (labelled_mask(batch, "m", -1)[2] == -1).all() and torch.equal(labelled_mask(batch, "m", -1)[3], mask[3])
+    losses = []
+    for b in (d, batch):
+        torch.manual_seed(0)
+        seg = Segmenter(build_model("resnet18_small", modalities={"s2": bands}), 3, "unet", {}, "identity", {})
+        module = SegmentationModule(seg, {"s2": bands}, "m", 3, -1, augment={"group_dropout": 0.5}).train()
+        torch.manual_seed(5)
+        losses.append(module.step(b)[0].detach())
+    assert torch.equal(losses[0], losses[1])

@@ -19,28 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from earthembed.augment import AFFINE_KEY, AugmentConfig, augment_batch, warp_mask
+from earthembed.augment import AugmentConfig, augment_batch, warp_mask
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.data.dataset import ChipDataset
 from earthembed.evaluate.metrics import confusion_matrices, segmentation_scores
 from earthembed.models.dense import Segmenter
 from earthembed.optim import adamw_warmup_cosine, param_groups
 
 
-def _present(batch: Mapping[str, Any], keys: Sequence[str], device: torch.device) -> dict[str, Tensor]:
-    n = batch[keys[0]].shape[0]
-    return {k: torch.as_tensor(batch.get(f"{k}_present", torch.ones(n, dtype=torch.bool)), device=device).bool()
-            for k in keys}
+def _present(batch: ChipBatch, keys: Sequence[str], device: torch.device) -> dict[str, Tensor]:
+    return {k: batch.present(k).to(device) for k in keys}
 
 
 def labelled_mask(batch: Mapping[str, Any], task: str, ignore_index: int) -> Tensor:
-    """``mask_<task>`` [B, H, W] with every pixel of chips without a mask set to ``ignore_index``."""
-    m = batch[f"mask_{task}"]
-    have = batch.get(f"mask_{task}_present")
-    if have is not None:
-        have = torch.as_tensor(have, device=m.device).bool()
-        if not bool(have.all()):
-            m = m.masked_fill(~have[:, None, None], ignore_index)
+    """The ``[B, H, W]`` mask of label ``task`` (a :class:`~earthembed.contract.ChipBatch`, or a dict with
+    ``mask_<task>``) with every pixel of chips without a mask set to ``ignore_index``."""
+    f = as_chip_batch(batch).masks[task]
+    m, have = f.x, f.present.to(f.x.device)
+    if not bool(have.all()):
+        m = m.masked_fill(~have[:, None, None], ignore_index)
     return m
+
+
+def _inputs(batch: ChipBatch, bands: Mapping[str, Sequence[str]]) -> tuple[list[str], ChipBatch]:
+    """(the modalities of ``bands`` the batch has, a batch of just those observations)."""
+    keys = [k for k in bands if k in batch.obs]
+    return keys, ChipBatch({k: batch.obs[k] for k in keys}, idx=batch.idx)
 
 
 class SegmentationModule(L.LightningModule):
@@ -90,11 +94,13 @@ class SegmentationModule(L.LightningModule):
     # -- training --------------------------------------------------------------------------------------
     def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, statistics) of one batch; also what bare-loop benchmarks call."""
-        keys = [k for k in self.bands if k in batch]
+        batch = as_chip_batch(batch)
+        keys, inputs = _inputs(batch, self.bands)
         present = _present(batch, keys, self.device)
-        x = augment_batch({k: batch[k] for k in keys}, {k: self._groups[k] for k in keys}, self.aug)
-        mask = warp_mask(labelled_mask(batch, self.task, self.ignore_index), x[AFFINE_KEY])
-        gp = {k[: -len("_group_present")]: v for k, v in x.items() if k.endswith("_group_present")}
+        x = augment_batch(inputs, {k: self._groups[k] for k in keys}, self.aug)
+        assert isinstance(x, ChipBatch) and x.affine is not None
+        mask = warp_mask(labelled_mask(batch, self.task, self.ignore_index), x.affine)
+        gp = {k: g for k in keys if (g := x.group_present(k)) is not None}
         logits = self.segmenter(x, bands={k: self.bands[k] for k in keys}, present=present, group_present=gp)
         valid = mask != self.ignore_index
         if not bool(valid.any()):  # no labelled pixel in this batch: a zero loss that keeps the graph
@@ -106,7 +112,7 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         loss, stats = self.step(batch)
-        n = int(next(batch[k] for k in self.bands if k in batch).shape[0])
+        n = as_chip_batch(batch).batch_size
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in stats.items():
             self.log(f"train/{k}", torch.as_tensor(v, dtype=torch.float32).to(self.device), batch_size=n)
@@ -180,8 +186,8 @@ def predict_confusions(
         for s in range(0, len(data), batch_size):
             pos = np.arange(s, min(s + batch_size, len(data)))
             batch = data.read_batch(pos)
-            keys = [k for k in bands if k in batch]
-            x = {k: batch[k].to(device) for k in keys}
+            keys, x = _inputs(batch, bands)
+            x = x.to(device)
             present = _present(batch, keys, torch.device(device))
             pred = segmenter(x, bands={k: list(bands[k]) for k in keys}, present=present).argmax(1).cpu().numpy()
             mask = labelled_mask(batch, task, ignore_index).numpy()
