@@ -45,7 +45,15 @@ def test_every_registered_model_builds_on_meta_and_is_an_encoder():
         assert sorted(m.feature_strides) == m.feature_strides, name
 
 
-CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit", "rcf", "galileo_nano"]
+CONTRACT = ["multimodal_vit_tiny", "resnet18_small", "convnextv2_atto_small", "timm_vit", "rcf", "galileo_nano",
+            "band_stats"]
+
+
+def test_the_contract_sweep_covers_every_registered_architecture():
+    with torch.device("meta"):
+        every = {build_model(n, modalities=MODS).architecture for n in list_models()}
+        swept = {build_model(n, modalities=MODS).architecture for n in CONTRACT}
+    assert every == swept, f"add a model of {sorted(every - swept)} to CONTRACT"
 
 
 @pytest.mark.parametrize("name", CONTRACT)

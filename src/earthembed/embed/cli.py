@@ -56,31 +56,47 @@ def embed(
                                   help="read the next batch in a thread (default: on for accelerators, off on CPU)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     featurizer: str = typer.Option(
-        None, help="'rcf': random convolutional features built from --store (no --checkpoint; the featurizer is "
-        "exported to <out stem>_featurizer/ so --checkpoint can reuse it on another store)"),
-    rcf_mode: str = typer.Option("empirical", help="rcf filters: empirical (whitened train-split patches) | gaussian"),
-    rcf_features: int = typer.Option(512, help="rcf features per modality (even; half as many filters)"),
-    rcf_kernel: int = typer.Option(3, help="rcf filter size in pixels"),
+        None, help="embeddings built from --store, no model (no --checkpoint): 'rcf' (random convolutional "
+        "features) | 'band_stats' (per-band mean, std, p10, p50, p90); exported to <out stem>_featurizer/ so "
+        "--checkpoint can reuse it on another store"),
+    rcf_mode: str = typer.Option(None, help="rcf filters: empirical (whitened train-split patches, the default) | "
+                                 "gaussian"),
+    rcf_features: int = typer.Option(None, help="rcf features per modality (even; half as many filters; default 512)"),
+    rcf_kernel: int = typer.Option(None, help="rcf filter size in pixels (default 3)"),
 ) -> None:
     """Embed every chip: one row per chip with fused and per-modality embeddings (resumable); with --dates, one
     row per chip and date.
 
-    With --featurizer rcf, no model is needed: random convolutional features (MOSAIKS; TorchGeo's RCF) of
-    every modality, e.g. `earthembed embed --featurizer rcf --store STORE --out rcf.parquet`."""
+    With --featurizer rcf or band_stats, no model is needed: random convolutional features (MOSAIKS; TorchGeo's
+    RCF) or per-band statistics of every modality, e.g. `earthembed embed --featurizer rcf --store STORE --out
+    rcf.parquet`."""
     from earthembed.data.dates import is_series
-    from earthembed.embed.run import embed_random_init, embed_rcf, embed_store, no_time_axis, parse_bands
+    from earthembed.embed.run import (
+        FEATURIZERS,
+        embed_featurizer,
+        embed_random_init,
+        embed_store,
+        no_time_axis,
+        parse_bands,
+    )
 
     with fail_on():
         mods = [m.strip() for m in modalities.split(",")] if modalities else None
-        if featurizer not in (None, "rcf"):
-            raise ValueError(f"--featurizer {featurizer!r}: the only featurizer is 'rcf'")
+        if featurizer not in (None, *FEATURIZERS):
+            raise ValueError(f"--featurizer {featurizer!r}: one of {', '.join(FEATURIZERS)}")
+        rcf = {k: v for k, v in (("mode", rcf_mode), ("features", rcf_features), ("kernel_size", rcf_kernel))
+               if v is not None}
+        if rcf and featurizer != "rcf":
+            flags = {"mode": "--rcf-mode", "features": "--rcf-features", "kernel_size": "--rcf-kernel"}
+            raise ValueError(f"{', '.join(flags[k] for k in rcf)} go{'es' if len(rcf) == 1 else ''} with "
+                             "--featurizer rcf")
         if sum(x is not None for x in (checkpoint, encoder, featurizer)) != 1:
             raise ValueError("give exactly one of --checkpoint (an earthembed export), --encoder SPEC "
-                             "(published weights) and --featurizer rcf")
+                             "(published weights) and --featurizer rcf|band_stats")
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
         fit_mods = mods
-        if is_series(dates):  # (the rcf featurizer is refused by embed_rcf, before its filters are computed)
+        if is_series(dates):  # (featurizers are refused by embed_featurizer, before anything is computed)
             if encoder is not None:
                 from earthembed.models.published import parse_spec
 
@@ -130,8 +146,8 @@ def embed(
                                  ".parquet (the store may be on object storage) and upload it, or embed with "
                                  "--checkpoint into a sharded s3:// dataset")
         if featurizer:
-            rcf = {"mode": rcf_mode, "features": rcf_features, "kernel_size": rcf_kernel, "seed": seed}
-            path = embed_rcf(store, Path(out), rcf=rcf, **kw)
+            options = {"mode": "empirical", **rcf, "seed": seed} if featurizer == "rcf" else None
+            path = embed_featurizer(featurizer, store, Path(out), options=options, **kw)
             typer.echo(f"featurizer: {path.with_name(path.stem + '_featurizer')}")
         elif random_init:
             path = embed_random_init(checkpoint, store, Path(out), seed=seed, **kw)

@@ -633,25 +633,51 @@ def embed_random_init(
     return embed_store(model, store, out, meta=meta, **kwargs)
 
 
+FEATURIZERS: tuple[str, ...] = ("rcf", "band_stats")
+"""``embed --featurizer``: embeddings built from the store itself, no model (:mod:`earthembed.models.rcf`,
+:mod:`earthembed.models.band_stats`)."""
+
+
+def embed_featurizer(
+    kind: str, store: str | Path | ChipStore, out: str | Path, export_dir: str | Path | None = None,
+    modalities: Sequence[str] | None = None, bands: dict[str, Sequence[str]] | None = None,
+    options: dict[str, Any] | None = None, **kwargs: Any,
+) -> Path:
+    """Embeddings of a featurizer (``kind`` in :data:`FEATURIZERS`) built from ``store``.
+
+    The featurizer is exported to ``export_dir`` (default ``<out stem>_featurizer/`` beside ``out``) before
+    embedding, so ``embed_store(export_dir, other_store, ...)`` maps another store with the same features.
+    ``options``: keyword arguments of its builder (rcf: :func:`earthembed.models.rcf.rcf_from_store`'s mode,
+    features, seed, ...; band_stats takes none)."""
+    from earthembed.models.export import check_export_dir
+
+    if kind not in FEATURIZERS:
+        raise ValueError(f"--featurizer {kind!r}: one of {', '.join(FEATURIZERS)}")
+    if is_series(kwargs.get("dates")):  # before anything is computed
+        raise no_time_axis(f"the {kind} featurizer")
+    store = store if isinstance(store, ChipStore) else ChipStore(store)
+    out = Path(out)
+    # checked before the features are built; export_model checks again when it writes
+    export = check_export_dir(export_dir if export_dir is not None else out.with_name(f"{out.stem}_featurizer"))
+    if kind == "rcf":
+        from earthembed.models.rcf import export_rcf
+
+        export_rcf(store, export, modalities=modalities, bands=bands, **(options or {}))
+    else:
+        from earthembed.models.band_stats import export_band_stats
+
+        if options:
+            raise ValueError(f"--featurizer band_stats takes no options (got {sorted(options)})")
+        export_band_stats(store, export, modalities=modalities, bands=bands)
+    return embed_store(export, store, out, modalities=modalities, bands=bands, **kwargs)
+
+
 def embed_rcf(
     store: str | Path | ChipStore, out: str | Path, export_dir: str | Path | None = None,
     modalities: Sequence[str] | None = None, bands: dict[str, Sequence[str]] | None = None,
     rcf: dict[str, Any] | None = None, **kwargs: Any,
 ) -> Path:
-    """Embeddings from random convolutional features (:mod:`earthembed.models.rcf`) built from ``store``.
-
-    The featurizer is exported to ``export_dir`` (default ``<out stem>_featurizer/`` beside ``out``) before
-    embedding, so ``embed_store(export_dir, other_store, ...)`` maps another store with the same filters.
-    ``rcf``: keyword arguments of :func:`earthembed.models.rcf.rcf_from_store` (mode, features, seed, ...).
-    """
-    from earthembed.models.export import check_export_dir
-    from earthembed.models.rcf import export_rcf
-
-    if is_series(kwargs.get("dates")):  # before the filters are computed
-        raise no_time_axis("the rcf featurizer")
-    store = store if isinstance(store, ChipStore) else ChipStore(store)
-    out = Path(out)
-    # checked before the filters are computed; export_model checks again when it writes
-    export = check_export_dir(export_dir if export_dir is not None else out.with_name(f"{out.stem}_featurizer"))
-    export_rcf(store, export, modalities=modalities, bands=bands, **(rcf or {}))
-    return embed_store(export, store, out, modalities=modalities, bands=bands, **kwargs)
+    """Embeddings from random convolutional features (:mod:`earthembed.models.rcf`) built from ``store``
+    (:func:`embed_featurizer` with ``kind="rcf"``; ``rcf``: :func:`earthembed.models.rcf.rcf_from_store`'s
+    keyword arguments)."""
+    return embed_featurizer("rcf", store, out, export_dir, modalities, bands, rcf, **kwargs)

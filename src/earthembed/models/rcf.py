@@ -294,21 +294,11 @@ def export_rcf(
     and export it to ``out_dir`` like any model (store normalisation, products, provenance under ``"rcf"``);
     returns ``out_dir``. ``modalities`` / ``bands`` default to every non-categorical modality / all its bands.
     Deterministic: the same store and options give the same weights, hence the same model id."""
-    from earthembed.data.dataset import resolve_bands
     from earthembed.data.normalize import Normalizer
+    from earthembed.models.band_stats import featurizer_inputs
     from earthembed.models.export import export_model, modality_products
 
-    request: Any = None
-    if modalities is not None or bands:
-        mods = list(modalities) if modalities is not None else list(bands or {})
-        request = {k: (list(bands[k]) if bands and bands.get(k) else None) for k in mods}
-        extra = set(bands or {}) - set(mods)
-        if extra:
-            raise ValueError(f"rcf: bands given for modalities {sorted(extra)} that are not requested ({mods})")
-    chosen = resolve_bands(store, request)
-    categorical = [k for k in chosen if store.modalities[k].kind == "categorical"]
-    if categorical:
-        raise ValueError(f"{store.path}: modalities {categorical} are categorical (label maps), not RCF inputs")
+    chosen = featurizer_inputs(store, modalities, bands, "rcf")
     normalizer = Normalizer.from_store(store)
     model, info = rcf_from_store(store, chosen, normalizer=normalizer, **options)
     return export_model(model, out_dir, normalizer, extra={"rcf": info},

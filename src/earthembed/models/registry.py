@@ -17,7 +17,8 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 
 MODELS: Registry[nn.Module] = Registry(
     "model", builtins=("earthembed.models.multimodal_vit", "earthembed.models.timm_cnn",
-                       "earthembed.models.timm_vit", "earthembed.models.rcf", "earthembed.models.galileo")
+                       "earthembed.models.timm_vit", "earthembed.models.rcf", "earthembed.models.galileo",
+                       "earthembed.models.band_stats")
 )
 
 
