@@ -145,10 +145,10 @@ def _with_shard_chips(command):
     import functools
     import inspect
 
-    from earthembed.data.store import shard_chips_default
-
     @functools.wraps(command)
     def run(*args, shard_chips: int | None = None, **kwargs):
+        from earthembed.data.store import shard_chips_default  # when it runs: `earthembed --help` stays light
+
         with shard_chips_default(shard_chips):
             return command(*args, **kwargs)
 
