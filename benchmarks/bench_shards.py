@@ -8,7 +8,9 @@ Each size gets its own synthetic store (S2 only, generated in a child process) a
 (``resnet18_small`` on S2, ``--model``). Throughput: chips per second of the whole command (model load, reads,
 forward, shard writes and commits; Ray's cluster start excluded: ``ray.init`` is timed apart). Memory: the peak
 resident set of the process doing the work: the local engine in a child process (``ru_maxrss``), each Ray
-worker from its own ``ru_maxrss`` (reported by the worker with every shard).
+worker from its own ``ru_maxrss`` (reported by the worker with every shard), and one shard worker alone
+(``--worker-shards`` shards after its model load, in a child process, one torch thread: a Ray worker's work
+without Ray or the driver).
 """
 
 from __future__ import annotations
@@ -54,6 +56,40 @@ def _local(q: mp.Queue, export: str, store: str, out: str, shard_chips: int, bat
     q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
+def _worker(q: mp.Queue, export: str, store: str, out: str, shard_chips: int, batch: int, shards: int) -> None:
+    from earthembed.embed.engines import ShardJob, ShardWorker
+    from earthembed.embed.shards import plan_shards, prepare_dataset
+    from earthembed.models.export import load_model
+    from earthembed.storage import location
+
+    torch.set_num_threads(1)  # as a Ray worker of 2 on 2 CPUs
+    _, meta = load_model(export)
+    with open(Path(store) / "earthembed.json") as f:  # not ChipStore(store): its open checks are the driver's
+        sm = json.load(f)
+    bands = {"s2": [b["name"] for b in sm["modalities"]["s2"]["bands"]]}
+    plan = plan_shards(int(sm["n_chips"]), 16, shard_chips)[:shards]
+    prepare_dataset(location(out), {"format": "bench"}, overwrite=False)
+    job = ShardJob(export, store, out, bands, meta["normalization"], batch, "cpu", "bench", "bench",
+                   {"model_id": "bench", "n_chips": int(sm["n_chips"])})
+    t0 = time.perf_counter()
+    worker = ShardWorker(job)
+    for s in plan:
+        worker.run(s)
+    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def run_worker(export: Path, store: Path, out: Path, shard_chips: int, batch: int, shards: int) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one shard worker alone (the one Ray runs in an actor: model load, then
+    ``shards`` shards) in a fresh child process: memory per worker without the driver or Ray."""
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=_worker, args=(q, str(export), str(store), str(out), shard_chips,
+                                                              batch, shards))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
 def run_local(export: Path, store: Path, out: Path, shard_chips: int, batch: int) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of the local engine in a fresh child process."""
     q: mp.Queue = mp.get_context("spawn").Queue()
@@ -85,6 +121,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet18_small")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--worker-shards", type=int, default=2,
+                    help="shards embedded by one worker alone, for its peak RSS (0: skip)")
     args = ap.parse_args()
     import ray
 
@@ -96,8 +134,13 @@ def main() -> None:
     try:
         for n in [int(x) for x in args.chips.split(",")]:
             store, export = _make(work, n, args.chip_size, args.model)
-            for d in ("local", "ray"):
+            for d in ("local", "ray", "worker"):
                 shutil.rmtree(work / f"out_{d}{n}", ignore_errors=True)
+            rss_worker = None
+            if args.worker_shards:
+                _, rss_worker = run_worker(export, store, work / f"out_worker{n}", args.shard_chips, args.batch_size,
+                                           args.worker_shards)
+                shutil.rmtree(work / f"out_worker{n}", ignore_errors=True)
             tl, rss_local = run_local(export, store, work / f"out_local{n}", args.shard_chips, args.batch_size)
             tr, rep = run_ray(export, store, work / f"out_ray{n}", args.shard_chips, args.batch_size, args.workers)
             shutil.rmtree(work / f"out_local{n}", ignore_errors=True)  # 100k chips of embeddings: keep the disk free
@@ -105,16 +148,19 @@ def main() -> None:
             peaks = rep.get("peak_rss_mib", {})
             rows.append({"chips": n, "local_s": tl, "ray_s": tr, "local_chips_per_s": n / tl, "ray_chips_per_s": n / tr,
                          "ray_vs_local": tl / tr, "local_peak_rss_mib": rss_local,
-                         "ray_worker_peak_rss_mib": max(peaks.values()) if peaks else None, "ray_workers_seen": len(peaks)})
+                         "ray_worker_peak_rss_mib": max(peaks.values()) if peaks else None, "ray_workers_seen": len(peaks),
+                         "worker_alone_peak_rss_mib": rss_worker})
     finally:
         ray.shutdown()
     print(f"{args.model} on S2, {args.chip_size} px chips, shards of {args.shard_chips}, batch {args.batch_size}, "
           f"{args.workers} Ray workers on {mp.cpu_count()} CPUs (ray.init {ray_start:.1f} s, not counted)")
-    print("| chips | local chips/s | ray chips/s | ray / local | local peak RSS MiB | ray worker peak RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| chips | local chips/s | ray chips/s | ray / local | local peak RSS MiB | ray worker peak RSS MiB | "
+          f"one worker alone ({args.worker_shards} shards) peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['chips']} | {r['local_chips_per_s']:.0f} | {r['ray_chips_per_s']:.0f} | {r['ray_vs_local']:.2f} | "
-              f"{r['local_peak_rss_mib']:.0f} | {r['ray_worker_peak_rss_mib'] or float('nan'):.0f} |")
+              f"{r['local_peak_rss_mib']:.0f} | {r['ray_worker_peak_rss_mib'] or float('nan'):.0f} | "
+              f"{r['worker_alone_peak_rss_mib'] or float('nan'):.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_init_s": ray_start, "rows": rows}, indent=2))
 

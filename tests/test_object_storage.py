@@ -355,3 +355,22 @@ def test_ingest_eurosat_straight_to_s3(s3, shared_data, tmp_path):
     assert a.chunking()["s2"] == {"chunk_chips": 16, "shard_chips": 64, "files": 4}
     r = cli("info", url)
     assert r.exit_code == 0 and "files      shards of 64 chips" in r.output, r.output
+
+
+def test_a_shard_workers_view_of_a_store_on_s3_names_a_missing_chunk(s3):
+    """A worker's view of some chips (ChipStore.rows) checks the chunk objects it reads by HEAD, not by listing
+    the whole store: a deleted chunk of a present chip is one StoreError naming the object; other chips read."""
+    from earthembed.errors import StoreError
+
+    url = f"s3://{BUCKET}/store_damaged"
+    upload_dir(s3["local"].path, location(url))
+    chunks = sorted(str(p) for p, _ in location(f"{url}/arrays.zarr/s2").walk_files() if "/c/" in str(p))
+    first = next(c for c in chunks if "/c/0/" in c)
+    location(first).unlink()
+    store = ChipStore(url, check=False)
+    assert len(store.rows(16, 32).read("s2", slice(0, 16))) == 16
+    np.testing.assert_array_equal(store.rows(16, 32).read("s2", slice(0, 16)), s3["local"].read("s2", slice(16, 32)))
+    with pytest.raises(StoreError, match=r"chips 0-15: chunk file .*c/0/.* is missing") as e:
+        store.rows(0, 16).read("s2", slice(0, 16))
+    assert "\n" not in str(e.value) and store._layouts == {}  # the whole store's chunk listing was never made
+

@@ -517,6 +517,43 @@ def read_parquet_tables(paths: list[Path | ObjectPath], columns: Any = None) -> 
         return list(ex.map(read, paths))
 
 
+def read_parquet_rows(path: Path | ObjectPath, start: int, stop: int, columns: Any = None,
+                      batch_rows: int = 4096, pre_buffer: bool = False) -> tuple[Any, int, list[int]]:
+    """Rows ``[start, stop)`` of one Parquet file, reading only the row groups that hold them (ranged reads on
+    object storage), streamed ``batch_rows`` at a time so that only those rows are kept: ``(table, rows in the
+    file, row groups read)``. The table carries the file's schema metadata (GeoParquet ``geo``)."""
+    import contextlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src, fs = parquet_path(path)
+    loc = location(path)
+    with loc._errors("reading") if isinstance(loc, ObjectPath) else contextlib.nullcontext():
+        pf = pq.ParquetFile(src, filesystem=fs, pre_buffer=pre_buffer, buffer_size=0 if pre_buffer else 1 << 16)
+        md = pf.metadata
+        if not 0 <= start <= stop <= md.num_rows:
+            raise IndexError(f"{loc}: rows {start}..{stop} asked of a file of {md.num_rows} rows")
+        groups, first, at = [], 0, 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if at < stop and at + n > start:
+                first = at if not groups else first
+                groups.append(g)
+            at += n
+        schema = pf.schema_arrow if columns is None else pa.schema([pf.schema_arrow.field(c) for c in columns],
+                                                                    metadata=pf.schema_arrow.metadata)
+        kept, at = [], first
+        for b in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns) if groups else ():
+            lo, hi = max(start, at), min(stop, at + b.num_rows)
+            if hi > lo:
+                kept.append(b.slice(lo - at, hi - lo))
+            at += b.num_rows
+            if at >= stop:
+                break
+    return pa.Table.from_batches(kept, schema=schema), md.num_rows, groups
+
+
 def read_parquet_schema(path: Path | ObjectPath) -> Any:
     import pyarrow.parquet as pq
 

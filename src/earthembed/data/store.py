@@ -61,6 +61,7 @@ from earthembed.storage import (
     output_lock,
     parquet_path,
     quiet_zarrs,
+    read_parquet_rows,
     read_parquet_tables,
     remove,
     write_bytes_atomic,
@@ -211,6 +212,9 @@ def shard_chips_default(shard_chips: int | None) -> Iterator[None]:
 META_FILE = "earthembed.json"
 ARRAYS = "arrays.zarr"
 INDEX_FILE = "index.parquet"
+INDEX_ROW_GROUP_CHIPS = 65536
+"""Rows per row group of ``index.parquet``: a reader of some chips (a shard worker, :meth:`ChipStore.rows`) reads
+only the row groups holding them (stores written before this have one row group per 1 M chips: still bounded)."""
 PARTS_DIR = "_parts"
 REPORT_FILE = "ingest_report.json"
 LOCK_FILE = ".earthembed.lock"
@@ -826,11 +830,11 @@ def _write_index(df: pd.DataFrame, path: Path | ObjectPath) -> None:
     gdf = gpd.GeoDataFrame(df.drop(columns=["geometry"]), geometry=geom, crs="EPSG:4326")
     if isinstance(path, ObjectPath):  # one upload through pyarrow's filesystem, visible only once whole
         buf = io.BytesIO()
-        gdf.to_parquet(buf, index=False)
+        gdf.to_parquet(buf, index=False, row_group_size=INDEX_ROW_GROUP_CHIPS)
         write_bytes_atomic(path, buf.getvalue())
         return
     tmp = path.with_name(path.name + ".tmp")
-    gdf.to_parquet(tmp, index=False)
+    gdf.to_parquet(tmp, index=False, row_group_size=INDEX_ROW_GROUP_CHIPS)
     os.replace(tmp, path)
 
 
@@ -989,35 +993,52 @@ class ChipStore:
         A modality is present where the index says so and not every band is entirely nodata (stores written
         before all-nodata images were stored as absent could mark them present)."""
         if self._presence is None:
-            names = [f"has_{k}" for k in self.modalities] + [f"valid_{k}" for k in self.modalities]
-            masks = [n for n, sp in self.labels.items() if sp.get("kind") == "mask"]
-            names += [f"has_mask_{n}" for n in masks]
             try:
                 src, fs = parquet_path(self.path / INDEX_FILE)
                 schema = pq.read_schema(src, filesystem=fs)
-                cols = [c for c in names if c in schema.names]
+                cols = [c for c in self._presence_columns() if c in schema.names]
                 t = pq.read_table(src, columns=cols, filesystem=fs)
             except (OSError, pa.ArrowException) as e:
                 raise StoreError(f"{self.path / INDEX_FILE}: cannot read the store index ({e})") from e
-            out: dict[str, np.ndarray] = {}
-            for k in self.modalities:
-                if f"has_{k}" not in t.column_names:
-                    raise StoreError(f"{self.path / INDEX_FILE}: no column has_{k} for modality {k!r}")
-                has = t.column(f"has_{k}").to_numpy(zero_copy_only=False).astype(bool)
-                v = t.column(f"valid_{k}").combine_chunks() if f"valid_{k}" in t.column_names else None
-                if v is not None and len(v) and v.null_count == 0:
-                    lens = pc.list_value_length(v).to_numpy(zero_copy_only=False)
-                    if lens[0] > 0 and (lens == lens[0]).all():  # one valid fraction per band
-                        flat = np.asarray(pc.list_flatten(v).to_numpy(zero_copy_only=False), dtype=float)
-                        has &= (flat.reshape(len(v), -1) > 0).any(axis=1)
-                out[k] = has
-            for n in masks:
-                col = f"has_mask_{n}"
-                if col not in t.column_names:
-                    raise StoreError(f"{self.path / INDEX_FILE}: no column {col} for mask label {n!r}")
-                out[f"labels/{n}"] = t.column(col).to_numpy(zero_copy_only=False).astype(bool)
-            self._presence = out
+            self._presence = self._presence_of(t)
         return self._presence
+
+    def _presence_columns(self) -> list[str]:
+        names = [f"has_{k}" for k in self.modalities] + [f"valid_{k}" for k in self.modalities]
+        return names + [f"has_mask_{n}" for n, sp in self.labels.items() if sp.get("kind") == "mask"]
+
+    def _presence_of(self, t: pa.Table) -> dict[str, np.ndarray]:
+        """:meth:`presence` of the index rows ``t`` (holding the columns of :meth:`_presence_columns` it has)."""
+        out: dict[str, np.ndarray] = {}
+        for k in self.modalities:
+            if f"has_{k}" not in t.column_names:
+                raise StoreError(f"{self.path / INDEX_FILE}: no column has_{k} for modality {k!r}")
+            has = t.column(f"has_{k}").to_numpy(zero_copy_only=False).astype(bool)
+            v = t.column(f"valid_{k}").combine_chunks() if f"valid_{k}" in t.column_names else None
+            if v is not None and len(v) and v.null_count == 0:
+                lens = pc.list_value_length(v).to_numpy(zero_copy_only=False)
+                if lens[0] > 0 and (lens == lens[0]).all():  # one valid fraction per band
+                    flat = np.asarray(pc.list_flatten(v).to_numpy(zero_copy_only=False), dtype=float)
+                    has &= (flat.reshape(len(v), -1) > 0).any(axis=1)
+            out[k] = has
+        for n, sp in self.labels.items():
+            if sp.get("kind") != "mask":
+                continue
+            col = f"has_mask_{n}"
+            if col not in t.column_names:
+                raise StoreError(f"{self.path / INDEX_FILE}: no column {col} for mask label {n!r}")
+            out[f"labels/{n}"] = t.column(col).to_numpy(zero_copy_only=False).astype(bool)
+        return out
+
+    def _holds_data(self, name: str, start: int, stop: int) -> bool:
+        """Whether any of chips ``[start, stop)`` holds data in array ``name`` (its chunk file must then exist)."""
+        pres = self.presence().get(name)
+        return pres is None or bool(pres[start:stop].any())
+
+    def rows(self, start: int, stop: int) -> StoreRows:
+        """Chips ``[start, stop)`` as a store of their own (:class:`StoreRows`): what a shard worker reads, without
+        loading anything of the other chips."""
+        return StoreRows(self, start, stop)
 
     def present(self, modality: str) -> np.ndarray:
         """Bool [N]: chips that hold ``modality`` (see :meth:`presence`)."""
@@ -1086,9 +1107,8 @@ class ChipStore:
         layout = self.layout(name)
         cc = layout.chunk_chips
         chunks = np.unique(chips // cc)
-        pres = self.presence().get(name)
         for c in chunks:
-            if pres is None or pres[c * cc : (c + 1) * cc].any():
+            if self._holds_data(name, int(c) * cc, (int(c) + 1) * cc):
                 lost = layout.missing(int(c))
                 if lost:
                     raise StoreError(self._chunk_message(name, int(c), cc, n, f"chunk file {lost} is missing"))
@@ -1200,3 +1220,121 @@ class ChipStore:
             "has_stats": bool(self.stats),
             "time_series": series_info(self),
         }
+
+
+def _geo_frame(table: pa.Table) -> Any:  # geopandas.GeoDataFrame
+    """A GeoParquet table's rows as :func:`geopandas.read_parquet` makes them (WKB geometry decoded, its CRS)."""
+    import geopandas as gpd
+
+    geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+    col = geo.get("primary_column", "geometry")
+    crs = (geo.get("columns") or {}).get(col, {}).get("crs", "OGC:CRS84")
+    df = table.drop_columns([col]).to_pandas()
+    geom = gpd.GeoSeries.from_wkb(table.column(col).to_numpy(zero_copy_only=False), crs=crs)
+    return gpd.GeoDataFrame(df, geometry=geom.rename(col), crs=crs)
+
+
+class StoreRows(ChipStore):
+    """Chips ``[start, stop)`` of a :class:`ChipStore` as a store of their own (positions ``0 .. stop-start-1``):
+    what a shard worker reads (:meth:`ChipStore.rows`). Its :attr:`index`, :meth:`presence` (and so the dates and
+    presence a :class:`~earthembed.data.dataset.ChipDataset` derives) are of those rows only, read from the row
+    groups of ``index.parquet`` that hold them; pixels come from the store's arrays at ``start + position``.
+    Nothing is loaded for the store's other chips, so a worker's memory does not grow with the store."""
+
+    def __init__(self, store: ChipStore, start: int, stop: int) -> None:  # no ChipStore.__init__: opened already
+        if not 0 <= start <= stop <= len(store):
+            raise IndexError(f"{store.path}: chips {start}..{stop} are not within its {len(store)} chips")
+        self.__dict__.update(store.__dict__)
+        self.parent, self.start, self.stop = store, int(start), int(stop)
+        self._index: Any = None
+        self._presence: dict[str, np.ndarray] | None = None
+        self._table: pa.Table | None = None
+        self._layouts = {}
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return f"StoreRows({str(self.path)!r}, {self.start}..{self.stop})"
+
+    def _rows(self) -> pa.Table:
+        """This view's rows of the index, every column (read once)."""
+        if self._table is None:
+            f = self.path / INDEX_FILE
+            try:
+                t, n, _ = read_parquet_rows(f, self.start, self.stop)
+            except (OSError, pa.ArrowException, IndexError) as e:
+                raise StoreError(f"{f}: cannot read the store index ({e})") from e
+            if n != len(self.parent):
+                raise StoreError(f"{f}: has {n} rows but {META_FILE} says {len(self.parent)} chips (row i is array "
+                                 "position i): the index was edited or truncated")
+            self._table = t
+        return self._table
+
+    @property
+    def index(self):  # geopandas.GeoDataFrame of this view's rows
+        if self._index is None:
+            self._index = _geo_frame(self._rows())
+        return self._index
+
+    def presence(self) -> dict[str, np.ndarray]:
+        if self._presence is None:
+            self._presence = self._presence_of(self._rows())
+        return self._presence
+
+    @property
+    def root(self) -> zarr.Group:
+        return self.parent.root
+
+    def array(self, name: str) -> zarr.Array:
+        return self.parent.array(name)
+
+    def layout(self, name: str) -> ChunkLayout:
+        """The store's chunk layout; on object storage a chunk checked by one HEAD (once per view) instead of
+        the listing of every chunk of the store."""
+        if not self.remote:
+            return self.parent.layout(name)
+        lay = self._layouts.get(name)
+        if lay is None:
+            base = ChunkLayout.of(self.path, name, self.array(name))  # type: ignore[arg-type]  (URLs join like paths)
+            lay = self._layouts[name] = _CachedHeadLayout(base.chunk_chips, base.paths, {})
+        return lay
+
+    def _holds_data(self, name: str, start: int, stop: int) -> bool:
+        pres = self.presence().get(name)
+        return pres is None or bool(pres[max(0, start - self.start) : max(0, stop - self.start)].any())
+
+    def _read_rows(self, name: str, rows: int | slice | np.ndarray) -> np.ndarray:
+        n = len(self)
+        if isinstance(rows, int):
+            r = rows + n if rows < 0 else rows
+            if not 0 <= r < n:
+                raise IndexError(f"{self}: chip index out of range for {n} chips")
+            return super()._read_rows(name, self.start + r)
+        if isinstance(rows, slice):
+            s, e, step = rows.indices(n)
+            if step == 1:
+                return super()._read_rows(name, slice(self.start + s, self.start + max(s, e)))
+            rows = np.arange(s, e, step)
+        r = np.where(rows < 0, rows + n, rows)
+        if r.size and (r.min() < 0 or r.max() >= n):
+            raise IndexError(f"{self}: chip index out of range for {n} chips")
+        return super()._read_rows(name, r + self.start)
+
+    def set_stats(self, stats: dict[str, Any]) -> None:
+        raise StoreError(f"{self}: a view of some chips is read-only")
+
+    def lock(self) -> OutputLock:
+        raise StoreError(f"{self}: a view of some chips is read-only")
+
+
+@dataclasses.dataclass(frozen=True)
+class _CachedHeadLayout(HeadChunkLayout):
+    """:class:`HeadChunkLayout` remembering each chunk's answer (a view reads a chunk in one or two batches)."""
+
+    seen: dict[int, str | None] = dataclasses.field(default_factory=dict, compare=False)
+
+    def missing(self, chunk: int) -> str | None:
+        if chunk not in self.seen:
+            self.seen[chunk] = super().missing(chunk)
+        return self.seen[chunk]

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from earthembed.embed.shards import (
@@ -83,7 +85,7 @@ class ShardWorker:
 
     def __init__(self, job: ShardJob, model: torch.nn.Module | None = None) -> None:
         from earthembed.data.store import ChipStore
-        from earthembed.embed.run import _chip_columns, make_passes, set_tta
+        from earthembed.embed.run import set_tta
         from earthembed.models.export import load_model
 
         self.job = job
@@ -93,37 +95,51 @@ class ShardWorker:
             model, _ = load_model(_export_here(job))
         set_tta(model, job.tta)
         self.model = model.to(job.device).eval()
-        self.store = ChipStore(job.store)
-        self.passes = make_passes(self.store, job.request, job.normalization, job.time)
-        self.chips = _chip_columns(self.store.index)
+        # the driver opened (and checked) the whole store; a worker loads only its shards' rows (StoreRows): its
+        # memory stays flat however large the store is. The chip count is checked: the plan depends on it.
+        self.store = ChipStore(job.store, check=False)
+        planned = job.table_meta.get("n_chips")
+        if planned is not None and len(self.store) != int(planned):
+            raise ValueError(f"{self.store.path}: has {len(self.store)} chips, but this embedding job was planned "
+                             f"for {planned}: the store changed since the job started; embed it into a new --out")
         self.meta = table_metadata(job.table_meta, job.out)
 
     def run(self, shard: Shard) -> dict[str, Any]:
         """Embed ``shard``, write its file and commit it; a failure is recorded (``_failed/``) and re-raised."""
-        from earthembed.embed.run import _BatchReader, _prefetch, embed_batch
-
         out, job = location(self.job.out), self.job
         done = committed(out, shard)
         if done is not None:  # committed by an earlier attempt (a retried task): never embedded or written again
             return done
         try:
-            starts = list(range(shard.start, shard.end, job.batch_size))
-            prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
-            tables = []
-            with torch.inference_mode():
-                for p in self.passes:  # one, or one per date index
-                    reader = _BatchReader(p.dataset, starts, job.batch_size, stop=shard.end)
-                    for batch in _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))):
-                        emb, present = embed_batch(self.model, batch, job.request, job.device, self.chips, job.label)
-                        tables.append(p.table(batch["idx"].numpy(), self.chips, emb, present, job.request,
-                                              job.model_id))
-            table = shard_table(tables, self.meta)
+            table = shard_table(self.embed(shard), self.meta)
             if job.time is None:  # per date, a chip without imagery at a date has no row
                 order_check(table, shard)
             return write_shard(out, shard, table, partition=job.time is not None)  # per date: by year
         except Exception as e:
             record_failure(out, shard, e)
             raise
+
+    def embed(self, shard: Shard) -> list[pa.Table]:
+        """The rows of ``shard``, one table per batch, read from the store's rows of the shard only
+        (:meth:`~earthembed.data.store.ChipStore.rows`: index rows, presence, dates and footprints of its chips)."""
+        from earthembed.embed.run import _BatchReader, _chip_columns, _prefetch, embed_batch, make_passes
+
+        job = self.job
+        rows = self.store.rows(shard.start, shard.end)
+        chips = _chip_columns(rows.index)
+        prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
+        starts = list(range(0, len(rows), job.batch_size))
+        tables = []
+        with torch.inference_mode():
+            for p in make_passes(rows, job.request, job.normalization, job.time):  # one, or one per date index
+                reader = _BatchReader(p.dataset, starts, job.batch_size)
+                for batch in _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))):
+                    local = batch["idx"].numpy()  # positions in the shard
+                    emb, present = embed_batch(self.model, batch, job.request, job.device, chips, job.label)
+                    t = p.table(local, chips, emb, present, job.request, job.model_id)
+                    at = t.schema.get_field_index("idx")  # rows name their chips by store position
+                    tables.append(t.set_column(at, "idx", pc.add(t.column(at), pa.scalar(shard.start, pa.int64()))))
+        return tables
 
 
 def run_local(job: ShardJob, shards: Sequence[Shard], model: torch.nn.Module | None = None,
