@@ -374,3 +374,43 @@ def test_a_shard_workers_view_of_a_store_on_s3_names_a_missing_chunk(s3):
         store.rows(0, 16).read("s2", slice(0, 16))
     assert "\n" not in str(e.value) and store._layouts == {}  # the whole store's chunk listing was never made
 
+
+def test_ingest_commands_write_to_s3_from_inside_their_input(s3, tmp_path, monkeypatch):
+    """`ingest folder . --out s3://...` (run inside its input folder), `ingest rasters` and `ingest pairs`: an
+    s3:// --out is not a local path inside the input; the stores land on S3 and nothing local named s3: appears.
+    An --out on S3 that holds an input (same bucket and key prefix), or lies inside a store there, is refused."""
+    from test_ingest_folder import _png
+    from test_ingest_pairs import _write_pair
+    from test_ingest_rasters import _s2
+
+    pets = tmp_path / "pets"
+    for i in range(4):
+        _png(pets / "forest" / f"f{i}.png", 10 + i)
+        _png(pets / "water" / f"w{i}.png", 100 + i)
+    monkeypatch.chdir(pets)
+    r = cli("ingest", "folder", ".", "--out", f"s3://{BUCKET}/cli/folder")
+    assert r.exit_code == 0, r.output
+    assert len(ChipStore(f"s3://{BUCKET}/cli/folder")) == 8 and not (pets / "s3:").exists()
+
+    aoi = tmp_path / "aoi"
+    aoi.mkdir()
+    _s2(aoi / "s2.tif")
+    monkeypatch.chdir(aoi)
+    r = cli("ingest", "rasters", "-m", "s2=s2.tif", "--chip-size", "32", "--out", f"s3://{BUCKET}/cli/rasters", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(ChipStore(f"s3://{BUCKET}/cli/rasters")) == 8  # 3 x 3 tiles, one all nodata and not (aoi / "s3:").exists()
+
+    seg = tmp_path / "seg"
+    for k in range(2):
+        _write_pair(seg, "Tile 0", f"part_{k}", 16, 16, seed=k)
+    monkeypatch.chdir(seg)
+    r = cli("ingest", "pairs", "--images", "Tile 0/images", "--masks", "Tile 0/masks", "--chip-size", "16",
+            "--out", f"s3://{BUCKET}/cli/pairs", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(ChipStore(f"s3://{BUCKET}/cli/pairs")) == 2 and not (seg / "s3:").exists()
+
+    one_line_error(cli("ingest", "rasters", "-m", f"s2=s3://{BUCKET}/cli/in/s2.tif", "--chip-size", "32",
+                       "--out", f"s3://{BUCKET}/cli/in"), f"s3://{BUCKET}/cli/in: --out contains the input")
+    one_line_error(cli("synth", "--out", f"s3://{BUCKET}/cli/folder/inner", "--chips", "16"),
+                   f"s3://{BUCKET}/cli/folder/inner: --out is inside the chip store s3://{BUCKET}/cli/folder")
+    assert not (seg / "s3:").exists()

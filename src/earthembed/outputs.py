@@ -33,34 +33,57 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from earthembed.errors import LockedError, OutputError
+from earthembed.storage import ObjectPath, is_remote, location
 
 
 def _resolved(p: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(p)))).resolve()
 
 
+_URL_ROOT = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/]*)(.*)$")
+
+
+def _place(p: str | Path | ObjectPath) -> tuple[str, PurePosixPath | Path]:
+    """(where, path there): ``("", resolved local path)``, ``("s3://bucket", /key)`` for object storage (also
+    a URL collapsed by ``Path``, ``s3:/bucket/key``) and ``("https://host", /path)`` for any other URL, so that
+    two places overlap only on the same filesystem or bucket."""
+    if is_remote(p):
+        loc = location(p)
+        return f"{loc.scheme}://{loc.bucket}", PurePosixPath("/" + loc.key)  # type: ignore[union-attr]
+    m = _URL_ROOT.match(str(p))
+    if m and m.group(1).lower() != "file":
+        return f"{m.group(1).lower()}://{m.group(2)}", PurePosixPath("/" + m.group(3).strip("/"))
+    return "", _resolved(location(p))
+
+
 def is_within(path: str | Path, root: str | Path) -> bool:
-    """True when ``path`` is ``root`` or below it (both resolved, symlinks followed)."""
-    p, r = _resolved(path), _resolved(root)
-    return p == r or r in p.parents
+    """True when ``path`` is ``root`` or below it (both resolved, symlinks followed; on object storage: the same
+    bucket and ``root``'s key a prefix of ``path``'s by whole names)."""
+    (pw, p), (rw, r) = _place(path), _place(root)
+    return pw == rw and (p == r or r in p.parents)
 
 
-def check_output_location(out: str | Path, inputs: Iterable[str | Path], what: str = "--out") -> None:
+def check_output_location(out: str | Path | ObjectPath, inputs: Iterable[str | Path | ObjectPath],
+                          what: str = "--out") -> None:
     """Refuse an output that is an input, contains one (an ancestor) or lies inside an input folder.
 
     Writing there could replace the very files being read, or (inside an input tree) make the next run read its
-    own output as input."""
-    o = _resolved(out)
+    own output as input. A location on object storage (``s3://``, ``gs://``) is compared with inputs in the same
+    bucket only (by key, whole names): it is never a local path, so a local input never contains it."""
+    ow, o = _place(out)
     for src in inputs:
-        s = _resolved(src)
+        sw, s = _place(src)
+        if sw != ow:
+            continue
         if o == s:
             raise OutputError(f"{out}: {what} is the input {src} itself; choose another {what}")
         if o in s.parents:
@@ -206,15 +229,14 @@ def output_kind(path: str | Path) -> str | None:
     nothing but that kind's entries (``.tmp``/``.lock`` files aside) and a set of entries that identifies it."""
     from earthembed.data.store import is_store_dir
 
-    path = Path(path)
+    path = location(path)
+    if isinstance(path, ObjectPath):  # only marked outputs and stores: earthembed never wrote others there
+        return _marked_kind(path) or ("store" if is_store_dir(path) else None)
     if not path.is_dir():
         return None
-    try:
-        marked = json.loads((path / DIR_MARKER).read_text()).get(OUTPUT_KEY)
-    except (OSError, ValueError, AttributeError):
-        marked = None
-    if marked in DIR_KINDS:
-        return str(marked)
+    marked = _marked_kind(path)
+    if marked is not None:
+        return marked
     if is_store_dir(path):
         return "store"
     names: set[str] | None = None
@@ -231,10 +253,21 @@ def output_kind(path: str | Path) -> str | None:
     return None
 
 
-def protected_dir_above(path: str | Path) -> tuple[Path, str] | None:
+def _marked_kind(path: Path | ObjectPath) -> str | None:
+    try:
+        marked = json.loads((path / DIR_MARKER).read_text()).get(OUTPUT_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(marked) if marked in DIR_KINDS else None
+
+
+def protected_dir_above(path: str | Path | ObjectPath) -> tuple[Path | ObjectPath, str] | None:
     """(directory, what it is) when ``path`` lies strictly inside a chip store or a run that resumes from its own
-    files (pretraining, segment): no other output may be written there."""
-    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    files (pretraining, segment): no other output may be written there. On object storage the prefixes above
+    ``path`` in its bucket (two small GETs each), never a local directory."""
+    p = location(path)
+    if not isinstance(p, ObjectPath):
+        p = Path(os.path.abspath(os.path.expanduser(str(p))))
     for d in p.parents:
         kind = output_kind(d)
         if kind == "store" or (kind is not None and DIR_KINDS[kind].protected):
@@ -252,13 +285,23 @@ def _refuse_existing_file(out: Path, kind: str, overwrite: bool, option: str) ->
                           f"with --overwrite - move it away or choose another {option}")
 
 
-def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
-                 option: str = "--out") -> Path:
+REMOTE_KINDS = frozenset({"store"})
+"""Outputs :func:`check_output` allows on object storage (``s3://``, ``gs://``): chip stores (written through
+:mod:`earthembed.storage` by :class:`~earthembed.data.store.StoreWriter`); embedding datasets are checked by
+:mod:`earthembed.embed.shards`. Every other output is a local file or directory: a URL there is refused."""
+
+
+def check_output(out: str | Path | ObjectPath, kind: str, inputs: Iterable[str | Path | ObjectPath | None] = (),
+                 overwrite: bool = False, option: str = "--out") -> Path | ObjectPath:
     """Refuse ``out`` as an output of ``kind`` (:data:`FILE_KINDS` or :data:`DIR_KINDS`) unless the policy of the
     module docstring allows it; ``inputs``: the paths the command reads (None entries are ignored); ``option``:
-    how the user named ``out`` (for the message). Writes nothing; returns ``Path(out)``."""
-    out = Path(out)
-    check_output_location(out, [Path(s) for s in inputs if s is not None and str(s) != ""], option)
+    how the user named ``out`` (for the message). Writes nothing; returns ``out`` as a :class:`~pathlib.Path`, or
+    an :class:`~earthembed.storage.ObjectPath` for a URL on object storage (only for :data:`REMOTE_KINDS`; it is
+    never taken for a local path: ``s3://b/x`` is not ``./s3:/b/x``)."""
+    out = location(out) if is_remote(out) else Path(out)
+    if isinstance(out, ObjectPath) and kind not in REMOTE_KINDS:
+        local_only(out, kind, option)
+    check_output_location(out, [s for s in inputs if s is not None and str(s) != ""], option)
     inside = protected_dir_above(out)
     if inside is not None:
         raise OutputError(f"{out}: {option} is inside the {inside[1]} {inside[0]}; write it outside (earthembed "
@@ -271,9 +314,15 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None]
             _refuse_existing_file(out, kind, overwrite, option)
         return out
     k = DIR_KINDS[kind]
-    if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
-        raise OutputError(f"{out}: {option} exists and is not a directory; the {k.what} is a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if isinstance(out, ObjectPath):
+        if out.is_file():
+            raise OutputError(f"{out}: {option} is an object, not a prefix; the {k.what} is a directory of objects")
+        full = out.is_dir()
+    else:
+        if out.exists() and not out.is_dir() or out.is_symlink() and not out.exists():
+            raise OutputError(f"{out}: {option} exists and is not a directory; the {k.what} is a directory")
+        full = out.is_dir() and any(out.iterdir())
+    if full:
         found = output_kind(out)
         if found != kind:
             held = f"holds an earthembed {DIR_KINDS[found].what}, not" if found else "is a non-empty directory and not"
@@ -284,9 +333,20 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None]
     return out
 
 
+def local_only(out: str | Path | ObjectPath, kind: str | None = None, option: str = "--out") -> None:
+    """Refuse a URL on object storage for an output written to a local path (files, :func:`claim_dir`), in one
+    line: without this it would become a local directory named ``s3:``."""
+    if not is_remote(out):
+        return
+    what = FILE_KINDS[kind][0] if kind in FILE_KINDS else DIR_KINDS[kind].what if kind in DIR_KINDS else "output"
+    raise OutputError(f"{location(out)}: {option} on object storage is not supported for a {what} (only chip stores "
+                      "and embedding datasets are written there); write it to a local path and upload it")
+
+
 def claim_dir(out: str | Path, kind: str) -> Path:
     """Create directory ``out`` (checked by :func:`check_output`) and mark it as ``kind``'s, so that re-running the
     command recognises it and other commands stay out of a protected one. Idempotent."""
+    local_only(out, kind)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / DIR_MARKER
@@ -349,6 +409,7 @@ def atomic_path(path: str | Path, kind: str | None = None, overwrite: bool = Fal
     """Yield a new temporary file beside ``path`` (same directory, same suffix) to write; when the block ends
     without error it is renamed onto ``path``, otherwise removed. With ``kind``, a file that appeared at ``path``
     meanwhile is checked again (:func:`check_output`'s rule) before it is replaced."""
+    local_only(path, kind, option)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")

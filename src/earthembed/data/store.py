@@ -403,8 +403,7 @@ class StoreWriter:
     def _prepare(self, overwrite: bool, inputs: Sequence[str | Path]) -> None:
         """Check where we write (before touching anything), take the lock, then create, resume or replace."""
         p = self.path
-        if not self.remote:  # an object store URL is none of the (local) inputs and lies inside none
-            check_output_location(p, inputs)
+        check_output_location(p, inputs)  # a URL is compared with inputs in its own bucket only
         if p.exists() and not p.is_dir():
             raise OutputError(f"{p}: exists and is not a directory; a chip store is a directory")
         if p.exists() and _entries(p) and not is_store_dir(p):
