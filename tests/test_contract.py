@@ -261,3 +261,92 @@ def test_segmentation_reads_a_chip_batch_by_its_fields_as_it_read_the_dict():
         torch.manual_seed(5)
         losses.append(module.step(b)[0].detach())
     assert torch.equal(losses[0], losses[1])
+
+
+def test_has_and_image_read_one_date_by_name(store):
+    batch = _dataset(store).read_batch(np.arange(4))
+    assert batch.has("s2") and batch.has("lc") and not batch.has("seg") and not batch.has("s2_present")
+    assert torch.equal(batch.image("lc"), batch["lc"]) and batch.image("s2").data_ptr() == batch["s2"].data_ptr()
+    series = ChipBatch({"s1": Observation(torch.zeros(2, 3, 1, 4, 4), torch.ones(2, 3, dtype=torch.bool))})
+    with pytest.raises(ContractError, match=r"'s1' has 3 dates; this reads one date per modality") as e:
+        series.image("s1")
+    _one_line(e)
+
+
+def _objectives(bands):
+    """One small module of every pretraining objective (dense contrastive reading a second date as its view)."""
+    from earthembed.pretrain.byol import BYOLPretrainModule
+    from earthembed.pretrain.contrastive import ContrastivePretrainModule
+    from earthembed.pretrain.dense_contrastive import DenseContrastivePretrainModule
+    from earthembed.pretrain.mpmae import MPMAEPretrainModule
+    from earthembed.pretrain.pretext import PretextTask
+
+    vit = {"modalities": bands, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    aug = {"group_dropout": 0.5, "band_dropout": 0.2, "brightness": 0.1}
+    tasks = [PretextTask("s2", "pixel_regression", "s2", "input", 12, norm_pix=True),
+             PretextTask("s1", "pixel_regression", "s1", "sar", 2),
+             PretextTask("lc", "pixel_classification", "lc", "classes", 3, codes=(10, 30, 80)),
+             PretextTask("month", "image_regression", "value_month", "month", 2)]
+    cnn = {"modalities": {"s2": bands["s2"]}, "backbone": "convnextv2_atto", "stem_stride": 1,
+           "timm_kwargs": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}}
+    return {
+        "contrastive": lambda: ContrastivePretrainModule("multimodal_vit_tiny", vit, proj_dim=8, augment=aug),
+        "byol": lambda: BYOLPretrainModule("multimodal_vit_tiny", vit, proj_dim=8, augment=aug),
+        "dense_contrastive": lambda: DenseContrastivePretrainModule(
+            "resnet18_small", {"modalities": bands}, points_per_chip=8, proj_dim=8, global_weight=0.5,
+            date_views={"s2": "s2b"}, augment=aug),
+        "mpmae": lambda: MPMAEPretrainModule("timm_cnn", cnn, pretext_tasks=[t.to_dict() for t in tasks],
+                                             decoder_dim=8, augment=aug),
+    }
+
+
+def _step(make, batch):
+    torch.manual_seed(0)
+    module = make().train()
+    torch.manual_seed(5)
+    loss, stats = module.step(batch)
+    return loss.detach(), {k: torch.as_tensor(v) for k, v in stats.items()}
+
+
+def test_pretraining_objectives_read_a_chip_batch_by_its_fields_as_they_read_the_dict(store):
+    ds = ChipDataset(store, ["s2", "s1"], categorical=["lc"], values={"month": acquisition_month(store, "s2")})
+    batch = ds.read_batch(np.arange(6))
+    s2 = batch.obs["s2"]  # a second date of s2 on chips 0, 2, 3 (dense contrastive's second view)
+    second = Observation(s2.x.flip(-1), torch.tensor([[True], [False], [True], [True], [False], [False]]))
+    batch = batch.replace(obs={**batch.obs, "s2b": second})
+    for name, make in _objectives(ds.bands).items():
+        loss, stats = _step(make, batch)
+        same, same_stats = _step(make, dict(batch))  # a dict caller (today's string keys) gets the same step
+        assert torch.isfinite(loss) and torch.equal(loss, same), name
+        assert stats.keys() == same_stats.keys() and all(torch.equal(stats[k], same_stats[k]) for k in stats), name
+    dense = _objectives(ds.bands)["dense_contrastive"]()
+    two = dense._second_source(batch)  # the second date where a chip has it, the first elsewhere
+    assert torch.equal(two.obs["s2"].x[[0, 2, 3]], second.x[[0, 2, 3]])
+    assert torch.equal(two.obs["s2"].x[[1, 4, 5]], s2.x[[1, 4, 5]]) and two.obs["s2"].present is s2.present
+    # MP-MAE trains on the chips holding its input: chips without it change nothing
+    make = _objectives(ds.bands)["mpmae"]
+    lacking = batch.with_obs("s2", present=torch.tensor([[True], [False], [True], [True], [True], [False]]))
+    loss, _ = _step(make, lacking)
+    alone, _ = _step(make, batch.index_select([0, 2, 3, 4]))
+    assert torch.equal(loss, alone)
+
+
+def test_a_date_view_reads_each_series_by_its_base_as_a_chip_batch(tmp_path):
+    from earthembed.data.dates import DateView, date_key
+    from earthembed.data.normalize import Normalizer
+    from earthembed.data.synth import generate_synthetic_aoi
+
+    st = generate_synthetic_aoi(tmp_path / "dated", chips=6, chip_size=16, seed=1, dates=2)
+    request = {"s2": st.band_names("s2"), "s1": st.band_names("s1")}
+    norm = Normalizer.from_store(st)
+    one = ChipDataset(st, {date_key("s2", 1): request["s2"]}, normalizer=norm).read_batch(np.arange(6))
+    view = DateView(st, request, norm, {"s2": date_key("s2", 1)}).read_batch(np.arange(6))
+    assert isinstance(view, ChipBatch) and list(view.obs) == ["s2", "s1"] and torch.equal(view.idx, one.idx)
+    s2 = one.obs[date_key("s2", 1)]  # date t of each chip, as read, under its base
+    assert torch.equal(view.obs["s2"].dates, s2.dates) and (s2.dates != NO_DATE).all()
+    assert torch.equal(view.obs["s2"].present, s2.present) and torch.equal(view.obs["s2"].month, s2.month)
+    s1 = view.obs["s1"]  # a series without this date: absent on every chip, no date, no month
+    assert not s1.present.any() and (s1.dates == NO_DATE).all() and (s1.month == -1).all()
+    assert s1.x.shape == (6, 1, len(request["s1"]), 16, 16) and not s1.x.any()
+    assert list(view) == ["idx", "s2", "s2_present", "s2_month", "s1", "s1_present", "s1_month"]
+

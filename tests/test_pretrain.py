@@ -13,6 +13,7 @@ from earthembed.augment import (
     augment_batch,
     band_dropout,
     group_dropout,
+    group_masks,
     modality_dropout,
     random_affine,
 )
@@ -113,7 +114,7 @@ def test_module_passes_group_masks_to_the_model(tiny_store):
         forward = mod.model.forward
 
         def spy(b, *a, _forward=forward, _seen=seen, **kw):
-            _seen.append(kw.get("group_present"))
+            _seen.append({**group_masks(b), **(kw.get("group_present") or {})})  # the view's own, or given
             return _forward(b, *a, **kw)
 
         mod.model.forward = spy

@@ -22,10 +22,11 @@ Order: geometry, jitter, blur, noise, band dropout, band-group dropout (so dropp
 Missing bands are trained at two levels, matching what the model sees at inference:
 
 * **Band-group dropout** (``group_dropout``): per chip and modality, each band group is dropped with
-  probability p, keeping at least one group. Dropped groups are returned as ``<k>_group_present`` masks
-  ``[B, G]`` that :class:`~earthembed.models.multimodal_vit.MultiModalViT` reads, so a dropped group
-  contributes *no tokens* — exactly as when its bands are absent from the input at inference (e.g. a
-  Sentinel-2 chip with only the 10 m bands), never zero-valued tokens. Its channels are also zeroed.
+  probability p, keeping at least one group. Dropped groups are returned as band-group presence ``[B, G]``
+  (``Observation.group_present``; ``<k>_group_present`` of a dict batch) that
+  :class:`~earthembed.models.multimodal_vit.MultiModalViT` reads, so a dropped group contributes *no tokens* —
+  exactly as when its bands are absent from the input at inference (e.g. a Sentinel-2 chip with only the 10 m
+  bands), never zero-valued tokens. Its channels are also zeroed.
 * **Band dropout** (``band_dropout``): zeroes random channels inside the kept groups, as the model does for
   the missing slots of a partially given group (e.g. B04 B03 B02 without B08), keeping >= 1 channel of
   each kept group. Together they produce e.g. RGB-only Sentinel-2 input.
@@ -249,14 +250,17 @@ def modality_dropout(
     return {k: kept[:, i].to(present[k].device) for i, k in enumerate(keys)}
 
 
-def group_masks(augmented: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The ``<k>_group_present`` masks of :func:`augment_batch` output, keyed by modality (for the model)."""
+def group_masks(augmented: Mapping[str, Tensor] | ChipBatch) -> dict[str, Tensor]:
+    """The band-group presence ``[B, G]`` of :func:`augment_batch` output, keyed by modality (for the model): a
+    ChipBatch's ``group_present`` of its observations, or a dict's ``<k>_group_present`` entries."""
+    if isinstance(augmented, ChipBatch):
+        return {k: gp for k in augmented.obs if (gp := augmented.group_present(k)) is not None}
     suffix = "_group_present"
     return {k[: -len(suffix)]: v for k, v in augmented.items() if k.endswith(suffix)}
 
 
 def augment_batch(
-    batch: Mapping[str, Tensor],
+    batch: Mapping[str, Tensor] | ChipBatch,
     groups: Mapping[str, Sequence[Sequence[int]]],
     cfg: AugmentConfig,
     generator: torch.Generator | None = None,
@@ -265,32 +269,35 @@ def augment_batch(
     """Augment the modality tensors of ``batch`` (keys of ``groups``): shared geometry; per-modality jitter,
     blur, noise and dropout.
 
-    Returns the augmented ``[B, C, H, W]`` tensor of each modality; for modalities with >= 2 band groups
-    when ``cfg.group_dropout > 0``, its ``<k>_group_present`` mask ``[B, G]`` (bool, on the tensor's device)
-    to pass to the model so dropped groups contribute no tokens; and the geometry used under
-    :data:`AFFINE_KEY` (``theta`` if given, else drawn by :func:`random_affine`). A
-    :class:`~earthembed.contract.ChipBatch` gives a new ChipBatch of the augmented one-date observations (with
-    their presence and ``group_present``; no months: a view's calendar is not the chip's), its ``affine`` and
-    ``idx``; a dict gives a dict with the keys above.
+    A :class:`~earthembed.contract.ChipBatch` gives a new ChipBatch of the augmented one-date observations with
+    their presence, their band-group presence ``group_present`` ``[B, G]`` (for modalities with >= 2 band groups
+    when ``cfg.group_dropout > 0``, so dropped groups contribute no tokens; on the tensor's device), no months (a
+    view's calendar is not the chip's), the geometry used as ``affine`` (``theta`` if given, else drawn by
+    :func:`random_affine`) and ``idx``. A dict (today's string keys) gives a dict: each modality's augmented
+    ``[B, C, H, W]`` tensor, its ``<k>_group_present`` mask and the geometry under :data:`AFFINE_KEY`.
     """
-    keys = [k for k in groups if k in batch]
+    typed = isinstance(batch, ChipBatch)
+    keys = [k for k in groups if (batch.has(k) if typed else k in batch)]
     if not keys:
-        return ChipBatch(idx=batch.idx) if isinstance(batch, ChipBatch) else {}
-    ref = batch[keys[0]]
+        return ChipBatch(idx=batch.idx) if typed else {}
+    pixels = {k: batch.image(k) if typed else batch[k] for k in keys}
+    ref = pixels[keys[0]]
     theta = random_affine(ref.shape[0], cfg, ref.device, generator) if theta is None else theta.to(ref.device)
-    out = {AFFINE_KEY: theta}
+    xs: dict[str, Tensor] = {}
+    gmasks: dict[str, Tensor | None] = {}
     for k in keys:
-        x = apply_affine(batch[k], theta, size=cfg.size)
+        x = apply_affine(pixels[k], theta, size=cfg.size)
         x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.jitter_per_band, cfg.jitter_prob, generator)
         x = random_blur(x, cfg.blur_prob, cfg.blur_sigma, generator)
-        x, gmask = channel_augment(x, groups[k], cfg, generator)
-        if gmask is not None:
-            out[f"{k}_group_present"] = gmask
-        out[k] = x
-    if isinstance(batch, ChipBatch):
-        obs = {k: Observation.single(out[k], batch.present(k), group_present=out.get(f"{k}_group_present"))
-               for k in keys}
+        xs[k], gmasks[k] = channel_augment(x, groups[k], cfg, generator)
+    if typed:
+        obs = {k: Observation.single(xs[k], batch.present(k), group_present=gmasks[k]) for k in keys}
         return ChipBatch(obs, affine=theta, idx=batch.idx)
+    out: dict[str, Tensor] = {AFFINE_KEY: theta}
+    for k in keys:
+        if gmasks[k] is not None:
+            out[f"{k}_group_present"] = gmasks[k]
+        out[k] = xs[k]
     return out
 
 

@@ -355,6 +355,19 @@ class ChipBatch:
         """``[B, C, H, W]`` of date ``t`` of observation or categorical map ``key`` (a view)."""
         return self._observation(key).x[:, t]
 
+    def has(self, key: str) -> bool:
+        """Whether the batch holds observation or categorical map ``key``."""
+        return key in self.obs or key in self.categorical
+
+    def image(self, key: str) -> Tensor:
+        """``[B, C, H, W]`` of one-date observation or categorical map ``key`` (a view), what single-date code
+        reads; a modality with several dates is a :class:`ContractError` (pick one: ``Observation.date(t)``)."""
+        o = self._observation(key)
+        if o.num_dates != 1:
+            raise ContractError(f"modality {key!r} has {o.num_dates} dates; this reads one date per modality "
+                                "(give it one date: Observation.date(t))")
+        return o.x[:, 0]
+
     def _observation(self, key: str) -> Observation:
         o = self.obs.get(key) or self.categorical.get(key)
         if o is None:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from earthembed.contract import ChipBatch
 
 SUFFIX = re.compile(r"^(?P<base>.+)_t(?P<k>[0-9]+)$")
 """``<base>_t<k>``: the k-th date of ``<base>`` (k >= 2; the base key itself is date 1)."""
@@ -349,18 +352,23 @@ class DateView:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def read_batch(self, positions: np.ndarray) -> dict[str, Any]:
+    def read_batch(self, positions: np.ndarray) -> ChipBatch:
+        """The chips at ``positions`` as one-date observations named by their base (:class:`ChipBatch`, with the
+        dates and months of date ``t``); a series without a date ``t`` is absent on every chip."""
         import torch
 
+        from earthembed.contract import NO_DATE, NO_MONTH, ChipBatch, Observation
+
         raw = self.dataset.read_batch(positions)
-        out: dict[str, Any] = {"idx": raw["idx"]}
         n, cs = len(positions), self.store.chip_size
+        obs: dict[str, Observation] = {}
         for b, bands in self.request.items():
             k = self.keys.get(b)
             if k is None:  # this series has no date t: absent, as a chip lacking the modality
-                out[b] = torch.zeros((n, len(bands), cs, cs), dtype=torch.float32)
-                out[f"{b}_present"] = torch.zeros(n, dtype=torch.bool)
-                out[f"{b}_month"] = torch.full((n,), -1, dtype=torch.int64)
+                obs[b] = Observation.single(torch.zeros((n, len(bands), cs, cs), dtype=torch.float32),
+                                            torch.zeros(n, dtype=torch.bool),
+                                            dates=torch.full((n,), NO_DATE, dtype=torch.int64),
+                                            month=torch.full((n,), NO_MONTH, dtype=torch.int64))
             else:
-                out.update({b: raw[k], f"{b}_present": raw[f"{k}_present"], f"{b}_month": raw[f"{k}_month"]})
-        return out
+                obs[b] = raw.obs[k]
+        return ChipBatch(obs, idx=raw.idx)

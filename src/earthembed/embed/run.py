@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.data.dataset import ChipDataset
 from earthembed.data.dates import (
     DatePlan,
@@ -464,15 +465,18 @@ def _loader(dataset: Any, starts: list[int], batch_size: int, num_workers: int, 
     return (reader[i] for i in range(len(reader)))
 
 
-def embed_batch(model: torch.nn.Module, batch: dict[str, Any], request: dict[str, list[str]], device: str,
+def embed_batch(model: torch.nn.Module, batch: ChipBatch | dict[str, Any], request: dict[str, list[str]], device: str,
                 chips: pa.Table, label: str) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """(``{"fused"|modality: [B, D]}``, presence) of one read batch; non-finite embeddings are an error."""
-    present = {k: batch[f"{k}_present"] for k in request}
-    x = {k: batch[k].to(device, non_blocking=True) for k in request}
-    x.update({f"{k}_month": batch[f"{k}_month"] for k in request})  # the calendar of time-aware models
+    """(``{"fused"|modality: [B, D]}``, presence) of one read batch (a :class:`~earthembed.contract.ChipBatch`
+    with ``idx``; a dict is taken through :func:`~earthembed.contract.as_chip_batch`); non-finite embeddings are
+    an error. The model gets the requested observations with their dates and months (the calendar of
+    time-aware models)."""
+    batch = as_chip_batch(batch)
+    present = {k: batch.present(k) for k in request}
+    x = ChipBatch({k: (o := batch.obs[k]).replace(x=o.x.to(device, non_blocking=True)) for k in request})
     res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
     emb = {"fused": res.fused.float().cpu().numpy(), **{k: res.modality[k].float().cpu().numpy() for k in request}}
-    _check_finite(emb, present, batch["idx"].numpy(), chips, label)
+    _check_finite(emb, present, batch.idx.numpy(), chips, label)
     return emb, present
 
 

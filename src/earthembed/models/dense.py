@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.models.base import Encoder
 from earthembed.models.decoders import DECODERS
 from earthembed.models.necks import NECKS, default_neck
@@ -135,9 +136,12 @@ class Segmenter(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
+    def forward(self, batch: Mapping[str, Any] | ChipBatch, bands: Mapping[str, Sequence[str]] | None = None,
                 present: Mapping[str, Any] | None = None, group_present: Mapping[str, Any] | None = None) -> Tensor:
+        """Logits of ``batch`` (a :class:`~earthembed.contract.ChipBatch`; a dict with today's string keys is
+        taken through :func:`~earthembed.contract.as_chip_batch`) at the size of its chips."""
+        batch = as_chip_batch(batch)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             levels = encode_levels(self.encoder, batch, bands, present, group_present)
-        size = next(batch[k] for k in self.encoder.modalities if k in batch).shape[-2:]
+        size = next(batch.obs[k].x for k in self.encoder.modalities if k in batch.obs).shape[-2:]
         return self.pixel.to_size(self.head(self.pixel(levels)), size)

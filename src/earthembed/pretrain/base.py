@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from earthembed.augment import AugmentConfig
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.data.dataset import ReadRequest, resolve_bands
 from earthembed.data.store import ChipStore
 from earthembed.models.base import Encoder
@@ -118,8 +119,10 @@ class PretrainModule(L.LightningModule):
         reads = ReadRequest(modalities={alt: inputs[k] for alt, k in extra.items()}) if extra else None
         return ObjectivePlan(inputs, reads=reads)
 
-    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, statistics to log) of one batch; also used by bare-loop benchmarks."""
+    def step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, statistics to log) of one batch (a :class:`~earthembed.contract.ChipBatch`; a dict with today's
+        string keys is taken through :func:`~earthembed.contract.as_chip_batch`); also used by bare-loop
+        benchmarks."""
         raise NotImplementedError
 
     @classmethod
@@ -137,8 +140,15 @@ class PretrainModule(L.LightningModule):
         return {f"model.{n}" for n in self.model.no_weight_decay()}
 
     # -- shared machinery ----------------------------------------------------------------------------
-    def batch_rows(self, batch: Mapping[str, Any]) -> int:
-        return int(batch[next(k for k in self.model.modalities if k in batch)].shape[0])
+    def batch_rows(self, batch: Mapping[str, Any] | ChipBatch) -> int:
+        return as_chip_batch(batch).batch_size
+
+    def presence(self, batch: ChipBatch, keys: Sequence[str]) -> dict[str, Tensor]:
+        """``{k: [B] bool}`` on this module's device: which chips have modality ``k`` (every chip for a
+        modality the batch lacks; the encoder leaves such a modality out anyway)."""
+        n = batch.batch_size
+        return {k: (batch.present(k) if batch.has(k) else torch.ones(n, dtype=torch.bool)).to(self.device)
+                for k in keys}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         loss, stats = self.step(batch)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from earthembed.augment import augment_batch, group_masks, modality_dropout
+from earthembed.augment import augment_batch, modality_dropout
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.pretrain.base import PretrainModule
 
 PAIRS = ("all", "cross")
@@ -108,27 +109,21 @@ class BYOLPretrainModule(PretrainModule):
             raise ValueError(f"{where}: objective_args needs 0 <= base_momentum <= final_momentum <= 1, got {base}, {final}")
 
     # -- student and teacher ---------------------------------------------------------------------------
-    def _embed(self, encoder: nn.Module, x: Mapping[str, Tensor], present: Mapping[str, Tensor]):
-        return encoder(x, present=present, group_present=group_masks(x))
-
-    def _targets(self, x: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _targets(self, x: ChipBatch, present: Mapping[str, Tensor]) -> dict[str, Tensor]:
         with torch.no_grad():
-            out = self._embed(self.teacher["model"], x, present)
+            out = self.teacher["model"](x, present=present)
             return {k: self.teacher["projectors"][k](e) for k, e in out.modality.items()}
 
-    def _student(self, x: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """(projections, predictions, presence) of the student per modality."""
-        out = self._embed(self.model, x, present)
+    def _student(self, x: ChipBatch, present: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """(projections, predictions, presence) of the student per modality (the view ``x`` carries its
+        band-group presence)."""
+        out = self.model(x, present=present)
         z = {k: self.projectors[k](e) for k, e in out.modality.items()}
         return z, {k: self.predictors[k](v) for k, v in z.items()}, out.present
 
-    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        keys = list(self.model.modalities)
-        n = batch[keys[0]].shape[0]
-        present = {
-            k: torch.as_tensor(batch.get(f"{k}_present", torch.ones(n, dtype=torch.bool)), device=self.device).bool()
-            for k in keys
-        }
+    def step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = as_chip_batch(batch)
+        present = self.presence(batch, list(self.model.modalities))
         views = []
         for _ in range(2):
             x = augment_batch(batch, self._groups, self.aug)

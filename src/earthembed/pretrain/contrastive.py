@@ -35,7 +35,8 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from earthembed.augment import augment_batch, group_masks, modality_dropout
+from earthembed.augment import augment_batch, modality_dropout
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.optim import warmup_cosine
 from earthembed.pretrain.base import PretrainModule
 from earthembed.pretrain.losses import clip_accuracy, clip_loss, multimodal_clip_loss
@@ -93,25 +94,22 @@ class ContrastivePretrainModule(PretrainModule):
         present = {k: self.all_gather(v.to(torch.uint8)).flatten(0, 1).bool() for k, v in present.items()}
         return z, present
 
-    def contrastive_step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def contrastive_step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Alias of :meth:`step` (kept for scripts written against earlier versions)."""
         return self.step(batch)
 
-    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = as_chip_batch(batch)
         keys = list(self.model.modalities)
-        n = batch[keys[0]].shape[0]
-        present = {
-            k: torch.as_tensor(batch.get(f"{k}_present", torch.ones(n, dtype=torch.bool)), device=self.device).bool()
-            for k in keys
-        }
+        present = self.presence(batch, keys)
         stats: dict[str, Tensor]
         if self.views:
             k = keys[0]
             rows = present[k]
             v1 = augment_batch(batch, self._groups, self.aug)
             v2 = augment_batch(batch, self._groups, self.aug)
-            e1 = self.model(v1, present=present, group_present=group_masks(v1)).modality[k]
-            e2 = self.model(v2, present=present, group_present=group_masks(v2)).modality[k]
+            e1 = self.model(v1, present=present).modality[k]  # the views carry their band-group presence
+            e2 = self.model(v2, present=present).modality[k]
             z1, z2 = self.heads[k](e1), self.heads[k](e2)
             z, pres = self._gather({"a": z1, "b": z2}, {"a": rows, "b": rows})
             both = pres["a"] & pres["b"]
@@ -123,7 +121,7 @@ class ContrastivePretrainModule(PretrainModule):
         else:
             x = augment_batch(batch, self._groups, self.aug)
             present = modality_dropout(present, self.aug.modality_dropout)
-            out = self.model(x, present=present, group_present=group_masks(x))
+            out = self.model(x, present=present)
             z = {k: self.heads[k](e) for k, e in out.modality.items()}
             z, pres = self._gather(z, out.present)
             maybe, stats = multimodal_clip_loss(z, pres, self.scale)

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor
 
-from earthembed.augment import AFFINE_KEY, augment_batch
+from earthembed.augment import augment_batch
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.models.dense import PixelDecoder, encode_levels
 from earthembed.pretrain.base import PretrainModule
 from earthembed.pretrain.losses import clip_loss, dense_info_nce
@@ -166,17 +167,15 @@ class DenseContrastivePretrainModule(PretrainModule):
         """Store modalities read only as second views: ``{store modality: model modality}``."""
         return {v: k for k, v in (objective_args.get("date_views") or {}).items()}
 
-    def _second_source(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def _second_source(self, batch: ChipBatch) -> ChipBatch:
         """``batch`` with each date-view modality's pixels in place of its model modality (rows lacking the
         second date keep the first)."""
-        if not self.date_views:
-            return dict(batch)
-        out = dict(batch)
         for k, alt in self.date_views.items():
-            if alt in batch and k in batch:
-                have = torch.as_tensor(batch.get(f"{alt}_present", torch.ones(len(batch[alt]), dtype=torch.bool)))
-                out[k] = torch.where(have.to(batch[k].device)[:, None, None, None], batch[alt], batch[k])
-        return out
+            if alt in batch.obs and k in batch.obs:
+                first, second = batch.obs[k], batch.obs[alt]
+                have = second.present.to(first.x.device)[:, :, None, None, None]
+                batch = batch.with_obs(k, x=torch.where(have, second.x, first.x))
+        return batch
 
     def _gather(self, *tensors: Tensor, grads: Sequence[bool]) -> list[Tensor]:
         """Tensors of every DDP rank concatenated (gradients flow back only where ``grads``); as given otherwise."""
@@ -190,21 +189,20 @@ class DenseContrastivePretrainModule(PretrainModule):
             out.append(got.bool() if flag else got)
         return out
 
-    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        keys = [k for k in self.model.modalities if k in batch]
-        n = batch[keys[0]].shape[0]
-        present = {k: torch.as_tensor(batch.get(f"{k}_present", torch.ones(n, dtype=torch.bool)), device=self.device).bool()
-                   for k in keys}
+    def step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        batch = as_chip_batch(batch)
+        keys = [k for k in self.model.modalities if batch.has(k)]
+        n = batch.batch_size
+        present = self.presence(batch, keys)
         v1 = augment_batch(batch, self._groups, self.aug)
         v2 = augment_batch(self._second_source(batch), self._groups, self.aug)
-        size = v1[keys[0]].shape[-2:]
+        size = v1.image(keys[0]).shape[-2:]
         maps, pooled = [], []
-        for v in (v1, v2):
-            gp = {k[: -len("_group_present")]: t for k, t in v.items() if k.endswith("_group_present")}
-            levels = encode_levels(self.model, v, present=present, group_present=gp)
+        for v in (v1, v2):  # each view carries its band-group presence
+            levels = encode_levels(self.model, v, present=present)
             maps.append(self.pixel(levels))
             pooled.append(levels[-1].mean((2, 3)))
-        u1, u2, x, valid = corresponding_points(v1[AFFINE_KEY], v2[AFFINE_KEY], self.points_per_chip)
+        u1, u2, x, valid = corresponding_points(v1.affine, v2.affine, self.points_per_chip)
         any_present = torch.stack(list(present.values())).any(0)
         valid = valid & any_present[:, None]
         z1 = self.head(sample_points(maps[0], u1))  # [B, P, D]

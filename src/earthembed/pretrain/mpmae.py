@@ -38,6 +38,7 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
 
 from earthembed.augment import channel_augment, random_dihedral
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.data.dataset import resolve_bands
 from earthembed.data.store import ChipStore
 from earthembed.models.registry import build_model
@@ -230,26 +231,21 @@ class MPMAEPretrainModule(PretrainModule):
         return names
 
     # -- the step --------------------------------------------------------------------------------------
-    def _usable_rows(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def _usable_rows(self, batch: ChipBatch) -> ChipBatch:
         """``batch`` restricted to the chips that have the input (the others have nothing to encode)."""
-        x = batch[self.input_key]
-        pres = batch.get(f"{self.input_key}_present")
-        if pres is None:
-            return dict(batch)
-        rows = torch.as_tensor(pres, device=x.device).bool()
-        if bool(rows.all()):
-            return dict(batch)
-        n = x.shape[0]
-        return {k: (v[rows.to(v.device)] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v)
-                for k, v in batch.items()}
+        rows = batch.present(self.input_key)
+        return batch if bool(rows.all()) else batch.index_select(rows)
 
-    def step(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Mapping[str, Any] | ChipBatch) -> tuple[Tensor, dict[str, Tensor]]:
         k, p = self.input_key, self.patch_size
-        batch = self._usable_rows(batch)
-        if batch[k].shape[0] == 0:
+        batch = self._usable_rows(as_chip_batch(batch))
+        if batch.batch_size == 0:
             return self.mask_token.sum() * 0.0, {}
-        batch.update(random_dihedral({key: batch[key] for key in self._pixel_keys if key in batch}, self.aug))
-        x = torch.nan_to_num(batch[k].float(), nan=0.0, posinf=0.0, neginf=0.0)  # the target keeps its NaNs
+        pixel = [key for key in self._pixel_keys if batch.has(key)]
+        turned = random_dihedral({key: batch.image(key) for key in pixel}, self.aug)
+        for key in pixel:
+            batch = batch.with_obs(key, x=turned[key][:, None])
+        x = torch.nan_to_num(batch.image(k).float(), nan=0.0, posinf=0.0, neginf=0.0)  # the target keeps its NaNs
         x, _ = channel_augment(x, self._groups[k], self.aug)
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"mpmae needs square chips, got {tuple(x.shape[-2:])}")

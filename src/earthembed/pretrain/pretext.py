@@ -59,7 +59,9 @@ class PretextTask:
     Attributes:
         name: unique name (logs: ``train/loss_<name>``, ``train/sigma_<name>``).
         loss: one of :data:`LOSS_KINDS`.
-        key: batch key of the target (a modality, or ``value_<name>`` for per-chip values).
+        key: the target: a modality of the batch for pixel tasks; ``value_<name>`` for image tasks (the per-chip
+            value's string key in dict batches; the losses read it as ``ChipBatch.chip_values[name]``, which
+            :meth:`Discovery.read_request` asks the data pipeline for under the task's name).
         source: what the target is, for people (run config, model.json).
         channels: values per pixel / chip (regression) or number of classes (classification).
         norm_pix: per-patch normalised targets (the input reconstruction, as in FCMAE / MMEarth).

@@ -1,6 +1,8 @@
 """Losses of the pretext tasks (:mod:`earthembed.pretrain.pretext`), one per loss kind.
 
-Each takes the head's prediction, the batch and the task, and returns ``(loss, present)``: the mean loss
+Each takes the head's prediction, the batch (a :class:`~earthembed.contract.ChipBatch`, read by its typed fields; a
+dict with today's string keys is taken through :func:`~earthembed.contract.as_chip_batch`), the task, the hidden
+pixels and the patch size, and returns ``(loss, present)``: the mean loss
 over the *valid* targets, and whether there was any (a 0-d bool tensor). A batch without the target (no
 chip with that layer, all pixels nodata) gives ``present = False`` and a loss of 0 with no gradient, which the
 task weighting leaves out entirely: a missing target contributes no loss, never a zero used as a fake target.
@@ -19,25 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.pretrain.pretext import PretextTask, elevation_slope
 
 NORM_PIX_EPS = 1e-6
-LossFn = Callable[[Tensor, Mapping[str, Any], PretextTask, Tensor, int], tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, ChipBatch, PretextTask, Tensor, int], tuple[Tensor, Tensor]]
 
 
 def _mean(total: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     return total / count.clamp(min=1), count > 0
 
 
-def _rows(batch: Mapping[str, Any], key: str, n: int, device: torch.device) -> Tensor:
-    """``[n]`` bool: chips that hold the target ``key``."""
-    pres = batch.get(f"{key}_present")
-    return torch.ones(n, dtype=torch.bool, device=device) if pres is None else torch.as_tensor(pres, device=device).bool()
+def _target(batch: ChipBatch, task: PretextTask) -> tuple[Tensor, Tensor]:
+    """(the target of ``task`` as the batch holds it, ``[B]`` bool: the chips that have it): a modality's
+    ``[B, C, H, W]`` for pixel tasks, the per-chip value ``[B, d]`` for image tasks (read under the task's name,
+    :meth:`~earthembed.pretrain.pretext.Discovery.read_request`)."""
+    if task.pixelwise:
+        return batch.image(task.key), batch.present(task.key)
+    value = batch.chip_values[task.name]
+    return value.x, value.present
 
 
-def regression_target(batch: Mapping[str, Any], task: PretextTask) -> Tensor:
+def regression_target(batch: Mapping[str, Any] | ChipBatch, task: PretextTask) -> Tensor:
     """``[B, C, H, W]`` float target of a pixel-regression task, NaN where invalid (slope derived here)."""
-    x = batch[task.key].float()
+    x = _target(as_chip_batch(batch), task)[0].float()
     if task.derive == "slope":
         elev_std, mean, std = task.scale
         x = (elevation_slope(x[:, :1] * elev_std) - mean) / std
@@ -61,39 +68,47 @@ def normalise_patches(target: Tensor, valid: Tensor, p: int) -> tuple[Tensor, Te
     return z, ok
 
 
-def pixel_regression(pred: Tensor, batch: Mapping[str, Any], task: PretextTask, hidden: Tensor, p: int) -> tuple[Tensor, Tensor]:
+def pixel_regression(pred: Tensor, batch: Mapping[str, Any] | ChipBatch, task: PretextTask, hidden: Tensor,
+                     p: int) -> tuple[Tensor, Tensor]:
     """MSE on hidden patches over valid pixels; ``pred`` and ``hidden`` are ``[B, C, H, W]`` / ``[B, 1, H, W]``."""
+    batch = as_chip_batch(batch)
     target = regression_target(batch, task)
-    valid = torch.isfinite(target) & hidden & _rows(batch, task.key, target.shape[0], target.device)[:, None, None, None]
+    rows = _target(batch, task)[1].to(target.device)
+    valid = torch.isfinite(target) & hidden & rows[:, None, None, None]
     if task.norm_pix:
         target, valid = normalise_patches(target, valid, p)
     diff = torch.where(valid, pred.float() - torch.where(valid, target, 0.0), 0.0)
     return _mean((diff * diff).sum(), valid.sum())
 
 
-def pixel_classification(pred: Tensor, batch: Mapping[str, Any], task: PretextTask, hidden: Tensor, p: int) -> tuple[Tensor, Tensor]:
+def pixel_classification(pred: Tensor, batch: Mapping[str, Any] | ChipBatch, task: PretextTask, hidden: Tensor,
+                         p: int) -> tuple[Tensor, Tensor]:
     """Cross-entropy on hidden patches over pixels whose code is one of the task's classes."""
     codes = torch.as_tensor(task.codes, dtype=torch.int64, device=pred.device)
-    raw = batch[task.key][:, 0].to(pred.device)
+    target, rows = _target(as_chip_batch(batch), task)
+    raw = target[:, 0].to(pred.device)
     pos = torch.searchsorted(codes, raw).clamp(max=len(codes) - 1)
-    rows = _rows(batch, task.key, raw.shape[0], raw.device)[:, None, None]
-    valid = (codes[pos] == raw) & hidden[:, 0] & rows
+    valid = (codes[pos] == raw) & hidden[:, 0] & rows.to(raw.device)[:, None, None]
     ce = F.cross_entropy(pred.float(), torch.where(valid, pos, -100), ignore_index=-100, reduction="sum")
     return _mean(ce, valid.sum())
 
 
-def image_regression(pred: Tensor, batch: Mapping[str, Any], task: PretextTask, hidden: Tensor, p: int) -> tuple[Tensor, Tensor]:
+def image_regression(pred: Tensor, batch: Mapping[str, Any] | ChipBatch, task: PretextTask, hidden: Tensor,
+                     p: int) -> tuple[Tensor, Tensor]:
     """MSE over the chips (and components) that have the value."""
-    target = batch[task.key].to(pred.device).float()
-    valid = torch.isfinite(target) & _rows(batch, task.key, target.shape[0], target.device)[:, None]
+    target, rows = _target(as_chip_batch(batch), task)
+    target = target.to(pred.device).float()
+    valid = torch.isfinite(target) & rows.to(target.device)[:, None]
     diff = torch.where(valid, pred.float() - torch.where(valid, target, 0.0), 0.0)
     return _mean((diff * diff).sum(), valid.sum())
 
 
-def image_classification(pred: Tensor, batch: Mapping[str, Any], task: PretextTask, hidden: Tensor, p: int) -> tuple[Tensor, Tensor]:
+def image_classification(pred: Tensor, batch: Mapping[str, Any] | ChipBatch, task: PretextTask, hidden: Tensor,
+                         p: int) -> tuple[Tensor, Tensor]:
     """Cross-entropy over the chips that have a class."""
-    target = batch[task.key].to(pred.device)[:, 0].long()
-    valid = (target >= 0) & _rows(batch, task.key, target.shape[0], target.device)
+    target, rows = _target(as_chip_batch(batch), task)
+    target = target.to(pred.device)[:, 0].long()
+    valid = (target >= 0) & rows.to(target.device)
     ce = F.cross_entropy(pred.float(), torch.where(valid, target, -100), ignore_index=-100, reduction="sum")
     return _mean(ce, valid.sum())
 
