@@ -350,3 +350,39 @@ def test_a_date_view_reads_each_series_by_its_base_as_a_chip_batch(tmp_path):
     assert s1.x.shape == (6, 1, len(request["s1"]), 16, 16) and not s1.x.any()
     assert list(view) == ["idx", "s2", "s2_present", "s2_month", "s1", "s1_present", "s1_month"]
 
+
+def _doc_example(name: str) -> dict:
+    """Run the python block of docs/contract.md (the backbone example) and return its names."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if f"class {name}(" in b]
+    assert len(blocks) == 1, f"docs/contract.md should hold one python block defining {name}"
+    scope: dict = {}
+    exec(compile(blocks[0], "docs/contract.md", "exec"), scope)
+    return scope
+
+
+def test_the_documented_backbone_gets_present_rows_band_subsets_and_fusion_from_the_template():
+    from earthembed.models.base import ModalityInput, fuse_embeddings
+
+    PixelMLP = _doc_example("PixelMLP")["PixelMLP"]
+    bands = {"s2": ["B02", "B03", "B04", "B08"], "s1": ["VV", "VH"]}
+    torch.manual_seed(0)
+    m = PixelMLP(bands, embed_dim=8).eval()
+    g = torch.Generator().manual_seed(0)
+    s2, s1 = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 2, 8, 8, generator=g)
+    batch = ChipBatch({"s2": Observation.single(s2), "s1": Observation.single(s1, torch.tensor([True, False, True]))})
+    with torch.no_grad():
+        out = m(batch)
+        alone = m.embed_modality("s1", ModalityInput(s1[[0, 2]], bands["s1"], torch.ones(2, dtype=torch.bool), None))
+        feats = m.forward_features(batch)
+        rgb = m(ChipBatch({"s2": Observation.single(s2[:, [2, 1, 0]])}), bands={"s2": ["B04", "B03", "B02"]})
+        zeroed = m(ChipBatch({"s2": Observation.single(s2 * torch.tensor([1.0, 1, 1, 0])[:, None, None])}))
+    assert out.modality["s1"].shape == (3, 8) and not out.modality["s1"][1].any()  # an absent row: zeros
+    assert torch.equal(out.modality["s1"][[0, 2]], alone) and out.present["s1"].tolist() == [True, False, True]
+    torch.testing.assert_close(out.fused, fuse_embeddings(out.modality, out.present))
+    assert [f.shape for f in feats["s2"]] == [(3, 8, 8, 8)] and not feats["s1"][0][1].any()
+    torch.testing.assert_close(rgb.modality["s2"], zeroed.modality["s2"])  # bands by name; B08 missing = zero slot
+    assert PixelMLP(**m.config).config == m.config
