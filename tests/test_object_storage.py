@@ -414,3 +414,38 @@ def test_ingest_commands_write_to_s3_from_inside_their_input(s3, tmp_path, monke
     one_line_error(cli("synth", "--out", f"s3://{BUCKET}/cli/folder/inner", "--chips", "16"),
                    f"s3://{BUCKET}/cli/folder/inner: --out is inside the chip store s3://{BUCKET}/cli/folder")
     assert not (seg / "s3:").exists()
+
+
+def test_stats_reads_and_writes_a_store_on_s3_under_its_lock(s3, tmp_path):
+    """`earthembed stats s3://...`: the statistics are computed from the store on S3 and written back into its
+    earthembed.json (one PUT) under the store's lease lock; they equal the same store's statistics computed
+    locally; non-finite statistics that make the store refuse to open are fixed this way; a second writer
+    holding the lock makes it one line, and the lock object is gone afterwards."""
+    import shutil
+
+    from earthembed.data.stats import update_store_stats
+    from earthembed.errors import StoreError
+
+    local = tmp_path / "local"
+    shutil.copytree(s3["local"].path, local)
+    want = update_store_stats(local)
+    url = f"s3://{BUCKET}/stats_store"
+    upload_dir(s3["local"].path, location(url))
+    meta_f = location(url) / "earthembed.json"
+    meta = json.loads(meta_f.read_text())
+    meta["stats"]["s2"]["mean"][0] = float("inf")
+    meta_f.write_text(json.dumps(meta))  # Infinity: the store refuses to open until `stats` fixes it
+    with pytest.raises(StoreError, match="not finite"):
+        ChipStore(url)
+
+    lock = ObjectLock(url, location(url) / ".earthembed.lock").acquire()
+    try:
+        one_line_error(cli("stats", url), f"{url}: is being written by")
+    finally:
+        lock.release()
+    r = cli("stats", url)
+    assert r.exit_code == 0, r.output
+    assert "s2: B01=" in r.output
+    assert ChipStore(url).stats == want == json.loads((local / "earthembed.json").read_text())["stats"]
+    assert not (location(url) / ".earthembed.lock").exists()
+    one_line_error(cli("stats", f"s3://{BUCKET}/no_store"), f"s3://{BUCKET}/no_store")

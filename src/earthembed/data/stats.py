@@ -9,12 +9,15 @@ valid pixel gets ``null`` values with ``count`` 0 (the normaliser refuses to use
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from earthembed.data.modalities import Modality
+
+if TYPE_CHECKING:
+    from earthembed.data.store import ChipStore
 
 PERCENTILES = (1, 2, 50, 98, 99)
 
@@ -45,13 +48,14 @@ def band_stats(data: np.ndarray, modality: Modality, max_pixels: int = 2_000_000
 
 
 def compute_stats(
-    store_path: str | Path, max_chips: int | None = 2000, seed: int = 0, _allow_incomplete: bool = False
+    store_path: str | Path | ChipStore, max_chips: int | None = 2000, seed: int = 0, _allow_incomplete: bool = False
 ) -> dict[str, Any]:
-    """Statistics for every non-categorical modality of a store (a random subset of ``max_chips`` chips)."""
+    """Statistics for every non-categorical modality of a store (a random subset of ``max_chips`` chips): a path,
+    an ``s3://`` / ``gs://`` URL or an open :class:`~earthembed.data.store.ChipStore`."""
     from earthembed.data.store import ARRAYS, ChipStore, _read_meta
 
-    path = Path(store_path)
-    if _allow_incomplete:  # called by StoreWriter.close, which holds the lock, before the store is complete
+    if _allow_incomplete:
+        path = Path(store_path)  # type: ignore[arg-type]  # called by StoreWriter.close, which holds the lock, before the store is complete
         meta = _read_meta(path)
         mods = {k: Modality.from_dict(v) for k, v in meta["modalities"].items()}
         root = zarr.open_group(path / ARRAYS, mode="r")
@@ -65,7 +69,7 @@ def compute_stats(
         read = {k: (lambda ii, k=k: root[k].get_orthogonal_selection((ii, slice(None), slice(None), slice(None))))
                 for k in mods}
     else:
-        store = ChipStore(path, check_stats=False)
+        store = store_path if isinstance(store_path, ChipStore) else ChipStore(store_path, check_stats=False)
         mods = store.modalities
         present = {k: store.present(k) for k in mods}
         read = {k: (lambda ii, k=k: store.read(k, ii)) for k in mods}
@@ -84,13 +88,15 @@ def compute_stats(
 
 
 def update_store_stats(store_path: str | Path, max_chips: int | None = 2000, seed: int = 0) -> dict[str, Any]:
-    """Recompute and save statistics of a complete store (``earthembed stats``), holding the store's lock.
+    """Recompute and save statistics of a complete store (``earthembed stats``), holding the store's lock (a lease
+    lock on object storage: ``s3://`` / ``gs://`` stores are read and written back through :mod:`earthembed.storage`).
 
     Opens the store without the finite-statistics check, so this is how non-finite statistics get fixed."""
     from earthembed.data.store import ChipStore
 
-    store = ChipStore(store_path, check_stats=False)
-    with store.lock():
-        stats = compute_stats(store_path, max_chips=max_chips, seed=seed)
-        store.set_stats(stats)
+    first = ChipStore(store_path, check=False, check_stats=False)  # is a complete store: its metadata only
+    with first.lock() as lock:
+        store = ChipStore(store_path, check_stats=False)  # checked and read under the lock
+        stats = compute_stats(store, max_chips=max_chips, seed=seed)
+        store.set_stats(stats, lock)
     return stats

@@ -48,7 +48,6 @@ import zarr
 from earthembed.data.modalities import Modality, band_indices
 from earthembed.errors import OutputError, StoreError
 from earthembed.outputs import (
-    OutputLock,
     WriteError,
     check_output_location,
     os_error_of,
@@ -1148,21 +1147,19 @@ class ChipStore:
             e = min(s + batch_size, stop)
             yield np.arange(s, e), {m: self.read(m, slice(s, e), bands.get(m)) for m in mods}
 
-    def set_stats(self, stats: dict[str, Any]) -> None:
-        """Save statistics into ``earthembed.json`` (atomically; the caller holds the store's lock)."""
-        self._local("compute statistics of")
+    def set_stats(self, stats: dict[str, Any], lock: Any = None) -> None:
+        """Save statistics into ``earthembed.json`` (one atomic write: a rename locally, one PUT on object storage);
+        the caller holds the store's :meth:`lock` (``lock``: refused if its lease on object storage was lost)."""
+        if getattr(lock, "lost", False):
+            raise StoreError(f"{self.path}: the statistics were not saved: this job lost the store's lock (not renewed "
+                             "in time, another job took it over); run `earthembed stats` again")
         self.meta["stats"] = stats
         write_json(self.path / META_FILE, self.meta)
 
-    def lock(self) -> OutputLock:
-        """The store's exclusive writer lock (``with store.lock(): ...``), as held by ingest and ``stats``."""
-        self._local("write to")
-        return OutputLock(self.path, self.path / LOCK_FILE)
-
-    def _local(self, what: str) -> None:
-        if self.remote:
-            raise StoreError(f"{self.path}: cannot {what} a store on object storage; do it on a local copy and "
-                             f"upload that (e.g. `aws s3 sync STORE {self.path}`)")
+    def lock(self) -> Any:
+        """The store's exclusive writer lock (``with store.lock(): ...``), as held by ingest and ``stats``: flock
+        locally, the lease lock (conditional put) on object storage."""
+        return output_lock(self.path, self.path / LOCK_FILE)
 
     def report(self) -> dict[str, Any]:
         f = self.path / REPORT_FILE
@@ -1320,10 +1317,10 @@ class StoreRows(ChipStore):
             raise IndexError(f"{self}: chip index out of range for {n} chips")
         return super()._read_rows(name, r + self.start)
 
-    def set_stats(self, stats: dict[str, Any]) -> None:
+    def set_stats(self, stats: dict[str, Any], lock: Any = None) -> None:
         raise StoreError(f"{self}: a view of some chips is read-only")
 
-    def lock(self) -> OutputLock:
+    def lock(self) -> Any:
         raise StoreError(f"{self}: a view of some chips is read-only")
 
 
