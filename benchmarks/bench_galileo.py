@@ -171,8 +171,8 @@ def main() -> None:
     from earthembed.data.dataset import ChipDataset
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
-    from earthembed.embed.run import embed_store, resolve_request
-    from earthembed.models.export import load_model
+    from earthembed.embed.run import embed_store
+    from earthembed.models.export import load_model, model_input_spec
     from earthembed.models.published import export_encoder
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_galileo_"))
@@ -186,7 +186,7 @@ def main() -> None:
                                 options={"patch_size": p})
         model, meta = load_model(export)
         model = model.eval()
-        request = resolve_request(meta["modalities"], store, None, None)
+        request = model_input_spec(meta).request(store)
         ds = ChipDataset(store, request, normalizer=Normalizer.from_dict(meta["normalization"]))
         batches = [ds.read_batch(np.arange(s, min(s + args.batch_size, len(ds))))
                    for s in range(0, len(ds), args.batch_size)]

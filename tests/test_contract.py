@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -386,3 +387,36 @@ def test_the_documented_backbone_gets_present_rows_band_subsets_and_fusion_from_
     assert [f.shape for f in feats["s2"]] == [(3, 8, 8, 8)] and not feats["s1"][0][1].any()
     torch.testing.assert_close(rgb.modality["s2"], zeroed.modality["s2"])  # bands by name; B08 missing = zero slot
     assert PixelMLP(**m.config).config == m.config
+
+
+def test_input_spec_requests_bands_by_name_and_checks_units(tmp_path):
+    """InputSpec.request / check: what a model is fed from a store, by name, with the one-line errors embed,
+    pretrain and segment give."""
+    from earthembed.contract import InputSpec
+    from earthembed.data.modalities import get_modality
+    from earthembed.data.store import ChipRecord, ChipStore, StoreWriter
+    from earthembed.errors import BandMismatchError
+
+    s2, s1 = get_modality("s2_l2a"), get_modality("s1_grd_db")
+    with StoreWriter(tmp_path / "st", [s2, s1], chip_size=8) as w:
+        w.add(ChipRecord("c0", {"s2": np.zeros((12, 8, 8), np.uint16), "s1": np.zeros((2, 8, 8), np.float32)}))
+    st = ChipStore(tmp_path / "st")
+    spec = InputSpec.from_bands({"s2": ["B04", "B03", "B02"], "s1": ["VV", "VH"]},
+                                {"s1": {"product": "s1_grd_linear", "units": "linear amplitude"}})
+    assert spec.request(st) == {"s2": ["B04", "B03", "B02"], "s1": ["VV", "VH"]}
+    assert spec.request(st, ["s2"], {"s2": ["B02"]}) == {"s2": ["B02"]}
+    for args, msg in [((["x"],), "never trained on modality 'x'"),
+                      ((["s2"], {"s2": ["B08"]}), "never saw s2 bands ['B08']"),
+                      ((["s2"], {"s1": ["VV"]}), "bands given for modality 's1', which is not requested")]:
+        with pytest.raises(BandMismatchError, match=re.escape(msg)):
+            spec.request(st, *args)
+    with pytest.raises(BandMismatchError, match="share none with the model"):
+        InputSpec.from_bands({"rgb": ["R"]}).request(st)
+    spec.check(st, ["s2"])  # no units recorded for s2: nothing to refuse
+    with pytest.raises(BandMismatchError, match=r"modality 's1' is s1_grd_db in 'dB', but the model was trained on "
+                                                r"s1_grd_linear in 'linear amplitude'"):
+        spec.check(st)
+    assert issubclass(BandMismatchError, ValueError)
+    from earthembed.data import modalities
+
+    assert modalities.BandMismatchError is BandMismatchError  # still importable from where it always was

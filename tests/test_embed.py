@@ -134,11 +134,18 @@ def test_units_mismatch_refused(tiny_store, tmp_path):
                         num_heads=2)
     export = export_model(model, tmp_path / "m", Normalizer.from_store(store))
     meta = json.loads((export / "model.json").read_text())
-    meta["products"] = {"s1": {"product": "s1_grd_linear", "units": "linear amplitude", "kind": "sar"}}
+    linear = {"product": "s1_grd_linear", "units": "linear amplitude", "kind": "sar"}
+    meta["products"] = {"s1": linear}
+    (export / "model.json").write_text(json.dumps(meta))
+    # model.json v2: input_spec says what the model consumes; products (for version-1 readers) must agree
+    with pytest.raises(ValueError, match=r"'input_spec' and 'products' disagree on s1's product and units"):
+        embed_store(export, tiny_store, tmp_path / "x.parquet", progress=False)
+    meta["input_spec"]["modalities"]["s1"].update(linear)
     (export / "model.json").write_text(json.dumps(meta))
     with pytest.raises(BandMismatchError, match="linear amplitude"):
         embed_store(export, tiny_store, tmp_path / "x.parquet", progress=False)
-    meta["products"]["s1"].update(product="s1_grd_db", units="dB")
+    for rec in (meta["products"]["s1"], meta["input_spec"]["modalities"]["s1"]):
+        rec.update(product="s1_grd_db", units="dB")
     (export / "model.json").write_text(json.dumps(meta))
     out = embed_store(export, tiny_store, tmp_path / "y.parquet", progress=False)
     assert read_metadata(out)["store_products"] == {"s1": "s1_grd_db"}

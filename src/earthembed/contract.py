@@ -36,12 +36,14 @@ pin with :meth:`ChipBatch.pin_memory` (the DataLoader's ``pin_memory=True``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from earthembed.errors import BandMismatchError
 
 NO_DATE: int = int(np.iinfo(np.int64).min)
 """``Observation.dates`` where a chip's acquisition date is unknown (dates are int64 days since 1970-01-01 UTC)."""
@@ -158,6 +160,50 @@ class InputSpec:
     def bands(self) -> dict[str, list[str]]:
         """``{key: [band, ...]}``."""
         return {m.key: list(m.bands) for m in self.modalities}
+
+    def request(self, store: Any, modalities: Sequence[str] | None = None,
+                bands: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+        """``{modality: bands}`` of ``store`` to feed the model: ``modalities`` (default: every model modality
+        the store has) with ``bands`` (default: all the model's), checked by name against the model and the store.
+        ``store``: anything with ``path``, ``modalities`` and ``band_names(key)`` (a ChipStore).
+        :class:`~earthembed.errors.BandMismatchError` (one line) on any mismatch."""
+        model_bands = self.bands
+        if modalities is None:
+            modalities = [m for m in model_bands if m in store.modalities]
+            if not modalities:
+                raise BandMismatchError(f"{store.path}: store modalities {list(store.modalities)} share none with the "
+                                        f"model ({list(model_bands)})")
+        out: dict[str, list[str]] = {}
+        for m in modalities:
+            if m not in model_bands:
+                raise BandMismatchError(f"the model was never trained on modality {m!r} (it knows {list(model_bands)})")
+            if m not in store.modalities:
+                raise BandMismatchError(f"{store.path}: store has no modality {m!r} (it has {list(store.modalities)})")
+            want = list((bands or {}).get(m) or model_bands[m])
+            unknown = [b for b in want if b not in model_bands[m]]
+            if unknown:
+                raise BandMismatchError(f"the model never saw {m} bands {unknown} (it knows {model_bands[m]})")
+            missing = [b for b in want if b not in store.band_names(m)]
+            if missing:
+                raise BandMismatchError(f"{store.path}: {m} has no bands {missing} (it has {store.band_names(m)})")
+            out[m] = want
+        for m in bands or {}:
+            if m not in out:
+                raise BandMismatchError(f"bands given for modality {m!r}, which is not requested ({list(out)})")
+        return out
+
+    def check(self, store: Any, keys: Iterable[str] | None = None) -> None:
+        """Refuse a store whose modality (of ``keys``, default all of the spec's) has other units than the model
+        was trained on: dB vs linear SAR has the same key and band names, so names alone cannot catch it. A
+        different product with the same units (S2 L1C vs L2A) is allowed, as a transfer the user chose."""
+        for m in self.keys() if keys is None else keys:
+            if m not in self or not self[m].units:
+                continue
+            want = self[m]
+            have = store.modality(m)
+            if have.units and want.units != have.units:
+                raise BandMismatchError(f"{store.path}: modality {m!r} is {have.product} in {have.units!r}, but the "
+                                        f"model was trained on {want.product} in {want.units!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """``{"modalities": {key: ModalitySpec.to_dict()}}`` (JSON-able, model order kept)."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class BandMismatchError(ValueError):
+    """Requested bands are not available, or arrive in an order that cannot be matched by name."""
+
+
 class StoreError(RuntimeError):
     """A chip store is missing, incomplete, damaged, or does not match what is asked of it."""
 

@@ -14,12 +14,10 @@ from typing import Any, Literal
 
 import yaml
 
+from earthembed.errors import BandMismatchError  # noqa: F401  (here since the first release)
+
 Kind = Literal["optical", "sar", "coherence", "elevation", "categorical", "scalar"]
 KINDS: tuple[str, ...] = ("optical", "sar", "coherence", "elevation", "categorical", "scalar")
-
-
-class BandMismatchError(ValueError):
-    """Requested bands are not available, or arrive in an order that cannot be matched by name."""
 
 
 @dataclasses.dataclass(frozen=True)

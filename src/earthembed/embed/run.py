@@ -49,7 +49,6 @@ from earthembed.data.dates import (
     series_metadata,
     series_of,
 )
-from earthembed.data.modalities import BandMismatchError
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
 from earthembed.embed.engines import ENGINES
@@ -78,55 +77,6 @@ class _BatchReader(torch.utils.data.Dataset):
         s = self.starts[i]
         e = min(s + self.batch_size, self.stop)
         return self.dataset.read_batch(np.arange(s, e))
-
-
-def check_products(products: dict[str, dict[str, Any]], store: ChipStore, request: dict[str, list[str]]) -> None:
-    """Refuse a store whose modality has other units than the model was trained on (dB vs linear SAR has the
-    same key and band names, so names alone cannot catch it); a different product with the same units (e.g. S2
-    L1C vs L2A) is allowed, as a transfer the user chose, and is recorded in the output metadata."""
-    for m in request:
-        want = products.get(m)
-        if not want:
-            continue
-        have = store.modality(m)
-        if want.get("units") and have.units and want["units"] != have.units:
-            raise BandMismatchError(
-                f"{store.path}: modality {m!r} is {have.product} in {have.units!r}, but the model was trained on "
-                f"{want.get('product')} in {want['units']!r}"
-            )
-
-
-def resolve_request(
-    model_bands: dict[str, list[str]],
-    store: ChipStore,
-    modalities: Sequence[str] | None = None,
-    bands: dict[str, Sequence[str]] | None = None,
-) -> dict[str, list[str]]:
-    """Which bands of which modalities to feed: checked against both the model and the store, by name."""
-    if modalities is None:
-        modalities = [m for m in model_bands if m in store.modalities]
-        if not modalities:
-            raise BandMismatchError(
-                f"{store.path}: store modalities {list(store.modalities)} share none with the model ({list(model_bands)})"
-            )
-    out: dict[str, list[str]] = {}
-    for m in modalities:
-        if m not in model_bands:
-            raise BandMismatchError(f"the model was never trained on modality {m!r} (it knows {list(model_bands)})")
-        if m not in store.modalities:
-            raise BandMismatchError(f"{store.path}: store has no modality {m!r} (it has {list(store.modalities)})")
-        want = list((bands or {}).get(m) or model_bands[m])
-        unknown = [b for b in want if b not in model_bands[m]]
-        if unknown:
-            raise BandMismatchError(f"the model never saw {m} bands {unknown} (it knows {model_bands[m]})")
-        missing = [b for b in want if b not in store.band_names(m)]
-        if missing:
-            raise BandMismatchError(f"{store.path}: {m} has no bands {missing} (it has {store.band_names(m)})")
-        out[m] = want
-    for m in bands or {}:
-        if m not in out:
-            raise BandMismatchError(f"bands given for modality {m!r}, which is not requested ({list(out)})")
-    return out
 
 
 def parse_bands(spec: str | None) -> dict[str, list[str]] | None:
@@ -191,7 +141,7 @@ def embed_store(
     ``model`` is an exported model directory / ``model.json`` (see :mod:`earthembed.models.export`), or a
     module plus its ``meta`` (the same dict ``load_model`` returns).
     """
-    from earthembed.models.export import load_model
+    from earthembed.models.export import load_model, model_input_spec
 
     if isinstance(model, (str, Path)):
         model_path = str(model)
@@ -212,8 +162,9 @@ def embed_store(
         modalities = [m for m in meta["modalities"] if m in store.modalities and m not in later] or None
     elif dates is not None:
         series_of(store, list(modalities))  # s2_t3 instead of s2: say so before the model is asked about it
-    request = resolve_request(meta["modalities"], store, modalities, bands)
-    check_products(meta.get("products") or {}, store, request)
+    spec = model_input_spec(meta)
+    request = spec.request(store, modalities, bands)
+    spec.check(store, request)
     plan = plan_dates(store, list(request), dates) if dates is not None else None
     time = plan.metadata() if plan is not None else None
     if series:

@@ -18,7 +18,7 @@
   ``(name, store)`` and returns an :class:`InitSource`.
 
 Every source says which bands it needs; the segment harness checks them against the store by name before any
-training (:func:`earthembed.embed.run.resolve_request`).
+training (:meth:`earthembed.contract.InputSpec.request`).
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ def run_segment(
     :mod:`earthembed.evaluate.inits`) at every label fraction and seed; write the outputs listed in the module
     docstring to ``out`` and return the tidy results. Re-running resumes (finished cells are reused).
     ``weights``, ``download``, ``options`` (e.g. ``{"patch_size": 4}``): for a published init (``galileo:nano``)."""
-    from earthembed.embed.run import check_products, resolve_request
+    from earthembed.contract import InputSpec
     from earthembed.models.dense import check_chip_size
     from earthembed.outputs import check_output, claim_dir
     from earthembed.progress import progress as make_progress
@@ -307,8 +307,9 @@ def run_segment(
     requests: dict[str, dict[str, list[str]]] = {}
     for src in sources:  # fail on bands, units or chip size before any training
         try:
-            requests[src.name] = resolve_request(src.modalities, st)
-            check_products(src.products, st, requests[src.name])
+            spec = InputSpec.from_bands(src.modalities, src.products)
+            requests[src.name] = spec.request(st)
+            spec.check(st, requests[src.name])
         except ValueError as e:
             raise type(e)(f"--init {src.spec} ({src.name}): {e}") from e
         check_chip_size(src.build(0), st.chip_size, st.chip_size, where=f"--init {src.spec} on {st.path}")

@@ -184,6 +184,12 @@ def _check_meta(meta: dict[str, Any], meta_path: Path) -> None:
         if spec.bands != meta["modalities"]:
             raise ValueError(f"{meta_path}: 'input_spec' names other modalities or bands ({spec.bands}) than "
                              f"'modalities' ({meta['modalities']})")
+        for k, rec in (meta.get("products") or {}).items():  # written for version-1 readers: must say the same
+            m = spec[k] if k in spec and isinstance(rec, Mapping) else None
+            differ = [f for f in ("product", "units") if m is not None and rec.get(f) != getattr(m, f)]
+            if differ:
+                raise ValueError(f"{meta_path}: 'input_spec' and 'products' disagree on {k}'s {' and '.join(differ)} "
+                                 f"({[getattr(m, f) for f in differ]} vs {[rec.get(f) for f in differ]})")
 
 
 def model_input_spec(meta: Mapping[str, Any]) -> InputSpec:

@@ -289,9 +289,9 @@ def _fit_init(source: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, op
         model, meta = source.fit(options=options)
         if mods is not None and sorted(mods) != sorted(meta["modalities"]):
             raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta['modalities'])}")
-        from earthembed.embed.run import check_products
+        from earthembed.models.export import model_input_spec
 
-        check_products(meta.get("products") or {}, chips, meta["modalities"])
+        model_input_spec(meta).check(chips)
         return model, meta
     if source.spec.family in MULTI_INPUT:  # fitted to the store as a whole (its own band mapping)
         return source.fit(chips, mods, options=options)
