@@ -395,7 +395,7 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
                                     strict=True):
                 emb, present = embed_batch(model, batch, request, device, chips, f"{model_id} ({model_path})")
                 committed(pending)
-                pending = writer.submit(_write_part, parts, p, start, batch["idx"].numpy(), chips, emb, present,
+                pending = writer.submit(_write_part, parts, p, start, as_chip_batch(batch).idx.numpy(), chips, emb, present,
                                         request, model_id)
         committed(pending)
     bar.close()
