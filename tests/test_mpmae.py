@@ -203,8 +203,12 @@ def test_store_and_config_errors_name_what_is_missing(optical_store, tmp_path):
         MPMAEPretrainModule.plan(ChipStore(s1), _cfg(), "test")
     with pytest.raises(ValueError, match=r"chips of 8 px do not fit the masking grid"):
         MPMAEPretrainModule.plan(ChipStore(optical_store), _cfg("data.crop_size=8"), "test")
-    with pytest.raises(ValueError, match="needs a ConvNeXt encoder"):
+    with pytest.raises(ValueError, match="needs a ConvNeXt encoder.*got model 'timm_cnn': .*got ResNet"):
         MPMAEPretrainModule.plan(ChipStore(optical_store), _cfg("model.backbone=resnet18", "model.timm_kwargs={}"), "t")
+    with pytest.raises(ValueError, match=r"needs a ConvNeXt encoder \(.*\), got model 'multimodal_vit'$"):
+        vit = _cfg()
+        vit["model"] = {"name": "multimodal_vit", "modalities": vit["model"]["modalities"], "patch_size": 8}
+        MPMAEPretrainModule.plan(ChipStore(optical_store), vit, "t")
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
         _cfg("objective_args.loss_weighting=max")
     with pytest.raises(ValueError, match="'objective_args.pretext_tasks'"):  # filled from the store, not a key

@@ -199,11 +199,14 @@ class MPMAEPretrainModule(PretrainModule):
         model_args = {k: v for k, v in cfg["model"].items() if k not in ("name", "modalities")}
         with torch.device("meta"):  # shapes only: the patch size is the encoder's total stride
             enc = build_model(cfg["model"]["name"], **model_args, modalities=inputs)
+        backbone = _backbone(enc, key)
         try:
-            convnext_parts(_backbone(enc, key))
+            convnext_parts(backbone)
         except ValueError as e:
+            # a model without a single-modality timm backbone (galileo, multimodal_vit) needs no detail about it
+            detail = f": {e}" if backbone is not None else ""
             raise ValueError(f"{where}: mpmae needs a ConvNeXt encoder (model.name timm_cnn with backbone "
-                             f"convnextv2_*), got model {cfg['model']['name']!r}: {e}") from None
+                             f"convnextv2_*), got model {cfg['model']['name']!r}{detail}") from None
         patch = int(enc.feature_strides[-1])
         ratio = float(cls._arg(cfg, "mask_ratio"))
         size = int(cfg["data"]["crop_size"] or store.chip_size)
