@@ -104,11 +104,14 @@ def run_ray(export: Path, store: Path, out: Path, shard_chips: int, batch: int, 
     """(seconds, the dataset's ``last_run`` record: peak RSS of each Ray worker) on the running Ray cluster."""
     from earthembed.embed.run import embed_store
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     embed_store(export, store, f"{out}/", engine="ray", workers=workers, shard_chips=shard_chips, batch_size=batch,
                 modalities=["s2"], progress=False)
-    seconds = time.perf_counter() - t0
-    return seconds, json.loads((out / "_manifest.json").read_text())["last_run"]
+    seconds, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    run = json.loads((out / "_manifest.json").read_text())["last_run"]
+    # CPU seconds of this process (the driver: planning, Ray Data's executor, collecting results) on the same cores
+    run["driver_cpu_s"] = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    return seconds, run
 
 
 def main() -> None:
@@ -149,18 +152,18 @@ def main() -> None:
             rows.append({"chips": n, "local_s": tl, "ray_s": tr, "local_chips_per_s": n / tl, "ray_chips_per_s": n / tr,
                          "ray_vs_local": tl / tr, "local_peak_rss_mib": rss_local,
                          "ray_worker_peak_rss_mib": max(peaks.values()) if peaks else None, "ray_workers_seen": len(peaks),
-                         "worker_alone_peak_rss_mib": rss_worker})
+                         "worker_alone_peak_rss_mib": rss_worker, "ray_driver_cpu_s": rep.get("driver_cpu_s")})
     finally:
         ray.shutdown()
     print(f"{args.model} on S2, {args.chip_size} px chips, shards of {args.shard_chips}, batch {args.batch_size}, "
           f"{args.workers} Ray workers on {mp.cpu_count()} CPUs (ray.init {ray_start:.1f} s, not counted)")
     print("| chips | local chips/s | ray chips/s | ray / local | local peak RSS MiB | ray worker peak RSS MiB | "
-          f"one worker alone ({args.worker_shards} shards) peak RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          f"one worker alone ({args.worker_shards} shards) peak RSS MiB | ray driver CPU s / ray wall s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['chips']} | {r['local_chips_per_s']:.0f} | {r['ray_chips_per_s']:.0f} | {r['ray_vs_local']:.2f} | "
               f"{r['local_peak_rss_mib']:.0f} | {r['ray_worker_peak_rss_mib'] or float('nan'):.0f} | "
-              f"{r['worker_alone_peak_rss_mib'] or float('nan'):.0f} |")
+              f"{r['worker_alone_peak_rss_mib'] or float('nan'):.0f} | {r['ray_driver_cpu_s']:.0f} / {r['ray_s']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_init_s": ray_start, "rows": rows}, indent=2))
 
