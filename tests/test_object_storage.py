@@ -449,3 +449,11 @@ def test_stats_reads_and_writes_a_store_on_s3_under_its_lock(s3, tmp_path):
     assert ChipStore(url).stats == want == json.loads((local / "earthembed.json").read_text())["stats"]
     assert not (location(url) / ".earthembed.lock").exists()
     one_line_error(cli("stats", f"s3://{BUCKET}/no_store"), f"s3://{BUCKET}/no_store")
+
+
+def test_an_embedding_dataset_inside_a_store_on_s3_is_refused(s3):
+    from earthembed.errors import OutputError
+
+    with pytest.raises(OutputError, match=rf"{s3['url']}/emb: is inside the chip store {s3['url']};"):
+        embed_store(s3["export"], s3["url"], f"{s3['url']}/emb/", progress=False)
+    assert not location(f"{s3['url']}/emb").exists()

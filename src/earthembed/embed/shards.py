@@ -148,21 +148,11 @@ def dataset_lock(out: str | Path | ObjectPath) -> Any:
     return output_lock(out, out / LOCK)
 
 
-def _store_above(out: Dir) -> tuple[Dir, str] | None:
-    """The chip store or run directory that ``out`` would lie inside (outputs never go there)."""
-    if isinstance(out, ObjectPath):
-        from earthembed.data.store import is_store_dir
-
-        return next(((d, "chip store") for d in out.parents if is_store_dir(d)), None)
-    from earthembed.outputs import protected_dir_above
-
-    inside = protected_dir_above(out)
-    return (inside[0], inside[1]) if inside is not None else None
-
-
 def prepare_dataset(out: Dir, manifest: dict[str, Any], overwrite: bool) -> None:
     """Create ``out`` or check it may be resumed (same plan) / replaced (``overwrite``, our files only)."""
-    inside = _store_above(out)
+    from earthembed.outputs import protected_dir_above  # a store or a run above: on the bucket for a URL
+
+    inside = protected_dir_above(out)
     if inside is not None:
         raise OutputError(f"{out}: is inside the {inside[1]} {inside[0]}; write embeddings outside stores and runs")
     if out.exists() and not out.is_dir():
