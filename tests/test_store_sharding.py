@@ -209,3 +209,17 @@ def test_ingest_shard_chips_on_real_eurosat(shared_data, tmp_path):
     a, b = ChipStore(tmp_path / "a"), ChipStore(tmp_path / "b")
     _same_store(a, b)
     assert a.chunking()["s2"] == {"chunk_chips": 16, "shard_chips": 112, "files": 2}  # 100 -> 7 whole chunks
+
+
+def test_a_shards_inner_chunks_are_laid_out_in_chunk_order(stores):
+    """zarrs lays a shard's inner chunks out in the order its threads finish them, so the same chips gave files of
+    different bytes from run to run (and a resumed store differed from an uninterrupted one); shards are written
+    by zarr's pipeline, in chunk order: the index at the end of every shard file has increasing offsets."""
+    _, sharded = stores
+    for name, data in _array_files(sharded.path).items():
+        if "/c/" not in name:
+            continue
+        per_shard = K // 16
+        index = np.frombuffer(data[-(per_shard * 16 + 4):-4], dtype="<u8").reshape(per_shard, 2)
+        written = index[index[:, 0] != np.iinfo(np.uint64).max]  # chunks past the last chip are not written
+        assert (np.diff(written[:, 0].astype(np.int64)) > 0).all() and written[0, 0] == 0, (name, index.tolist())

@@ -727,9 +727,12 @@ class StoreWriter:
         zarrs skips chunks that are all fill value; writing those few through zarr's pipeline (which honours
         ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage. A shard
         that holds committed chips already (``start`` inside it) is rewritten by zarr's pipeline, which
-        replaces a file atomically: a kill during the rewrite cannot damage the chips committed in it."""
+        replaces a file atomically: a kill during the rewrite cannot damage the chips committed in it. Every shard
+        is written by zarr's pipeline, in fact: zarrs encodes a shard's inner chunks in parallel and lays them out
+        in the order they finish, so the same chips gave shard files of different bytes from run to run (same
+        values); zarr's pipeline lays them out in chunk order, so a store's files are a function of its chips."""
         k = self.shard_chips
-        arr = open_array(root, name, atomic=bool(k) and start % k != 0)
+        arr = open_array(root, name, atomic=bool(k))
         end = start + len(data)
         if arr.shape[0] < end:
             arr.resize((end, *arr.shape[1:]))
