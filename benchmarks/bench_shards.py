@@ -11,6 +11,13 @@ resident set of the process doing the work: the local engine in a child process 
 worker from its own ``ru_maxrss`` (reported by the worker with every shard), and one shard worker alone
 (``--worker-shards`` shards after its model load, in a child process, one torch thread: a Ray worker's work
 without Ray or the driver).
+
+Where the time went, printed after the throughput table: each Ray worker's wall and CPU seconds, its start
+(process age and CPU seconds when its constructor begins: Ray's worker start and the imports), model load, and
+its shards' index rows, reads, forward and writes (``last_run["workers"]`` of the manifest); the same stages of
+the local engine (``run_local(..., report=)``); and the CPU seconds of every process under this one during the
+Ray run (raylet, GCS, agents, monitors, workers; :class:`CpuSampler`). The local cluster is started with the
+engine's own options (``ray_local_options``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,11 +57,20 @@ def _make(work: Path, chips: int, size: int, model: str) -> tuple[Path, Path]:
 
 
 def _local(q: mp.Queue, export: str, store: str, out: str, shard_chips: int, batch: int) -> None:
+    from earthembed.embed import engines
     from earthembed.embed.run import embed_store
 
-    t0 = time.perf_counter()
+    times: dict = {}
+    plain = engines.run_local
+
+    def run_local(*a, **kw):  # the same engine, with its worker's stage times kept for the report
+        plain(*a, report=times, **kw)
+
+    engines.run_local = run_local
+    t0, c0 = time.perf_counter(), time.process_time()
     embed_store(export, store, out + "/", shard_chips=shard_chips, batch_size=batch, modalities=["s2"], progress=False)
-    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    times.update(cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - t0)
+    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, times))
 
 
 def _worker(q: mp.Queue, export: str, store: str, out: str, shard_chips: int, batch: int, shards: int) -> None:
@@ -90,8 +107,8 @@ def run_worker(export: Path, store: Path, out: Path, shard_chips: int, batch: in
     return res
 
 
-def run_local(export: Path, store: Path, out: Path, shard_chips: int, batch: int) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of the local engine in a fresh child process."""
+def run_local(export: Path, store: Path, out: Path, shard_chips: int, batch: int) -> tuple[float, float, dict]:
+    """(seconds, peak RSS MiB, CPU seconds and stage times) of the local engine in a fresh child process."""
     q: mp.Queue = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=_local, args=(q, str(export), str(store), str(out), shard_chips, batch))
     p.start()
@@ -100,15 +117,73 @@ def run_local(export: Path, store: Path, out: Path, shard_chips: int, batch: int
     return res
 
 
+def _kind(p) -> str:
+    """Which of Ray's processes ``p`` is (by its command line), for the CPU table."""
+    cmd = " ".join(p.cmdline()).lower() if p.is_running() else ""
+    for k in ("dashboardagent", "dashboard/agent", "runtimeenvagent", "runtime_env"):  # agents: "ray::..." too
+        if k in cmd:
+            return "runtime_env_agent" if "runtime" in k else "dashboard_agent"
+    if "default_worker" in cmd or cmd.startswith("ray::"):  # a worker's arguments name the raylet: test it first
+        return "worker"
+    for k in ("gcs_server", "raylet", "log_monitor", "monitor", "dashboard"):
+        if k in cmd:
+            return k
+    return p.name()
+
+
+class CpuSampler:
+    """CPU seconds of this process's descendants (Ray's raylet, GCS, agents and workers on a local cluster) during
+    a run, summed by kind: each process is sampled every ``every`` seconds and its last sample kept, so that the
+    actors Ray Data ends before the run returns are counted too."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        import psutil  # Ray's own copy is on the path once ray is imported
+
+        self.psutil, self.every, self.stop = psutil, every, threading.Event()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.sample(first=True)
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def sample(self, first: bool = False) -> None:
+        for p in self.psutil.Process().children(recursive=True):
+            try:
+                t = p.cpu_times()
+                cpu = t.user + t.system
+                kind = self.last[p.pid][0] if p.pid in self.last else _kind(p)
+            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+                continue
+            if first:
+                self.first[p.pid] = cpu
+            self.last[p.pid] = (kind, cpu)
+
+    def loop(self) -> None:
+        while not self.stop.wait(self.every):
+            self.sample()
+
+    def done(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        self.sample()
+        by: dict[str, float] = {}
+        for pid, (kind, cpu) in self.last.items():
+            by[kind] = by.get(kind, 0.0) + cpu - self.first.get(pid, 0.0)
+        return {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.005}
+
+
 def run_ray(export: Path, store: Path, out: Path, shard_chips: int, batch: int, workers: int) -> tuple[float, dict]:
-    """(seconds, the dataset's ``last_run`` record: peak RSS of each Ray worker) on the running Ray cluster."""
+    """(seconds, the dataset's ``last_run`` record: peak RSS and stage times of each Ray worker, plus the driver's
+    and Ray's processes' CPU seconds) on the running Ray cluster."""
     from earthembed.embed.run import embed_store
 
+    sampler = CpuSampler()
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     embed_store(export, store, f"{out}/", engine="ray", workers=workers, shard_chips=shard_chips, batch_size=batch,
                 modalities=["s2"], progress=False)
     seconds, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     run = json.loads((out / "_manifest.json").read_text())["last_run"]
+    run["processes_cpu_s"] = sampler.done()
     # CPU seconds of this process (the driver: planning, Ray Data's executor, collecting results) on the same cores
     run["driver_cpu_s"] = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
     return seconds, run
@@ -129,9 +204,11 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
+    from earthembed.embed.engines import ray_local_options
+
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_shards_"))
     t0 = time.perf_counter()
-    ray.init(num_cpus=mp.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(**ray_local_options(mp.cpu_count()))  # the options run_ray starts a local cluster with
     ray_start = time.perf_counter() - t0
     rows = []
     try:
@@ -144,7 +221,8 @@ def main() -> None:
                 _, rss_worker = run_worker(export, store, work / f"out_worker{n}", args.shard_chips, args.batch_size,
                                            args.worker_shards)
                 shutil.rmtree(work / f"out_worker{n}", ignore_errors=True)
-            tl, rss_local = run_local(export, store, work / f"out_local{n}", args.shard_chips, args.batch_size)
+            uptime = Path("/proc/loadavg").read_text().split()[0]
+            tl, rss_local, local_times = run_local(export, store, work / f"out_local{n}", args.shard_chips, args.batch_size)
             tr, rep = run_ray(export, store, work / f"out_ray{n}", args.shard_chips, args.batch_size, args.workers)
             shutil.rmtree(work / f"out_local{n}", ignore_errors=True)  # 100k chips of embeddings: keep the disk free
             shutil.rmtree(work / f"out_ray{n}", ignore_errors=True)
@@ -152,7 +230,10 @@ def main() -> None:
             rows.append({"chips": n, "local_s": tl, "ray_s": tr, "local_chips_per_s": n / tl, "ray_chips_per_s": n / tr,
                          "ray_vs_local": tl / tr, "local_peak_rss_mib": rss_local,
                          "ray_worker_peak_rss_mib": max(peaks.values()) if peaks else None, "ray_workers_seen": len(peaks),
-                         "worker_alone_peak_rss_mib": rss_worker, "ray_driver_cpu_s": rep.get("driver_cpu_s")})
+                         "worker_alone_peak_rss_mib": rss_worker, "ray_driver_cpu_s": rep.get("driver_cpu_s"),
+                         "load_before": float(uptime), "load_after": float(Path("/proc/loadavg").read_text().split()[0]),
+                         "local_times": local_times, "ray_workers": rep.get("workers", {}),
+                         "ray_processes_cpu_s": rep.get("processes_cpu_s", {})})
     finally:
         ray.shutdown()
     print(f"{args.model} on S2, {args.chip_size} px chips, shards of {args.shard_chips}, batch {args.batch_size}, "
@@ -164,6 +245,24 @@ def main() -> None:
         print(f"| {r['chips']} | {r['local_chips_per_s']:.0f} | {r['ray_chips_per_s']:.0f} | {r['ray_vs_local']:.2f} | "
               f"{r['local_peak_rss_mib']:.0f} | {r['ray_worker_peak_rss_mib'] or float('nan'):.0f} | "
               f"{r['worker_alone_peak_rss_mib'] or float('nan'):.0f} | {r['ray_driver_cpu_s']:.0f} / {r['ray_s']:.0f} |")
+    print("\nwhere the time went (seconds; spawn = a Ray worker's process start and imports before its constructor, "
+          "init = model load and store open, open = the shards' index rows, read = waiting for a batch of pixels, "
+          "forward = model + rows, write = shard file + commit; cpu = CPU seconds of all the process's threads "
+          "from init on):")
+    print("| chips | engine | wall | cpu | spawn (cpu) | init | open | read | forward | write | shards |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        lt = r["local_times"]
+        print(f"| {r['chips']} | local (1 process, load {r['load_before']:.2f}) | {lt['wall_s']:.1f} | {lt['cpu_s']:.1f} | "
+              f"| {lt.get('init_s', 0):.1f} | {lt.get('open_s', 0):.1f} | {lt.get('read_s', 0):.1f} | "
+              f"{lt.get('forward_s', 0):.1f} | {lt.get('write_s', 0):.1f} | {lt.get('shards', 0):.0f} |")
+        for pid, w in sorted(r["ray_workers"].items()):
+            print(f"| {r['chips']} | ray worker {pid} ({w['threads']:.0f} thread) | {w['wall_s']:.1f} | {w['cpu_s']:.1f} | "
+                  f"{w['spawn_s']:.1f} ({w['spawn_cpu_s']:.1f}) | {w['init_s']:.1f} | {w['open_s']:.1f} | "
+                  f"{w['read_s']:.1f} | {w['forward_s']:.1f} | {w['write_s']:.1f} | {w['shards']:.0f} |")
+        print(f"| {r['chips']} | ray run (load after {r['load_after']:.2f}) | {r['ray_s']:.1f} | "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["ray_processes_cpu_s"].items())
+              + f"; driver {r['ray_driver_cpu_s']:.1f} | | | | | | | | |")
     if args.json:
         Path(args.json).write_text(json.dumps({"ray_init_s": ray_start, "rows": rows}, indent=2))
 

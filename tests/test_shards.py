@@ -19,6 +19,8 @@ import torch
 
 from earthembed.data.normalize import Normalizer
 from earthembed.data.synth import generate_synthetic_aoi
+from earthembed.embed import engines
+from earthembed.embed.engines import WORKER_TIMES, ray_local_options, worker_threads
 from earthembed.embed.io import to_matrix
 from earthembed.embed.run import embed_store
 from earthembed.embed.shards import COMMITTED, FAILED, plan_shards, status
@@ -171,6 +173,38 @@ def test_tta_can_be_turned_off_at_embed_time(setup, tmp_path):
         embed_store(exp, store, tmp_path / "v.parquet", progress=False, tta="d4")
 
 
+def test_worker_threads_size_torch_and_the_zarrs_pool_to_the_workers_cpus(monkeypatch):
+    import zarr
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("RAYON_NUM_THREADS", "64")  # restored after the test
+    try:
+        with zarr.config.set({"threading.max_workers": None}):  # the global value is restored on leaving
+            assert worker_threads(1.5) == 1
+            # torch's intra-op threads; zarr's max_workers, which the zarrs codec pipeline sizes its pool by
+            assert torch.get_num_threads() == 1 and zarr.config.get("threading.max_workers") == 1
+            assert os.environ["RAYON_NUM_THREADS"] == "1"
+            assert worker_threads(0) == 1 and worker_threads(2) == 2 and torch.get_num_threads() == 2
+            assert zarr.config.get("threading.max_workers") == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_local_engine_reports_its_stage_times(setup, tmp_path, monkeypatch):
+    store, export, _ = setup
+    report: dict = {}
+    plain = engines.run_local
+    monkeypatch.setattr(engines, "run_local", lambda *a, **kw: plain(*a, report=report, **kw))
+    embed_store(export, store, tmp_path / "t/", shard_chips=32, progress=False)
+    assert report["shards"] == 3 and report["init_s"] >= 0
+    assert all(report[k] > 0 for k in ("open_s", "read_s", "forward_s", "write_s"))
+
+
+def test_ray_local_options_start_a_quiet_cluster_of_the_given_cpus():
+    kw = ray_local_options(2)
+    assert kw["num_cpus"] == 2 and kw["include_dashboard"] is False and kw["log_to_driver"] is False
+
+
 @pytest.mark.ray
 def test_ray_engine_two_workers_same_layout_and_failed_shards_retry(setup, tmp_path):
     pytest.importorskip("ray")
@@ -183,7 +217,7 @@ def test_ray_engine_two_workers_same_layout_and_failed_shards_retry(setup, tmp_p
     out = tmp_path / "ray"
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one local cluster for both runs
+    ray.init(**ray_local_options(2))  # one local cluster for both runs, as run_ray starts one
     try:
         try:
             with pytest.raises(OutputError, match=r"1 of 5 shards are not done \(1 failed"):
@@ -195,6 +229,12 @@ def test_ray_engine_two_workers_same_layout_and_failed_shards_retry(setup, tmp_p
         embed_store(export, store.path, f"{out}/", engine="ray", workers=2, shard_chips=16, progress=False)
     finally:
         ray.shutdown()
+    # each worker reports where its time went (the resumed run: one shard on one of the two workers)
+    workers = json.loads((out / "_manifest.json").read_text())["last_run"]["workers"]
+    assert sum(w["shards"] for w in workers.values()) == 1
+    for w in workers.values():
+        assert set(w) == set(WORKER_TIMES) and w["threads"] == 1  # 2 CPUs, 2 workers: one thread each
+        assert w["wall_s"] >= w["init_s"] > 0 and w["spawn_s"] > 0 and w["cpu_s"] > 0
     a, b = _files(local), _files(out)
     assert list(a) == list(b) and status(out)["complete"]
     for f in a:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,33 @@ from earthembed.embed.shards import (
 from earthembed.storage import location, settings_env
 
 ENGINES = ("local", "ray")
+# what each Ray worker reports (``last_run["workers"]`` of the manifest, by pid): see ShardWorkerActor.__call__
+WORKER_TIMES = ("cpu_s", "wall_s", "spawn_s", "spawn_cpu_s", "init_s", "threads", "open_s", "read_s", "forward_s",
+                "write_s", "shards")
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def worker_threads(cpus: float) -> int:
+    """Size this process's thread pools to the ``cpus`` CPUs a worker was given (at least 1): torch's intra-op
+    threads, and zarr's ``threading.max_workers``, which also sizes the zarrs codec pipeline's thread pool for
+    arrays opened afterwards (``RAYON_NUM_THREADS`` too, for rayon's global pool if not yet started). Without it
+    every worker of a machine sizes its pools to all of the machine's cores. Returns the thread count."""
+    import zarr
+
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    zarr.config.set({"threading.max_workers": n})
+    os.environ["RAYON_NUM_THREADS"] = str(n)
+    return n
 
 
 @dataclasses.dataclass
@@ -103,6 +131,10 @@ class ShardWorker:
             raise ValueError(f"{self.store.path}: has {len(self.store)} chips, but this embedding job was planned "
                              f"for {planned}: the store changed since the job started; embed it into a new --out")
         self.meta = table_metadata(job.table_meta, job.out)
+        # seconds spent per stage over the shards this worker ran: the shard's rows of the index (``open_s``),
+        # waiting for a batch of pixels (``read_s``), the model and the rows of a batch (``forward_s``), the
+        # shard's table, file and commit (``write_s``)
+        self.times = {"open_s": 0.0, "read_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "shards": 0}
 
     def run(self, shard: Shard) -> dict[str, Any]:
         """Embed ``shard``, write its file and commit it; a failure is recorded (``_failed/``) and re-raised."""
@@ -111,10 +143,15 @@ class ShardWorker:
         if done is not None:  # committed by an earlier attempt (a retried task): never embedded or written again
             return done
         try:
-            table = shard_table(self.embed(shard), self.meta)
+            tables = self.embed(shard)
+            t0 = time.perf_counter()
+            table = shard_table(tables, self.meta)
             if job.time is None:  # per date, a chip without imagery at a date has no row
                 order_check(table, shard)
-            return write_shard(out, shard, table, partition=job.time is not None)  # per date: by year
+            done = write_shard(out, shard, table, partition=job.time is not None)  # per date: by year
+            self.times["write_s"] += time.perf_counter() - t0
+            self.times["shards"] += 1
+            return done
         except Exception as e:
             record_failure(out, shard, e)
             raise
@@ -124,35 +161,52 @@ class ShardWorker:
         (:meth:`~earthembed.data.store.ChipStore.rows`: index rows, presence, dates and footprints of its chips)."""
         from earthembed.embed.run import _BatchReader, _chip_columns, _prefetch, embed_batch, make_passes
 
-        job = self.job
+        job, t0 = self.job, time.perf_counter()
         rows = self.store.rows(shard.start, shard.end)
         chips = _chip_columns(rows.index)
         prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
         starts = list(range(0, len(rows), job.batch_size))
         tables = []
+        self.times["open_s"] += time.perf_counter() - t0
         with torch.inference_mode():
             for p in make_passes(rows, job.request, job.normalization, job.time):  # one, or one per date index
                 reader = _BatchReader(p.dataset, starts, job.batch_size)
-                for batch in _prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))):
+                batches = iter(_prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))))
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    t1 = time.perf_counter()
+                    self.times["read_s"] += t1 - t0
+                    if batch is None:
+                        break
                     local = batch["idx"].numpy()  # positions in the shard
                     emb, present = embed_batch(self.model, batch, job.request, job.device, chips, job.label)
                     t = p.table(local, chips, emb, present, job.request, job.model_id)
                     at = t.schema.get_field_index("idx")  # rows name their chips by store position
                     tables.append(t.set_column(at, "idx", pc.add(t.column(at), pa.scalar(shard.start, pa.int64()))))
+                    self.times["forward_s"] += time.perf_counter() - t1
         return tables
 
 
 def run_local(job: ShardJob, shards: Sequence[Shard], model: torch.nn.Module | None = None,
-              progress: bool = True) -> None:
-    """Every shard in this process, in order; the first failure stops the run (a re-run resumes)."""
+              progress: bool = True, report: dict[str, Any] | None = None) -> None:
+    """Every shard in this process, in order; the first failure stops the run (a re-run resumes). ``report``
+    (a dict) receives the worker's start (``init_s``) and stage times (:attr:`ShardWorker.times`)."""
     from earthembed.progress import progress as make_progress
 
+    t0 = time.perf_counter()
     worker = ShardWorker(job, model)
+    if report is not None:
+        report["init_s"] = time.perf_counter() - t0
     bar = make_progress(total=sum(len(s) for s in shards), unit="chip", desc=f"embed {Path(job.store).name}",
                         quiet=not progress)
-    for s in shards:
-        worker.run(s)
-        bar.update(len(s))
+    try:
+        for s in shards:
+            worker.run(s)
+            bar.update(len(s))
+    finally:
+        if report is not None:
+            report.update(worker.times)
     bar.close()
 
 
@@ -161,8 +215,12 @@ class ShardWorkerActor:
     shard is recorded and reported in the output row, so the other shards go on."""
 
     def __init__(self, job: ShardJob, threads: int = 1) -> None:
-        torch.set_num_threads(max(1, int(threads)))
+        self.started, self.cpu0 = time.perf_counter(), time.process_time()
+        # before this constructor: the worker process's start, Ray's and this module's imports (torch included)
+        self.spawn_s, self.spawn_cpu_s = _process_age(), self.cpu0
+        self.threads = worker_threads(threads)
         self.worker = ShardWorker(job)
+        self.init_s = time.perf_counter() - self.started  # the model's load and the store's open
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import resource
@@ -178,8 +236,23 @@ class ShardWorkerActor:
                 errors.append(f"{type(e).__name__}: {e}"[:500])
             names.append(shard.name)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux: a worker's memory so far
+        # this actor's totals so far (the driver keeps each worker's last): CPU seconds of all its threads against
+        # the wall seconds since it started, its start (model load), and the stages of its shards
+        totals = {"cpu_s": time.process_time() - self.cpu0, "wall_s": time.perf_counter() - self.started,
+                  "spawn_s": self.spawn_s, "spawn_cpu_s": self.spawn_cpu_s, "init_s": self.init_s,
+                  "threads": self.threads, **self.worker.times}
         return {"shard": np.array(names), "rows": np.array(rows), "error": np.array(errors),
-                "pid": np.array([os.getpid()] * len(names)), "peak_rss_mib": np.array([peak] * len(names))}
+                "pid": np.array([os.getpid()] * len(names)), "peak_rss_mib": np.array([peak] * len(names)),
+                **{k: np.array([float(v)] * len(names)) for k, v in totals.items()}}
+
+
+def ray_local_options(num_cpus: int) -> dict[str, Any]:
+    """``ray.init`` keyword arguments for a local cluster of ``num_cpus`` CPUs started to embed: no dashboard,
+    workers' logs not forwarded, Ray's own log at WARNING."""
+    import logging
+
+    return {"num_cpus": int(num_cpus), "include_dashboard": False, "log_to_driver": False,
+            "logging_level": logging.WARNING}
 
 
 def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_worker: float = 0.0,
@@ -200,13 +273,13 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_w
         import logging
 
         logging.getLogger("ray").setLevel(logging.WARNING)  # one line per shard is ours to print, not Ray's
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if settings_env():  # workers on other nodes talk to the same object store (never credentials: their own)
             kw["runtime_env"] = {"env_vars": settings_env()}
         if address:
-            ray.init(address=address, **kw)
+            ray.init(address=address, include_dashboard=False, **kw)
         else:
-            ray.init(num_cpus=os.cpu_count(), **kw)
+            ray.init(**{**ray_local_options(os.cpu_count() or 1), **kw})
         started = True
     try:
         import logging
@@ -221,23 +294,29 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], workers: int = 1, gpus_per_w
             ray.data.DataContext.get_current().enable_progress_bars = False
         if address and not address.startswith("local"):  # a cluster: nodes may not share a filesystem, so
             job = dataclasses.replace(job, export_files=_export_files(job.export))  # the export travels with the job
+        pool = max(1, min(int(workers), len(shards)))  # a resume of fewer shards than workers starts no idle actor
         ds = ray.data.from_items([{"start": s.start, "end": s.end} for s in shards],
                                  override_num_blocks=len(shards))
         res = ds.map_batches(ShardWorkerActor, fn_constructor_kwargs={"job": job, "threads": int(per)},
-                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=int(workers)), num_cpus=per,
+                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=per,
                              num_gpus=float(gpus_per_worker) or None, zero_copy_batch=True)
         by_name = {s.name: len(s) for s in shards}
         bar = make_progress(total=sum(by_name.values()), unit="chip", desc=f"embed {Path(job.store).name} (ray)",
                             quiet=not progress)
         errors = []
         peaks: dict[int, float] = {}
+        stages: dict[int, dict[str, float]] = {}
         for row in res.iter_rows():
             if row["error"]:
                 errors.append(f"{row['shard']}: {row['error']}")
-            peaks[int(row["pid"])] = max(peaks.get(int(row["pid"]), 0.0), float(row["peak_rss_mib"]))
+            pid = int(row["pid"])
+            peaks[pid] = max(peaks.get(pid, 0.0), float(row["peak_rss_mib"]))
+            if row["wall_s"] >= stages.get(pid, {}).get("wall_s", -1.0):  # totals: the latest row is the whole run
+                stages[pid] = {k: round(float(row[k]), 3) for k in WORKER_TIMES}
             bar.update(by_name.get(str(row["shard"]), 0))
         if report is not None:
             report["peak_rss_mib"] = {str(k): v for k, v in peaks.items()}
+            report["workers"] = {str(k): v for k, v in stages.items()}
         bar.close()
         return errors
     finally:
