@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earthembed.data.dates import base_modalities, time_series
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import synth_in_child  # noqa: E402
+
+from earthembed.data.dates import base_modalities, time_series  # noqa: E402
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
 from earthembed.embed.io import read_metadata
@@ -49,9 +51,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dates_"))
-    gen = (f"from earthembed.data.synth import generate_synthetic_aoi as g; g({str(work / 'store')!r}, "
-           f"chips={args.chips}, chip_size={args.chip_size}, dates={args.dates}, overwrite=True)")
-    subprocess.run([sys.executable, "-c", gen], check=True)
+    synth_in_child(work / "store", chips=args.chips, chip_size=args.chip_size, dates=args.dates)
     store = ChipStore(work / "store")
     mods = {k: store.band_names(k) for k in base_modalities(store)}
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earthembed.data.dataset import ChipDataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import synth_in_child  # noqa: E402
+
+from earthembed.data.dataset import ChipDataset  # noqa: E402
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
 from earthembed.embed.run import embed_store
@@ -44,11 +46,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_embed_"))
-    # the store is generated in a child process, so that this one starts as `earthembed embed` does (fresh
-    # heap); generating 4k chips in-process first was measured to cost the pipeline a few % more than bare
-    gen = (f"from earthembed.data.synth import generate_synthetic_aoi as g; "
-           f"g({str(work / 'store')!r}, chips={args.chips}, chip_size={args.chip_size}, overwrite=True)")
-    subprocess.run([sys.executable, "-c", gen], check=True)
+    synth_in_child(work / "store", chips=args.chips, chip_size=args.chip_size)
     store = ChipStore(work / "store")
     mods = {k: m.band_names for k, m in store.modalities.items() if m.kind != "categorical"}
     torch.manual_seed(0)

@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,13 +35,14 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import synth_in_child  # noqa: E402
+
 
 def _make(work: Path, chips: int, size: int, model: str) -> tuple[Path, Path]:
     store = work / f"store{chips}"
     if not (store / "earthembed.json").exists():
-        gen = ("from earthembed.data.synth import generate_synthetic_aoi as g; from earthembed.data.store import ChipStore; "
-               f"g({str(store)!r}, chips={chips}, chip_size={size}, overwrite=True)")
-        subprocess.run([sys.executable, "-c", gen], check=True)
+        synth_in_child(store, chips=chips, chip_size=size)
     from earthembed.data.normalize import Normalizer
     from earthembed.data.store import ChipStore
     from earthembed.models.export import export_model
