@@ -725,14 +725,13 @@ class StoreWriter:
         """Write ``data`` at chips ``start:`` and make sure every chunk it touches has a file.
 
         zarrs skips chunks that are all fill value; writing those few through zarr's pipeline (which honours
-        ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage. A shard
-        that holds committed chips already (``start`` inside it) is rewritten by zarr's pipeline, which
-        replaces a file atomically: a kill during the rewrite cannot damage the chips committed in it. Every shard
-        is written by zarr's pipeline, in fact: zarrs encodes a shard's inner chunks in parallel and lays them out
-        in the order they finish, so the same chips gave shard files of different bytes from run to run (same
-        values); zarr's pipeline lays them out in chunk order, so a store's files are a function of its chips."""
-        k = self.shard_chips
-        arr = open_array(root, name, atomic=bool(k))
+        ``write_empty_chunks``) keeps the invariant the readers check: a missing chunk file is damage. Shards are
+        written by zarr's pipeline, for two reasons: it replaces a shard file atomically, so a kill while a shard
+        holding committed chips is rewritten (a resume, ``start`` inside it) cannot damage them; and it lays a
+        shard's inner chunks out in chunk order, where zarrs lays them out in the order its threads finish them
+        (the same chips gave files of different bytes from run to run), so a store's files are a function of its
+        chips."""
+        arr = open_array(root, name, atomic=bool(self.shard_chips))
         end = start + len(data)
         if arr.shape[0] < end:
             arr.resize((end, *arr.shape[1:]))
