@@ -69,6 +69,7 @@ def test_embed_rejects_unknown_modality_and_bands(exported, tiny_store, tmp_path
 
 
 def test_embed_resumes_after_kill_without_duplicates(exported, tiny_store, tmp_path, monkeypatch):
+    import earthembed.embed.batches as batches
     import earthembed.embed.run as run
 
     out = tmp_path / "emb.parquet"
@@ -89,13 +90,13 @@ def test_embed_resumes_after_kill_without_duplicates(exported, tiny_store, tmp_p
     assert not out.exists() and len(list((tmp_path / "emb.parquet.parts").glob("part-*.arrow"))) == 2
 
     seen: list[int] = []
-    orig_batch = run._batch_table
+    orig_batch = batches._batch_table
 
     def spy(idx, *a, **k):
         seen.extend(idx.tolist())
         return orig_batch(idx, *a, **k)
 
-    monkeypatch.setattr(run, "_batch_table", spy)
+    monkeypatch.setattr(batches, "_batch_table", spy)
     embed_store(exported, tiny_store, out, batch_size=4, progress=False)
     assert sorted(seen) == list(range(8, 20))  # committed batches were not recomputed
     df, _ = read_embeddings(out)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import earthembed.data.store as store_mod
-import earthembed.embed.run as run_mod
+import earthembed.embed.batches as batches_mod
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore, StoreRows
 from earthembed.data.synth import generate_synthetic_aoi
@@ -80,7 +80,7 @@ def test_a_shard_worker_reads_only_its_shards_rows(setup, tmp_path, monkeypatch)
     equals one table embedded from the whole store."""
     store, export = setup
     asked, built = [], []
-    real_rows, real_chips = store_mod.read_parquet_rows, run_mod._chip_columns
+    real_rows, real_chips = store_mod.read_parquet_rows, batches_mod.chip_columns
 
     def rows_spy(path, start, stop, *a, **kw):
         out = real_rows(path, start, stop, *a, **kw)
@@ -93,7 +93,7 @@ def test_a_shard_worker_reads_only_its_shards_rows(setup, tmp_path, monkeypatch)
         return out
 
     monkeypatch.setattr(store_mod, "read_parquet_rows", rows_spy)
-    monkeypatch.setattr(run_mod, "_chip_columns", chips_spy)
+    monkeypatch.setattr(batches_mod, "chip_columns", chips_spy)
     one = embed_store(export, store, tmp_path / "one.parquet", progress=False)
     built.clear()
 

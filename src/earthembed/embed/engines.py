@@ -113,7 +113,7 @@ class ShardWorker:
 
     def __init__(self, job: ShardJob, model: torch.nn.Module | None = None) -> None:
         from earthembed.data.store import ChipStore
-        from earthembed.embed.run import set_tta
+        from earthembed.embed.tta import set_tta
         from earthembed.models.export import load_model
 
         self.job = job
@@ -159,19 +159,25 @@ class ShardWorker:
     def embed(self, shard: Shard) -> list[pa.Table]:
         """The rows of ``shard``, one table per batch, read from the store's rows of the shard only
         (:meth:`~earthembed.data.store.ChipStore.rows`: index rows, presence, dates and footprints of its chips)."""
-        from earthembed.embed.run import _BatchReader, _chip_columns, _prefetch, embed_batch, make_passes
+        from earthembed.embed.batches import (
+            BatchReader,
+            chip_columns,
+            embed_batch,
+            make_passes,
+            prefetch_batches,
+        )
 
         job, t0 = self.job, time.perf_counter()
         rows = self.store.rows(shard.start, shard.end)
-        chips = _chip_columns(rows.index)
+        chips = chip_columns(rows.index)
         prefetch = job.prefetch if job.prefetch is not None else torch.device(job.device).type != "cpu"
         starts = list(range(0, len(rows), job.batch_size))
         tables = []
         self.times["open_s"] += time.perf_counter() - t0
         with torch.inference_mode():
             for p in make_passes(rows, job.request, job.normalization, job.time):  # one, or one per date index
-                reader = _BatchReader(p.dataset, starts, job.batch_size)
-                batches = iter(_prefetch(reader) if prefetch else (reader[i] for i in range(len(reader))))
+                reader = BatchReader(p.dataset, starts, job.batch_size)
+                batches = iter(prefetch_batches(reader) if prefetch else (reader[i] for i in range(len(reader))))
                 while True:
                     t0 = time.perf_counter()
                     batch = next(batches, None)

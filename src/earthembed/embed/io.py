@@ -30,15 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from earthembed.embed.table_format import META_KEY, parquet_options
 from earthembed.outputs import dumps
-
-META_KEY = b"earthembed"
-
-
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Write options for embedding tables: dictionary encoding only for the non-embedding columns. Float
-    embeddings never repeat, so trying a dictionary on them first doubles the write time for nothing."""
-    return {"use_dictionary": [n for n in schema.names if not n.startswith("emb_")]}
 
 
 def fixed_size_list(x: np.ndarray, valid: np.ndarray | None = None, name: str = "embedding") -> pa.Array:

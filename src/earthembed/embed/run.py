@@ -24,11 +24,9 @@ A model without one (any other architecture, the rcf featurizer) is a one-line e
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from earthembed.contract import ChipBatch, as_chip_batch
-from earthembed.data.dataset import ChipDataset
+from earthembed.contract import as_chip_batch
 from earthembed.data.dates import (
     DatePlan,
-    DateView,
     is_series,
     later_keys,
     plan_dates,
@@ -49,34 +45,26 @@ from earthembed.data.dates import (
     series_metadata,
     series_of,
 )
-from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
+from earthembed.embed.batches import (
+    BatchReader,
+    Pass,
+    chip_columns,
+    embed_batch,
+    make_passes,
+    prefetch_batches,
+)
 from earthembed.embed.engines import ENGINES
-from earthembed.embed.io import META_KEY, fixed_size_list, is_embedding_table, parquet_options
+from earthembed.embed.io import is_embedding_table
 from earthembed.embed.shards import DATASET_FORMAT, DATASET_VERSION, wants_dataset
+from earthembed.embed.table_format import META_KEY, parquet_options
+from earthembed.embed.tta import set_tta, tta_model_id
 from earthembed.errors import OutputError
 from earthembed.outputs import OutputLock, dumps, write_json
 from earthembed.storage import ObjectPath, location
 
 PART_FORMAT = "arrow-ipc-1"  # in the resume manifest: parts of another format are never mixed in
 TABLE_TMP = "table.parquet.tmp"  # the final table while it is assembled, inside <out>.parts/
-
-
-class _BatchReader(torch.utils.data.Dataset):
-    """Item i is the i-th contiguous batch of chips: one vectorised store read per batch (batches end at
-    ``stop``, the end of a shard, or of the store)."""
-
-    def __init__(self, dataset: ChipDataset, starts: Sequence[int], batch_size: int, stop: int | None = None) -> None:
-        self.dataset, self.starts, self.batch_size = dataset, list(starts), batch_size
-        self.stop = len(dataset) if stop is None else int(stop)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.starts[i]
-        e = min(s + self.batch_size, self.stop)
-        return self.dataset.read_batch(np.arange(s, e))
 
 
 def parse_bands(spec: str | None) -> dict[str, list[str]] | None:
@@ -197,48 +185,6 @@ def embed_store(
     return out
 
 
-@dataclasses.dataclass
-class Pass:
-    """One read of the whole store: the only one of a plain embed (``t`` None), or date index ``t`` of a per-date
-    one, whose rows get ``t``, ``date`` and ``date_key`` and exist only where one of ``series`` is present."""
-
-    dataset: Any  # ChipDataset or DateView: read_batch(positions), len()
-    t: int | None = None
-    date: str | None = None
-    date_key: str | None = None
-    series: tuple[str, ...] = ()
-
-    def part(self, start: int) -> str:
-        """Part file stem of the batch at ``start`` (sorted names are the table's row order)."""
-        return f"part-{start:09d}" if self.t is None else f"part-t{self.t:05d}-{start:09d}"
-
-    def table(self, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], present: dict[str, torch.Tensor],
-              request: dict[str, list[str]], model_id: str) -> pa.Table:
-        """The rows of one embedded batch (:func:`_batch_table`, plus the date columns of a per-date pass)."""
-        table = _batch_table(idx, chips, emb, present, request, model_id)
-        if self.t is None:
-            return table
-        keep = np.logical_or.reduce([present[b].numpy().astype(bool) for b in self.series])
-        table = table.filter(pa.array(keep))
-        n, at = table.num_rows, table.column_names.index("split") + 1
-        date = _dt.date.fromisoformat(self.date) if self.date else None
-        for i, (name, col) in enumerate((("t", pa.array(np.full(n, self.t, np.int16))),
-                                         ("date", pa.array([date] * n, pa.date32())),
-                                         ("date_key", pa.array([self.date_key] * n, pa.string())))):
-            table = table.add_column(at + i, name, col)
-        return table
-
-
-def make_passes(store: ChipStore, request: dict[str, list[str]], normalization: dict[str, Any],
-                plan: DatePlan | None) -> list[Pass]:
-    """The reads of one embed: the store once, or once per chosen date index of ``plan``."""
-    normalizer = Normalizer.from_dict(normalization)
-    if plan is None:
-        return [Pass(ChipDataset(store, request, normalizer=normalizer))]
-    return [Pass(DateView(store, request, normalizer, plan.keys_at(t)), t, plan.dates[t], plan.date_keys[t],
-                 tuple(plan.series)) for t in plan.ts]
-
-
 def time_axis(model: torch.nn.Module, meta: dict[str, Any] | None) -> dict[str, int]:
     """Store key -> date index of a model with a time axis (``timesteps``: Galileo); ``embed --dates series`` on any
     other model is a one-line error saying to embed per date instead."""
@@ -253,31 +199,6 @@ def no_time_axis(what: str) -> ValueError:
     """The error of ``--dates series`` for a model without a time axis."""
     return ValueError(f"--dates series: {what} has no time axis (it embeds one date at a time; only Galileo embeds "
                       "a whole series as one vector); use --dates all for one row per (chip, date)")
-
-
-TTA_CHOICES = ("none", "d4")
-
-
-def tta_model_id(model: torch.nn.Module, model_id: str, tta: str | None) -> str:
-    """The id of embeddings made with an embed-time ``tta`` override: the export's id when it changes nothing,
-    else ``<id>+tta=<value>`` (the same weights averaged differently embed differently)."""
-    if tta is None:
-        return model_id
-    if tta not in TTA_CHOICES:
-        raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
-    own = getattr(model, "tta", None)
-    if not hasattr(model, "tta"):
-        if tta == "d4":
-            raise ValueError(f"--tta d4: {type(model).__name__} ({getattr(model, 'architecture', '?')}) has no "
-                             "test-time augmentation; embed without --tta")
-        return model_id
-    return model_id if (own or "none") == tta else f"{model_id}+tta={tta}"
-
-
-def set_tta(model: torch.nn.Module, tta: str | None) -> None:
-    """Apply an embed-time ``tta`` override (checked by :func:`tta_model_id`) to ``model``."""
-    if tta is not None and hasattr(model, "tta"):
-        model.tta = None if tta == "none" else tta
 
 
 def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path | ObjectPath,
@@ -374,7 +295,7 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
     n = len(store)
     todo = [(p, [s for s in range(0, n, batch_size) if p.part(s) not in done]) for p in passes]
     model = model.to(device).eval()
-    chips = _chip_columns(store.index)
+    chips = chip_columns(store.index)
     from earthembed.progress import progress as make_progress
 
     total = sum(min(batch_size, n - s) for _, starts in todo for s in starts)
@@ -408,60 +329,12 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
 def _loader(dataset: Any, starts: list[int], batch_size: int, num_workers: int, prefetch: bool | None,
             device: str) -> Any:
     """The batches at ``starts``: DataLoader workers, a reader thread (accelerators) or read in this thread."""
-    reader = _BatchReader(dataset, starts, batch_size)
+    reader = BatchReader(dataset, starts, batch_size)
     if num_workers > 0:
         return torch.utils.data.DataLoader(reader, batch_size=None, num_workers=num_workers, shuffle=False)
     if prefetch if prefetch is not None else torch.device(device).type != "cpu":
-        return _prefetch(reader, depth=2)
+        return prefetch_batches(reader, depth=2)
     return (reader[i] for i in range(len(reader)))
-
-
-def embed_batch(model: torch.nn.Module, batch: ChipBatch | dict[str, Any], request: dict[str, list[str]], device: str,
-                chips: pa.Table, label: str) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """(``{"fused"|modality: [B, D]}``, presence) of one read batch (a :class:`~earthembed.contract.ChipBatch`
-    with ``idx``; a dict is taken through :func:`~earthembed.contract.as_chip_batch`); non-finite embeddings are
-    an error. The model gets the requested observations with their dates and months (the calendar of
-    time-aware models)."""
-    batch = as_chip_batch(batch)
-    present = {k: batch.present(k) for k in request}
-    x = ChipBatch({k: (o := batch.obs[k]).replace(x=o.x.to(device, non_blocking=True)) for k in request})
-    res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
-    emb = {"fused": res.fused.float().cpu().numpy(), **{k: res.modality[k].float().cpu().numpy() for k in request}}
-    _check_finite(emb, present, batch.idx.numpy(), chips, label)
-    return emb, present
-
-
-def _check_finite(emb: dict[str, np.ndarray], present: dict[str, torch.Tensor], idx: np.ndarray, chips: pa.Table,
-                  model: str) -> None:
-    """Raise naming the chips when a present modality's (or the fused) embedding is NaN/Inf: written as zeros
-    or nulls it would only show up later as chance-level few-shot scores."""
-    pres = {k: v.numpy().astype(bool) for k, v in present.items()}
-    for name, x in emb.items():
-        rows = np.logical_or.reduce(list(pres.values())) if name == "fused" else pres[name]
-        bad = rows & ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            ids = chips.column("chip_id").take(pa.array(idx[bad])).to_pylist()
-            raise ValueError(
-                f"model {model} gave non-finite (NaN/Inf) emb_{name} for {int(bad.sum())} chips "
-                f"({', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}) that have the modality; are the "
-                "model's weights finite? Nothing was written for this batch"
-            )
-
-
-def _prefetch(reader: _BatchReader, depth: int = 2) -> Iterator[dict[str, Any]]:
-    """Read the next batches in a background thread while an accelerator runs the model.
-
-    Zarr decoding and the normalisation release the GIL, so this overlaps I/O with the forward pass without
-    the start-up and pickling cost of DataLoader worker processes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(reader.__getitem__, i) for i in range(min(depth, len(reader)))]
-        for i in range(len(reader)):
-            batch = pending.pop(0).result()
-            if i + depth < len(reader):
-                pending.append(pool.submit(reader.__getitem__, i + depth))
-            yield batch
 
 
 def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[str]:
@@ -481,19 +354,6 @@ def _prepare_parts(parts: Path, manifest: dict[str, Any], resume: bool) -> set[s
     return set()
 
 
-def _chip_columns(index: Any) -> pa.Table:
-    """The per-chip columns every batch copies from the store index (chip_id, WKB footprint, aoi, split),
-    converted once, vectorised, instead of per batch and per row."""
-    import shapely
-
-    return pa.table({
-        "chip_id": pa.array(index["chip_id"].astype(str).to_numpy(), pa.string()),
-        "geometry": pa.array(shapely.to_wkb(index.geometry.to_numpy()), pa.binary()),
-        "aoi": pa.array(index["aoi"].astype(str).to_numpy(), pa.string()),
-        "split": pa.array(index["split"].astype(str).to_numpy(), pa.string()),
-    })
-
-
 def _write_part(parts: Path, p: Pass, start: int, idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray],
                 present: dict[str, torch.Tensor], request: dict[str, list[str]], model_id: str) -> int:
     """Commit one batch of pass ``p`` as an Arrow IPC part (renamed into place when complete); returns its chip
@@ -508,28 +368,6 @@ def _write_part(parts: Path, p: Pass, start: int, idx: np.ndarray, chips: pa.Tab
         w.write_table(table)
     os.replace(tmp, f)
     return len(idx)
-
-
-def _batch_table(idx: np.ndarray, chips: pa.Table, emb: dict[str, np.ndarray], present: dict[str, torch.Tensor],
-                 request: dict[str, list[str]], model_id: str) -> pa.Table:
-    rows = chips.take(pa.array(idx))
-    pres = {k: v.numpy().astype(bool) for k, v in present.items()}
-    mask = np.stack([pres[k] for k in request], axis=1)  # [chips, modalities]
-    any_present = mask.any(axis=1)
-    names = np.array(list(request), dtype=object)
-    used = [",".join(names[row]) for row in mask]
-    cols: dict[str, Any] = {
-        "idx": pa.array(idx.astype(np.int64)),
-        **{c: rows.column(c) for c in ("chip_id", "geometry", "aoi", "split")},
-        "modalities_used": pa.array(used, pa.string()),
-        "bands_used": pa.array([json.dumps(request)] * len(idx)),
-        "emb_fused": fixed_size_list(emb["fused"], any_present),
-    }
-    for k in request:
-        cols[f"emb_{k}"] = fixed_size_list(emb[k], pres[k])
-        cols[f"present_{k}"] = pa.array(pres[k])
-    cols["model_id"] = pa.array([model_id] * len(idx))
-    return pa.table(cols)
 
 
 def _assemble(parts: Path, out: Path, meta: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from earthembed.embed.io import META_KEY, parquet_options
+from earthembed.embed.table_format import META_KEY, parquet_options
 from earthembed.errors import OutputError
 from earthembed.outputs import dumps, write_error
 from earthembed.storage import (

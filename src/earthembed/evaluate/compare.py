@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 
 from earthembed.evaluate.metrics import LOWER_IS_BETTER
-from earthembed.evaluate.summary import primary_rows
+from earthembed.evaluate.tasks import PRIMARY_METRIC
+
+
+def primary_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each task's primary metric (macro-F1, macro mAP or R2)."""
+    prim = results["task_kind"].map(PRIMARY_METRIC)
+    return results[results["metric"] == prim]
 
 
 def budget_scores(results: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from earthembed.evaluate.compare import (
+    best_per_set,
+    budget_scores,
+    paired_difference,
+    primary_rows,
+    resamples,
+)
 from earthembed.evaluate.metrics import LOWER_IS_BETTER
 from earthembed.evaluate.tasks import PRIMARY_METRIC
 from earthembed.outputs import atomic_path, save_png
@@ -22,12 +29,6 @@ RGB_BANDS = (("R", "G", "B"), ("B04", "B03", "B02"), ("red", "green", "blue"))
 FRACTION = 0.95
 BUDGET_UNITS = {"per_class": "labelled chips per class", "total": "labelled chips",
                 "fraction": "fraction of the labelled training chips"}
-
-
-def primary_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each task's primary metric (macro-F1, macro mAP or R2)."""
-    prim = results["task_kind"].map(PRIMARY_METRIC)
-    return results[results["metric"] == prim]
 
 
 def _per_budget(results: pd.DataFrame) -> pd.DataFrame:
@@ -86,8 +87,6 @@ def best_by_budget(results: pd.DataFrame, boot: pd.DataFrame | None = None) -> p
     the tables already show). The paired bootstrap over test chips, which has power, is in
     :func:`earthembed.evaluate.compare.compare` (from ``bootstrap.parquet``).
     """
-    from earthembed.evaluate.compare import best_per_set, budget_scores, paired_difference, resamples
-
     cell = budget_scores(results)
     if not len(cell):
         return pd.DataFrame(columns=BEST_COLUMNS)
