@@ -333,7 +333,8 @@ def test_pretraining_objectives_read_a_chip_batch_by_its_fields_as_they_read_the
 
 
 def test_a_date_view_reads_each_series_by_its_base_as_a_chip_batch(tmp_path):
-    from earthembed.data.dates import DateView, date_key
+    from earthembed.data.date_views import DateView
+    from earthembed.data.dates import date_key
     from earthembed.data.normalize import Normalizer
     from earthembed.data.synth import generate_synthetic_aoi
 

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from earthembed.contract import ChipBatch
 
 SUFFIX = re.compile(r"^(?P<base>.+)_t(?P<k>[0-9]+)$")
 """``<base>_t<k>``: the k-th date of ``<base>`` (k >= 2; the base key itself is date 1)."""
@@ -330,45 +327,3 @@ def _choose(plan: DatePlan, series: dict[str, DateSeries], spec: str | list[str 
                 raise ValueError(f"--dates {x}: no chip has imagery at {plan.label(t)}; the dates are {have}")
         out += ts
     return tuple(sorted(set(out)))
-
-
-class DateView:
-    """One date of a store seen as a single-date store: a :class:`~earthembed.data.dataset.ChipDataset` reading key
-    ``t`` of every series (and the static modalities) whose batches name them by their base (``s2_t3`` -> ``s2``,
-    with its presence and month), normalised with the base's statistics. A series without a date ``t`` reads as
-    absent. So a model trained on ``s2`` embeds ``s2_t3`` exactly as it would a store whose ``s2`` held it."""
-
-    def __init__(self, store: Any, request: dict[str, list[str]], normalizer: Any, keys: dict[str, str]) -> None:
-        from earthembed.data.dataset import ChipDataset
-        from earthembed.data.normalize import Normalizer
-
-        self.store, self.request = store, request
-        self.keys = {b: k for b, k in keys.items() if b in request}
-        stats = {k: normalizer.stats[b] for b, k in self.keys.items() if b in normalizer.stats}
-        nodata = {k: normalizer.nodata[b] for b, k in self.keys.items() if b in normalizer.nodata}
-        self.dataset = ChipDataset(store, {k: request[b] for b, k in self.keys.items()},
-                                   normalizer=Normalizer(stats, nodata))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def read_batch(self, positions: np.ndarray) -> ChipBatch:
-        """The chips at ``positions`` as one-date observations named by their base (:class:`ChipBatch`, with the
-        dates and months of date ``t``); a series without a date ``t`` is absent on every chip."""
-        import torch
-
-        from earthembed.contract import NO_DATE, NO_MONTH, ChipBatch, Observation
-
-        raw = self.dataset.read_batch(positions)
-        n, cs = len(positions), self.store.chip_size
-        obs: dict[str, Observation] = {}
-        for b, bands in self.request.items():
-            k = self.keys.get(b)
-            if k is None:  # this series has no date t: absent, as a chip lacking the modality
-                obs[b] = Observation.single(torch.zeros((n, len(bands), cs, cs), dtype=torch.float32),
-                                            torch.zeros(n, dtype=torch.bool),
-                                            dates=torch.full((n,), NO_DATE, dtype=torch.int64),
-                                            month=torch.full((n,), NO_MONTH, dtype=torch.int64))
-            else:
-                obs[b] = raw.obs[k]
-        return ChipBatch(obs, idx=raw.idx)

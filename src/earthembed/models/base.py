@@ -107,7 +107,11 @@ def fuse_embeddings(embs: Mapping[str, Tensor], present: Mapping[str, Tensor]) -
 class ModalityInput:
     """One modality of a batch after :meth:`Encoder.resolve_inputs`: pixels, their band names, the rows
     present ``[B]``, per-row band-group presence ``[B, G]`` (None: every given group on every row) and the
-    month of each row ``[B]`` (0 = January, -1 unknown; None: not given)."""
+    month of each row ``[B]`` (0 = January, -1 unknown; None: not given).
+
+    For a modality the encoder reads ``T > 1`` dates of (:attr:`Encoder.input_dates`: a time axis, Galileo) every
+    field has the date axis after the rows: ``x`` ``[B, T, C, H, W]``, ``present`` / ``month`` ``[B, T]``,
+    ``group_present`` ``[B, T, G]``."""
 
     x: Tensor
     bands: list[str]
@@ -122,20 +126,30 @@ class ModalityInput:
                              None if self.month is None else self.month[rows])
 
 
-def _batch_entry(batch: Mapping[str, Any], k: str) -> tuple[Tensor, Any, Any, Any] | None:
-    """(pixels ``[B, C, H, W]``, presence, band-group presence, month) of modality ``k`` of a
-    :class:`~earthembed.contract.ChipBatch` (typed) or a dict with today's string keys; None if absent."""
+def _batch_entry(batch: Mapping[str, Any], k: str, dates: int = 1) -> tuple[Tensor, Any, Any, Any] | None:
+    """(pixels, presence, band-group presence, month) of modality ``k`` of a
+    :class:`~earthembed.contract.ChipBatch` (typed) or a dict with today's string keys; None if absent.
+    ``dates``: how many dates of ``k`` the encoder reads; 1 gives ``[B, C, H, W]`` / ``[B]`` fields, more the
+    observation's own ``[B, T, ...]`` ones (a dict batch only holds one date)."""
     if isinstance(batch, ChipBatch):
         o = batch.obs.get(k)
         if o is None:
             return None
-        if o.num_dates != 1:
-            raise ContractError(f"modality {k!r} has {o.num_dates} dates; this encoder reads one date per modality "
-                                "(give it one date: Observation.date(t))")
+        if o.num_dates != dates:
+            if dates == 1:
+                raise ContractError(f"modality {k!r} has {o.num_dates} dates; this encoder reads one date per "
+                                    "modality (give it one date: Observation.date(t))")
+            raise ContractError(f"modality {k!r} has {o.num_dates} date(s); this model reads {dates} dates of it "
+                                "(the series it was fitted to)")
+        if dates > 1:
+            return o.x, o.present, o.group_present, o.month
         return (o.x[:, 0], o.present[:, 0], None if o.group_present is None else o.group_present[:, 0],
                 None if o.month is None else o.month[:, 0])
     if k not in batch:
         return None
+    if dates > 1:
+        raise ContractError(f"modality {k!r}: this model reads {dates} dates of it; give a ChipBatch whose "
+                            f"observation has them ([B, {dates}, C, H, W]), a dict batch holds one date")
     return batch[k], batch.get(f"{k}_present"), batch.get(f"{k}_group_present"), batch.get(f"{k}_month")
 
 
@@ -169,6 +183,12 @@ class Encoder(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-able keyword arguments: ``build_model(architecture, **config)`` rebuilds the architecture."""
         raise NotImplementedError
+
+    @property
+    def input_dates(self) -> dict[str, int]:
+        """How many dates ``T`` of each modality the encoder reads at once (the input spec's ``dates``): 1 for
+        single-date encoders; a model with a time axis (Galileo) reads a whole series as one observation."""
+        return {k: 1 for k in self.modalities}
 
     # -- the template: the modality loop, absent rows and fusion, once for every encoder --------------
     def forward(self, batch: Mapping[str, Any], bands: Mapping[str, Sequence[str]] | None = None,
@@ -277,31 +297,35 @@ class Encoder(nn.Module):
         unknown = [k for k in named if k not in self.modalities]
         if unknown:
             raise ValueError(f"modalities {sorted(set(unknown))} are unknown to this model (it has {list(self.modalities)})")
-        entries = {k: e for k in self.modalities if (e := _batch_entry(batch, k)) is not None}
+        steps = self.input_dates
+        entries = {k: e for k in self.modalities if (e := _batch_entry(batch, k, steps[k])) is not None}
         if not entries:
             raise ValueError(f"batch holds none of the model's modalities {list(self.modalities)} (keys: {list(batch)})")
         n = int(next(iter(entries.values()))[0].shape[0])
         out: dict[str, ModalityInput] = {}
         for k, (x, batch_pr, batch_gp, month) in entries.items():
             bnames = self.check_bands(k, bands.get(k, self.modalities[k]))
-            if x.ndim != 4 or x.shape[1] != len(bnames):
-                raise ValueError(f"modality {k!r}: expected [B, {len(bnames)}, H, W] for bands {bnames}, got {tuple(x.shape)}")
+            lead = (n,) if steps[k] == 1 else (n, steps[k])  # rows, or rows x dates
+            if tuple(x.shape[: len(lead)]) != lead or x.ndim != len(lead) + 3 or x.shape[len(lead)] != len(bnames):
+                want = ", ".join(["B", *(["T"] if len(lead) > 1 else []), str(len(bnames)), "H", "W"])
+                raise ValueError(f"modality {k!r}: expected [{want}] for bands {bnames}, got {tuple(x.shape)}")
             pr = present[k] if present is not None and k in present else batch_pr
-            pr = torch.ones(n, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
-            pr = pr.to(x.device).reshape(-1)
+            pr = torch.ones(lead, dtype=torch.bool) if pr is None else torch.as_tensor(pr, dtype=torch.bool)
+            pr = pr.to(x.device).reshape(lead)
             gp = group_present[k] if group_present is not None and k in group_present else batch_gp
             if gp is not None:
                 gp = torch.as_tensor(gp, dtype=torch.bool).to(x.device)
                 ng = len(self.band_groups[k])
-                if tuple(gp.shape) != (n, ng):
-                    raise ValueError(f"modality {k!r}: group_present must be [{n}, {ng}] (rows x band groups), got {tuple(gp.shape)}")
+                if tuple(gp.shape) != (*lead, ng):
+                    what = "rows x band groups" if len(lead) == 1 else "rows x dates x band groups"
+                    raise ValueError(f"modality {k!r}: group_present must be {[*lead, ng]} ({what}), got {tuple(gp.shape)}")
                 given = torch.tensor(self.groups_given(k, bnames), device=x.device)
                 gp = gp & given  # groups without any band in ``bands`` are absent anyway
-                pr = pr & gp.any(1)  # a row without any group is an absent modality
+                pr = pr & gp.any(-1)  # a row (date) without any group is an absent modality
                 if bool((gp[pr] == given).all()):
                     gp = None  # every present row has every given group
             if month is not None:
-                month = torch.as_tensor(month, device=x.device).long().reshape(-1)
+                month = torch.as_tensor(month, device=x.device).long().reshape(lead)
             out[k] = ModalityInput(x, bnames, pr, gp, month)
         return n, out
 

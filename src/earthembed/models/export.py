@@ -119,7 +119,7 @@ def export_model(
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalizer.to_dict(),
         **({"products": products} if products is not None else {}),
-        "input_spec": InputSpec.from_bands(model.modalities, products).to_dict(),
+        "input_spec": InputSpec.from_bands(model.modalities, products, dates=model.input_dates).to_dict(),
         "model_id": model_id or f"{arch}-{_model_hash(weights, model.config)[:12]}",
         "embed_dim": model.embed_dim,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

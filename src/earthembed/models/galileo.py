@@ -21,9 +21,10 @@ final LayerNorm.
 pseudo-inverse of the bicubic resize (FlexiViT, Beyer et al. 2023: timm's ``resample_patch_embed``), as the
 publisher trains with random patch sizes. Smaller patches: more tokens (4x per halving), finer maps, slower.
 
-**Time.** Inputs are ``[B, T, C, H, W]``; several store modalities can feed the same groups at different
-dates (``timesteps``), so a multi-date chip is one sequence of ``T`` dates. Months come with the batch
-(``<modality>_month``, 0 = January) or are ``default_month``.
+**Time.** Inputs are ``[B, T, C, H, W]``: a modality read as a series (an observation of ``T`` dates, its
+``timesteps`` a list) feeds the same groups at ``T`` dates, and several single-date store modalities can feed
+them at different dates (``timesteps``, one index each); either way a multi-date chip is one sequence of dates.
+Months come with the batch (the observation's ``month``, 0 = January) or are ``default_month``.
 
 The network's own equality with the publisher's reference implementation is a test
 (``tests/test_galileo.py``, fixture recorded by ``scripts/make_galileo_fixture.py``).
@@ -354,6 +355,19 @@ _GROUP_OF: dict[str, tuple[str, str]] = {
 }
 
 
+def _timesteps(k: str, t: Any) -> int | list[int]:
+    """A modality's ``timesteps`` entry checked: one date index, or a non-empty list of distinct ones."""
+    if not isinstance(t, list | tuple):
+        return int(t)
+    if not t or not all(isinstance(x, int) and not isinstance(x, bool) for x in t) or len(set(t)) != len(t):
+        raise ValueError(f"galileo: timesteps of {k!r} must be a date index or a list of distinct ones, got {t!r}")
+    return [int(x) for x in t]
+
+
+def _fed_what(a: str, b: str) -> str:
+    return f"two dates of modality {a!r}" if a == b else f"modalities {a!r} and {b!r}"
+
+
 def default_band_map(modalities: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
     """``{modality: {store band: Galileo band}}`` by name (:func:`galileo_band`) for the bands Galileo reads."""
     return {str(k): {str(b): g for b in bands if (g := galileo_band(str(b))) is not None}
@@ -367,7 +381,9 @@ class GalileoEncoder(Encoder):
         modalities: store modality key -> the store bands it feeds (each must map to a Galileo band).
         band_map: modality -> {store band: Galileo band} (default: by name, :func:`default_band_map`).
         timesteps: modality -> the date index it feeds (default 0): several modalities at different indices
-            make a time series of ``T = max + 1`` dates.
+            make a time series of ``T = max + 1`` dates. A list of indices, one per date, makes the modality a
+            series read as one observation of that many dates (``[B, T, C, H, W]``: :attr:`input_dates`); its
+            date ``t`` feeds index ``timesteps[k][t]``.
         embedding_size, depth, num_heads, mlp_ratio, max_sequence_length, max_patch_size, drop_path: network
             size (``galileo_nano``: 128 / 4 / 8 heads).
         patch_size: pixels per token side (1..max_patch_size; must divide the chip).
@@ -431,17 +447,23 @@ class GalileoEncoder(Encoder):
         unread = {k: v for k, v in unread.items() if v}
         if unread:  # accepted (a store's full band list) but never looked at
             warnings.warn(f"galileo: bands {unread} have no Galileo input and are not read", UserWarning, stacklevel=2)
-        self.timesteps = {k: int((timesteps or {}).get(k, 0)) for k in self.modalities}
-        if any(t < 0 or t >= max_sequence_length for t in self.timesteps.values()):
+        self.timesteps: dict[str, int | list[int]] = {k: _timesteps(k, (timesteps or {}).get(k, 0))
+                                                     for k in self.modalities}
+        self.steps = {k: [t] if isinstance(t, int) else list(t) for k, t in self.timesteps.items()}
+        """Per modality, the date index each of its dates feeds (one for a single-date modality)."""
+        if any(t < 0 or t >= max_sequence_length for ts in self.steps.values() for t in ts):
             raise ValueError(f"galileo: timesteps {self.timesteps} must lie in 0..{max_sequence_length - 1}")
         fed: dict[tuple[int, str], str] = {}
         for k, m in self.band_map.items():
             for gb in m.values():
-                t = self.timesteps[k] if _GROUP_OF[gb][0] == "space_time" else 0
-                if (t, gb) in fed:
-                    raise BandMismatchError(f"galileo: modalities {fed[(t, gb)]!r} and {k!r} both feed {gb} at date {t}; "
-                                            "give them different timesteps or leave one out")
-                fed[(t, gb)] = k
+                if _GROUP_OF[gb][0] != "space_time" and len(self.steps[k]) > 1:
+                    raise ValueError(f"galileo: modality {k!r} feeds {gb}, which has no dates (one token per "
+                                     f"patch), at {len(self.steps[k])} dates; give it one timestep")
+                for t in self.steps[k] if _GROUP_OF[gb][0] == "space_time" else [0]:
+                    if (t, gb) in fed:
+                        raise BandMismatchError(f"galileo: {_fed_what(fed[(t, gb)], k)} feed {gb} at date {t}; "
+                                                "give them different timesteps or leave one out")
+                    fed[(t, gb)] = k
         if pool != "mean":
             raise ValueError(f"galileo: pool must be 'mean', got {pool!r}")
         if not 1 <= int(patch_size) <= int(max_patch_size):
@@ -465,6 +487,10 @@ class GalileoEncoder(Encoder):
         self.feature_channels = [self.embed_dim]
         self.feature_strides = [self.patch_size]
 
+    @property
+    def input_dates(self) -> dict[str, int]:
+        return {k: len(ts) for k, ts in self.steps.items()}
+
     def _groups_of(self, k: str) -> list[list[str]]:
         """The modality's store bands grouped as Galileo groups them (band-group presence acts per group)."""
         by_group: dict[str, list[str]] = {}
@@ -478,7 +504,7 @@ class GalileoEncoder(Encoder):
         return {
             "modalities": {k: list(v) for k, v in self.modalities.items()},
             "band_map": {k: dict(v) for k, v in self.band_map.items()},
-            "timesteps": dict(self.timesteps),
+            "timesteps": {k: t if isinstance(t, int) else list(t) for k, t in self.timesteps.items()},
             **self.size,
             "patch_size": self.patch_size,
             "input_resolution_m": self.input_resolution_m,
@@ -520,9 +546,9 @@ class GalileoEncoder(Encoder):
         """(:class:`GalileoInput`, owner of each fed group ``(family, t, g) -> modality``) of resolved inputs
         (months come with them, :attr:`ModalityInput.month`; ``batch`` is not read again)."""
         ref = next(iter(inputs.values())).x
-        b, _, hh, ww = ref.shape
+        b, (hh, ww) = ref.shape[0], ref.shape[-2:]
         dev, dtype = ref.device, ref.dtype
-        t_max = max(self.timesteps[k] for k in inputs) + 1
+        t_max = max(t for k in inputs for t in self.steps[k]) + 1
         st = torch.zeros(b, t_max, len(ST_CHANNELS), hh, ww, device=dev, dtype=dtype)
         st_fed = torch.zeros(b, t_max, len(ST_CHANNELS), dtype=torch.bool, device=dev)
         sp = torch.zeros(b, len(SP_CHANNELS), hh, ww, device=dev, dtype=dtype)
@@ -533,30 +559,33 @@ class GalileoEncoder(Encoder):
             if tuple(inp.x.shape[-2:]) != (hh, ww):
                 raise ValueError(f"galileo: modality {k!r} is {tuple(inp.x.shape[-2:])} px, others {(hh, ww)}: "
                                  "Galileo's inputs share one pixel grid")
-            t = self.timesteps[k]
-            rows = inp.present
             groups = self.band_groups[k]
-            for j, band in enumerate(inp.bands):
-                gb = self.band_map[k].get(band)
-                if gb is None:
-                    continue
-                on = rows.clone()
-                if inp.group_present is not None:
-                    gi = next(i for i, g in enumerate(groups) if band in g)
-                    on &= inp.group_present[:, gi]
-                family = _GROUP_OF[gb][0]
-                if family == "space_time":
-                    c = ST_CHANNELS.index(gb)
-                    st[:, t, c] = inp.x[:, j]
-                    st_fed[:, t, c] = on
-                    channel_owner[("space_time", t, gb)] = k
-                else:
-                    c = SP_CHANNELS.index(gb)
-                    sp[:, c] = inp.x[:, j]
-                    sp_fed[:, c] = on
-                    channel_owner[("space", 0, gb)] = k
-            if inp.month is not None:
-                months[:, t] = torch.where((months[:, t] < 0) & rows, inp.month, months[:, t])
+            series = len(self.steps[k]) > 1  # fields carry the date axis after the rows (ModalityInput)
+            for i, t in enumerate(self.steps[k]):
+                x, rows = (inp.x[:, i], inp.present[:, i]) if series else (inp.x, inp.present)
+                gp = inp.group_present if inp.group_present is None or not series else inp.group_present[:, i]
+                month = inp.month if inp.month is None or not series else inp.month[:, i]
+                for j, band in enumerate(inp.bands):
+                    gb = self.band_map[k].get(band)
+                    if gb is None:
+                        continue
+                    on = rows.clone()
+                    if gp is not None:
+                        gi = next(n for n, g in enumerate(groups) if band in g)
+                        on &= gp[:, gi]
+                    family = _GROUP_OF[gb][0]
+                    if family == "space_time":
+                        c = ST_CHANNELS.index(gb)
+                        st[:, t, c] = x[:, j]
+                        st_fed[:, t, c] = on
+                        channel_owner[("space_time", t, gb)] = k
+                    else:
+                        c = SP_CHANNELS.index(gb)
+                        sp[:, c] = x[:, j]
+                        sp_fed[:, c] = on
+                        channel_owner[("space", 0, gb)] = k
+                if month is not None:
+                    months[:, t] = torch.where((months[:, t] < 0) & rows, month, months[:, t])
         # derived bands, from the published units
         if self._derives("NDVI"):
             red, nir, c = ST_CHANNELS.index("B04"), ST_CHANNELS.index("B08"), ST_CHANNELS.index("NDVI")
@@ -633,7 +662,7 @@ class GalileoEncoder(Encoder):
             keep = (~hidden & own[k][None]).to(x.dtype)
             count = keep.sum(1)
             embs[k] = (x * keep[..., None]).sum(1) / count.clamp(min=1)[:, None]
-            pres[k] = inputs[k].present & (count > 0)
+            pres[k] = inputs[k].present.reshape(n, -1).any(1) & (count > 0)  # any of its dates
         fused = tokens.pooled().float()
         return EncoderOutput({k: v.float() for k, v in embs.items()}, pres, fused)
 

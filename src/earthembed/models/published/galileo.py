@@ -363,6 +363,31 @@ def _same_bands_at_once(plan: dict[str, dict[str, str]], keys: list[str], when: 
     return None
 
 
+def group_series(store: Any, plan: dict[str, dict[str, str]], timesteps: dict[str, int]
+                 ) -> tuple[dict[str, dict[str, str]], dict[str, int | list[int]], dict[str, list[str]]]:
+    """(plan, timesteps, ``{base: keys}``) with every time series of ``store`` (:func:`earthembed.data.dates.date_series`:
+    ``s2``, ``s2_t2``, ... of one product and bands) whose keys all feed Galileo the same bands as one modality named
+    by its base, read as one observation of ``T`` dates (:class:`~earthembed.data.date_views.SeriesView`) whose date
+    ``t`` feeds the timestep its key had; other keys stay as they are (one date each)."""
+    from earthembed.data.dates import date_series
+
+    of_key: dict[str, tuple[str, list[str]]] = {}
+    for base, s in date_series(store).items():
+        keys = list(s.keys)
+        if len(keys) > 1 and all(k in plan and plan[k] == plan[keys[0]] for k in keys):
+            of_key.update({k: (base, keys) for k in keys})
+    out_plan: dict[str, dict[str, str]] = {}
+    steps: dict[str, int | list[int]] = {}
+    series: dict[str, list[str]] = {}
+    for k, mapping in plan.items():
+        if k not in of_key:
+            out_plan[k], steps[k] = mapping, timesteps[k]
+        elif of_key[k][0] not in out_plan:
+            base, keys = of_key[k]
+            out_plan[base], steps[base], series[base] = mapping, [timesteps[x] for x in keys], keys
+    return out_plan, steps, series
+
+
 def store_scale(store: Any, key: str) -> float:
     """Factor turning the store's values of ``key`` into Galileo's units (1 for S2 DN, dB, m; 3000/255 for 8-bit)."""
     m = store.modality(key)
@@ -381,8 +406,11 @@ def store_scale(store: Any, key: str) -> float:
 
 
 def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | None = None, patch_size: int = 8,
-                default_month: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """(Galileo encoder in eval mode fitted to ``store``, model.json-style meta); see the module docstring."""
+                default_month: int | None = None, series: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(Galileo encoder in eval mode fitted to ``store``, model.json-style meta); see the module docstring.
+    ``series``: each time series of the store is one modality of ``T`` dates (:func:`group_series`; what
+    ``embed --dates series`` reads), instead of one modality per store key at its timestep."""
+    from earthembed.contract import InputSpec
     from earthembed.data.store import ChipStore
     from earthembed.models.export import FORMAT, FORMAT_VERSION, modality_products
     from earthembed.models.galileo import DEFAULT_MONTH, GalileoEncoder
@@ -390,6 +418,9 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
 
     st = store if isinstance(store, ChipStore) else ChipStore(store)
     plan, timesteps, report = plan_inputs(st, modalities)
+    grouped: dict[str, list[str]] = {}
+    if series:
+        plan, timesteps, grouped = group_series(st, plan, timesteps)  # type: ignore[assignment]
     what = weights.spec.text
     if report["incomplete_groups"]:
         warnings.warn(f"{what}: store bands {report['incomplete_groups']} are left out: Galileo reads their group "
@@ -402,6 +433,10 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
     scales: dict[str, float] = {}
     for k, mapping in plan.items():
         scale = store_scale(st, k)
+        other = {x: f for x in grouped.get(k, []) if (f := store_scale(st, x)) != scale}
+        if other:
+            raise BandMismatchError(f"{st.path}: the dates of series {k!r} are in other units ({k}: x{scale}, "
+                                    f"{other}); a series is one product in one unit")
         scales[k] = scale
         bands = list(mapping)
         norm_stats[k] = {"bands": bands, "mean": [stats[mapping[b]][0] / scale for b in bands],
@@ -431,9 +466,11 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
                           **({"rgb_to_s2_dn": "DN = value x 3000 / 255 (0.3 reflectance at 255)"}
                              if any(st.modality(k).units == BYTE for k in plan) else {})},
         "months": f"from date_<modality> at embed time; {model.default_month} (0 = January) where missing",
-        "timesteps": dict(model.timesteps),
+        "timesteps": model.config["timesteps"],
+        **({"series": grouped} if grouped else {}),
         "patch_size": model.patch_size,
     }
+    products = modality_products(st.modalities, list(plan))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -441,7 +478,8 @@ def fit_galileo(weights: GalileoWeights, store: Any, modalities: list[str] | Non
         "config": model.config,
         "modalities": {k: list(v) for k, v in model.modalities.items()},
         "normalization": normalization,
-        "products": modality_products(st.modalities, list(plan)),
+        "products": products,
+        "input_spec": InputSpec.from_bands(model.modalities, products, dates=model.input_dates).to_dict(),
         # another default month embeds undated chips differently: another model id (the publisher's June adds nothing)
         "model_id": f"{what}-p{model.patch_size}"
                     + (f"-m{model.default_month + 1}" if model.default_month != DEFAULT_MONTH else "")
@@ -463,8 +501,8 @@ class GalileoFamily:
 
     @staticmethod
     def fit(opened: GalileoWeights, store: Any, modalities: list[str] | None = None, patch_size: int | None = None,
-            default_month: int | None = None) -> tuple[Any, dict[str, Any]]:
-        return fit_galileo(opened, store, modalities, patch_size or 8, default_month)
+            default_month: int | None = None, series: bool = False) -> tuple[Any, dict[str, Any]]:
+        return fit_galileo(opened, store, modalities, patch_size or 8, default_month, series)
 
 
 FAMILY = GalileoFamily()

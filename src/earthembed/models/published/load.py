@@ -41,7 +41,7 @@ MULTI_INPUT: Registry[Any] = Registry("multi-input publisher")
 ``architecture``, ``open(spec, weights, download)`` and ``fit(opened, store, modalities, **options) -> (encoder,
 meta)`` (lazy targets)."""
 MULTI_INPUT.register("galileo", "earthembed.models.published.galileo:FAMILY")
-FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"galileo": ("patch_size", "default_month")}
+FAMILY_OPTIONS: dict[str, tuple[str, ...]] = {"galileo": ("patch_size", "default_month", "series")}
 """Options a family takes beyond the common ones (``--patch-size``, ...)."""
 
 
