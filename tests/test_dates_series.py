@@ -90,6 +90,21 @@ def test_dates_series_embeds_each_chips_series_as_one_vector_with_galileo(series
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(read_embeddings(plain)[1], emb)
     assert "time" not in read_metadata(plain)
+    # through the data contract: the export reads each series whole, one observation of 3 dates (issue 22)
+    model_json = json.loads((tmp_path / "g.model" / "model.json").read_text())
+    assert model_json["config"]["timesteps"] == {"s2": [0, 1, 2], "s1": [0, 1, 2], "dem": 0}
+    assert {k: m["dates"] for k, m in model_json["input_spec"]["modalities"].items()} == {"s2": 3, "s1": 3, "dem": 1}
+    assert model_json["published"]["series"] == {"s2": keys, "s1": ["s1", "s1_t2", "s1_t3"]}
+    # the sharded path reads the same way (each shard worker gets the series with the job)
+    shards = tmp_path / "g_shards"
+    r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", f"{shards}/",
+            "--shard-chips", "4", "--dates", "series", "--quiet")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(read_embeddings(shards)[1], emb)
+    # one date at a time is not what this model reads
+    r = cli("embed", "--checkpoint", tmp_path / "g.model", "--store", st.path, "--out", tmp_path / "pd.parquet",
+            "--dates", "all")
+    one_line_error(r, "this model reads each series whole (s2: 3 dates, s1: 3 dates)", "--dates all")
 
     # --modalities names a series by its base: all its dates are read, and only those
     one = tmp_path / "s2.parquet"

@@ -228,6 +228,22 @@ def series_keys(store: Any, modalities: list[str]) -> list[str]:
     return [k for s in series_of(store, modalities).values() for k in s.keys]
 
 
+def series_reads(store: Any, dates: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """``{modality: its series' keys in date order}`` for each modality a model reads ``T > 1`` dates of at once
+    (``dates``: its input spec's ``dates`` per requested modality), which must be the base of a series of exactly
+    ``T`` dates in ``store``: what :class:`~earthembed.data.date_views.SeriesView` reads as one observation."""
+    out: dict[str, tuple[str, ...]] = {}
+    for k, n in dates.items():
+        if n == 1:
+            continue
+        s = series_of(store, [k])[k]
+        if len(s) != n:
+            raise ValueError(f"{store.path}: the model reads {n} dates of {k!r} at once, the store's series {k!r} has "
+                             f"{len(s)} ({', '.join(s.keys)}); fit the model to this store (embed --encoder) instead")
+        out[k] = s.keys
+    return out
+
+
 def series_metadata(store: Any, timesteps: dict[str, int], keys: list[str]) -> dict[str, Any]:
     """The ``time`` entry of a table embedding each chip's whole series as one vector (``embed --dates series``).
 

@@ -19,7 +19,7 @@ import torch
 
 from earthembed.contract import ChipBatch, as_chip_batch
 from earthembed.data.dataset import ChipDataset
-from earthembed.data.date_views import DateView
+from earthembed.data.date_views import DateView, SeriesView
 from earthembed.data.dates import DatePlan
 from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
@@ -77,7 +77,7 @@ class Pass:
     """One read of the whole store: the only one of a plain embed (``t`` None), or date index ``t`` of a per-date
     one, whose rows get ``t``, ``date`` and ``date_key`` and exist only where one of ``series`` is present."""
 
-    dataset: Any  # ChipDataset or DateView: read_batch(positions), len()
+    dataset: Any  # ChipDataset, DateView or SeriesView: read_batch(positions), len()
     t: int | None = None
     date: str | None = None
     date_key: str | None = None
@@ -105,9 +105,15 @@ class Pass:
 
 
 def make_passes(store: ChipStore, request: dict[str, list[str]], normalization: dict[str, Any],
-                plan: DatePlan | None) -> list[Pass]:
-    """The reads of one embed: the store once, or once per chosen date index of ``plan``."""
+                plan: DatePlan | None, series: dict[str, tuple[str, ...]] | None = None) -> list[Pass]:
+    """The reads of one embed: the store once, or once per chosen date index of ``plan``. ``series``: the
+    modalities the model reads whole series of (:func:`~earthembed.data.dates.series_reads`), each read as one
+    observation of its dates (:class:`~earthembed.data.date_views.SeriesView`); not with ``plan``."""
     normalizer = Normalizer.from_dict(normalization)
+    if series:
+        if plan is not None:
+            raise ValueError("per-date passes feed one date of each series; a model reading whole series has none")
+        return [Pass(SeriesView(store, request, normalizer, series))]
     if plan is None:
         return [Pass(ChipDataset(store, request, normalizer=normalizer))]
     return [Pass(DateView(store, request, normalizer, plan.keys_at(t)), t, plan.dates[t], plan.date_keys[t],
@@ -121,9 +127,9 @@ def embed_batch(model: torch.nn.Module, batch: ChipBatch | dict[str, Any], reque
     an error. The model gets the requested observations with their dates and months (the calendar of
     time-aware models)."""
     batch = as_chip_batch(batch)
-    present = {k: batch.present(k) for k in request}
-    x = ChipBatch({k: (o := batch.obs[k]).replace(x=o.x.to(device, non_blocking=True)) for k in request})
-    res = model(x, bands=request, present={k: v.to(device) for k, v in present.items()})
+    present = {k: batch.obs[k].present.any(1) for k in request}  # a chip has a series when it has any of its dates
+    x = ChipBatch({k: batch.obs[k].apply(lambda t: t.to(device, non_blocking=True)) for k in request})
+    res = model(x, bands=request)
     emb = {"fused": res.fused.float().cpu().numpy(), **{k: res.modality[k].float().cpu().numpy() for k in request}}
     _check_finite(emb, present, batch.idx.numpy(), chips, label)
     return emb, present

@@ -95,13 +95,15 @@ def embed(
                              "(published weights) and --featurizer rcf|band_stats")
         if random_init and featurizer:
             raise ValueError("--random-init needs --checkpoint (a random RCF is --featurizer rcf --rcf-mode gaussian)")
-        fit_mods = mods
+        fit_mods, as_series = mods, None
         if is_series(dates):  # (featurizers are refused by embed_featurizer, before anything is computed)
             if encoder is not None:
                 from earthembed.models.published import parse_spec
 
-                if parse_spec(encoder).family not in ("galileo", "export"):  # before it is fitted to the store
+                family = parse_spec(encoder).family
+                if family not in ("galileo", "export"):  # before it is fitted to the store
                     raise no_time_axis(encoder)
+                as_series = True if family == "galileo" else None  # each series one observation of T dates
                 if mods is not None:  # fitted to every date of the series named
                     from earthembed.data.dates import series_keys
                     from earthembed.data.store import ChipStore
@@ -116,7 +118,8 @@ def embed(
         if encoder is not None:
             checkpoint, _ = _published_export(encoder, store, Path(out.rstrip("/")), weights, fit_mods, extra_bands,
                                               input_size, download, export_dir,
-                                              {"patch_size": patch_size, "default_month": _month(default_month)})
+                                              {"patch_size": patch_size, "default_month": _month(default_month),
+                                               "series": as_series})
         elif weights is not None or patch_size is not None or default_month is not None:
             raise ValueError("--weights, --patch-size and --default-month go with --encoder; an export (--checkpoint) "
                              "carries its weights and settings")

@@ -70,7 +70,7 @@ class ShardJob:
     ``export``: the model's export directory (None only for the local engine given a model object).
     ``table_meta``: the earthembed metadata every shard file carries. ``tta``: an embed-time override of the
     encoder's test-time augmentation (None: as exported). ``time``: per-date embedding's plan (None: one row per
-    chip)."""
+    chip). ``series``: the modalities read as whole series, with their keys."""
 
     export: str | None
     store: str
@@ -85,6 +85,7 @@ class ShardJob:
     tta: str | None = None
     prefetch: bool | None = None
     time: Any = None  # earthembed.data.dates.DatePlan
+    series: dict[str, tuple[str, ...]] | None = None  # modalities read as whole series (make_passes)
     export_files: dict[str, bytes] | None = None  # the export's files, for workers on nodes that cannot see it
 
 
@@ -175,7 +176,7 @@ class ShardWorker:
         tables = []
         self.times["open_s"] += time.perf_counter() - t0
         with torch.inference_mode():
-            for p in make_passes(rows, job.request, job.normalization, job.time):  # one, or one per date index
+            for p in make_passes(rows, job.request, job.normalization, job.time, job.series):  # one, or one per date
                 reader = BatchReader(p.dataset, starts, job.batch_size)
                 batches = iter(prefetch_batches(reader) if prefetch else (reader[i] for i in range(len(reader))))
                 while True:

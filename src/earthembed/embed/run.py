@@ -17,8 +17,11 @@ the cost is T times one date. Rows carry ``t``, ``date`` and ``date_key`` (:mod:
 with none of the series at a date gets no row there (counted in the metadata's ``time.skipped``).
 
 **A whole series as one vector** (``dates="series"``, ``embed --dates series``): one row per chip, from a model with
-a time axis (its ``timesteps``: key -> date index, Galileo's) fed every date of each series at once; the metadata's
-``time`` says ``mode: series`` with the date and key of each timestep (:func:`earthembed.data.dates.series_metadata`).
+a time axis (its ``timesteps``, Galileo's) fed every date of each series at once; the metadata's ``time`` says
+``mode: series`` with the date and key of each timestep (:func:`earthembed.data.dates.series_metadata`). A model whose
+input spec reads ``T > 1`` dates of a modality (a Galileo fitted with ``series=True``, as ``embed --encoder galileo:...
+--dates series`` fits it) gets each such series as one observation ``[B, T, C, H, W]``
+(:class:`~earthembed.data.date_views.SeriesView`), with or without ``--dates series``.
 A model without one (any other architecture, the rcf featurizer) is a one-line error pointing to ``--dates all``.
 """
 
@@ -44,6 +47,7 @@ from earthembed.data.dates import (
     series_keys,
     series_metadata,
     series_of,
+    series_reads,
 )
 from earthembed.data.store import ChipStore
 from earthembed.embed.batches import (
@@ -139,35 +143,41 @@ def embed_store(
             raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
         model_path = meta.get("path", "")
     store = store if isinstance(store, ChipStore) else ChipStore(store)
+    spec = model_input_spec(meta)
+    whole = {m.key: m.dates for m in spec.modalities if m.dates > 1}  # modalities the model reads whole series of
     series = is_series(dates)
     if series:
-        steps = time_axis(model, meta)
+        time_axis(model, meta)  # a model without one is refused first
         dates = None
-        if modalities is not None:
-            modalities = series_keys(store, list(modalities))
+        if modalities is not None:  # a series by its base: read whole, or as the model's per-key timesteps
+            modalities = [x for m in modalities for x in ([m] if m in whole else series_keys(store, [m]))]
+    elif dates is not None and whole:
+        raise ValueError(f"--dates {dates}: this model reads each series whole ({', '.join(f'{k}: {n} dates' for k, n in whole.items())}), "
+                         "not one date at a time; embed without --dates (or with --dates series), or fit a model per "
+                         "date (embed --encoder ... --dates all)")
     if dates is not None and modalities is None:
         later = later_keys(store)
         modalities = [m for m in meta["modalities"] if m in store.modalities and m not in later] or None
     elif dates is not None:
         series_of(store, list(modalities))  # s2_t3 instead of s2: say so before the model is asked about it
-    spec = model_input_spec(meta)
     request = spec.request(store, modalities, bands)
     spec.check(store, request)
+    reads = series_reads(store, {k: whole.get(k, 1) for k in request})
     plan = plan_dates(store, list(request), dates) if dates is not None else None
     time = plan.metadata() if plan is not None else None
     if series:
-        time = series_metadata(store, steps, list(request))
+        time = series_metadata(store, time_axis(model, meta, reads), [x for k in request for x in reads.get(k, (k,))])
     model_id = tta_model_id(model, str(meta.get("model_id", "unknown")), tta)
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if wants_dataset(out, engine, shard_chips):
         return _embed_dataset(model, model_path, meta, store, location(out), request, model_id, batch_size, device,
                               prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
-                              progress, plan, time)
+                              progress, plan, time, reads)
     if tta is not None:
         set_tta(model, tta)
     out = Path(out)
-    passes = make_passes(store, request, meta["normalization"], plan)
+    passes = make_passes(store, request, meta["normalization"], plan, reads)
     manifest = {
         "model_id": model_id,
         "store": str(store.path.resolve()),
@@ -185,14 +195,22 @@ def embed_store(
     return out
 
 
-def time_axis(model: torch.nn.Module, meta: dict[str, Any] | None) -> dict[str, int]:
+def time_axis(model: torch.nn.Module, meta: dict[str, Any] | None, reads: dict[str, tuple[str, ...]] | None = None
+              ) -> dict[str, int]:
     """Store key -> date index of a model with a time axis (``timesteps``: Galileo); ``embed --dates series`` on any
-    other model is a one-line error saying to embed per date instead."""
+    other model is a one-line error saying to embed per date instead. A modality read as a whole series (its
+    timesteps a list) gives each of its store keys in ``reads`` its date's index."""
     steps = getattr(model, "timesteps", None)
     if not isinstance(steps, dict):
         raise no_time_axis((meta or {}).get("architecture") or getattr(model, "architecture", None)
                            or type(model).__name__)
-    return {str(k): int(t) for k, t in steps.items()}
+    out: dict[str, int] = {}
+    for k, t in steps.items():
+        if isinstance(t, list):
+            out.update({key: int(ti) for key, ti in zip((reads or {}).get(k, ()), t, strict=False)})
+        else:
+            out[str(k)] = int(t)
+    return out
 
 
 def no_time_axis(what: str) -> ValueError:
@@ -205,7 +223,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
                    request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
                    overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
                    address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None,
-                   time: dict[str, Any] | None = None) -> Path:
+                   time: dict[str, Any] | None = None, reads: dict[str, tuple[str, ...]] | None = None) -> Path:
     """The sharded path of :func:`embed_store`: plan, lock, run the pending shards on ``engine``, finish."""
     from earthembed.embed.engines import ShardJob, run_local, run_ray
     from earthembed.embed.shards import dataset_lock, finish, pending_shards, plan_shards, prepare_dataset
@@ -228,7 +246,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
         run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,
-                           device, model_id, label, table_meta, tta, prefetch, plan)
+                           device, model_id, label, table_meta, tta, prefetch, plan, reads or None)
             if engine == "ray":
                 errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
                 if errors and len(errors) == len(pending):
