@@ -160,6 +160,9 @@ def test_augment_gives_a_new_batch_with_its_geometry(store):
         assert torch.equal(a[k], d[k]), k
     assert a.obs["s2"].group_present.shape == (4, 1, 2) and torch.equal(a.present("s1"), batch.present("s1"))
     assert torch.equal(a.affine, d[AFFINE_KEY]) and torch.equal(a.idx, batch.idx)
+    for k in ("s2", "s1"):  # a view moves pixels, not the calendar: the chips' own dates and months
+        assert torch.equal(a.month(k), batch.month(k)) and torch.equal(a.obs[k].dates, batch.obs[k].dates)
+    assert (batch.month("s2") >= 0).any()
 
 
 def test_several_dates(store):
