@@ -165,6 +165,18 @@ def stac(
     composite: str = typer.Option(None, "--composite", help="month | quarter | year | Nd: one composite per period of "
                                   "--datetime (per-pixel median of the valid values; keys s2, s2_t2, ... in period "
                                   "order, each chip dated by the median date of its items) instead of one mosaic"),
+    cloud_mask: str = typer.Option(None, "--cloud-mask", help="scl | none, with --composite: leave the pixels of "
+                                   "--mask-classes in each item's Sentinel-2 scene classification (asset scl/SCL, or "
+                                   "--asset COLLECTION:SCL=ASSET; 20 m, nearest onto the grid) out of the median. "
+                                   "Default: scl for S2 L2A collections whose items have the asset; otherwise none "
+                                   "(said in a note: clouds the assets do not mark as nodata enter the median). scl "
+                                   "given: every composited optical collection, an item without the asset an error"),
+    mask_classes: str = typer.Option(None, "--mask-classes", help="SCL classes to mask, comma-separated (default "
+                                     "0,1,3,8,9,10: no data, saturated/defective, cloud shadow, cloud medium and high "
+                                     "probability, thin cirrus; 11 snow is kept)"),
+    min_clear: float = typer.Option(0.0, "--min-clear", help="with --composite: a chip-date whose composite has a "
+                                    "value at a smaller fraction (0..1) of the chip's pixels is absent (counted in "
+                                    "the note); default 0: any chip with a clear pixel is kept"),
     chip_size: int = typer.Option(64, "--chip-size", help="chip size in px"),
     crs: str = typer.Option(None, "--crs", help="grid CRS (default: the first collection's native CRS)"),
     resolution: float = typer.Option(None, "--resolution", help="pixel size in CRS units (default: the first product's)"),
@@ -188,9 +200,10 @@ def stac(
         colls = [c.strip() for c in collections.split(",") if c.strip()]
         store = ingest_stac(catalog, colls, out, _products(modality, colls), chip_size=chip_size, bbox=bbox,
                             datetime=datetime, crs=crs, resolution=resolution, assets=_assets(asset), aoi=aoi,
-                            overwrite=overwrite, batch_size=batch_size, progress=not quiet, composite=composite)
+                            overwrite=overwrite, batch_size=batch_size, progress=not quiet, composite=composite,
+                            cloud_mask=cloud_mask, mask_classes=mask_classes, min_clear=min_clear)
     echo_summary(store, f"STAC {catalog}")
-    note = composite_note(store.meta["source"])
+    note = composite_note(store.meta["source"], store.report())
     if note:
         typer.echo(note)
     idx = store.index

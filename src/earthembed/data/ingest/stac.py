@@ -36,6 +36,10 @@ per-period composite per dated collection, stored as a date series ``s2``, ``s2_
 :mod:`earthembed.data.dates`): per pixel the median of the period's valid values, each chip dated by the median
 acquisition date of the items it used, absent where no item of the period has a valid pixel; periods without any
 item are counted (one note), not written. The reducer and date choices are argued in :func:`ingest_stac`.
+Cloud mask (``--cloud-mask scl|none``, ``--mask-classes``, ``--min-clear``): for Sentinel-2 L2A items with an SCL
+(scene classification) asset, pixels of cloud, shadow, cirrus, no-data and defective classes are left out of the
+median, as stackstac / odc-stac tutorials do before theirs; a pixel with no clear acquisition is nodata and a
+chip-date with too few clear pixels is absent (counted in the note, listed in ``ingest_report.json``).
 
 Band -> asset: an explicit ``assets`` mapping, else the asset named like the band (``B04``, ``B4``, ``vv``),
 else the asset whose ``eo:bands`` / ``bands`` entry has that name, else the Earth Search name of an S2 band
@@ -54,6 +58,7 @@ import bisect
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import warnings
@@ -90,6 +95,15 @@ S2_ASSET_ALIASES: dict[str, tuple[str, ...]] = {
 }
 _DATA_MEDIA = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff")
 
+#: Sentinel-2 L2A scene classification (SCL) classes, by code
+SCL_CLASSES: dict[int, str] = {
+    0: "no data", 1: "saturated/defective", 2: "dark area", 3: "cloud shadow", 4: "vegetation", 5: "not vegetated",
+    6: "water", 7: "unclassified", 8: "cloud medium probability", 9: "cloud high probability", 10: "thin cirrus",
+    11: "snow",
+}
+#: the SCL classes ``--cloud-mask scl`` masks by default (snow, 11, is kept: it is the ground in winter)
+SCL_MASK_DEFAULT = (0, 1, 3, 8, 9, 10)
+
 #: the most chips one ingest lays out (about 1 GB of bookkeeping; 64 px S2 chips of 10 m cover 410 000 km2)
 MAX_CHIPS = 1_000_000
 _EARTH_RADIUS_M = 6_371_008.8
@@ -117,6 +131,7 @@ class ItemBands:
     date: str
     cloud: float | None
     window: tuple[int, int, int, int] | None = None  # (col0, row0, col1, row1) on the grid
+    scl: BandSource | None = None  # the scene classification asset (--cloud-mask scl), when it is used
 
 
 @dataclasses.dataclass
@@ -321,21 +336,98 @@ def split_by_period(items: list[ItemBands], periods: list[Period]) -> list[list[
     return out
 
 
-def composite_note(source: dict[str, Any]) -> str | None:
-    """One line counting the composite periods without any item per collection, from a store's
-    ``source`` metadata; None when every period had one (or the ingest made no composites)."""
+def parse_cloud_mask(value: str | None) -> str | None:
+    """``scl`` or ``none`` (normalised), None for the default; ValueError naming the option."""
+    if value is None:
+        return None
+    v = str(value).strip().lower()
+    if v not in ("scl", "none"):
+        raise ValueError(f"--cloud-mask {value!r}: expected scl (mask with the Sentinel-2 SCL asset) or none")
+    return v
+
+
+def parse_mask_classes(value: str | Sequence[int] | None) -> tuple[int, ...]:
+    """SCL class codes to mask (``0,1,3,8,9,10``), sorted and unique; None: :data:`SCL_MASK_DEFAULT`.
+    ValueError naming the option and the value that is not a class."""
+    if value is None:
+        return SCL_MASK_DEFAULT
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    known = ", ".join(f"{k} {n}" for k, n in SCL_CLASSES.items())
+    if not parts or any(p == "" for p in parts):
+        raise ValueError(f"--mask-classes {value!r}: expected comma-separated SCL class codes ({known}); "
+                         "to mask nothing, pass --cloud-mask none")
+    out = set()
+    for p in parts:
+        if isinstance(p, str):
+            k = int(p) if p.isascii() and p.isdigit() else None
+        else:
+            k = p if isinstance(p, int | np.integer) and not isinstance(p, bool) else None
+        if k not in SCL_CLASSES:
+            raise ValueError(f"--mask-classes {value!r}: {p!r} is not an SCL class code ({known})")
+        out.add(int(k))
+    return tuple(sorted(out))
+
+
+def _check_min_clear(value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not 0.0 <= v <= 1.0:  # NaN too
+        raise ValueError(f"--min-clear {value!r}: expected a fraction of the chip's pixels, 0.0 .. 1.0")
+    return v
+
+
+def _is_s2_l2a(m: Modality) -> bool:
+    """A Sentinel-2 L2A product (its items carry the scene classification, SCL)."""
+    return m.kind == "optical" and "l2a" in m.product.lower()
+
+
+def composite_note(source: dict[str, Any], report: dict[str, Any] | None = None) -> str | None:
+    """Notes on a composite ingest from a store's ``source`` metadata (and its ``ingest_report.json``), one line
+    each: the composite periods without any item per collection; the cloud mask applied (SCL classes and asset per
+    collection), an S2 L2A collection left unmasked for want of an SCL asset, and the chip-dates left absent as
+    too cloudy (``--min-clear``). None when there is nothing to say (or the ingest made no composites)."""
     comp = source.get("composite")
     if not comp:
         return None
+    lines = []
     parts = []
     for c, empty in comp["empty"].items():
         if empty:
             shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             parts.append(f"collection {c!r}: {len(empty)} of {comp['n_periods']} periods without any item ({shown})")
-    if not parts:
-        return None
-    return (f"note: --composite {comp['period']}: {'; '.join(parts)}; no composite is written for those, "
-            "the others are " + ", ".join(f"{c} {' '.join(p['key'] for p in ps)}" for c, ps in comp["periods"].items()))
+    if parts:
+        lines.append(
+            f"note: --composite {comp['period']}: {'; '.join(parts)}; no composite is written for those, the others "
+            "are " + ", ".join(f"{c} {' '.join(p['key'] for p in ps)}" for c, ps in comp["periods"].items()))
+    mask = comp.get("cloud_mask")
+    if mask:
+        parts = []
+        for c, m in mask["collections"].items():
+            if m["mask"] == "scl":
+                unmasked = m["unmasked_items"]
+                parts.append(
+                    f"collection {c!r}: SCL classes {','.join(map(str, m['classes']))} "
+                    f"({', '.join(SCL_CLASSES[k] for k in m['classes'])}) of asset {'/'.join(m['assets'])} "
+                    f"masked before the median in {m['masked_items']} of {m['masked_items'] + len(unmasked)} items"
+                    + (f" (not in {', '.join(unmasked[:3])}{' ...' if len(unmasked) > 3 else ''}: no SCL asset)"
+                       if unmasked else ""))
+            elif m["reason"] == "no SCL asset":
+                parts.append(f"collection {c!r} is not cloud-masked: its items have no SCL asset (map one with "
+                             f"--asset {c}:SCL=ASSET), so clouds the assets do not mask as nodata enter the median")
+        low = (report or {}).get("below_min_clear") or []
+        if low:
+            by_key: dict[str, int] = {}
+            for x in low:
+                by_key[x["key"]] = by_key.get(x["key"], 0) + 1
+            why = (f"a clear fraction below --min-clear {mask['min_clear']:g} or no clear pixel" if mask["min_clear"]
+                   else "no clear pixel")
+            parts.append(f"{len(low)} chip-date(s) left absent with {why} ("
+                         + ", ".join(f"{k}: {n}" for k, n in by_key.items()) + f"; listed in {REPORT_FILE})")
+        if parts:
+            lines.append(f"note: cloud mask: {'; '.join(parts)}")
+    return "\n".join(lines) or None
 
 
 # -- band -> asset ------------------------------------------------------------------------------------------
@@ -394,6 +486,31 @@ def item_band_sources(item: Any, collection: str, modality: Modality, explicit: 
     return out
 
 
+def scl_source(item: Any, collection: str, explicit: str | None = None, required: bool = False) -> BandSource | None:
+    """The item's scene classification asset: ``explicit`` (``--asset COLLECTION:SCL=ASSET``), else the asset
+    keyed ``scl``/``SCL`` (Earth Search / Planetary Computer), else the one-band asset whose ``eo:bands`` name is
+    SCL. None without one, unless ``required`` (``--cloud-mask scl`` given): then IngestError naming the item."""
+    assets = item.assets
+    key = None
+    if explicit is not None:
+        if explicit not in assets:
+            raise IngestError(f"item {item.id} of collection {collection!r}: asset {explicit!r} given for SCL does "
+                              f"not exist (assets: {sorted(assets)})")
+        key = explicit
+    else:
+        key = next((k for k in assets if k.lower() == "scl"), None)
+        if key is None:
+            key = next((k for k, a in assets.items()
+                        if [str(b.get("name", "")).upper() for b in _asset_bands(a)] == ["SCL"]), None)
+    if key is None:
+        if required:
+            raise IngestError(f"item {item.id} of collection {collection!r} has no SCL asset for --cloud-mask scl "
+                              f"(assets: {sorted(assets)}); map it with --asset {collection}:SCL=ASSET or pass "
+                              "--cloud-mask none")
+        return None
+    return BandSource(key, assets[key].get_absolute_href() or assets[key].href, 1)
+
+
 def _item_date(item: Any) -> str:
     return _item_interval(item)[0].date().isoformat()
 
@@ -426,7 +543,7 @@ def probe_assets(collection: str, items: Sequence[ItemBands]) -> dict[str, Asset
 
     out: dict[str, AssetInfo] = {}
     for x in items:
-        for src in x.bands:
+        for src in [*x.bands, *([x.scl] if x.scl is not None else [])]:
             if src.href in out:
                 continue
             where = f"item {x.item.id} of collection {collection!r}, asset {src.asset!r}"
@@ -602,6 +719,26 @@ def _record_notes(out: Path, notes: list[dict[str, Any]]) -> None:
         write_json(report, data)
 
 
+def _read_below(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The chip-dates an interrupted ingest at ``out`` left absent as too cloudy (its ``ingest_report.json``),
+    by (chip, key)."""
+    try:
+        return {(x["chip"], x["key"]): x for x in json.loads((out / REPORT_FILE).read_text()).get("below_min_clear") or []}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _record_below(out: Path, below: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Add the chip-dates left absent as too cloudy to the store's ``ingest_report.json``, under its lock."""
+    report = out / REPORT_FILE
+    if not report.exists():
+        return
+    with contextlib.suppress(LockedError), OutputLock(out, out / LOCK_FILE):
+        data = json.loads(report.read_text())
+        data["below_min_clear"], data["n_below_min_clear"] = list(below.values()), len(below)
+        write_json(report, data)
+
+
 def _parse_bbox(value: str | Sequence[float] | None) -> list[float] | None:
     if value is None:
         return None
@@ -617,6 +754,9 @@ def _parse_bbox(value: str | Sequence[float] | None) -> list[float] | None:
 # -- reading ------------------------------------------------------------------------------------------------------
 class _CollectionReader:
     """Mosaics the items of one collection onto chip windows of the grid (first valid pixel wins)."""
+
+    #: the clear fraction of the last :meth:`chip` left absent as too cloudy (``--min-clear``), else None
+    below: float | None = None
 
     def __init__(self, key: str, collection: str, modality: Modality, items: list[ItemBands], grid: Any,
                  stack: contextlib.ExitStack) -> None:
@@ -690,24 +830,56 @@ class _CollectionReader:
 
 class _MedianReader(_CollectionReader):
     """The per-period composite of one collection (``--composite``): per pixel and band, the median of the valid
-    values of the period's items covering it (see :func:`ingest_stac`)."""
+    (and, with ``mask_classes``, clear) values of the period's items covering it (see :func:`ingest_stac`)."""
+
+    def __init__(self, *args: Any, mask_classes: Sequence[int] | None = None, min_clear: float = 0.0) -> None:
+        super().__init__(*args)
+        self.mask_classes = None if mask_classes is None else np.asarray(mask_classes)
+        self.min_clear = min_clear
+
+    def _clear(self, it: ItemBands, window: Any, note: str) -> np.ndarray:
+        """[H, W]: True where the item's SCL (20 m, nearest onto the grid) is not a masked class; outside the
+        SCL asset it reads as 0 (no data)."""
+        src = it.scl
+        assert src is not None and self.mask_classes is not None
+        v = self._vrts.get(src.href)
+        if v is None:
+            try:
+                ds = self.stack.enter_context(_open_asset(src.href))
+            except IngestError as e:
+                raise IngestError(f"item {it.item.id} of collection {self.collection!r}, asset {src.asset!r}: {e}") from e
+            v = self.stack.enter_context(_warped(ds, self.grid, True, 0, None, ds.nodata if ds.nodata is not None else 0))
+            self._vrts[src.href] = v
+        return ~np.isin(_read(v, Path(src.href), window, src.bidx, note), self.mask_classes)
 
     def chip(self, window: Any, note: str) -> tuple[np.ndarray | None, str | None, list[str]]:
-        """(median [C, H, W] or None when no item has a valid pixel there, the median acquisition date of the items
-        that gave the chip a valid pixel (the earlier middle one of an even count), their ids)."""
+        """(median [C, H, W] or None when no item has a valid (clear) pixel there or the clear fraction is below
+        ``min_clear`` (then :attr:`below` says it), the median acquisition date of the items that gave the chip a
+        valid pixel (the earlier middle one of an even count), their ids)."""
         values, used = [], []
+        self.below = None
+        seen = False  # a valid pixel before the cloud mask
         for _, it in self._covering(window):
             a = self._read_item(it, window, note)
             ok = self._valid(a)
+            if self.mask_classes is not None and it.scl is not None:
+                seen = seen or bool(ok.any())
+                ok &= self._clear(it, window, note)[None]
             if ok.any():
                 values.append(np.where(ok, a.astype(np.float64), np.nan))
                 used.append(it)
         if not used:
+            if seen:  # every valid pixel masked: as cloudy as a chip-date gets
+                self.below = 0.0
             return None, None, []
         with warnings.catch_warnings():  # pixels no item has: an all-NaN slice, nodata below
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(np.stack(values), axis=0)
         valid = ~np.isnan(med)
+        clear = float(valid.all(axis=0).mean())
+        if clear < self.min_clear:
+            self.below = clear
+            return None, None, []
         if not self.floating:
             med = np.rint(med)  # the middle of an even count (x.5) to the nearest integer, half to even
         fill = np.nan if self.floating and self.modality.nodata is None else self.nodata
@@ -747,6 +919,9 @@ def ingest_stac(
     progress: bool = False,
     max_chips: int = MAX_CHIPS,
     composite: str | None = None,
+    cloud_mask: str | None = None,
+    mask_classes: str | Sequence[int] | None = None,
+    min_clear: float = 0.0,
 ) -> ChipStore:
     """Chips of ``collections`` of a STAC ``catalog`` over ``bbox`` (lon/lat) and ``datetime`` into a store.
 
@@ -771,6 +946,19 @@ def ingest_stac(
     pixels were seen (a month-aware model such as Galileo reads it). A chip no item of a period covers with a valid
     pixel is absent for that key (never zero-filled). Periods without any item get no key and are counted in
     ``source.composite.empty`` (:func:`composite_note`).
+
+    Cloud mask of composites (``cloud_mask``: ``"scl"``, ``"none"``, or None: ``scl`` for S2 L2A collections, i.e.
+    optical products named ``*l2a*``, whose items have an SCL asset, none otherwise): before the median, each item's
+    pixels whose Sentinel-2 scene classification (the ``scl``/``SCL`` asset, or ``--asset COLLECTION:SCL=ASSET``;
+    20 m, read onto the grid with nearest neighbour) is one of ``mask_classes`` (default
+    :data:`SCL_MASK_DEFAULT`: 0 no data, 1 saturated/defective, 3 cloud shadow, 8/9 cloud medium/high probability,
+    10 thin cirrus; 11 snow is kept) are left out, so a pixel's median is over its clear acquisitions and a pixel
+    with none is the product's nodata; an item without the asset is used unmasked (``"scl"`` given explicitly:
+    an error naming it, before anything is written); ``"scl"`` applies to every composited optical collection.
+    ``min_clear`` (0..1): a chip-date whose composite has a value in every band at a smaller fraction of the
+    chip's pixels, or none clear at all, is absent for that key, and listed in ``ingest_report.json``
+    (``below_min_clear``); 0 keeps any chip with a clear pixel. What was masked is in ``source.composite.cloud_mask``.
+    With ``cloud_mask="none"`` (or no SCL asset) and ``min_clear=0`` the chips are those of the unmasked median.
     """
     from rasterio.windows import transform as window_transform
 
@@ -799,11 +987,30 @@ def ingest_stac(
                          max_chips, estimated=True)
     # a DEM's acquisition date says nothing about the scene: --datetime is not applied to elevation products
     timeless = [c for c in collections if mods[c].kind == "elevation"]
+    cloud_mask = parse_cloud_mask(cloud_mask)
+    min_clear = _check_min_clear(min_clear)
+    masked: set[str] = set()  # the collections whose items' SCL is looked up (--cloud-mask)
     if composite is not None:
         composite = parse_composite(composite)
         if len(timeless) == len(collections):
             raise ValueError(f"--composite {composite}: no collection to composite over time ({collections} are "
                              "elevation products, which are not filtered by date)")
+        medians = [c for c in collections if c not in timeless and mods[c].kind != "categorical"]
+        if cloud_mask == "scl":
+            masked = {c for c in medians if mods[c].kind == "optical"}
+            if not masked:
+                raise ValueError(f"--cloud-mask scl: no optical collection to composite among {collections} "
+                                 f"(products {[mods[c].product for c in collections]})")
+        elif cloud_mask is None:
+            masked = {c for c in medians if _is_s2_l2a(mods[c])}
+    elif cloud_mask == "scl" or mask_classes is not None or min_clear > 0:
+        given = [o for o, v in (("--cloud-mask scl", cloud_mask == "scl"), ("--mask-classes", mask_classes is not None),
+                                ("--min-clear", min_clear > 0)) if v]
+        raise ValueError(f"{', '.join(given)}: cloud masking applies to --composite only (a mosaic takes the least "
+                         "cloudy item's valid pixels first)")
+    if cloud_mask == "none" and mask_classes is not None:
+        raise ValueError("--mask-classes: nothing is masked with --cloud-mask none")
+    classes = parse_mask_classes(mask_classes)
     found = find_items(catalog, collections, bbox, datetime, timeless)
     per: dict[str, list[ItemBands]] = {}
     info: dict[str, AssetInfo] = {}
@@ -813,8 +1020,10 @@ def ingest_stac(
         lst = []
         for it in found[c]:
             cloud = it.properties.get("eo:cloud_cover")
+            scl = (scl_source(it, c, (assets or {}).get(c, {}).get("SCL"), required=cloud_mask == "scl")
+                   if c in masked else None)
             lst.append(ItemBands(it, item_band_sources(it, c, mods[c], (assets or {}).get(c)), _item_date(it),
-                                 float(cloud) if cloud is not None else None))
+                                 float(cloud) if cloud is not None else None, scl=scl))
         # least cloudy first, then newest; ids break ties so the order never depends on the catalog's
         lst.sort(key=lambda x: (x.cloud is None, x.cloud or 0.0, -_item_interval(x.item)[0].timestamp(), x.item.id))
         info.update(probe_assets(c, lst))
@@ -863,7 +1072,7 @@ def ingest_stac(
         "split_block_cells": block,
     }
     # the store keys and their items: one key per collection, or per composite period of each dated collection
-    keyed: list[tuple[str, str, Modality, list[ItemBands], type[_CollectionReader]]] = []
+    keyed: list[tuple[str, str, Modality, list[ItemBands], Any]] = []  # the last: the reader's class
     if composite is not None:
         dated = [c for c in collections if c not in timeless]
         first, last = parse_datetime(datetime)
@@ -872,13 +1081,29 @@ def ingest_stac(
         comp: dict[str, Any] = {"period": composite, "reducer": "median (categorical: first valid value)",
                                 "date": "median acquisition date of the items used per chip",
                                 "n_periods": len(periods), "periods": {}, "empty": {}}
+        mask_meta: dict[str, Any] = {"option": cloud_mask or "default", "min_clear": min_clear, "collections": {}}
         for c in collections:
             if c in timeless:
                 keyed.append((mods[c].name, c, mods[c], per[c], _CollectionReader))
                 continue
             groups = split_by_period(per[c], periods)
             full = [(p, g) for p, g in zip(periods, groups, strict=True) if g]
-            reader = _CollectionReader if mods[c].kind == "categorical" else _MedianReader
+            with_scl = [x for x in per[c] if x.scl is not None]
+            if mods[c].kind == "categorical":
+                reader: Any = _CollectionReader
+            else:
+                reader = functools.partial(_MedianReader, mask_classes=classes if with_scl else None,
+                                           min_clear=min_clear)
+                if with_scl:
+                    mask_meta["collections"][c] = {
+                        "mask": "scl", "classes": list(classes), "assets": sorted({x.scl.asset for x in with_scl if x.scl}),
+                        "masked_items": len(with_scl),
+                        "unmasked_items": [x.item.id for x in per[c] if x.scl is None]}
+                else:
+                    why = ("--cloud-mask none" if cloud_mask == "none" else "no SCL asset" if c in masked
+                           else f"not an optical product ({mods[c].product})" if cloud_mask == "scl"
+                           else f"not a Sentinel-2 L2A product ({mods[c].product})")
+                    mask_meta["collections"][c] = {"mask": "none", "reason": why}
             for j, (_, g) in enumerate(full):
                 key = date_key(mods[c].name, j)
                 keyed.append((key, c, mods[c].renamed(key), g, reader))
@@ -886,12 +1111,17 @@ def ingest_stac(
                                    "end": p.end.isoformat(), "items": [x.item.id for x in g]}
                                   for j, (p, g) in enumerate(full)]
             comp["empty"][c] = [p.label for p, g in zip(periods, groups, strict=True) if not g]
+        comp["cloud_mask"] = mask_meta
         source["composite"] = comp
     else:
         keyed = [(mods[c].name, c, mods[c], per[c], _CollectionReader) for c in collections]
     note = f"; chips committed so far stay in the incomplete store {out}: re-run the same command to resume"
+    # chip-dates left absent as too cloudy: this run's and, on a resume, those of the chips committed before
+    below = {} if overwrite else _read_below(Path(out))
     with contextlib.ExitStack() as stack:
         stack.callback(_record_notes, Path(out), notes)  # after the writer let go of the store, even on failure
+        if composite is not None:
+            stack.callback(_record_below, Path(out), below)
         readers = [cls(key, c, m, items, grid, stack) for key, c, m, items, cls in keyed]
         with StoreWriter(out, [r.modality for r in readers], chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
@@ -900,15 +1130,19 @@ def ingest_stac(
             tiles = list(pending_tiles(w, aoi, n_rows, n_cols, chip_size, chip_size))
             for i, j, chip_id, win in make_progress(tiles, desc=f"ingest stac {Path(out).name}", unit="window",
                                                     quiet=not progress):
-                arrays, dates, used = {}, {}, []
+                arrays, dates, used, cloudy = {}, {}, [], []
                 for r in readers:
                     a, date, ids = r.chip(win, note)
+                    if r.below is not None:
+                        cloudy.append(r.key)
+                        below[(chip_id, r.key)] = {"chip": chip_id, "key": r.key, "clear": round(r.below, 4)}
                     if a is not None:
                         _check_fits(a, r.modality, Path(r.items[0].bands[0].href))
                         arrays[r.key], dates[r.key] = a, date
                         used.append(f"{r.key}=" + "+".join(ids))
                 if not arrays:
-                    w.skip(chip_id, "no valid pixel in any collection")
+                    w.skip(chip_id, f"no clear pixel, or fewer than --min-clear {min_clear:g}, in {', '.join(cloudy)} "
+                           "and no valid pixel in the others" if cloudy else "no valid pixel in any collection")
                     continue
                 wt = window_transform(win, transform)
                 w.add(ChipRecord(
