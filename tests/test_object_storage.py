@@ -133,8 +133,27 @@ def test_store_embed_status_fewshot_on_s3(s3, tmp_path):
     pred = tmp_path / "pred.parquet"
     r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out", pred)
     assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
+    recorded = json.loads(pq.read_schema(pred).metadata[b"earthembed"])
+    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url  # URLs, not local paths
     r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from the S3 store
     assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
+    # the explore commands read the S3 table (and its S3 store for thumbnails) like a local one
+    first = st.index["chip_id"].iloc[0]
+    hits = tmp_path / "hits.parquet"
+    r = cli("search", "--embeddings", emb, "--positive", first, "--k", 5, "--out", hits)
+    assert r.exit_code == 0 and pq.read_table(hits).num_rows == 5 and hits.with_suffix(".png").is_file(), r.output
+    recorded = json.loads(pq.read_schema(hits).metadata[b"earthembed"])
+    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url
+    local_hits = tmp_path / "local_hits.parquet"
+    r = cli("search", "--embeddings", ref, "--store", local.path, "--positive", first, "--k", 5, "--out", local_hits)
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(hits).column("chip_id").to_pylist() == pq.read_table(local_hits).column("chip_id").to_pylist()
+    r = cli("report", "--store", url, "--embeddings", emb, "--hits", hits, "--out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert r.exit_code == 0 and all(f"<h2>{h}</h2>" in page for h in ("Chip store", "Embedding space",
+                                                                       "Similarity search")), r.output
+    # an index is written beside its table: on S3 that is refused in one line (search works without one)
+    one_line_error(cli("index", "--embeddings", emb, "--quiet"), "s3://")
 
 
 def test_failed_and_killed_shards_resume_byte_identical_on_s3(s3, tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from earthembed.evaluate.estimators import fit_estimator, resolve_estimators
 from earthembed.evaluate.tasks import Task, load_task
 from earthembed.explore.tables import read_embedding_matrix
 from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output
+from earthembed.storage import location
 
 _TASK_KIND = {"class": "classification", "fraction": "regression", "value": "regression"}
 
@@ -156,7 +157,7 @@ def predict_chips(
         OUTPUT_KEY: "predictions", "task": task, "kind": t.kind, "label_kind": label_kind, "classes": t.classes, "estimator": name,
         "estimator_extra": fitted.extra, "n_train": int(len(fit)), "n_labelled": int(usable.sum()),
         "n_predicted": int(len(pred_rows)), "n_no_embedding": int((~has_emb).sum()), "column": column,
-        "embeddings": str(Path(embeddings).resolve()), "store": str(st.path.resolve()), "chip_size": chip_size,
+        "embeddings": str(location(embeddings).resolve()), "store": str(st.path.resolve()), "chip_size": chip_size,
         "label_source": str(Path(labels).resolve()) if labels is not None else f"store:{task}", "seed": seed,
         "label_report": label_report,
     }

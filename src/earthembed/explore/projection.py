@@ -18,6 +18,7 @@ import pandas as pd
 from earthembed.embed.io import read_metadata
 from earthembed.explore.tables import read_embedding_matrix
 from earthembed.outputs import check_output, save_png
+from earthembed.storage import location
 
 METHODS = ("pca", "umap")
 MISSING = "(missing)"
@@ -128,7 +129,7 @@ def plot_embeddings(
         keep = np.sort(np.random.default_rng(seed).choice(len(df), max_points, replace=False))
         df, X = df.iloc[keep].reset_index(drop=True), X[keep]
     recorded = meta.get("store") or None
-    if store is None and color_by not in df.columns and recorded and Path(recorded).exists():
+    if store is None and color_by not in df.columns and recorded and location(recorded).exists():
         store = recorded  # the store the table was embedded from (embed metadata)
     values, vkind = _colour_values(df, color_by, store, multilabel, recorded)
     Y, info = _project(X.astype(np.float64), method, seed)

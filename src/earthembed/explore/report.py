@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from earthembed.outputs import HTML_MARKER, atomic_path, check_output, output_kind
+from earthembed.storage import ObjectPath, location
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;
@@ -160,7 +161,7 @@ def _fewshot_section(few_dir: Path) -> str:
     return "".join(parts)
 
 
-def _projection_section(embeddings: Path, color_by: str | None, store: Any, tmp: Path) -> str:
+def _projection_section(embeddings: Path | ObjectPath, color_by: str | None, store: Any, tmp: Path) -> str:
     from earthembed.explore.projection import plot_embeddings
 
     png = plot_embeddings(embeddings, color_by or "split", tmp / "projection.png", store=store)
@@ -278,8 +279,8 @@ def write_report(
               *(x for x in (fewshot, embeddings, store) if x)]
     check_output(out, "html", inputs, overwrite)
     for p in inputs:
-        if not Path(p).exists():
-            raise FileNotFoundError(f"{p}: not found (report input)")
+        if not location(p).exists():  # a table or store may be on object storage
+            raise FileNotFoundError(f"{location(p)}: not found (report input)")
     imgs = [(Path(p), c, image_type(p)) for p, c in images]
     if fewshot is not None:
         check_fewshot_dir(Path(fewshot))
@@ -300,7 +301,7 @@ def write_report(
         if fewshot is not None:
             body.append(_fewshot_section(Path(fewshot)))
         if embeddings is not None:
-            body.append(_projection_section(Path(embeddings), color_by, st, tmp))
+            body.append(_projection_section(location(embeddings), color_by, st, tmp))
         for p in predictions:
             body.append(_prediction_section(Path(p)))
         if maps or imgs:

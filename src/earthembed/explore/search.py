@@ -34,6 +34,7 @@ import pandas as pd
 
 from earthembed.explore.tables import read_embedding_matrix
 from earthembed.outputs import OUTPUT_KEY, atomic_path, check_output
+from earthembed.storage import is_remote, location
 
 INDEX_KINDS = ("ivf", "hnsw")
 DEFAULT_NPROBE = 64
@@ -66,9 +67,18 @@ def _faiss() -> Any:
 
 
 def index_path(table: str | Path, column: str = "emb_fused") -> Path:
-    """Where the approximate index of ``column`` of ``table`` lives (its sidecar adds ``.json``)."""
-    table = Path(table)
-    return table.with_name(f"{table.name}.{column}.faiss")
+    """Where the approximate index of ``column`` of ``table`` lives (its sidecar adds ``.json``): beside a local
+    table. A table on object storage has none (faiss reads and writes local files): a one-line ValueError."""
+    loc = location(table)
+    if is_remote(loc):
+        raise ValueError(f"{loc}: a search index is a local file beside its table, and this table is on object "
+                         "storage; search it without one (exact search) or index a local copy of the table")
+    return loc.with_name(f"{loc.name}.{column}.faiss")
+
+
+def _where(p: str | Path) -> str:
+    """``p`` as recorded in metadata: an absolute local path, or the object-storage URL as it is."""
+    return str(location(p).resolve())
 
 
 @dataclasses.dataclass
@@ -159,7 +169,7 @@ def build_index(
     build_s = time.perf_counter() - t0
     with atomic_path(path, "faiss", overwrite, option="the index file") as tmp:
         faiss.write_index(index, str(tmp))
-    side = {OUTPUT_KEY: "faiss sidecar", "table": str(Path(table).resolve()), "column": column, "n": n, "dim": d,
+    side = {OUTPUT_KEY: "faiss sidecar", "table": _where(table), "column": column, "n": n, "dim": d,
             "fingerprint": v.fingerprint, "build_seconds": round(build_s, 3), **params}
     with atomic_path(side_f, "faiss sidecar", overwrite, option="the index sidecar") as tmp:  # last: the commit point
         tmp.write_text(json.dumps(side, indent=2))
@@ -172,6 +182,8 @@ _SIDECAR_KEYS = {"ivf": ("fingerprint", "nlist", "nprobe"), "hnsw": ("fingerprin
 def load_index(table: str | Path, column: str, vectors: Vectors) -> tuple[Any, dict[str, Any]] | None:
     """The stored index of ``column`` beside ``table`` with its sidecar, or None when there is none. A sidecar or
     index that cannot be read, or that was built for another version of the table, is a ValueError naming it."""
+    if is_remote(table):  # no index beside a table on object storage (index_path)
+        return None
     path = index_path(table, column)
     side_f = path.with_name(path.name + ".json")
     if not side_f.exists() or not path.exists():
@@ -318,7 +330,7 @@ def search(
     hits = hits.reset_index(drop=True)
     hits.insert(0, "score", np.asarray(scores)[sel].astype(np.float64))
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))
-    meta = {"embeddings": str(Path(embeddings).resolve()), "column": column, "k": k,
+    meta = {"embeddings": _where(embeddings), "column": column, "k": k,
             "positives": pos_ids, "negatives": [str(x) for x in negatives],
             "point": list(point) if point is not None else None, **method,
             "query_excluded": not include_query}
@@ -347,7 +359,7 @@ def write_hits(hits: Hits, out: str | Path, store: str | Path | None = None, thu
     df = hits.table
     if st is not None:
         df = with_store_geometry(df, st, hits.meta["embeddings"])
-        hits.meta["store"] = str(st.path.resolve())
+        hits.meta["store"] = _where(st.path)
         hits.meta["chip_size"] = st.chip_size
     elif "geometry" in df.columns and len(df) and isinstance(df["geometry"].iloc[0], bytes | bytearray):
         import shapely
