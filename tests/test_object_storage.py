@@ -152,6 +152,8 @@ def test_store_embed_status_fewshot_on_s3(s3, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert r.exit_code == 0 and all(f"<h2>{h}</h2>" in page for h in ("Chip store", "Embedding space",
                                                                        "Similarity search")), r.output
+    r = cli("plot-embeddings", emb, "--color-by", "landcover", "--out", tmp_path / "pca.png")  # labels: the S3 store
+    assert r.exit_code == 0 and (tmp_path / "pca.png").is_file(), r.output
     # an index is written beside its table: on S3 that is refused in one line (search works without one)
     one_line_error(cli("index", "--embeddings", emb, "--quiet"), "s3://")
 
