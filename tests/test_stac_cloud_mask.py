@@ -115,6 +115,11 @@ def test_scl_masked_composite_is_the_median_of_the_clear_acquisitions(catalog, t
             "the median in 4 of 4 items") in r.output
     st = ChipStore(out)
     assert len(st) == 4 and set(st.modalities) == {"s2", "s2_t2"}
+    r = cli("info", out)  # the store says how it was composited, after the ingest's own output is gone
+    assert r.exit_code == 0 and "composite  per month: " in r.output, r.output
+    assert ("           cloud mask: collection 's2-l2a': SCL classes 0,1,3,8,9,10 (no data, saturated/defective, "
+            "cloud shadow") in r.output
+    assert json.loads(cli("info", out, "--json").output)["composite"]["cloud_mask"]["collections"]["s2-l2a"]["mask"] == "scl"
     june = _june()
     for (r0, c0), a in _chips(st, "s2").items():
         np.testing.assert_array_equal(a, june[:, r0:r0 + 16, c0:c0 + 16], err_msg=f"chip at {(r0, c0)}")

@@ -28,6 +28,12 @@ def info(
     with fail_on():
         st = ChipStore(store)
         summary = {**st.info(), "chunking": st.chunking()}
+        source = st.meta.get("source") or {}
+        if source.get("composite"):  # how a STAC composite was made (periods, cloud mask), as ingest said it
+            from earthembed.data.ingest.stac import composite_note
+
+            summary["composite"] = source["composite"]
+            note = composite_note(source, st.report())
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -46,6 +52,11 @@ def info(
             span = d["date_range"]
             spread = f" (chips' dates {span[0]} .. {span[1]})" if span and span[0] != span[1] else ""
             typer.echo(f"           {d['key']}: {d['date'] or 'no date'}, {d['chips']} chips{spread}")
+    comp = summary.get("composite")
+    if comp:
+        typer.echo(f"composite  per {comp['period']}: {comp['n_periods']} periods")
+        for line in (note or "").splitlines():
+            typer.echo(f"           {line.removeprefix('note: ')}")
     typer.echo(f"splits     {summary['splits']}")
     typer.echo(f"skipped    {summary['skipped']}")
     typer.echo(f"files      {_chunking_line(summary['chunking'])}")
