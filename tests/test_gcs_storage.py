@@ -207,3 +207,84 @@ def test_bad_urls_are_one_line_on_gcs(gcs, monkeypatch):
                    "cannot reach the object store at http://127.0.0.1:9", "STORAGE_EMULATOR_HOST")
     one_line_error(cli("info", gcs["url"]), gcs["url"], "cannot reach the object store at http://127.0.0.1:9")
     assert time.time() - t < 20
+
+
+class _Counted:
+    """An obstore list stream whose objects are recorded, with the prefix listed, as they are read."""
+
+    def __init__(self, stream, prefix: str | None, seen: list[tuple[str, str]]) -> None:
+        self.stream, self.prefix, self.seen = stream, prefix or "", seen
+
+    def __iter__(self):
+        for batch in self.stream:
+            self.seen.extend((self.prefix, o["path"]) for o in batch)
+            yield batch
+
+    def collect(self):
+        out = self.stream.collect()
+        self.seen.extend((self.prefix, o["path"]) for o in out)
+        return out
+
+    async def collect_async(self):
+        out = await self.stream.collect_async()
+        self.seen.extend((self.prefix, o["path"]) for o in out)
+        return out
+
+
+def _chunk_keys(listed: list[tuple[str, str]]) -> list[str]:
+    """Keys returned by listings of an array (``arrays.zarr/NAME/``: its chunk or shard objects), not the one key
+    a directory probe (``exists``: a LIST of one key under the store) returns."""
+    return [k for prefix, k in listed if "arrays.zarr/" in prefix]
+
+
+def test_opening_a_store_on_object_storage_lists_no_chunk_objects(gcs, monkeypatch):
+    """The driver's checked open lists no chunk object (a continent's store has millions): a read checks the
+    chunks it reads (a HEAD each, then one listing of the array once that is fewer requests); a deleted chunk
+    is the same StoreError when a chip it holds is read, and `verify` finds it."""
+    import obstore
+
+    from earthembed.errors import StoreError
+
+    url = f"gs://{BUCKET}/lazy"
+    upload_dir(gcs["local"].path, location(url))
+    listed: list[tuple[str, str]] = []
+    heads: list[str] = []
+    real_list, real_delim, real_head = obstore.list, obstore.list_with_delimiter, obstore.head
+
+    def delim(store, prefix=None, **kw):
+        r = real_delim(store, prefix=prefix, **kw)
+        listed.extend((prefix or "", k) for k in [*r["common_prefixes"], *(o["path"] for o in r["objects"])])
+        return r
+
+    def head(store, path):
+        heads.append(path)
+        return real_head(store, path)
+
+    monkeypatch.setattr(obstore, "list", lambda store, prefix=None, **kw: _Counted(
+        real_list(store, prefix=prefix, **kw), prefix, listed))
+    monkeypatch.setattr(obstore, "list_with_delimiter", delim)
+    monkeypatch.setattr(obstore, "head", head)
+
+    st = ChipStore(url)
+    chunk_heads = lambda: [h for h in heads if "arrays.zarr/" in h]  # noqa: E731
+    assert _chunk_keys(listed) == [] and chunk_heads() == [], (listed, heads)  # metadata, index, shapes only
+    assert len(listed) <= 4, listed  # the directory probes: one key each
+    np.testing.assert_array_equal(st.read("s2", slice(0, 8)), gcs["local"].read("s2", slice(0, 8)))
+    assert _chunk_keys(listed) == [] and len(chunk_heads()) == 1  # the one chunk read, by HEAD
+    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), gcs["local"].read("s2", slice(0, 40)))
+    assert len(chunk_heads()) == 1  # then one listing of the array (3 chunk objects and zarr.json), no HEAD
+    assert sorted(k.split("arrays.zarr/")[1] for k in _chunk_keys(listed)) == [
+        "s2/c/0/0/0/0", "s2/c/1/0/0/0", "s2/c/2/0/0/0", "s2/zarr.json"]
+
+    chunk = next(k for k in sorted(_chunk_keys(listed)) if "/s2/c/0/" in k)
+    location(f"gs://{BUCKET}/{chunk}").unlink()
+    listed.clear()
+    damaged = ChipStore(url)  # opens: no chunk listed
+    assert _chunk_keys(listed) == []
+    with pytest.raises(StoreError, match=rf"{url}: array arrays.zarr/s2, chips 0-15: chunk file gs://{BUCKET}/"
+                                         rf"{chunk} is missing; the store is damaged .*`earthembed verify {url}`") as e:
+        damaged.read("s2", [3])
+    assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(damaged.read("s2", slice(16, 40)), gcs["local"].read("s2", slice(16, 40)))
+    r = cli("verify", url, "--quiet")
+    assert r.exit_code != 0 and f"chunk file gs://{BUCKET}/{chunk} is missing" in r.output, r.output

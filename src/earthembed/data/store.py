@@ -157,22 +157,58 @@ class ChunkLayout:
         """The first missing file of chip-axis chunk ``chunk``, or None."""
         return next((f for f in self.files(chunk) if not os.path.exists(f)), None)
 
+    def will_check(self, chunks: int) -> None:
+        """A hint that ``chunks`` chunks are about to be checked (used on object storage)."""
+
+
+LIST_PAGE = 1000
+"""Objects one LIST request returns (S3 and GCS both page at 1,000)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectChunkLayout(ChunkLayout):
-    """:class:`ChunkLayout` of an array on object storage: the chunk objects are listed once (one LIST per 1,000
-    chunks) instead of one request per chunk checked."""
+    """:class:`ChunkLayout` of an array on object storage, checked on demand, never at open: a chunk's objects
+    by one HEAD each (answers kept) until as many HEADs were sent as listing the whole array would take requests
+    (one per 1,000 objects), then the array listed once and every later chunk looked up in that listing. A reader
+    of a few chunks pays a few HEADs, one of every chunk (``verify``, a full pass) at most twice the listing; an
+    open of a continent's store lists nothing (its arrays can be millions of chunk objects)."""
 
-    present: frozenset[str] = frozenset()
+    array_url: str = ""
+    objects: int = 0  # the array's chunk (or shard) objects when every chip is present
+    state: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
-    def listed(cls, store_path: ObjectPath, name: str, arr: zarr.Array) -> ObjectChunkLayout:
+    def of_array(cls, store_path: ObjectPath, name: str, arr: zarr.Array) -> ObjectChunkLayout:
         lay = ChunkLayout.of(store_path, name, arr)  # type: ignore[arg-type]  (URLs join like paths)
-        present = frozenset(str(p) for p, _ in (store_path / ARRAYS / name).walk_files())
-        return cls(lay.chunk_chips, lay.paths, present)
+        n = -(-int(arr.shape[0]) // lay.chunk_chips) * len(lay.paths)
+        return cls(lay.chunk_chips, lay.paths, str(store_path / ARRAYS / name), n,
+                   {"seen": {}, "heads": 0, "present": None})
+
+    def will_check(self, chunks: int) -> None:
+        """``chunks`` chunks are about to be checked: list the array now when that is fewer requests."""
+        if self.state["present"] is None and chunks * len(self.paths) >= -(-self.objects // LIST_PAGE):
+            self._list()
+
+    def _list(self) -> None:
+        self.state["present"] = frozenset(str(p) for p, _ in location(self.array_url).walk_files())
 
     def missing(self, chunk: int) -> str | None:
-        return next((f for f in self.files(chunk) if f not in self.present), None)
+        st = self.state
+        if chunk in st["seen"]:
+            return st["seen"][chunk]
+        if st["present"] is None and st["heads"] >= -(-self.objects // LIST_PAGE):
+            self._list()
+        if st["present"] is not None:
+            lost = next((f for f in self.files(chunk) if f not in st["present"]), None)
+        else:
+            lost = None
+            for f in self.files(chunk):
+                st["heads"] += 1
+                if location(f).head() is None:
+                    lost = f
+                    break
+        st["seen"][chunk] = lost
+        return lost
 
 
 class HeadChunkLayout(ChunkLayout):
@@ -843,7 +879,7 @@ class ChipStore:
 
     Opening runs the cheap integrity checks (:func:`earthembed.data.verify.open_problems`: metadata, index and
     array row counts, chunk files of present chips, finite statistics) and raises :class:`StoreError` naming
-    what is wrong. ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
+    what is wrong; on object storage the chunk objects are checked when read instead (and by ``verify``). ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
 
     ``path`` may be on object storage (``s3://bucket/store``, ``gs://...``: :mod:`earthembed.storage`): the
     metadata and index are read through pyarrow's filesystem, the arrays through zarr's ``ObjectStore`` (the
@@ -892,7 +928,9 @@ class ChipStore:
 
     def _object_store_problems(self, check_stats: bool) -> list[str]:
         """:func:`earthembed.data.verify.open_problems` for a store on object storage: the index read once
-        through pyarrow's filesystem, the chunk objects listed once per array."""
+        through pyarrow's filesystem; the chunk objects are not listed (a continent's store has millions): a
+        missing one is found when a chip it holds is read (:class:`ObjectChunkLayout`, the same message as
+        locally) and by ``earthembed verify``."""
         from earthembed.data import verify
 
         f = self.path / INDEX_FILE
@@ -920,8 +958,6 @@ class ChipStore:
         except StoreError as e:
             return [str(e)]
         out = verify._chip_id_problems(f, ids)
-        for name in verify.array_names(self):
-            out += verify._missing_chunks(self, name)
         return out + (verify.stats_problems(self.path, self.meta) if check_stats else [])
 
     def __repr__(self) -> str:
@@ -957,8 +993,8 @@ class ChipStore:
         """Chunk-file layout of array ``name`` (cached with the array)."""
         lay = self._layouts.get(name)
         if lay is None:
-            lay = self._layouts[name] = (ObjectChunkLayout.listed(self.path, name, self.array(name)) if self.remote
-                                         else ChunkLayout.of(self.path, name, self.array(name)))
+            lay = self._layouts[name] = (ObjectChunkLayout.of_array(self.path, name, self.array(name))  # type: ignore[arg-type]
+                                         if self.remote else ChunkLayout.of(self.path, name, self.array(name)))
         return lay
 
     def chunking(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ damage                                                   caught by
 ``earthembed.json`` edited: key missing or wrong type    every open (:func:`check_meta`), names file and key
 ``index.parquet`` rows removed / added                   every open: row count vs ``n_chips`` vs array shape
 array missing, wrong shape                               every open
-chunk file of a chip the index marks present deleted     every open (one ``stat`` per chunk) and every read
+chunk file of a chip the index marks present deleted     every local open (one ``stat`` per chunk), every read
+                                                         and ``verify`` (object storage: not at open)
 chunk file corrupt or truncated                          every read (names the chunk) and ``verify``
 statistics NaN/Infinity                                  every open (``stats`` itself skips it, to fix them)
 duplicate chip ids, ``idx`` out of order, bad splits     ``verify``
@@ -17,7 +18,9 @@ a chip marked present that holds only nodata             ``verify``
 =======================================================  ===================================================
 
 Opening never reads chunk data, so its cost is one Parquet footer, a few columns of the index and one
-``stat`` per chunk holding a present chip.
+``stat`` per chunk holding a present chip. On object storage opening checks no chunk object (listing them
+would be one LIST per 1,000 objects, millions of keys for a continent): a read checks the chunks it reads
+(:class:`earthembed.data.store.ObjectChunkLayout`), ``verify`` all of them.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ def _structure_problems(store: ChipStore) -> list[str]:
 
 
 def _missing_chunks(store: ChipStore, name: str) -> list[str]:
-    """Chunks holding a chip marked present whose file is missing (one ``stat`` per such chunk)."""
+    """Chunks holding a chip marked present whose file is missing (one ``stat`` per such chunk; on object
+    storage a HEAD each, or one listing of the array when that is fewer requests)."""
     layout = store.layout(name)
     pres = store.presence()[name]
     cc = layout.chunk_chips
@@ -158,7 +162,9 @@ def _missing_chunks(store: ChipStore, name: str) -> list[str]:
         return []
     per_chunk = np.add.reduceat(pres.astype(np.int64), np.arange(0, len(pres), cc))
     out = []
-    for c in np.flatnonzero(per_chunk).tolist():
+    held = np.flatnonzero(per_chunk).tolist()
+    layout.will_check(len(held))
+    for c in held:
         lost = layout.missing(c)
         if lost:
             out.append(chunk_problem(store.path, name, c, cc, len(pres),
