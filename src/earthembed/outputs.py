@@ -14,34 +14,38 @@ not create (a user's file, the command's own input, a chip store, a pretraining 
   pretraining run or a segment run (:func:`protected_dir_above`).
 * :func:`atomic_path` is how a file is written: a temporary file in the target's own directory (a rename across
   filesystems would be a copy, not atomic), renamed into place when complete, removed on failure; the target
-  is checked once more just before the rename. :func:`write_json` writes JSON that way and refuses NaN/Infinity,
-  which are not JSON and which other tools (``jq``, browsers, Rust/Go parsers) reject.
-* :class:`OutputLock` is an exclusive, non-blocking lock (``filelock``: ``flock`` on Unix, ``LockFileEx`` on
-  Windows) on ``<target>.lock``; a second writer fails at once with the holder's pid, host and command, which
-  the holder writes into the lock file. The lock file is removed on release (safe with filelock >= 4: a waiter
-  that locked the unlinked file sees ``st_nlink == 0`` and starts over), so no stray ``.lock`` files remain.
-  Being advisory, it protects earthembed processes from each other, not from other programs.
+  is checked once more just before the rename.
+* :class:`~earthembed.file_writes.OutputLock` is the exclusive lock of an output, and
+  :func:`~earthembed.file_writes.write_json` / :class:`~earthembed.file_writes.WriteError` how JSON is written
+  and how a full disk is reported: :mod:`earthembed.file_writes`, below this module and
+  :mod:`earthembed.storage` (which writes through them too), re-exported here with the policy they serve.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
-import errno
 import functools
-import hashlib
 import json
 import os
 import re
-import socket
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from earthembed.errors import LockedError, OutputError
+from earthembed.errors import OutputError
+from earthembed.file_writes import STORAGE_ERRNOS as STORAGE_ERRNOS
+from earthembed.file_writes import OutputLock as OutputLock
+from earthembed.file_writes import WriteError as WriteError
+from earthembed.file_writes import describe_holder as describe_holder
+from earthembed.file_writes import dumps as dumps
+from earthembed.file_writes import holder_info as holder_info
+from earthembed.file_writes import os_error_of as os_error_of
+from earthembed.file_writes import removed_on_failure
+from earthembed.file_writes import sha256_file as sha256_file
+from earthembed.file_writes import write_error as write_error
+from earthembed.file_writes import write_json as write_json
 from earthembed.storage import ObjectPath, is_remote, location
 
 
@@ -219,16 +223,30 @@ DIR_KINDS: dict[str, DirKind] = {
         "report.html"}), (frozenset({"store", "run", "report.md"}),)),
     "export": DirKind("model export", frozenset({"model.json", "model.safetensors"}), (frozenset({"model.json"}),),
                       reuse=False),
-    # recognised by its own marker (earthembed.data.store.is_store_dir); StoreWriter then resumes, replaces or refuses
+    # recognised by its own marker (is_store_dir); StoreWriter then resumes, replaces or refuses
     "store": DirKind("chip store"),
 }
+STORE_MARKER = "earthembed.json"
+"""The file that makes a directory a chip store (:mod:`earthembed.data.store`'s metadata)."""
+STORE_FORMAT = "earthembed-chip-store"
+"""Its ``format``."""
+
+
+def is_store_dir(path: str | Path | ObjectPath) -> bool:
+    """True when ``path`` is provably a chip store: its ``earthembed.json`` marker parses and says so.
+
+    The only kind of directory ``--overwrite`` may replace; here, beside the other outputs' markers, so that the
+    write policy recognises a store without importing the store."""
+    try:
+        meta = json.loads((location(path) / STORE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
 
 
 def output_kind(path: str | Path) -> str | None:
     """Which :data:`DIR_KINDS` output ``path`` is: its marker's kind, a chip store, or an older output holding
     nothing but that kind's entries (``.tmp``/``.lock`` files aside) and a set of entries that identifies it."""
-    from earthembed.data.store import is_store_dir
-
     path = location(path)
     if isinstance(path, ObjectPath):  # only marked outputs and stores: earthembed never wrote others there
         return _marked_kind(path) or ("store" if is_store_dir(path) else None)
@@ -371,38 +389,6 @@ def _umask() -> int:
     return mask
 
 
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
-"""Errors of the storage, not of the input: a write that fails with one names the path it was writing."""
-
-
-class WriteError(OSError):
-    """Writing ``filename`` failed (disk full, quota, I/O error); ``str()`` is one line: the path, the cause and
-    what to do (:func:`write_error`). An ``OSError``, so ``errno`` still tells ENOSPC from other failures."""
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.strerror}"
-
-
-def os_error_of(e: BaseException) -> OSError | None:
-    """The operating-system error behind ``e``: ``e`` itself, or one that a native library (zarrs, safetensors)
-    reports as its own exception carrying Rust's ``(os error N)``; None for anything else (a bug must keep its
-    traceback)."""
-    import re
-
-    if isinstance(e, OSError):
-        return e
-    m = re.search(r"(.*?)\s*\(os error (\d+)\)", str(e)) if isinstance(e, Exception) else None
-    return OSError(int(m.group(2)), m.group(1).split(": ")[-1] or os.strerror(int(m.group(2)))) if m else None
-
-
-def write_error(path: str | Path, e: OSError, hint: str) -> WriteError:
-    """The :class:`WriteError` for ``e``, raised while writing ``path``: ``PATH: <cause> while writing it; <hint>``."""
-    if isinstance(e, WriteError):
-        return e
-    cause = os.strerror(e.errno) if isinstance(e.errno, int) and e.errno > 0 else (e.strerror or str(e) or type(e).__name__)
-    return WriteError(e.errno, f"{cause} while writing it; {hint}", str(path))
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path, kind: str | None = None, overwrite: bool = False,
                 option: str = "--out") -> Iterator[Path]:
@@ -416,19 +402,11 @@ def atomic_path(path: str | Path, kind: str | None = None, overwrite: bool = Fal
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); the output gets the usual permissions
-    try:
+    with removed_on_failure(tmp, path):
         yield tmp
         if kind is not None and (path.exists() or path.is_symlink()):
             _refuse_existing_file(path, kind, overwrite, option)
         os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        err = os_error_of(e) if isinstance(e, Exception) else None
-        if err is not None and err.errno in STORAGE_ERRNOS and not isinstance(e, WriteError):
-            keep = "the existing file is kept; " if path.exists() else ""
-            raise write_error(path, err, f"{keep}free space and re-run the same command") from e
-        raise
 
 
 def save_png(fig: Any, png: str | Path, overwrite: bool = True, dpi: int = 110, tight: bool = True,
@@ -448,118 +426,3 @@ def save_png(fig: Any, png: str | Path, overwrite: bool = True, dpi: int = 110, 
     finally:
         plt.close(fig)
     return png
-
-
-def dumps(obj: Any, indent: int | None = 2, where: str | Path = "") -> str:
-    """``json.dumps`` that refuses NaN and Infinity (not standard JSON) with an error naming ``where``."""
-    try:
-        return json.dumps(obj, indent=indent, allow_nan=False)
-    except ValueError as e:
-        raise ValueError(f"{where}: refusing to write non-finite numbers (NaN/Infinity) to JSON: {e}") from e
-
-
-def sha256_file(path: str | Path, suffix: bytes = b"") -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks), followed by ``suffix`` when given."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    h.update(suffix)
-    return h.hexdigest()
-
-
-def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
-    """Atomically replace ``path`` with standard JSON: readers see the old file or the new one, never half.
-
-    The temporary file is ``<path>.tmp`` (the name chip stores and embed parts expect of their own files), removed
-    when the write fails."""
-    path = Path(path)
-    text = dumps(obj, indent=indent, where=path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        err = os_error_of(e) if isinstance(e, Exception) else None
-        if err is not None and err.errno in STORAGE_ERRNOS and not isinstance(e, WriteError):
-            keep = "the existing file is kept; " if path.exists() else ""
-            raise write_error(path, err, f"{keep}free space and re-run the same command") from e
-        raise
-
-
-def holder_info() -> dict[str, Any]:
-    """Who holds a lock: pid, host, command line and start time (written into the lock file)."""
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python",
-        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def describe_holder(lock_file: str | Path) -> str:
-    """One line about the process holding ``lock_file`` (or that it is unknown, if it has not written yet)."""
-    try:
-        h = json.loads(Path(lock_file).read_text())
-        return f"pid {h['pid']} on {h['host']} since {h['since']}: {h['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not recorded its pid: just starting, or a filesystem without flock)"
-
-
-class OutputLock:
-    """Exclusive lock on ``target`` (a store directory or an output file) via ``<lock_file>``.
-
-    Non-blocking: :meth:`acquire` raises :class:`LockedError` naming the holder when another process has it.
-    Also refuses a second holder inside the same process (two writers on one store would corrupt it as surely)."""
-
-    def __init__(self, target: str | Path, lock_file: str | Path) -> None:
-        from filelock import FileLock
-
-        self.target = Path(target)
-        self.lock_file = Path(lock_file)
-        self._lock = FileLock(str(self.lock_file), timeout=0, thread_local=False)
-
-    def acquire(self) -> OutputLock:
-        from filelock import Timeout
-
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise LockedError(
-                f"{self.target}: is being written by {describe_holder(self.lock_file)}; wait for it to finish "
-                f"(or stop it) - two writers would corrupt it. Lock file: {self.lock_file}"
-            ) from None
-        if self._native():
-            try:
-                with open(self.lock_file, "w") as f:  # the holder's identity, for the error message above
-                    f.write(json.dumps(holder_info()))
-            except OSError:
-                pass  # a read-only lock file still locks; only the message loses detail
-        return self
-
-    def _native(self) -> bool:
-        """An OS lock (flock): False after filelock fell back to its own marker file (a filesystem without
-        flock), whose content and removal filelock manages itself."""
-        from filelock import UnixFileLock
-
-        return isinstance(self._lock, UnixFileLock)
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            if self._native():
-                with contextlib.suppress(OSError):
-                    self.lock_file.unlink()  # while still held: see the module docstring
-            self._lock.release()
-
-    @property
-    def is_locked(self) -> bool:
-        return self._lock.is_locked
-
-    def __enter__(self) -> OutputLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -486,9 +486,9 @@ class ObjectPath:
 
 
 def write_json(path: Path | ObjectPath, obj: Any, indent: int | None = 2) -> None:
-    """:func:`earthembed.outputs.write_json` (atomic) locally; one PUT (atomic too) on object storage."""
-    from earthembed.outputs import dumps
-    from earthembed.outputs import write_json as write_local
+    """:func:`earthembed.file_writes.write_json` (atomic) locally; one PUT (atomic too) on object storage."""
+    from earthembed.file_writes import dumps
+    from earthembed.file_writes import write_json as write_local
 
     if isinstance(path, ObjectPath):
         path.write_text(dumps(obj, indent=indent, where=path))
@@ -653,7 +653,7 @@ class ObjectLock:
         self.lost = False
 
     def _payload(self) -> bytes:
-        from earthembed.outputs import holder_info
+        from earthembed.file_writes import holder_info
 
         return json.dumps({**holder_info(), "token": self._token, "renewed": time.time(),
                            "ttl_s": self.ttl}).encode()
@@ -748,11 +748,11 @@ class ObjectLock:
 
 
 def output_lock(target: Path | ObjectPath, lock_file: Path | ObjectPath) -> Any:
-    """The exclusive lock of an output: :class:`earthembed.outputs.OutputLock` (flock) locally,
+    """The exclusive lock of an output: :class:`earthembed.file_writes.OutputLock` (flock) locally,
     :class:`ObjectLock` on object storage."""
     if isinstance(lock_file, ObjectPath):
         return ObjectLock(target, lock_file)
-    from earthembed.outputs import OutputLock
+    from earthembed.file_writes import OutputLock
 
     return OutputLock(target, lock_file)
 

@@ -19,7 +19,7 @@ is visible whole or not at all) and a lease lock (docs/scale.md says what is not
 replaces only a directory that is provably a store (its ``earthembed.json``
 marker says so) and holds nothing else, and never an input of the ingest.
 
-Opening a store (:class:`ChipStore`) runs the cheap checks of :mod:`earthembed.data.verify` (metadata,
+Opening a store (:class:`ChipStore`) runs the cheap checks of :mod:`earthembed.data.store_checks` (metadata,
 index/array row counts, a stat of the chunk files of present chips, finite statistics); reads name the store,
 array and chip range of a missing or undecodable chunk. ``earthembed verify`` decodes every chunk.
 """
@@ -46,10 +46,36 @@ import shapely
 import zarr
 
 from earthembed.data.modalities import Modality, band_indices
+from earthembed.data.pixel_stats import sample_stats, valid_pixels
+from earthembed.data.store_checks import (
+    array_names,
+    check_meta,
+    chip_id_problems,
+    chunk_problem,
+    expected_shape,
+    open_problems,
+    stats_problems,
+)
+from earthembed.data.store_format import (
+    ARRAYS,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    INDEX_ROW_GROUP_CHIPS,
+    LABEL_KINDS,
+    LOCK_FILE,
+    META_FILE,
+    PARTS_DIR,
+    REPORT_FILE,
+    SPLITS,
+    STORE_ENTRIES,
+    read_meta,
+)
 from earthembed.errors import OutputError, StoreError
 from earthembed.outputs import (
+    STORE_FORMAT,
     WriteError,
     check_output_location,
+    is_store_dir,
     os_error_of,
     write_error,
 )
@@ -66,9 +92,6 @@ from earthembed.storage import (
     write_bytes_atomic,
     write_json,
 )
-
-FORMAT_VERSION = "1.0"
-
 
 # Arrays are read and written through the zarrs (Rust) codec pipeline when it is installed: on 16-chip chunks
 # reads are 4-6x faster than with zarr-python's asyncio pipeline (benchmarks/README.md). Its rayon thread pool
@@ -244,20 +267,6 @@ def shard_chips_default(shard_chips: int | None) -> Iterator[None]:
         _SHARD_CHIPS.reset(token)
 
 
-META_FILE = "earthembed.json"
-ARRAYS = "arrays.zarr"
-INDEX_FILE = "index.parquet"
-INDEX_ROW_GROUP_CHIPS = 65536
-"""Rows per row group of ``index.parquet``: a reader of some chips (a shard worker, :meth:`ChipStore.rows`) reads
-only the row groups holding them (stores written before this have one row group per 1 M chips: still bounded)."""
-PARTS_DIR = "_parts"
-REPORT_FILE = "ingest_report.json"
-LOCK_FILE = ".earthembed.lock"
-STORE_FORMAT = "earthembed-chip-store"
-STORE_ENTRIES = frozenset({META_FILE, ARRAYS, INDEX_FILE, PARTS_DIR, REPORT_FILE, LOCK_FILE})
-"""What a store directory holds; ``--overwrite`` removes these (and their ``.tmp``) and nothing else."""
-SPLITS = ("train", "val", "test")
-LABEL_KINDS = ("class", "multilabel", "fraction", "mask", "value")
 
 
 @dataclasses.dataclass
@@ -275,30 +284,6 @@ class ChipRecord:
     labels: dict[str, Any] = dataclasses.field(default_factory=dict)
     masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     source: str = ""
-
-
-def _read_meta(path: Path | ObjectPath) -> dict[str, Any]:
-    f = path / META_FILE
-    if not f.exists():
-        raise StoreError(f"{path}: not an earthembed chip store (no {META_FILE})")
-    try:
-        meta = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{f}: corrupt store metadata ({e})") from e
-    if not isinstance(meta, dict):
-        raise StoreError(f"{f}: corrupt store metadata (not a JSON object)")
-    return meta
-
-
-def is_store_dir(path: str | Path) -> bool:
-    """True when ``path`` is provably a chip store: its ``earthembed.json`` marker parses and says so.
-
-    The only kind of directory ``--overwrite`` may replace."""
-    try:
-        meta = json.loads((location(path) / META_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
 
 
 def find_store_above(path: str | Path) -> Path | None:
@@ -321,14 +306,6 @@ def _foreign_entries(path: Path) -> list[str]:
         n for n in _entries(path)
         if n not in STORE_ENTRIES and not (n.endswith(".tmp") and n[: -len(".tmp")] in STORE_ENTRIES)
     ]
-
-
-def valid_pixels(a: np.ndarray, nodata: Any) -> np.ndarray:
-    """Boolean mask of ``a``: finite (not NaN/Inf) and not the modality's ``nodata`` value."""
-    valid = np.isfinite(a) if np.issubdtype(a.dtype, np.floating) else np.ones(a.shape, dtype=bool)
-    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        valid &= a != nodata
-    return valid
 
 
 def _compressor() -> Any:
@@ -463,7 +440,7 @@ class StoreWriter:
         if _entries(p):
             if not is_store_dir(p):  # checked again under the lock
                 raise StoreError(self._not_a_store(overwrite))
-            meta = _read_meta(p)
+            meta = read_meta(p)
             if meta.get("complete") and not overwrite:
                 raise StoreError(f"{p}: a complete store already exists here (pass --overwrite / overwrite=True to replace it)")
             if not overwrite:
@@ -494,7 +471,7 @@ class StoreWriter:
 
     def _clear(self) -> None:
         """Remove a store's own entries (the marker last: an interrupted clear is still a store to overwrite)."""
-        meta = _read_meta(self.path)
+        meta = read_meta(self.path)
         write_json(self.path / META_FILE, {**meta, "complete": False})  # readers refuse it from now on
         for name in _entries(self.path):
             if name != META_FILE:
@@ -813,20 +790,22 @@ class StoreWriter:
             if arr.shape[0] != self._n:
                 arr.resize((self._n, *arr.shape[1:]))
         self._write_report()
-        meta = _read_meta(self.path)
+        meta = read_meta(self.path)
         meta.update({"n_chips": self._n, "n_skipped": len(self._skipped)})
         write_json(self.path / META_FILE, meta)
         if compute_stats:
-            from earthembed.data.stats import compute_stats
-
             if self.remote:  # read back as a store (index, arrays) through the object store; we hold its lock
                 token = _WRITER_OPEN.set(True)
                 try:
-                    meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips)
+                    meta["stats"] = ChipStore(self.path, check_stats=False).sample_stats(stats_max_chips)
                 finally:
                     _WRITER_OPEN.reset(token)
-            else:
-                meta["stats"] = compute_stats(self.path, max_chips=stats_max_chips, _allow_incomplete=True)
+            else:  # the store is not complete yet (no reader opens it): its rows and arrays as written
+                root = self._group("r")
+                meta["stats"] = sample_stats(
+                    self.modalities, {k: df[f"has_{k}"].to_numpy(dtype=bool) for k in self.modalities},
+                    {k: (lambda ii, k=k: root[k].get_orthogonal_selection((ii, slice(None), slice(None), slice(None))))
+                     for k in self.modalities}, stats_max_chips)
         meta["complete"] = True
         meta["completed"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         write_json(self.path / META_FILE, meta)
@@ -877,7 +856,7 @@ def _write_index(df: pd.DataFrame, path: Path | ObjectPath) -> None:
 class ChipStore:
     """Read access to a complete store: random access by index, streaming batches, labels and stats.
 
-    Opening runs the cheap integrity checks (:func:`earthembed.data.verify.open_problems`: metadata, index and
+    Opening runs the cheap integrity checks (:func:`earthembed.data.store_checks.open_problems`: metadata, index and
     array row counts, chunk files of present chips, finite statistics) and raises :class:`StoreError` naming
     what is wrong; on object storage the chunk objects are checked when read instead (and by ``verify``). ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
 
@@ -887,14 +866,12 @@ class ChipStore:
     """
 
     def __init__(self, path: str | Path, check: bool = True, check_stats: bool = True) -> None:
-        from earthembed.data.verify import check_meta, open_problems
-
         self.path: Path | ObjectPath = location(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: store not found")
         if not self.path.is_dir():
             raise StoreError(f"{self.path}: not a chip store (a store is a directory)")
-        self.meta = _read_meta(self.path)
+        self.meta = read_meta(self.path)
         if not self.meta.get("complete") and not _WRITER_OPEN.get():
             raise StoreError(
                 f"{self.path}: store is incomplete (an ingest was interrupted); re-run the same ingest command to finish it"
@@ -927,11 +904,10 @@ class ChipStore:
         return isinstance(self.path, ObjectPath)
 
     def _object_store_problems(self, check_stats: bool) -> list[str]:
-        """:func:`earthembed.data.verify.open_problems` for a store on object storage: the index read once
+        """:func:`earthembed.data.store_checks.open_problems` for a store on object storage: the index read once
         through pyarrow's filesystem; the chunk objects are not listed (a continent's store has millions): a
         missing one is found when a chip it holds is read (:class:`ObjectChunkLayout`, the same message as
         locally) and by ``earthembed verify``."""
-        from earthembed.data import verify
 
         f = self.path / INDEX_FILE
         src, fs = parquet_path(f)
@@ -943,22 +919,22 @@ class ChipStore:
             return [f"{f}: unreadable or without a chip_id column ({e})"]
         out = [] if len(ids) == len(self) else [
             f"{f}: has {len(ids)} rows but {META_FILE} says {len(self)} chips (row i is array position i)"]
-        for name in verify.array_names(self):
+        for name in array_names(self):
             try:
                 shape = tuple(self.array(name).shape)
             except Exception as e:  # zarr raises KeyError, FileNotFoundError, JSON errors...
                 out.append(f"{self.path / ARRAYS / name}: array missing or unreadable ({type(e).__name__}: {e})")
                 continue
-            if shape != verify._expected_shape(self, name):
-                out.append(f"{self.path / ARRAYS / name}: shape {shape}, expected {verify._expected_shape(self, name)}")
+            if shape != expected_shape(self, name):
+                out.append(f"{self.path / ARRAYS / name}: shape {shape}, expected {expected_shape(self, name)}")
         if out:
             return out
         try:
             self.presence()
         except StoreError as e:
             return [str(e)]
-        out = verify._chip_id_problems(f, ids)
-        return out + (verify.stats_problems(self.path, self.meta) if check_stats else [])
+        out = chip_id_problems(f, ids)
+        return out + (stats_problems(self.path, self.meta) if check_stats else [])
 
     def __repr__(self) -> str:
         return f"ChipStore({str(self.path)!r}, n={len(self)}, modalities={list(self.modalities)})"
@@ -1000,7 +976,6 @@ class ChipStore:
     def chunking(self) -> dict[str, Any]:
         """How the arrays are cut into files, for ``info`` and ``verify``: chips per Zarr chunk, chips per shard
         (None when not sharded: one file per chunk) and files per array when every chip is present."""
-        from earthembed.data.verify import array_names
 
         out: dict[str, Any] = {}
         for name in array_names(self):
@@ -1085,6 +1060,12 @@ class ChipStore:
     def stats(self) -> dict[str, Any]:
         return self.meta.get("stats", {})
 
+    def sample_stats(self, max_chips: int | None = 2000, seed: int = 0) -> dict[str, Any]:
+        """Per-band statistics of every non-categorical modality from a random subset of ``max_chips`` chips
+        (:func:`~earthembed.data.pixel_stats.sample_stats`); not saved (``earthembed stats`` saves them)."""
+        return sample_stats(self.modalities, {k: self.present(k) for k in self.modalities},
+                            {k: (lambda ii, k=k: self.read(k, ii)) for k in self.modalities}, max_chips, seed)
+
     def band_names(self, modality: str) -> list[str]:
         return self.modality(modality).band_names
 
@@ -1166,7 +1147,6 @@ class ChipStore:
             raise StoreError(f"{self.path}: arrays.zarr/{name}: cannot read chips ({type(e).__name__}: {e})") from e
 
     def _chunk_message(self, name: str, chunk: int, cc: int, n: int, what: str) -> str:
-        from earthembed.data.verify import chunk_problem
 
         return chunk_problem(self.path, name, chunk, cc, n, what) + (
             f"; the store is damaged (re-ingest it, or restore the file; `earthembed verify {self.path}` lists "
