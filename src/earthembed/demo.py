@@ -208,8 +208,9 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
     """A short markdown report: what ran (commands, timings), the data, the label-efficiency tables and one
     sentence comparing the pretrained embedding with the baselines (paired too, given ``boot``)."""
     from earthembed.evaluate.compare import comparison_sentence
+    from earthembed.models.export import read_export
 
-    meta = json.loads((Path(export) / "model.json").read_text())
+    meta, _ = read_export(export)
     info = store.info()
     lines = [
         "# earthembed demo report",
@@ -217,7 +218,7 @@ def write_report(out: Path, store: Any, export: Path, results: pd.DataFrame, few
         f"Synthetic multimodal AOI: {info['chips']} chips of {info['chip_size']}x{info['chip_size']} px, modalities "
         + ", ".join(f"{k} ({len(v['bands'])} bands, present in {v['present']})" for k, v in info["modalities"].items())
         + f"; splits {info['splits']}.",
-        f"Model `{meta['model_id']}` ({meta['architecture']}, embed dim {meta['embed_dim']}), "
+        f"Model `{meta.model_id}` ({meta.architecture}, embed dim {meta.embed_dim}), "
         f"total run time {seconds / 60:.1f} min.",
         "",
         "Feature sets: `pretrained:emb_fused` (all modalities), `pretrained:emb_<modality>` (one modality, same "

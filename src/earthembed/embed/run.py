@@ -31,7 +31,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +67,9 @@ from earthembed.errors import OutputError
 from earthembed.outputs import OutputLock, dumps, write_json
 from earthembed.storage import ObjectPath, location
 
+if TYPE_CHECKING:
+    from earthembed.models.export import ModelMeta
+
 PART_FORMAT = "arrow-ipc-1"  # in the resume manifest: parts of another format are never mixed in
 TABLE_TMP = "table.parquet.tmp"  # the final table while it is assembled, inside <out>.parts/
 
@@ -92,7 +95,7 @@ def embed_store(
     bands: dict[str, Sequence[str]] | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
-    meta: dict[str, Any] | None = None,
+    meta: ModelMeta | dict[str, Any] | None = None,
     resume: bool = True,
     progress: bool = True,
     device: str = "cpu",
@@ -131,23 +134,25 @@ def embed_store(
     parallel (zarrs decoding, torch normalisation). ``num_workers > 0`` uses DataLoader processes instead.
 
     ``model`` is an exported model directory / ``model.json`` (see :mod:`earthembed.models.export`), or a
-    module plus its ``meta`` (the same dict ``load_model`` returns).
+    module plus its ``meta`` (a :class:`~earthembed.models.export.ModelMeta`, or the same dict ``load_model``
+    returns).
     """
-    from earthembed.models.export import load_model, model_input_spec
+    from earthembed.models.export import ModelMeta, load_export
 
     if isinstance(model, (str, Path)):
         model_path = str(model)
-        model, meta = load_model(model)
+        model, info = load_export(model)
     else:
         if meta is None:
             raise ValueError("embed_store: pass meta=... with a module (the exported model.json dict)")
-        model_path = meta.get("path", "")
+        info = ModelMeta.of(meta, "embed_store: meta")
+        model_path = info.path if info.path is not None else ""
     store = store if isinstance(store, ChipStore) else ChipStore(store)
-    spec = model_input_spec(meta)
+    spec = info.input_spec
     whole = {m.key: m.dates for m in spec.modalities if m.dates > 1}  # modalities the model reads whole series of
     series = is_series(dates)
     if series:
-        time_axis(model, meta)  # a model without one is refused first
+        time_axis(model, info)  # a model without one is refused first
         dates = None
         if modalities is not None:  # a series by its base: read whole, or as the model's per-key timesteps
             modalities = [x for m in modalities for x in ([m] if m in whole else series_keys(store, [m]))]
@@ -157,7 +162,7 @@ def embed_store(
                          "date (embed --encoder ... --dates all)")
     if dates is not None and modalities is None:
         later = later_keys(store)
-        modalities = [m for m in meta["modalities"] if m in store.modalities and m not in later] or None
+        modalities = [m for m in info.modalities if m in store.modalities and m not in later] or None
     elif dates is not None:
         series_of(store, list(modalities))  # s2_t3 instead of s2: say so before the model is asked about it
     request = spec.request(store, modalities, bands)
@@ -166,18 +171,18 @@ def embed_store(
     plan = plan_dates(store, list(request), dates) if dates is not None else None
     time = plan.metadata() if plan is not None else None
     if series:
-        time = series_metadata(store, time_axis(model, meta, reads), [x for k in request for x in reads.get(k, (k,))])
-    model_id = tta_model_id(model, str(meta.get("model_id", "unknown")), tta)
+        time = series_metadata(store, time_axis(model, info, reads), [x for k in request for x in reads.get(k, (k,))])
+    model_id = tta_model_id(model, str(info.model_id) if info.model_id is not None else "unknown", tta)
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if wants_dataset(out, engine, shard_chips):
-        return _embed_dataset(model, model_path, meta, store, location(out), request, model_id, batch_size, device,
+        return _embed_dataset(model, model_path, info, store, location(out), request, model_id, batch_size, device,
                               prefetch, overwrite, engine, shard_chips, workers, gpus_per_worker, address, tta,
                               progress, plan, time, reads)
     if tta is not None:
         set_tta(model, tta)
     out = Path(out)
-    passes = make_passes(store, request, meta["normalization"], plan, reads)
+    passes = make_passes(store, request, info.normalization, plan, reads)
     manifest = {
         "model_id": model_id,
         "store": str(store.path.resolve()),
@@ -190,19 +195,19 @@ def embed_store(
     check_output(out, overwrite)
     with OutputLock(out, out.with_name(out.name + ".lock")):
         check_output(out, overwrite)  # again under the lock: another process may have just finished
-        _embed(model, model_path, meta, store, out, request, passes, manifest, batch_size, num_workers, resume,
+        _embed(model, model_path, info, store, out, request, passes, manifest, batch_size, num_workers, resume,
                progress, device, prefetch)
     return out
 
 
-def time_axis(model: torch.nn.Module, meta: dict[str, Any] | None, reads: dict[str, tuple[str, ...]] | None = None
+def time_axis(model: torch.nn.Module, meta: ModelMeta | None, reads: dict[str, tuple[str, ...]] | None = None
               ) -> dict[str, int]:
     """Store key -> date index of a model with a time axis (``timesteps``: Galileo); ``embed --dates series`` on any
     other model is a one-line error saying to embed per date instead. A modality read as a whole series (its
     timesteps a list) gives each of its store keys in ``reads`` its date's index."""
     steps = getattr(model, "timesteps", None)
     if not isinstance(steps, dict):
-        raise no_time_axis((meta or {}).get("architecture") or getattr(model, "architecture", None)
+        raise no_time_axis((meta.architecture if meta is not None else None) or getattr(model, "architecture", None)
                            or type(model).__name__)
     out: dict[str, int] = {}
     for k, t in steps.items():
@@ -219,7 +224,7 @@ def no_time_axis(what: str) -> ValueError:
                       "a whole series as one vector); use --dates all for one row per (chip, date)")
 
 
-def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path | ObjectPath,
+def _embed_dataset(model: torch.nn.Module, model_path: str, meta: ModelMeta, store: ChipStore, out: Path | ObjectPath,
                    request: dict[str, list[str]], model_id: str, batch_size: int, device: str, prefetch: bool | None,
                    overwrite: bool, engine: str, shard_chips: int | None, workers: int, gpus_per_worker: float,
                    address: str | None, tta: str | None, progress: bool, plan: DatePlan | None = None,
@@ -235,9 +240,9 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
                 **({"time": time} if time is not None else {})}
     table_meta = {"model_id": model_id, "store": manifest["store"], "n_chips": len(store), "bands": request,
                   "model_path": model_path, "embed_dim": int(model.embed_dim), "modalities": list(request),
-                  "architecture": meta.get("architecture"),
+                  "architecture": meta.architecture,
                   "store_products": {m: store.modality(m).product for m in request},
-                  "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request},
+                  "model_products": _model_products(meta, request),
                   **({"time": time} if time is not None else {})}
     label = f"{model_id} ({model_path})"
     with dataset_lock(out):  # flock locally, a lease object (conditional put) on object storage
@@ -245,7 +250,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: dict[str, Any]
         pending = pending_shards(out, shards)
         run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
-            job = ShardJob(model_path or None, str(store.path), str(out), request, meta["normalization"], batch_size,
+            job = ShardJob(model_path or None, str(store.path), str(out), request, meta.normalization, batch_size,
                            device, model_id, label, table_meta, tta, prefetch, plan, reads or None)
             if engine == "ray":
                 errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
@@ -303,7 +308,7 @@ def _clear_parts(parts: Path, remove_dir: bool = False) -> None:
             parts.rmdir()
 
 
-def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store: ChipStore, out: Path,
+def _embed(model: torch.nn.Module, model_path: str, meta: ModelMeta, store: ChipStore, out: Path,
            request: dict[str, list[str]], passes: list[Pass], manifest: dict[str, Any], batch_size: int,
            num_workers: int, resume: bool, progress: bool, device: str, prefetch: bool | None) -> None:
     """The embedding loop of :func:`embed_store`, run while holding the output's lock."""
@@ -339,9 +344,15 @@ def _embed(model: torch.nn.Module, model_path: str, meta: dict[str, Any], store:
         committed(pending)
     bar.close()
     _assemble(parts, out, {**manifest, "model_path": model_path, "embed_dim": int(model.embed_dim),
-                           "modalities": list(request), "architecture": meta.get("architecture"),
+                           "modalities": list(request), "architecture": meta.architecture,
                            "store_products": {m: store.modality(m).product for m in request},
-                           "model_products": {m: (meta.get("products") or {}).get(m, {}).get("product") for m in request}})
+                           "model_products": _model_products(meta, request)})
+
+
+def _model_products(meta: ModelMeta, request: dict[str, list[str]]) -> dict[str, str | None]:
+    """The product each requested modality had when the model was trained (None where not recorded), for the
+    table's metadata beside the store's."""
+    return {m: (meta.products or {}).get(m, {}).get("product") for m in request}
 
 
 def _loader(dataset: Any, starts: list[int], batch_size: int, num_workers: int, prefetch: bool | None,
@@ -436,11 +447,11 @@ def embed_random_init(
 
     The baseline that tells how much of a score is pretraining and how much is architecture + pooling.
     """
-    from earthembed.models.export import load_model, random_init_like
+    from earthembed.models.export import load_export, random_init_like
 
-    _, meta = load_model(like)
+    _, meta = load_export(like)
     model = random_init_like(meta, seed=seed)
-    meta = {**meta, "model_id": f"random-init-seed{seed}-{meta.get('model_id', '')}"}
+    meta = meta.with_keys(model_id=f"random-init-seed{seed}-{meta.model_id if meta.model_id is not None else ''}")
     return embed_store(model, store, out, meta=meta, **kwargs)
 
 

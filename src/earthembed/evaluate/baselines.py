@@ -93,7 +93,7 @@ def rcf_table(store: ChipStore, out_dir: str | Path, **options: Any) -> Path:
     non-categorical modality and band of ``store``; ``options`` override :data:`RCF_DEFAULTS`. Reused when the
     same featurizer (same filters, hence the same model id) already embedded the same store."""
     from earthembed.embed.run import embed_store
-    from earthembed.models.export import read_model_meta
+    from earthembed.models.export import read_export
     from earthembed.models.rcf import export_rcf
 
     unknown = set(options) - set(RCF_DEFAULTS) - {"relu_pair"}
@@ -102,9 +102,9 @@ def rcf_table(store: ChipStore, out_dir: str | Path, **options: Any) -> Path:
     out_dir = Path(out_dir)
     out = out_dir / f"{RCF}.parquet"
     export = export_rcf(store, out_dir / f"{RCF}_featurizer", **{**RCF_DEFAULTS, **options})
-    meta, _ = read_model_meta(export)
-    bands = {k: list(v) for k, v in meta["modalities"].items()}
-    if _reusable(out, meta["model_id"], store, bands):
+    meta, _ = read_export(export)
+    bands = {k: list(v) for k, v in meta.modalities.items()}
+    if _reusable(out, str(meta.model_id), store, bands):
         return out
     return embed_store(export, store, out, progress=False, overwrite=True)
 

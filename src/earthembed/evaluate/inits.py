@@ -94,12 +94,12 @@ def _random_loader(architecture: str, config: Mapping[str, Any]) -> Callable[[in
 
 
 def _from_export(path: Path, name: str, spec: str) -> InitSource:
-    from earthembed.models.export import load_model, read_model_meta
+    from earthembed.models.export import load_export, read_export
 
-    meta, root = read_model_meta(path)  # fails early, naming the file, on a bad or missing export
-    return InitSource(name, spec, "export", meta["architecture"], dict(meta["config"]), meta["normalization"],
-                      dict(meta.get("products") or {}), str(meta.get("model_id", root.name)),
-                      lambda seed: load_model(root)[0])
+    meta, root = read_export(path)  # fails early, naming the file, on a bad or missing export
+    return InitSource(name, spec, "export", meta.architecture, dict(meta.config), meta.normalization,
+                      dict(meta.products or {}), str(meta.model_id if meta.model_id is not None else root.name),
+                      lambda seed: load_export(root)[0])
 
 
 def _random(name: str, spec: str, architecture: str, config: Mapping[str, Any],
@@ -123,11 +123,13 @@ def _from_published(spec: str, name: str, store: ChipStore, weights: str | Path 
     """A published SPEC opened and fitted to ``store`` once; every seed gets a fresh copy of its weights."""
     import copy
 
+    from earthembed.models.export import ModelMeta
     from earthembed.models.published import open_source
 
-    model, meta = open_source(spec, weights, download).fit(store, options=dict(options or {}))
-    return InitSource(name, spec, PUBLISHED, meta["architecture"], dict(meta["config"]), meta["normalization"],
-                      dict(meta.get("products") or {}), str(meta["model_id"]), lambda seed: copy.deepcopy(model))
+    model, fitted = open_source(spec, weights, download).fit(store, options=dict(options or {}))
+    meta = ModelMeta.of(fitted, spec)
+    return InitSource(name, spec, PUBLISHED, meta.architecture, dict(meta.config), meta.normalization,
+                      dict(meta.products or {}), str(meta.model_id), lambda seed: copy.deepcopy(model))
 
 
 def _export_label(p: Path) -> str:

@@ -2,11 +2,14 @@
 
 from earthembed.models.base import Encoder, EncoderOutput, default_band_groups, fuse_embeddings
 from earthembed.models.export import (
+    ModelMeta,
     export_checkpoint,
     export_model,
+    load_export,
     load_model,
     modality_products,
     random_init_like,
+    read_export,
     read_model_meta,
 )
 from earthembed.models.multimodal_vit import MultiModalViT
@@ -18,6 +21,7 @@ __all__ = [
     "MODELS",
     "Encoder",
     "EncoderOutput",
+    "ModelMeta",
     "MultiModalViT",
     "TimmEncoder",
     "TimmViTEncoder",
@@ -27,9 +31,11 @@ __all__ = [
     "export_model",
     "fuse_embeddings",
     "list_models",
+    "load_export",
     "load_model",
     "modality_products",
     "random_init_like",
+    "read_export",
     "read_model_meta",
     "register_model",
 ]

@@ -13,12 +13,19 @@ dates it reads), which :func:`model_input_spec` returns. ``modalities`` and ``pr
 readers of version 1 keep working; version 1 files (no ``input_spec``) are still read, their spec derived from
 ``modalities`` and ``products``.
 
+Code reads ``model.json`` through one typed reader, :class:`ModelMeta` (:func:`read_export`, :func:`load_export`,
+:meth:`ModelMeta.of` for the same dict built in memory by the published-weight fitters), not by string keys: the
+keys are checked once, where the dict is read, and a renamed key is one place to change. :func:`read_model_meta`
+and :func:`load_model` still return the plain dict for scripts written against it.
+
 Lightning ``.ckpt`` files are pickles and are refused by :func:`load_model`; convert one with
 :func:`export_checkpoint` (which reads it with ``torch.load(weights_only=True)``, i.e. no arbitrary code).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -129,8 +136,9 @@ def export_model(
     return out
 
 
-def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """(``model.json`` contents, export directory) for an export dir or its ``model.json``."""
+def _read_meta_file(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """(``model.json`` contents, its path) with the file-level checks: not a checkpoint, present, JSON, an
+    earthembed model of a readable ``format_version``. The keys are checked by :meth:`ModelMeta.from_dict`."""
     p = Path(path)
     if p.suffix == ".ckpt":
         raise ValueError(
@@ -154,13 +162,25 @@ def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     if version > FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format_version {version} is newer than this earthembed supports "
                          f"(it reads {list(READABLE_VERSIONS)})")
-    if meta.get("architecture") not in MODELS:
-        raise ValueError(f"{meta_path}: unknown architecture {meta.get('architecture')!r} (registered: {MODELS.names()})")
-    _check_meta(meta, meta_path)
+    return meta, meta_path
+
+
+def read_model_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """(``model.json`` contents, export directory) for an export dir or its ``model.json``, checked as
+    :func:`read_export` checks it; the plain dict, for scripts written against it (code reads :func:`read_export`)."""
+    meta, meta_path = _read_meta_file(path)
+    ModelMeta.from_dict(meta, meta_path)
     return meta, meta_path.parent
 
 
-def _check_meta(meta: dict[str, Any], meta_path: Path) -> None:
+def read_export(path: str | Path) -> tuple[ModelMeta, Path]:
+    """(typed ``model.json``, export directory) for an export dir or its ``model.json``: the one reader of the
+    file (one-line errors naming the file and the key)."""
+    meta, meta_path = _read_meta_file(path)
+    return ModelMeta.from_dict(meta, meta_path), meta_path.parent
+
+
+def _check_meta(meta: Mapping[str, Any], meta_path: str | Path) -> None:
     """The keys ``embed`` and ``load_model`` use, with their types: an edited file fails here, naming the key."""
     for key in ("config", "modalities", "normalization"):
         if not isinstance(meta.get(key), dict):
@@ -200,17 +220,81 @@ def model_input_spec(meta: Mapping[str, Any]) -> InputSpec:
     return InputSpec.from_bands(meta["modalities"], meta.get("products"))
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelMeta:
+    """``model.json`` read once, with typed fields for what code uses, so no reader looks it up by string key (as
+    :class:`~earthembed.contract.InputSpec` is for what a model consumes). Made by :meth:`from_dict` (which checks
+    the keys), :func:`read_export` / :func:`load_export` or :meth:`of`; ``raw`` keeps the dict it was made from,
+    every key verbatim, so :meth:`to_dict` gives it back exactly (a re-written file does not change by a byte).
 
-def _build(meta: dict[str, Any], where: str | Path) -> Encoder:
-    """The architecture of a ``model.json`` dict, rebuilt through the model registry."""
+    Attributes:
+        architecture, config: the registry name and constructor config the model is rebuilt from.
+        modalities: bands by modality, in the model's order.
+        normalization: the :class:`~earthembed.data.normalize.Normalizer` dict (:attr:`normalizer` builds it).
+        products: ``{modality: {"product", "units", "kind"}}`` of the training store, or None when not recorded.
+        input_spec: what the model consumes (:func:`model_input_spec`: also for version 1 files).
+        model_id, embed_dim: as written by :func:`export_model` (None when absent).
+        published: provenance of published weights (``earthembed.models.published``), or None.
+        path: the export an in-memory dict was loaded from (``ModelSource.fit``), or None; never in a file.
+    """
+
+    architecture: str
+    config: dict[str, Any]
+    modalities: dict[str, list[str]]
+    normalization: dict[str, Any]
+    products: dict[str, dict[str, Any]] | None
+    input_spec: InputSpec
+    model_id: str | None
+    embed_dim: int | None
+    published: dict[str, Any] | None
+    path: str | None
+    raw: Mapping[str, Any] = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any], where: str | Path = "model metadata") -> ModelMeta:
+        """The typed reading of a ``model.json`` dict; a key readers need that is missing or malformed is a
+        one-line ValueError naming ``where`` (the file) and the key."""
+        if meta.get("architecture") not in MODELS:
+            raise ValueError(f"{where}: unknown architecture {meta.get('architecture')!r} (registered: {MODELS.names()})")
+        _check_meta(meta, where)
+        raw = copy.deepcopy(dict(meta))  # later edits of the caller's dict do not reach the fields
+        return cls(architecture=raw["architecture"], config=raw["config"], modalities=raw["modalities"],
+                   normalization=raw["normalization"], products=raw.get("products"),
+                   input_spec=model_input_spec(raw), model_id=raw.get("model_id"), embed_dim=raw.get("embed_dim"),
+                   published=raw.get("published"), path=raw.get("path"), raw=raw)
+
+    @classmethod
+    def of(cls, meta: ModelMeta | Mapping[str, Any], where: str | Path = "model metadata") -> ModelMeta:
+        """``meta`` as a ModelMeta: one as it is, a ``model.json``-style dict (the published fitters', or
+        :func:`load_model`'s) through :meth:`from_dict`. Where a dict crosses into code that reads it."""
+        return meta if isinstance(meta, ModelMeta) else cls.from_dict(meta, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict it was made from (a deep copy), key for key and in the same order."""
+        return copy.deepcopy(dict(self.raw))
+
+    def with_keys(self, **keys: Any) -> ModelMeta:
+        """A copy with ``keys`` set (e.g. another ``model_id``), checked again."""
+        return ModelMeta.from_dict({**self.to_dict(), **keys}, "model metadata")
+
+    @property
+    def normalizer(self) -> Normalizer:
+        """The normaliser of the statistics the model was trained with."""
+        return Normalizer.from_dict(self.normalization)
+
+
+def _build(meta: ModelMeta, where: str | Path) -> Encoder:
+    """The architecture of a ``model.json``, rebuilt through the model registry."""
     try:
-        return build_model(meta["architecture"], **meta["config"])
+        return build_model(meta.architecture, **meta.config)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{where}: 'config' does not build a {meta['architecture']} ({e})") from e
+        raise ValueError(f"{where}: 'config' does not build a {meta.architecture} ({e})") from e
 
 
-def random_init_like(meta: dict[str, Any], seed: int = 0) -> Encoder:
-    """Same architecture as an export (its ``model.json`` dict), freshly initialised: the random baseline."""
+def random_init_like(meta: ModelMeta | Mapping[str, Any], seed: int = 0) -> Encoder:
+    """Same architecture as an export (its :class:`ModelMeta` or ``model.json`` dict), freshly initialised: the
+    random baseline."""
+    meta = ModelMeta.of(meta, "random_init_like")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _build(meta, "random_init_like")
@@ -218,8 +302,15 @@ def random_init_like(meta: dict[str, Any], seed: int = 0) -> Encoder:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict[str, Any]]:
-    """(model in eval mode, ``model.json`` dict) from an export dir or its ``model.json``; safetensors only."""
-    meta, root = read_model_meta(path)
+    """(model in eval mode, ``model.json`` dict) from an export dir or its ``model.json``; safetensors only. The
+    plain dict, for scripts written against it; code reads :func:`load_export`."""
+    model, meta = load_export(path, device)
+    return model, meta.to_dict()
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, ModelMeta]:
+    """(model in eval mode, typed ``model.json``) from an export dir or its ``model.json``; safetensors only."""
+    meta, root = read_export(path)
     weights = root / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights file missing")

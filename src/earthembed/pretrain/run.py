@@ -40,13 +40,16 @@ import gc
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from earthembed.augment import AugmentConfig
 from earthembed.config import packaged_config, packaged_configs, parse_overrides, resolve_config
 from earthembed.registry import Registry
+
+if TYPE_CHECKING:
+    from earthembed.models.export import ModelMeta
 
 __all__ = ["OBJECTIVES", "load_config", "packaged_config", "packaged_configs", "parse_overrides", "pretrain",
            "register_objective"]
@@ -279,23 +282,25 @@ def _config_for_init(config: str | Path | Mapping[str, Any], architecture: str, 
 
 
 def _fit_init(source: Any, chips: Any, cfg: dict[str, Any], extra_bands: str, options: dict[str, Any] | None,
-              where: str) -> tuple[Any, dict[str, Any]]:
-    """(initial encoder, its model.json-style meta) of an opened ``--init`` for this store and config."""
+              where: str) -> tuple[Any, ModelMeta]:
+    """(initial encoder, its typed model.json-style meta) of an opened ``--init`` for this store and config."""
+    from earthembed.models.export import ModelMeta
     from earthembed.models.published.load import MULTI_INPUT
 
     mods = cfg["model"]["modalities"]
     mods = [mods] if isinstance(mods, str) else mods
     if source.is_export:
-        model, meta = source.fit(options=options)
-        if mods is not None and sorted(mods) != sorted(meta["modalities"]):
-            raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta['modalities'])}")
-        from earthembed.models.export import model_input_spec
-
-        model_input_spec(meta).check(chips)
+        model, fitted = source.fit(options=options)
+        meta = ModelMeta.of(fitted, source.spec.text)
+        if mods is not None and sorted(mods) != sorted(meta.modalities):
+            raise ValueError(f"{where}: model.modalities {mods} differ from the --init export's {list(meta.modalities)}")
+        meta.input_spec.check(chips)
         return model, meta
     if source.spec.family in MULTI_INPUT:  # fitted to the store as a whole (its own band mapping)
-        return source.fit(chips, mods, options=options)
-    return source.fit(chips, mods, extra_bands, cfg["model"].get("input_size"), options)
+        model, fitted = source.fit(chips, mods, options=options)
+    else:
+        model, fitted = source.fit(chips, mods, extra_bands, cfg["model"].get("input_size"), options)
+    return model, ModelMeta.of(fitted, source.spec.text)
 
 
 RUN_LOCK_FILE = ".earthembed-run.lock"
@@ -453,11 +458,11 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
     init_model, init_meta = None, None
     if opened is not None:
         init_model, init_meta = _fit_init(opened, chips, cfg, extra_bands, options, where)
-        normalizer = Normalizer.from_dict(init_meta["normalization"])
-        model_args = {**{k: v for k, v in init_meta["config"].items() if k != "modalities"}, **model_args}
+        normalizer = init_meta.normalizer
+        model_args = {**{k: v for k, v in init_meta.config.items() if k != "modalities"}, **model_args}
         # the init decides the inputs (its modalities and bands); the objective plans the rest from the store
         cfg["model"] = {"name": cfg["model"]["name"], **model_args,
-                        "modalities": {k: list(v) for k, v in init_meta["modalities"].items()}}
+                        "modalities": {k: list(v) for k, v in init_meta.modalities.items()}}
     else:
         normalizer = Normalizer.from_store(chips)
     plan = cls.plan(chips, cfg, where)
@@ -472,8 +477,8 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
         **({"plan": plan.summary} if plan.summary else {}),
     }
     if init_meta is not None:
-        pub = init_meta.get("published") or {}
-        resolved["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "extra_bands": extra_bands,
+        pub = init_meta.published or {}
+        resolved["init"] = {"spec": init, "model_id": init_meta.model_id, "extra_bands": extra_bands,
                             "weights_sha256": pub.get("weights_sha256"), **({"options": options} if options else {})}
     last = out / "checkpoints" / "last.ckpt"
     ckpt = _resume_checkpoint(last) if resume else None
@@ -560,8 +565,8 @@ def _pretrain_locked(config: str | Path | dict[str, Any] | None, store: str | Pa
         }
         extra: dict[str, Any] = {"pretrain": info}
         if init_meta is not None:
-            extra["init"] = {"spec": init, "model_id": init_meta.get("model_id"), "path": init_meta.get("path"),
-                             "published": init_meta.get("published")}
+            extra["init"] = {"spec": init, "model_id": init_meta.model_id, "path": init_meta.path,
+                             "published": init_meta.published}
         if exported is not module.model:
             exported.load_state_dict(module.model.state_dict(), strict=True)
         export_model(exported, export, normalizer, extra=extra,

@@ -233,14 +233,14 @@ class ModelSource:
 def open_source(spec: str | Spec, weights: str | Path | None = None, download: bool = False) -> ModelSource:
     """The one parser and opener of model SPECs (see :mod:`earthembed.models.published.spec`): an export is
     checked (its ``model.json``), published weights are found (``weights``, the caches, ``download``) and read."""
-    from earthembed.models.export import read_model_meta
+    from earthembed.models.export import read_export
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.family == EXPORT:
         if weights is not None:
             raise ValueError(f"{spec.text}: an earthembed export carries its weights; drop --weights")
-        meta, _ = read_model_meta(spec.name)
-        return ModelSource(spec, str(meta["architecture"]), Path(spec.name))
+        meta, _ = read_export(spec.name)
+        return ModelSource(spec, str(meta.architecture), Path(spec.name))
     if spec.family in MULTI_INPUT:
         family = MULTI_INPUT.get(spec.family)
         return ModelSource(spec, family.architecture, family.open(spec, weights, download))
@@ -285,11 +285,11 @@ def export_encoder(
     options: dict[str, Any] | None = None,
 ) -> Path:
     """Write the earthembed export (``model.safetensors`` + ``model.json``) of a published SPEC fitted to ``store``."""
-    from earthembed.data.normalize import Normalizer
-    from earthembed.models.export import export_model
+    from earthembed.models.export import ModelMeta, export_model
 
-    model, meta = load_encoder(spec, store, weights, modality, extra_bands, input_size, download, options)
-    if "published" not in meta:
-        raise ValueError(f"{spec}: already an earthembed export ({meta.get('path')})")
-    return export_model(model, out_dir, Normalizer.from_dict(meta["normalization"]), model_id=meta["model_id"],
-                        extra={"published": meta["published"]}, products=meta["products"])
+    model, fitted = load_encoder(spec, store, weights, modality, extra_bands, input_size, download, options)
+    meta = ModelMeta.of(fitted, spec)
+    if meta.published is None:
+        raise ValueError(f"{spec}: already an earthembed export ({meta.path})")
+    return export_model(model, out_dir, meta.normalizer, model_id=meta.model_id,
+                        extra={"published": meta.published}, products=meta.products)
