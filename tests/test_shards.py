@@ -241,3 +241,35 @@ def test_ray_engine_two_workers_same_layout_and_failed_shards_retry(setup, tmp_p
         ta, tb = pq.read_table(local / f), pq.read_table(out / f)
         assert ta.column("chip_id").equals(tb.column("chip_id"))
         np.testing.assert_allclose(to_matrix(ta.column("emb_fused")), to_matrix(tb.column("emb_fused")), atol=1e-5)
+
+
+def test_a_store_replaced_under_the_same_path_is_named_and_never_mixed(setup, tmp_path):
+    """Issue 23's 'a store changed since the job started (fingerprint)': same URL and chip count, re-ingested."""
+    from earthembed.data.store import ChipStore
+    from earthembed.embed.engines import ShardJob, ShardWorker
+
+    _, export, _ = setup
+    st = generate_synthetic_aoi(tmp_path / "st", chips=32, chip_size=16, seed=1)
+    out = embed_store(export, st, tmp_path / "emb/", shard_chips=16, progress=False)
+    before = {f: (out / f).read_bytes() for f in _files(out)}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["store_fingerprint"] == st.fingerprint and len(st.fingerprint) == 16
+    meta_file = st.path / "earthembed.json"
+    meta = json.loads(meta_file.read_text())
+    stats_only = {**meta, "stats": {}}  # `earthembed stats` touches no chip: the same store
+    meta_file.write_text(json.dumps(stats_only))
+    assert ChipStore(st.path, check_stats=False).fingerprint == st.fingerprint
+    meta_file.write_text(json.dumps({**meta, "completed": "2031-01-01T00:00:00+00:00"}))  # what a re-ingest leaves
+    again = ChipStore(st.path)
+    assert again.fingerprint != st.fingerprint
+    with pytest.raises(OutputError, match="re-ingested or replaced since .*store fingerprint "
+                                          f"{st.fingerprint} -> {again.fingerprint}.*--overwrite"):
+        embed_store(export, again, f"{out}/", shard_chips=16, progress=False)
+    assert {f: (out / f).read_bytes() for f in _files(out)} == before  # nothing rewritten
+    # a worker of the old job meets the new store: refused before it writes a shard
+    job = ShardJob(str(export), str(st.path), str(out), {"s2": st.band_names("s2")}, {}, 16, "cpu", "m", "m",
+                   {"n_chips": 32}, store_fingerprint=st.fingerprint)
+    with pytest.raises(ValueError, match="was re-ingested or replaced since this embedding job started"):
+        ShardWorker(job)
+    embed_store(export, again, f"{out}/", shard_chips=16, progress=False, overwrite=True)
+    assert json.loads((out / "_manifest.json").read_text())["store_fingerprint"] == again.fingerprint

@@ -58,6 +58,7 @@ from earthembed.data.store_checks import (
 )
 from earthembed.data.store_format import (
     ARRAYS,
+    FINGERPRINT_KEYS,
     FORMAT_VERSION,
     INDEX_FILE,
     INDEX_ROW_GROUP_CHIPS,
@@ -1059,6 +1060,16 @@ class ChipStore:
     @property
     def stats(self) -> dict[str, Any]:
         return self.meta.get("stats", {})
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex of the sha256 of the store's ingest metadata (:data:`~earthembed.data.store_format.FINGERPRINT_KEYS`):
+        a job planned on this store (an embedding dataset) recognises when the store was re-ingested or replaced
+        under the same URL and chip count. Read from ``earthembed.json`` only, so a worker checks it for free."""
+        import hashlib
+
+        keys = {k: self.meta.get(k) for k in FINGERPRINT_KEYS}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def sample_stats(self, max_chips: int | None = 2000, seed: int = 0) -> dict[str, Any]:
         """Per-band statistics of every non-categorical modality from a random subset of ``max_chips`` chips

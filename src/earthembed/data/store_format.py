@@ -28,6 +28,9 @@ STORE_ENTRIES = frozenset({META_FILE, ARRAYS, INDEX_FILE, PARTS_DIR, REPORT_FILE
 """What a store directory holds; ``--overwrite`` removes these (and their ``.tmp``) and nothing else."""
 SPLITS = ("train", "val", "test")
 LABEL_KINDS = ("class", "multilabel", "fraction", "mask", "value")
+FINGERPRINT_KEYS = ("format_version", "n_chips", "chip_size", "modalities", "labels", "source", "completed")
+"""The metadata a store's fingerprint hashes: what an ingest wrote, including when it finished (a re-ingest or a
+replaced store gets another); not the statistics, which ``earthembed stats`` may recompute without touching a chip."""
 
 
 def read_meta(path: Path | ObjectPath) -> dict[str, Any]:

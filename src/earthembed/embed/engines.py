@@ -86,6 +86,7 @@ class ShardJob:
     prefetch: bool | None = None
     time: Any = None  # earthembed.data.dates.DatePlan
     series: dict[str, tuple[str, ...]] | None = None  # modalities read as whole series (make_passes)
+    store_fingerprint: str | None = None  # ChipStore.fingerprint when the job was planned
     export_files: dict[str, bytes] | None = None  # the export's files, for workers on nodes that cannot see it
 
 
@@ -131,6 +132,10 @@ class ShardWorker:
         if planned is not None and len(self.store) != int(planned):
             raise ValueError(f"{self.store.path}: has {len(self.store)} chips, but this embedding job was planned "
                              f"for {planned}: the store changed since the job started; embed it into a new --out")
+        if job.store_fingerprint is not None and self.store.fingerprint != job.store_fingerprint:
+            raise ValueError(f"{self.store.path}: was re-ingested or replaced since this embedding job started "
+                             f"(store fingerprint {job.store_fingerprint} -> {self.store.fingerprint}); embed it into "
+                             "a new --out")
         self.meta = table_metadata(job.table_meta, job.out)
         # seconds spent per stage over the shards this worker ran: the shard's rows of the index (``open_s``),
         # waiting for a batch of pixels (``read_s``), the model and the rows of a batch (``forward_s``), the

@@ -237,7 +237,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: ModelMeta, sto
     manifest = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION, "model_id": model_id,
                 "store": str(store.path.resolve()), "n_chips": len(store), "bands": request,
                 "batch_size": batch_size, "shards": [[s.start, s.end] for s in shards], "complete": False,
-                **({"time": time} if time is not None else {})}
+                "store_fingerprint": store.fingerprint, **({"time": time} if time is not None else {})}
     table_meta = {"model_id": model_id, "store": manifest["store"], "n_chips": len(store), "bands": request,
                   "model_path": model_path, "embed_dim": int(model.embed_dim), "modalities": list(request),
                   "architecture": meta.architecture,
@@ -251,7 +251,8 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: ModelMeta, sto
         run: dict[str, Any] = {"engine": engine, "shards_run": len(pending)}
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta.normalization, batch_size,
-                           device, model_id, label, table_meta, tta, prefetch, plan, reads or None)
+                           device, model_id, label, table_meta, tta, prefetch, plan, reads or None,
+                           store_fingerprint=store.fingerprint)
             if engine == "ray":
                 errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
                 if errors and len(errors) == len(pending):

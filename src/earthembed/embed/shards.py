@@ -164,8 +164,14 @@ def prepare_dataset(out: Dir, manifest: dict[str, Any], overwrite: bool) -> None
             raise OutputError(f"{out}: exists, is not empty and is not an earthembed embedding dataset (no "
                               f"{MANIFEST}); choose another --out, refusing to write among other files")
         old = json.loads((out / MANIFEST).read_text())
-        if _plan_of(old) == _plan_of(manifest):
+        was, now = old.get("store_fingerprint"), manifest.get("store_fingerprint")
+        replaced = bool(was and now and was != now)  # datasets from before fingerprints: the plan decides
+        if _plan_of(old) == _plan_of(manifest) and not replaced:
             return  # resume
+        if not overwrite and replaced and _plan_of(old) == _plan_of(manifest):
+            raise OutputError(f"{out}: its committed shards embed {manifest.get('store')} as it was when this dataset "
+                              f"was started; the store was re-ingested or replaced since (store fingerprint {was} -> "
+                              f"{now}); pass --overwrite to embed it again from the start, or choose another --out")
         if not overwrite:
             diff = [k for k in _plan_of(manifest) if _plan_of(old).get(k) != _plan_of(manifest).get(k)]
             raise OutputError(f"{out}: holds an embedding dataset of another plan (different {', '.join(diff)}); "
