@@ -186,6 +186,15 @@ def test_bad_urls_are_one_line(s3, monkeypatch):
                    f"s3://{BUCKET}/rcf.parquet", "one local table")
     one_line_error(cli("embed", "--encoder", "galileo:nano", "--store", s3["url"], "--out", f"s3://{BUCKET}/e/"),
                    f"s3://{BUCKET}/e", "needs --export-dir")  # the fitted model is never written to ./s3:/...
+    with monkeypatch.context() as m:  # no credentials anywhere in the standard chain
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            m.delenv(k, raising=False)
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        m.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+        m.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        t = time.time()
+        one_line_error(cli("info", s3["url"]), s3["url"], "check the credentials")  # not "unreadable index"
+        assert time.time() - t < 30
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     t = time.time()
     one_line_error(cli("embed-status", f"s3://{BUCKET}/emb/"), f"s3://{BUCKET}/emb",

@@ -331,6 +331,16 @@ class ObjectPath:
     def _fail(self, e: BaseException, what: str) -> OSError:
         return storage_error(str(self), self.settings, self.bucket, e, what)
 
+    def access_error(self, e: BaseException, what: str = "reading") -> OSError | None:
+        """The one-line :class:`StorageError` when ``e`` is a failure to use the object store at all (unreachable,
+        missing bucket, missing or refused credentials), None otherwise: for readers that report a damaged object
+        as the object's problem but must not blame the object for the network or the credentials."""
+        msg = f"{type(e).__name__} {e}".lower()
+        if isinstance(e, StorageError) or any(k in msg for k in (*_UNREACHABLE, *_DENIED, *_NO_CREDS, "nosuchbucket",
+                                                                  "no_such_bucket", "bucket does not exist")):
+            return e if isinstance(e, StorageError) else self._fail(e, what)
+        return None
+
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         try:

@@ -917,6 +917,9 @@ class ChipStore:
         except FileNotFoundError:
             return [f"{f}: missing (the store index was deleted)"]
         except (OSError, pa.ArrowException, KeyError) as e:
+            denied = f.access_error(e) if isinstance(f, ObjectPath) else None
+            if denied is not None:  # the object store refused us: not the index's fault
+                raise denied from None
             return [f"{f}: unreadable or without a chip_id column ({e})"]
         out = [] if len(ids) == len(self) else [
             f"{f}: has {len(ids)} rows but {META_FILE} says {len(self)} chips (row i is array position i)"]
