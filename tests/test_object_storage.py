@@ -26,14 +26,18 @@ pytest.importorskip("moto")
 from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
 from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
-from earthembed.embed.io import read_table  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.embed.shards import COMMITTED, status  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
 from earthembed.models.export import export_model  # noqa: E402
 from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, ObjectPath, location, upload_dir  # noqa: E402
-from object_storage_flow import store_to_explore_on_a_bucket  # noqa: E402
+from object_storage_flow import (  # noqa: E402
+    local_bytes,
+    object_bytes,
+    sharded_synth_on_a_bucket,
+    store_to_explore_on_a_bucket,
+)
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.s3
@@ -237,38 +241,13 @@ def test_a_worker_without_the_export_gets_it_from_the_job(s3, tmp_path):
     assert (out / name).read_bytes() == (ref / name).read_bytes()
 
 
-def _object_bytes(d: ObjectPath) -> dict[str, bytes]:
-    return {str(p.key)[len(d.key) + 1:]: p.read_bytes() for p, _ in d.walk_files()}
-
-
-def _local_bytes(d: Path) -> dict[str, bytes]:
-    return {f.relative_to(d).as_posix(): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
-
-
 def test_synth_writes_a_sharded_store_to_s3_that_embeds_like_the_local_one(s3, tmp_path):
     """synth --out s3://... --shard-chips: the same array objects as the same store written locally (byte for byte),
     one object per shard, no _parts or lock left; embed and fewshot read it; embeddings equal the local unsharded
     store's."""
-    url = f"s3://{BUCKET}/synth-sharded"
-    r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0 and f"to {url} in" in r.output, r.output
-    ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
-    st = ChipStore(url)
-    assert sorted(p.name for p in st.path.iterdir()) == [
-        "arrays.zarr", "earthembed.json", "index.parquet", "ingest_report.json"]
-    assert _object_bytes(st.path / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
-    assert [k for k in _object_bytes(st.path / "arrays.zarr/s2")] == ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0", "zarr.json"]
-    assert st.index.drop(columns="geometry").equals(ref.index.drop(columns="geometry")) and st.stats == ref.stats
-    r = cli("verify", url, "--quiet")
-    assert r.exit_code == 0 and f"{url}: ok (40 chips; 18 shards of 16 chips of 6 arrays" in r.output, r.output
-
-    emb = f"s3://{BUCKET}/emb-sharded/"
-    r = cli("embed", "--checkpoint", s3["export"], "--store", url, "--out", emb, "--shard-chips", 16, "--quiet")
-    assert r.exit_code == 0, r.output
-    plain = embed_store(s3["export"], s3["local"], tmp_path / "plain/", shard_chips=16, progress=False)
-    a, b = read_table(emb), read_table(plain)
-    for col in ("emb_fused", "emb_s2"):
-        assert a.column(col).equals(b.column(col))
+    url, emb = sharded_synth_on_a_bucket(f"s3://{BUCKET}", s3["local"], s3["export"], tmp_path)
+    assert [k for k in object_bytes(location(url) / "arrays.zarr/s2")] == ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0",
+                                                                            "zarr.json"]  # one object per shard
     few = tmp_path / "few"
     r = cli("fewshot", "--embeddings", f"own={emb}", "--store", url, "--task", "landcover", "--out", few,
             "--baselines", "band_stats", "--estimators", "logreg", "--budgets", "1,2", "--seeds", 1, "--n-boot",
@@ -311,7 +290,7 @@ def test_a_killed_write_to_s3_resumes_to_the_same_objects(s3, tmp_path):
     r = cli("synth", "--out", url, "--chips", 40, "--chip-size", 16, "--seed", 3, "--shard-chips", 16, "-q")
     assert r.exit_code == 0, r.output
     ref = generate_synthetic_aoi(tmp_path / "ref", chips=40, chip_size=16, seed=3, shard_chips=16)
-    assert _object_bytes(url / "arrays.zarr") == _local_bytes(ref.path / "arrays.zarr")
+    assert object_bytes(url / "arrays.zarr") == local_bytes(ref.path / "arrays.zarr")
     assert not (url / "_parts").is_dir() and not lock.is_file()
     assert ChipStore(url).index.drop(columns="geometry").equals(ref.index.drop(columns="geometry"))
     one_line_error(cli("synth", "--out", "s3://no-such-bucket-x/st", "--chips", 8, "-q"), "s3://no-such-bucket-x/st",
