@@ -707,15 +707,16 @@ def _grid_window(x: ItemBands, info: dict[str, AssetInfo], gcrs: Any, inv: Any) 
     return math.floor(min(cols)), math.floor(min(rows)), math.ceil(max(cols)), math.ceil(max(rows))
 
 
-def _record_notes(out: Path, notes: list[dict[str, Any]]) -> None:
-    """Add the metadata disagreements to the store's ``ingest_report.json`` (``warnings``), under its lock."""
+def _add_to_report(out: Path, name: str, entries: list[dict[str, Any]], if_empty: bool = False) -> None:
+    """Add ``entries`` to the store's ``ingest_report.json`` as ``name`` and ``n_<name>``, under its lock: the
+    metadata disagreements (``warnings``) and the chip-dates left absent as too cloudy (``below_min_clear``).
+    Run on the way out of a failed ingest too: a writer that holds the lock by then must not hide the first error."""
     report = out / REPORT_FILE
-    if not notes or not report.exists():
+    if not (entries or if_empty) or not report.exists():
         return
-    # on the way out of a failed ingest too: a writer that holds the lock by then must not hide the first error
     with contextlib.suppress(LockedError), OutputLock(out, out / LOCK_FILE):
         data = json.loads(report.read_text())
-        data["warnings"], data["n_warnings"] = list(notes), len(notes)
+        data[name], data[f"n_{name}"] = list(entries), len(entries)
         write_json(report, data)
 
 
@@ -726,17 +727,6 @@ def _read_below(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
         return {(x["chip"], x["key"]): x for x in json.loads((out / REPORT_FILE).read_text()).get("below_min_clear") or []}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
-
-
-def _record_below(out: Path, below: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """Add the chip-dates left absent as too cloudy to the store's ``ingest_report.json``, under its lock."""
-    report = out / REPORT_FILE
-    if not report.exists():
-        return
-    with contextlib.suppress(LockedError), OutputLock(out, out / LOCK_FILE):
-        data = json.loads(report.read_text())
-        data["below_min_clear"], data["n_below_min_clear"] = list(below.values()), len(below)
-        write_json(report, data)
 
 
 def _parse_bbox(value: str | Sequence[float] | None) -> list[float] | None:
@@ -1119,9 +1109,10 @@ def ingest_stac(
     # chip-dates left absent as too cloudy: this run's and, on a resume, those of the chips committed before
     below = {} if overwrite else _read_below(Path(out))
     with contextlib.ExitStack() as stack:
-        stack.callback(_record_notes, Path(out), notes)  # after the writer let go of the store, even on failure
+        # after the writer let go of the store, even on failure
+        stack.callback(_add_to_report, Path(out), "warnings", notes)
         if composite is not None:
-            stack.callback(_record_below, Path(out), below)
+            stack.callback(lambda: _add_to_report(Path(out), "below_min_clear", list(below.values()), if_empty=True))
         readers = [cls(key, c, m, items, grid, stack) for key, c, m, items, cls in keyed]
         with StoreWriter(out, [r.modality for r in readers], chip_size, None, source=source, batch_size=batch_size,
                          overwrite=overwrite) as w:
