@@ -189,8 +189,31 @@ LIST_PAGE = 1000
 """Objects one LIST request returns (S3 and GCS both page at 1,000)."""
 
 
+class HeadChunkLayout(ChunkLayout):
+    """:class:`ChunkLayout` of an array being written on object storage: a chunk checked by one HEAD request
+    (the writer checks the few chunks of its batch, not the whole listing)."""
+
+    def missing(self, chunk: int) -> str | None:
+        return next((f for f in self.files(chunk) if self._absent(f)), None)
+
+    def _absent(self, f: str) -> bool:
+        return location(f).head() is None
+
+
 @dataclasses.dataclass(frozen=True)
-class ObjectChunkLayout(ChunkLayout):
+class CachedHeadLayout(HeadChunkLayout):
+    """:class:`HeadChunkLayout` remembering each chunk's answer (a reader reads a chunk in one or two batches)."""
+
+    seen: dict[int, str | None] = dataclasses.field(default_factory=dict, compare=False)
+
+    def missing(self, chunk: int) -> str | None:
+        if chunk not in self.seen:
+            self.seen[chunk] = super().missing(chunk)
+        return self.seen[chunk]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectChunkLayout(CachedHeadLayout):
     """:class:`ChunkLayout` of an array on object storage, checked on demand, never at open: a chunk's objects
     by one HEAD each (answers kept) until as many HEADs were sent as listing the whole array would take requests
     (one per 1,000 objects), then the array listed once and every later chunk looked up in that listing. A reader
@@ -199,48 +222,35 @@ class ObjectChunkLayout(ChunkLayout):
 
     array_url: str = ""
     objects: int = 0  # the array's chunk (or shard) objects when every chip is present
-    state: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    state: dict[str, Any] = dataclasses.field(default_factory=lambda: {"heads": 0, "present": None}, compare=False)
 
     @classmethod
     def of_array(cls, store_path: ObjectPath, name: str, arr: zarr.Array) -> ObjectChunkLayout:
         lay = ChunkLayout.of(store_path, name, arr)  # type: ignore[arg-type]  (URLs join like paths)
         n = -(-int(arr.shape[0]) // lay.chunk_chips) * len(lay.paths)
-        return cls(lay.chunk_chips, lay.paths, str(store_path / ARRAYS / name), n,
-                   {"seen": {}, "heads": 0, "present": None})
+        return cls(lay.chunk_chips, lay.paths, array_url=str(store_path / ARRAYS / name), objects=n)
+
+    @property
+    def list_requests(self) -> int:
+        """Requests one listing of the whole array takes."""
+        return -(-self.objects // LIST_PAGE)
 
     def will_check(self, chunks: int) -> None:
         """``chunks`` chunks are about to be checked: list the array now when that is fewer requests."""
-        if self.state["present"] is None and chunks * len(self.paths) >= -(-self.objects // LIST_PAGE):
+        if self.state["present"] is None and chunks * len(self.paths) >= self.list_requests:
             self._list()
 
     def _list(self) -> None:
         self.state["present"] = frozenset(str(p) for p, _ in location(self.array_url).walk_files())
 
-    def missing(self, chunk: int) -> str | None:
+    def _absent(self, f: str) -> bool:
         st = self.state
-        if chunk in st["seen"]:
-            return st["seen"][chunk]
-        if st["present"] is None and st["heads"] >= -(-self.objects // LIST_PAGE):
+        if st["present"] is None and st["heads"] >= self.list_requests:
             self._list()
         if st["present"] is not None:
-            lost = next((f for f in self.files(chunk) if f not in st["present"]), None)
-        else:
-            lost = None
-            for f in self.files(chunk):
-                st["heads"] += 1
-                if location(f).head() is None:
-                    lost = f
-                    break
-        st["seen"][chunk] = lost
-        return lost
-
-
-class HeadChunkLayout(ChunkLayout):
-    """:class:`ChunkLayout` of an array being written on object storage: a chunk checked by one HEAD request
-    (the writer checks the few chunks of its batch, not the whole listing)."""
-
-    def missing(self, chunk: int) -> str | None:
-        return next((f for f in self.files(chunk) if location(f).head() is None), None)
+            return f not in st["present"]
+        st["heads"] += 1
+        return super()._absent(f)
 
 
 def zarr_target(where: Path | ObjectPath, read_only: bool = True) -> Any:
@@ -859,7 +869,8 @@ class ChipStore:
 
     Opening runs the cheap integrity checks (:func:`earthembed.data.store_checks.open_problems`: metadata, index and
     array row counts, chunk files of present chips, finite statistics) and raises :class:`StoreError` naming
-    what is wrong; on object storage the chunk objects are checked when read instead (and by ``verify``). ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
+    what is wrong; on object storage the chunk objects are checked when read instead (and by ``verify``).
+    ``check_stats=False`` skips only the statistics check, for ``earthembed stats`` to fix them.
 
     ``path`` may be on object storage (``s3://bucket/store``, ``gs://...``: :mod:`earthembed.storage`): the
     metadata and index are read through pyarrow's filesystem, the arrays through zarr's ``ObjectStore`` (the
@@ -1325,7 +1336,7 @@ class StoreRows(ChipStore):
         lay = self._layouts.get(name)
         if lay is None:
             base = ChunkLayout.of(self.path, name, self.array(name))  # type: ignore[arg-type]  (URLs join like paths)
-            lay = self._layouts[name] = _CachedHeadLayout(base.chunk_chips, base.paths, {})
+            lay = self._layouts[name] = CachedHeadLayout(base.chunk_chips, base.paths, {})
         return lay
 
     def _holds_data(self, name: str, start: int, stop: int) -> bool:
@@ -1354,15 +1365,3 @@ class StoreRows(ChipStore):
 
     def lock(self) -> Any:
         raise StoreError(f"{self}: a view of some chips is read-only")
-
-
-@dataclasses.dataclass(frozen=True)
-class _CachedHeadLayout(HeadChunkLayout):
-    """:class:`HeadChunkLayout` remembering each chunk's answer (a view reads a chunk in one or two batches)."""
-
-    seen: dict[int, str | None] = dataclasses.field(default_factory=dict, compare=False)
-
-    def missing(self, chunk: int) -> str | None:
-        if chunk not in self.seen:
-            self.seen[chunk] = super().missing(chunk)
-        return self.seen[chunk]
