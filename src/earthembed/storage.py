@@ -17,8 +17,8 @@ hands out the libraries' own access for the rest:
 Settings come from the standard environment, and are passed to both libraries explicitly so that they agree:
 S3 endpoint ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (an S3-compatible server; plain ``http://`` is then
 allowed), region ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``); GCS emulator
-``STORAGE_EMULATOR_HOST`` (no credentials are sent there, as with Google's own clients). Credentials are never passed or written by earthembed: each library reads the
-standard chain itself (environment, ``AWS_PROFILE`` and the shared config files, web identity, container and
+``STORAGE_EMULATOR_HOST`` (no credentials are sent there, as with Google's own clients). Credentials are never
+passed or written by earthembed: each library reads the standard chain itself (environment, ``AWS_PROFILE`` and the shared config files, web identity, container and
 instance roles; with ``AWS_PROFILE`` set and boto3 installed, obstore resolves the profile through boto3).
 
 Failures are one line naming the URL (:class:`StorageError`, an ``OSError``): an unreachable endpoint, a
@@ -220,20 +220,34 @@ def _first_line(e: BaseException) -> str:
     return (s[0] if s else type(e).__name__)[:300]
 
 
+def _access_problem(e: BaseException) -> str | None:
+    """Why ``e`` is a failure to use the object store at all (``bucket``, ``unreachable``, ``credentials``,
+    ``denied``), None for anything else (a missing object, a bad one): read from the message, since obstore and
+    pyarrow raise their own types."""
+    msg = f"{type(e).__name__} {e}".lower()
+    if "nosuchbucket" in msg or "no_such_bucket" in msg or "bucket does not exist" in msg:
+        return "bucket"
+    for kind, words in (("unreachable", _UNREACHABLE), ("credentials", _NO_CREDS), ("denied", _DENIED)):
+        if any(k in msg for k in words):
+            return kind
+    return None
+
+
 def storage_error(url: str, settings: Settings, bucket: str, e: BaseException, what: str = "access") -> OSError:
     """One line for a failure of object storage at ``url``: what went wrong and what to check."""
     msg = f"{type(e).__name__} {e}".lower()
-    if "nosuchbucket" in msg or "no_such_bucket" in msg or "bucket does not exist" in msg:
+    problem = _access_problem(e)
+    if problem == "bucket":
         return StorageError(f"{url}: bucket {bucket!r} does not exist at {settings.where}")
-    if any(k in msg for k in _UNREACHABLE):
+    if problem == "unreachable":
         hint = ("; check AWS_ENDPOINT_URL and the network" if settings.scheme == "s3" else
                 "; check STORAGE_EMULATOR_HOST and the network" if settings.endpoint else "")
         return StorageError(f"{url}: cannot reach the object store at {settings.where} ({_first_line(e)}){hint}")
-    if any(k in msg for k in _NO_CREDS):
+    if problem == "credentials":
         return StorageError(f"{url}: no usable credentials for {settings.where} ({_first_line(e)}); set them the "
                             "standard way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or "
                             "pod role)")
-    if any(k in msg for k in _DENIED):
+    if problem == "denied":
         return StorageError(f"{url}: access denied by {settings.where} ({_first_line(e)}); check the credentials "
                             "and the bucket policy")
     if isinstance(e, FileNotFoundError) or "not found" in msg or "nosuchkey" in msg or "path_not_found" in msg:
@@ -335,11 +349,9 @@ class ObjectPath:
         """The one-line :class:`StorageError` when ``e`` is a failure to use the object store at all (unreachable,
         missing bucket, missing or refused credentials), None otherwise: for readers that report a damaged object
         as the object's problem but must not blame the object for the network or the credentials."""
-        msg = f"{type(e).__name__} {e}".lower()
-        if isinstance(e, StorageError) or any(k in msg for k in (*_UNREACHABLE, *_DENIED, *_NO_CREDS, "nosuchbucket",
-                                                                  "no_such_bucket", "bucket does not exist")):
-            return e if isinstance(e, StorageError) else self._fail(e, what)
-        return None
+        if isinstance(e, StorageError):
+            return e
+        return self._fail(e, what) if _access_problem(e) else None
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
