@@ -157,8 +157,9 @@ def embed_store(
         if modalities is not None:  # a series by its base: read whole, or as the model's per-key timesteps
             modalities = [x for m in modalities for x in ([m] if m in whole else series_keys(store, [m]))]
     elif dates is not None and whole:
-        raise ValueError(f"--dates {dates}: this model reads each series whole ({', '.join(f'{k}: {n} dates' for k, n in whole.items())}), "
-                         "not one date at a time; embed without --dates (or with --dates series), or fit a model per "
+        what = ", ".join(f"{k}: {n} dates" for k, n in whole.items())
+        raise ValueError(f"--dates {dates}: this model reads each series whole ({what}), not one date at a time; "
+                         "embed without --dates (or with --dates series), or fit a model per "
                          "date (embed --encoder ... --dates all)")
     if dates is not None and modalities is None:
         later = later_keys(store)
@@ -252,7 +253,7 @@ def _embed_dataset(model: torch.nn.Module, model_path: str, meta: ModelMeta, sto
         if pending:
             job = ShardJob(model_path or None, str(store.path), str(out), request, meta.normalization, batch_size,
                            device, model_id, label, table_meta, tta, prefetch, plan, reads or None,
-                           store_fingerprint=store.fingerprint)
+                           store_fingerprint=manifest["store_fingerprint"])
             if engine == "ray":
                 errors = run_ray(job, pending, workers, gpus_per_worker, address, progress, report=run)
                 if errors and len(errors) == len(pending):
