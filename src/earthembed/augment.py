@@ -259,12 +259,6 @@ def group_masks(augmented: Mapping[str, Tensor] | ChipBatch) -> dict[str, Tensor
     return {k[: -len(suffix)]: v for k, v in augmented.items() if k.endswith(suffix)}
 
 
-def _dates(batch: ChipBatch, k: str) -> Tensor | None:
-    """``[B]`` acquisition dates of one-date modality ``k`` of ``batch`` (None when not recorded)."""
-    o = batch.obs.get(k) or batch.categorical.get(k)
-    return None if o is None or o.dates is None else o.dates[:, 0]
-
-
 def augment_batch(
     batch: Mapping[str, Tensor] | ChipBatch,
     groups: Mapping[str, Sequence[Sequence[int]]],
@@ -280,8 +274,9 @@ def augment_batch(
     when ``cfg.group_dropout > 0``, so dropped groups contribute no tokens; on the tensor's device), the chips' own
     acquisition dates and months (a view moves pixels, not the calendar: a month-aware encoder such as Galileo
     sees in pretraining and fine-tuning the months it sees when embedding), the geometry used as ``affine``
-    (``theta`` if given, else drawn by :func:`random_affine`) and ``idx``. A dict (today's string keys) gives a dict: each modality's augmented
-    ``[B, C, H, W]`` tensor, its ``<k>_group_present`` mask and the geometry under :data:`AFFINE_KEY`.
+    (``theta`` if given, else drawn by :func:`random_affine`) and ``idx``. A dict (today's string keys) gives a
+    dict: each modality's augmented ``[B, C, H, W]`` tensor, its ``<k>_group_present`` mask and the geometry under
+    :data:`AFFINE_KEY`.
     """
     typed = isinstance(batch, ChipBatch)
     keys = [k for k in groups if (batch.has(k) if typed else k in batch)]
@@ -298,8 +293,8 @@ def augment_batch(
         x = random_blur(x, cfg.blur_prob, cfg.blur_sigma, generator)
         xs[k], gmasks[k] = channel_augment(x, groups[k], cfg, generator)
     if typed:
-        obs = {k: Observation.single(xs[k], batch.present(k), _dates(batch, k), batch.month(k),
-                                     gmasks[k]) for k in keys}
+        obs = {k: Observation.single(xs[k], batch.present(k), batch.dates(k), batch.month(k), gmasks[k])
+               for k in keys}
         return ChipBatch(obs, affine=theta, idx=batch.idx)
     out: dict[str, Tensor] = {AFFINE_KEY: theta}
     for k in keys:

@@ -392,6 +392,12 @@ class ChipBatch:
         m = self._observation(key).month
         return None if m is None else m[:, t]
 
+    def dates(self, key: str, t: int = 0) -> Tensor | None:
+        """``[B]`` acquisition date of date ``t`` of ``key`` (int64 days since 1970-01-01, :data:`NO_DATE` unknown),
+        None when not recorded."""
+        d = self._observation(key).dates
+        return None if d is None else d[:, t]
+
     def group_present(self, key: str, t: int = 0) -> Tensor | None:
         """``[B, G]`` band-group presence of date ``t`` of ``key``, None when every group is there."""
         gp = self._observation(key).group_present
