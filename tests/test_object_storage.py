@@ -18,24 +18,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 pytest.importorskip("obstore")
 pytest.importorskip("moto")
 
-from earthembed.data.normalize import Normalizer  # noqa: E402
 from earthembed.data.store import ChipStore  # noqa: E402
 from earthembed.data.synth import generate_synthetic_aoi  # noqa: E402
 from earthembed.embed.run import embed_store  # noqa: E402
 from earthembed.embed.shards import COMMITTED, status  # noqa: E402
 from earthembed.errors import LockedError  # noqa: E402
-from earthembed.models.export import export_model  # noqa: E402
-from earthembed.models.registry import build_model  # noqa: E402
 from earthembed.storage import ObjectLock, ObjectPath, location, upload_dir  # noqa: E402
 from object_storage_flow import (  # noqa: E402
+    free_port,
     local_bytes,
     object_bytes,
     sharded_synth_on_a_bucket,
+    store_on_a_bucket,
     store_to_explore_on_a_bucket,
 )
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
@@ -53,12 +51,6 @@ time.sleep(1e9)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _part_bytes(d: ObjectPath) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in d.iterdir() if p.name.startswith("part-")}
 
@@ -67,7 +59,7 @@ def _part_bytes(d: ObjectPath) -> dict[str, bytes]:
 def s3(tmp_path_factory):
     """A moto S3 server on a free local port, the standard AWS variables pointing at it, one bucket, and a
     40-chip synthetic store uploaded to s3://BUCKET/store (plus its local original and a tiny export)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
@@ -92,13 +84,7 @@ def s3(tmp_path_factory):
 
             boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
                 Bucket=BUCKET)
-            root = tmp_path_factory.mktemp("s3")
-            local = generate_synthetic_aoi(root / "store", chips=40, chip_size=16, seed=3)
-            upload_dir(local.path, location(f"s3://{BUCKET}/store"))
-            torch.manual_seed(0)
-            model = build_model("resnet18_small", modalities={"s2": local.band_names("s2")}).eval()
-            export = export_model(model, root / "export", Normalizer.from_store(local))
-            yield {"local": local, "url": f"s3://{BUCKET}/store", "export": export, "root": root, "env": env}
+            yield {**store_on_a_bucket(f"s3://{BUCKET}", tmp_path_factory.mktemp("s3")), "env": env}
         finally:
             proc.kill()
             proc.wait()
