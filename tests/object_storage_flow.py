@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from earthembed.data.normalize import Normalizer
@@ -31,6 +35,28 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def serve_env(mp: pytest.MonkeyPatch, env: dict[str, str], drop: Iterable[str]) -> None:
+    """Point the standard variables at a test server: ``drop`` unset, ``env`` set, and the local server exempt
+    from any proxy the environment names."""
+    for k in drop:
+        mp.delenv(k, raising=False)
+    for k, v in {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
+        mp.setenv(k, v)
+
+
+def wait_for(proc: subprocess.Popen, ready: Callable[[], object], what: str, seconds: float = 30) -> None:
+    """Call ``ready`` until it stops raising OSError: RuntimeError when ``proc`` exits or ``seconds`` pass."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            ready()
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
 
 def store_on_a_bucket(bucket: str, root: Path) -> dict:
     """A 40-chip synthetic store written under ``root`` and uploaded to ``BUCKET/store``, and a tiny export

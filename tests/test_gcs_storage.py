@@ -29,9 +29,11 @@ from earthembed.errors import LockedError  # noqa: E402
 from earthembed.storage import ObjectLock, location, upload_dir  # noqa: E402
 from object_storage_flow import (  # noqa: E402
     free_port,
+    serve_env,
     sharded_synth_on_a_bucket,
     store_on_a_bucket,
     store_to_explore_on_a_bucket,
+    wait_for,
 )
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
@@ -50,27 +52,18 @@ def gcs(tmp_path_factory):
     gs://BUCKET/store (plus its local original and a tiny export)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(EMULATOR), str(port)], start_new_session=True)
-    env = {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}  # a proxy from the environment must not see the local server
     with pytest.MonkeyPatch.context() as mp:
-        for k in GOOGLE_ENV:
-            mp.delenv(k, raising=False)
-        for k, v in env.items():
-            mp.setenv(k, v)
+        serve_env(mp, {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}"}, GOOGLE_ENV)
+
+        def make_bucket() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("POST", "/storage/v1/b?project=test", body=json.dumps({"name": BUCKET}),
+                         headers={"Content-Type": "application/json"})
+            assert conn.getresponse().status == 200
+            conn.close()
+
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    conn.request("POST", "/storage/v1/b?project=test", body=json.dumps({"name": BUCKET}),
-                                 headers={"Content-Type": "application/json"})
-                    assert conn.getresponse().status == 200
-                    conn.close()
-                    break
-                except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the GCS emulator did not start") from None
-                    time.sleep(0.1)
+            wait_for(proc, make_bucket, "the GCS emulator")
             yield {**store_on_a_bucket(f"gs://{BUCKET}", tmp_path_factory.mktemp("gcs")), "port": port}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -32,9 +32,11 @@ from object_storage_flow import (  # noqa: E402
     free_port,
     local_bytes,
     object_bytes,
+    serve_env,
     sharded_synth_on_a_bucket,
     store_on_a_bucket,
     store_to_explore_on_a_bucket,
+    wait_for,
 )
 from test_hostile_inputs import cli, one_line_error  # noqa: E402
 
@@ -63,23 +65,12 @@ def s3(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}  # a proxy from the environment must not see the local server
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     with pytest.MonkeyPatch.context() as mp:
-        for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
-            mp.delenv(k, raising=False)
-        for k, v in env.items():
-            mp.setenv(k, v)
+        serve_env(mp, env, ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"))
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the moto S3 server did not start") from None
-                    time.sleep(0.1)
+            wait_for(proc, lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close(),
+                     "the moto S3 server")
             import boto3
 
             boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
