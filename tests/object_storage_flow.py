@@ -7,6 +7,7 @@ sharded store written straight to the bucket, byte for byte the local one (:func
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -167,3 +168,20 @@ def sharded_synth_on_a_bucket(bucket: str, local: ChipStore, export: Path, tmp_p
     for col in ("emb_fused", "emb_s2"):
         assert a.column(col).equals(b.column(col))
     return url, emb
+
+
+def stale_lock_is_taken_over(out: ObjectPath) -> None:
+    """A lock ``out/_lock`` renewed recently by a job on another host is respected; one not renewed within its ttl
+    is taken over, and released when done."""
+    from earthembed.errors import LockedError
+    from earthembed.storage import ObjectLock
+
+    lock = out / "_lock"
+    holder = {"pid": 1, "host": "elsewhere", "command": "earthembed embed ...", "renewed": time.time(), "ttl_s": 1.0}
+    lock.write_text(json.dumps(holder))
+    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
+        ObjectLock(out, lock).acquire()
+    time.sleep(1.5)
+    with ObjectLock(out, lock) as mine:
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and not mine.lost
+    assert not lock.is_file()

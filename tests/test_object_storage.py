@@ -34,6 +34,7 @@ from object_storage_flow import (  # noqa: E402
     object_bytes,
     serve_env,
     sharded_synth_on_a_bucket,
+    stale_lock_is_taken_over,
     store_on_a_bucket,
     store_to_explore_on_a_bucket,
     wait_for,
@@ -145,16 +146,7 @@ def test_second_writer_is_refused_by_the_lease_lock(s3, tmp_path):
         assert not held.lost and not (out / "_manifest.json").is_file()
     assert not (out / "_lock").is_file()
 
-    # a lock renewed recently by a job on another host is respected; one not renewed within its ttl is taken over
-    lock = out / "_lock"
-    holder = {"pid": 1, "host": "elsewhere", "command": "earthembed embed ...", "renewed": time.time(), "ttl_s": 1.0}
-    lock.write_text(json.dumps(holder))
-    with pytest.raises(LockedError, match="pid 1 on elsewhere"):
-        ObjectLock(out, lock).acquire()
-    time.sleep(1.5)
-    with ObjectLock(out, lock) as mine:
-        assert json.loads(lock.read_text())["pid"] == os.getpid() and not mine.lost
-    assert not lock.is_file()
+    stale_lock_is_taken_over(out)
 
 
 def test_bad_urls_are_one_line(s3, monkeypatch):
